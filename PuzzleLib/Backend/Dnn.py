@@ -1,0 +1,1 @@
+from cybn.modules.dnn import BatchNormMode, batchNormNd, batchNormNdBackward  # noqa: F401

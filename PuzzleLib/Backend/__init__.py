@@ -1,0 +1,1 @@
+"""PuzzleLib.Backend: gpuarray and Dnn over cybn."""

@@ -1,0 +1,1 @@
+from cybn.modules.batchnorm import BatchNorm  # noqa: F401

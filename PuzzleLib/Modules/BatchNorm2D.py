@@ -1,0 +1,1 @@
+from cybn.modules.batchnorm2d import BatchNorm2D  # noqa: F401

@@ -1,0 +1,1 @@
+from cybn.modules.batchnorm3d import BatchNorm3D  # noqa: F401

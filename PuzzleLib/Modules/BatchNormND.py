@@ -1,0 +1,1 @@
+from cybn.modules.batchnorm_nd import BatchNormND  # noqa: F401

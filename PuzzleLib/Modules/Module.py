@@ -1,0 +1,1 @@
+from cybn.modules.module import Module, ModuleError  # noqa: F401

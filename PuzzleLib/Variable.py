@@ -1,0 +1,1 @@
+from cybn.modules.variable import Variable  # noqa: F401

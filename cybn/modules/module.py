@@ -1,0 +1,417 @@
+"""The Module base class: PuzzleLib's layer protocol (forward/backward, variables, attributes, HDF5 files)."""
+import json
+import warnings
+from enum import Enum
+
+import numpy as np
+
+from cybn.modules import config as Config
+
+
+class ModuleError(Exception):
+    pass
+
+
+class MemoryUnit(str, Enum):
+    mb = "mb"
+    kb = "kb"
+
+
+class Module:
+    """Base of every layer. Subclasses implement updateData/updateGrad (and accGradParams when they train
+    parameters) plus the shape checks; __call__ and backward do the common checks around them.
+
+    Variables (trainable, with .grad) live in ``vars``, other saved tensors (running statistics) in
+    ``attrs``; both are also plain attributes of the module (``self.scale``, ``self.mean``).
+    """
+
+    # Names of the variables/attributes a module declares even while they are still unset (empty=True),
+    # so load() can create them from a file.
+    declaredVars = ()
+    declaredAttrs = ()
+
+    def __init__(self, name=None):
+        self.name = name
+
+        self.blueprint = None
+        self.registerBlueprint(locals())
+
+        self.vars = {}
+        self.attrs = {}
+
+        self.gradUsesOutData = False
+        self.movesData = False
+        self.movesGrad = False
+
+        self.grad = None
+        self.inData = None
+        self.data = None
+
+        self.train = not Config.globalEvalMode
+        self.calctype = np.float32
+
+        self.varLoader = None
+        self.attrLoader = None
+
+    # --- construction blueprints ---------------------------------------------------------------------------
+
+    def registerBlueprint(self, args, exclude=None):
+        """Records the constructor arguments (pass locals() from __init__) so the module can be rebuilt."""
+        exclude = set() if exclude is None else set(exclude)
+        ignore = {"self", "__class__"}
+        self.blueprint = {key: None if key in exclude else arg for key, arg in args.items() if key not in ignore}
+
+    def getBlueprint(self):
+        return {"classname": self.__class__.__name__, "scheme": self.blueprint}
+
+    # --- variables and attributes --------------------------------------------------------------------------
+
+    def setVar(self, name, var):
+        setattr(self, name, var.data)
+        self.vars[name] = var
+
+    def getVar(self, name):
+        return self.vars[name]
+
+    def getVarTable(self, vartable=None, name=None, root=True):
+        if root and name is None:
+            name = self.name if self.name is not None else ""
+        vartable = {} if vartable is None else vartable
+        for paramName, var in self.vars.items():
+            vartable.setdefault(var, []).append("%s%s" % (name, paramName))
+        return vartable
+
+    def setAttr(self, name, attr):
+        setattr(self, name, attr)
+        self.attrs[name] = attr
+
+    def getAttr(self, name):
+        return self.attrs[name]
+
+    def hasAttr(self, name):
+        return name in self.attrs
+
+    # --- forward / backward --------------------------------------------------------------------------------
+
+    def __call__(self, data):
+        self.checkDeviceArrays(data, "data")
+        if not Config.disableDtypeShapeChecks:
+            self.checkDataShape(self.acquireShapesFrom(data))
+            self.checkDataType(self.acquireDtypesFrom(data))
+
+        # A rejected call leaves the previous result in place.
+        old = self.inData, self.data
+        self.inData, self.data = data, None
+        try:
+            self.updateData(data)
+        except BaseException:
+            self.inData, self.data = old
+            raise
+        return self.data
+
+    def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
+        self.checkDeviceArrays(grad, "grad")
+        if not Config.disableDtypeShapeChecks:
+            self.checkGradShape(self.acquireShapesFrom(grad))
+            self.checkGradType(self.acquireDtypesFrom(grad))
+
+        old = self.grad
+        self.grad = None
+        try:
+            if updGrad:
+                self.updateGrad(grad)
+            if updParamGrads and self.train:
+                self.accGradParams(grad, scale=scale, momentum=momentum)
+        except BaseException:
+            self.grad = old
+            raise
+        return self.grad
+
+    def updateData(self, data):
+        raise NotImplementedError()
+
+    def updateGrad(self, grad):
+        raise NotImplementedError()
+
+    def accGradParams(self, grad, scale=1.0, momentum=0.0):
+        pass
+
+    # --- parameters ----------------------------------------------------------------------------------------
+
+    def zeroGradParams(self):
+        for var in self.vars.values():
+            if var.hasUpdater or var.grad is None:
+                continue
+            var.grad.fill(0)
+
+    def updateParams(self, learnRate):
+        """data += learnRate * grad for every variable (PuzzleLib's plain SGD step; pass a negative rate to descend)."""
+        from cybn import elementwise
+        for var in self.vars.values():
+            if var.hasUpdater:
+                var.update(learnRate)
+            elif var.grad is not None:
+                elementwise.axpby(var.grad, var.data, learnRate, 1.0, out=var.data)
+
+    def optimizeForShape(self, shape, memlimit=None):
+        pass
+
+    def numOfParams(self):
+        return sum(var.data.size for var in self.vars.values())
+
+    def paramSize(self, unit=None):
+        size = sum(var.data.nbytes for var in self.vars.values())
+        return self.convertUnit(size, unit=unit) if unit is not None else size
+
+    @staticmethod
+    def convertUnit(val, unit):
+        return val / {MemoryUnit.kb: 1024, MemoryUnit.mb: 1024 ** 2}[MemoryUnit(unit)]
+
+    # --- modes ---------------------------------------------------------------------------------------------
+
+    def trainMode(self):
+        self.train = True
+        self.reset()
+
+    def evalMode(self):
+        self.train = False
+        self.reset()
+
+    def calcMode(self, T):
+        if T != np.float32:
+            raise ModuleError("Unsupported dtype %s" % T)
+        self.calctype = T
+
+    def reset(self):
+        self.inData, self.data, self.grad = None, None, None
+
+    # --- checks --------------------------------------------------------------------------------------------
+
+    def checkDataShape(self, shape):
+        pass
+
+    def checkGradShape(self, shape):
+        pass
+
+    def dataShapeFrom(self, shape):
+        raise NotImplementedError()
+
+    def gradShapeFrom(self, shape):
+        raise NotImplementedError()
+
+    def checkDataType(self, dtype):
+        self.genericCheckDataType(dtype)
+
+    def checkGradType(self, dtype):
+        self.genericCheckDataType(dtype)
+
+    def genericCheckDataType(self, dtype):
+        if isinstance(dtype, (tuple, list)):
+            for d in dtype:
+                self.genericCheckDataType(d)
+        elif dtype != self.calctype:
+            raise ModuleError("Expected dtype %s, got %s" % (np.dtype(self.calctype), dtype))
+
+    @classmethod
+    def checkDeviceArrays(cls, data, what):
+        """Modules compute on cybn GPUArrays only (always C-contiguous); anything else is refused by name."""
+        if isinstance(data, (tuple, list)):
+            for d in data:
+                cls.checkDeviceArrays(d, what)
+            return
+
+        from cybn.gpuarray import GPUArray
+        if isinstance(data, GPUArray):
+            return
+        if isinstance(data, np.ndarray):
+            raise ModuleError("%s must be a cybn GPUArray, got a host numpy.ndarray (copy it with gpuarray.to_gpu)"
+                              % what)
+        cai = getattr(data, "__cuda_array_interface__", None)
+        if isinstance(cai, dict):
+            strides = cai.get("strides")
+            if strides is not None and tuple(strides) != _cstrides(cai["shape"], np.dtype(cai["typestr"]).itemsize):
+                raise ModuleError("%s is a non-contiguous device array (strides %s); modules need a contiguous "
+                                  "cybn GPUArray" % (what, tuple(strides)))
+            raise ModuleError("%s must be a cybn GPUArray, got the foreign device array %s (wrap it with "
+                              "gpuarray.from_dlpack or GPUArray.from_pointer)" % (what, type(data).__name__))
+        raise ModuleError("%s must be a cybn GPUArray, got %s" % (what, type(data).__name__))
+
+    @classmethod
+    def acquireShapesFrom(cls, data):
+        return [cls.acquireShapesFrom(d) for d in data] if isinstance(data, (tuple, list)) else tuple(data.shape)
+
+    @classmethod
+    def acquireDtypesFrom(cls, data):
+        return [cls.acquireDtypesFrom(d) for d in data] if isinstance(data, (tuple, list)) else data.dtype
+
+    @staticmethod
+    def repeat(val, ntimes):
+        return (val,) * ntimes if isinstance(val, int) else tuple(val)
+
+    def __str__(self):
+        return "Module %s (name: %s)" % (self.__class__.__name__, self.name)
+
+    # --- HDF5 files (PuzzleLib's layout) -------------------------------------------------------------------
+
+    def save(self, hdf=None, varlinks=None, name=None, compress="gzip", assumeUniqueNames=False,
+             withBlueprint=False, isRoot=True):
+        """Writes the module in PuzzleLib's layout: params/<index> (one dataset per Variable, shared variables
+        stored once), links/<module name>.<var name> -> index, attrs/<module name>.<attr name>.
+        With hdf=None the file is built in memory and its bytes are returned."""
+        from cybn.modules.hdf5 import open_hdf, require_h5py
+        from cybn.gpuarray import GPUArray
+
+        serialize = hdf is None
+        hdf, owned = open_hdf(hdf, "w")
+        varlinks = {} if varlinks is None else varlinks
+        name = self._fileName(name, assumeUniqueNames)
+
+        buffer = None
+        try:
+            paramGrp, linkGrp = hdf.require_group("params"), hdf.require_group("links")
+            for paramName, var in self.vars.items():
+                if var in varlinks:
+                    idx = varlinks[var]
+                else:
+                    idx = len(varlinks)
+                    paramGrp.create_dataset(str(idx), data=var.data.get(), compression=compress)
+                    varlinks[var] = idx
+                linkGrp["%s.%s" % (name, paramName)] = idx
+
+            if self.attrs:
+                attrGrp = hdf.require_group("attrs")
+                for attrName, attr in self.attrs.items():
+                    value = attr.get() if isinstance(attr, GPUArray) else attr
+                    attrGrp.create_dataset("%s.%s" % (name, attrName), data=value, compression=compress)
+
+            if withBlueprint:
+                h5py = require_h5py()
+                hdf.create_dataset("blueprint", (), dtype=h5py.string_dtype(),
+                                   data=json.dumps(self.getBlueprint(), indent=4, sort_keys=True))
+
+            if isRoot and serialize:
+                hdf.flush()
+                buffer = hdf.id.get_file_image()
+        except ModuleError:
+            raise
+        except Exception as e:
+            raise ModuleError("Module %s save error: %s" % (name, e)) from e
+        finally:
+            if isRoot and owned:
+                hdf.close()
+        return buffer
+
+    def load(self, hdf, initvars=None, name=None, assumeUniqueNames=False, isRoot=True):
+        """Reads a file in PuzzleLib's layout (written by PuzzleLib or by save()). Everything is read and
+        checked first, then copied to the device: a failing load changes nothing. Variables and attributes
+        the module declares but has not allocated (empty=True) are created from the file."""
+        from cybn.modules.hdf5 import open_hdf
+        from cybn.gpuarray import GPUArray
+
+        hdf, owned = open_hdf(hdf, "r")
+        initvars = {} if initvars is None else initvars
+        name = self._fileName(name, assumeUniqueNames)
+
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("error")
+                try:
+                    varValues, attrValues = self._readFile(hdf, name, initvars)
+                except ModuleError:
+                    raise
+                except Exception as e:
+                    raise ModuleError("Module %s load error: %s" % (name, e)) from e
+        finally:
+            if isRoot and owned:
+                hdf.close()
+
+        for paramName, value in varValues.items():
+            var = self.vars.get(paramName)
+            if self.varLoader is not None:
+                self.varLoader(paramName, value)
+            elif var is None:
+                from cybn import gpuarray
+                from cybn.modules.variable import Variable
+                var = Variable(gpuarray.to_gpu(value))
+                self.setVar(paramName, var)
+            else:
+                var.data.set(value)
+            initvars[self.vars.get(paramName, paramName)] = True
+
+        for attrName, value in attrValues.items():
+            attr = self.attrs.get(attrName)
+            if self.attrLoader is not None:
+                self.attrLoader(attrName, value)
+            elif attr is None:
+                from cybn import gpuarray
+                self.setAttr(attrName, gpuarray.to_gpu(value))
+            elif isinstance(attr, GPUArray):
+                attr.set(value)
+            else:
+                np.copyto(attr, value)
+
+    def _fileName(self, name, assumeUniqueNames):
+        if name is None:
+            name = self.name if self.name is not None else ""
+        if assumeUniqueNames and name:
+            tokens = name.split(sep=".")
+            name = "%s.%s" % (tokens[0], tokens[-1])
+        return name
+
+    def _readFile(self, hdf, name, initvars):
+        """Host copies of every variable/attribute this module takes from the file, checked against the
+        module's own tensors (same number of elements; a dtype that converts without loss)."""
+        varValues, attrValues = {}, {}
+        varNames = list(self.vars) + [n for n in self.declaredVars if n not in self.vars]
+        attrNames = list(self.attrs) + [n for n in self.declaredAttrs if n not in self.attrs]
+
+        if varNames:
+            if "params" not in hdf or "links" not in hdf:
+                raise ModuleError("Module %s load error: the file has no 'params'/'links' groups" % name)
+            paramGrp, linkGrp = hdf["params"], hdf["links"]
+            for paramName in varNames:
+                var = self.vars.get(paramName)
+                if var is not None and var in initvars:
+                    continue
+                key = "%s.%s" % (name, paramName)
+                if key not in linkGrp:
+                    raise ModuleError("Module %s load error: no link '%s' in the file" % (name, key))
+                idx = str(linkGrp[key][()])
+                value = np.array(paramGrp[idx])
+                varValues[paramName] = self._fitValue(name, paramName, value, None if var is None else var.data)
+
+        if attrNames:
+            if "attrs" not in hdf:
+                raise ModuleError("Module %s load error: the file has no 'attrs' group" % name)
+            attrGrp = hdf["attrs"]
+            for attrName in attrNames:
+                key = "%s.%s" % (name, attrName)
+                if key not in attrGrp:
+                    raise ModuleError("Module %s load error: no attribute '%s' in the file" % (name, key))
+                value = np.array(attrGrp[key])
+                attrValues[attrName] = self._fitValue(name, attrName, value, self.attrs.get(attrName))
+
+        return varValues, attrValues
+
+    @staticmethod
+    def _fitValue(name, what, value, target):
+        if target is None:
+            return np.ascontiguousarray(value)
+        if value.size != target.size:
+            raise ModuleError("Module %s load error: '%s' has shape %s in the file, the module's has shape %s"
+                              % (name, what, value.shape, tuple(target.shape)))
+        try:
+            value = value.astype(target.dtype, casting="safe", copy=False)
+        except TypeError as e:
+            raise ModuleError("Module %s load error: '%s' is %s in the file, cannot convert it to %s without loss"
+                              % (name, what, value.dtype, np.dtype(target.dtype))) from e
+        # Same element count, other shape (e.g. a (1, C, 1) tensor saved as (1, C, 1, 1)): keep the module's.
+        return np.ascontiguousarray(value.reshape(tuple(target.shape)))
+
+
+def _cstrides(shape, itemsize):
+    strides, step = [], itemsize
+    for n in reversed(tuple(shape)):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
