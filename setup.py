@@ -106,7 +106,8 @@ def extensions():
         name = "cybn." + os.path.splitext(os.path.basename(pyx))[0]
         if not wanted(name.split(".")[-1]):
             continue
-        exts.append(Extension(name, [pyx], include_dirs=[numpy.get_include(), os.path.join("cybn", "include")],
+        exts.append(Extension(name, [pyx], include_dirs=[numpy.get_include(), os.path.join("cybn", "include"),
+                                                             cuda_include_dir()],
                               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]))
     if not exts:
         return []
