@@ -1,0 +1,626 @@
+// batchnorm.cu: BatchNorm forward (train, inference) and backward, fp32 or fp16 data, fp32 statistics.
+//
+// Layout: x is (N, C, S) contiguous. "spatial" mode has one statistic per channel c over its N rows
+// of S elements; "per-activation" mode has one statistic per feature f of the (N, F = C * S) matrix.
+//
+// Spatial kernels: block (G, CPB): a group of G threads (whole warps) per channel, CPB channels per
+// CTA; grid (ceil(C / CPB), P): the P CTAs of a grid column split each channel's elements. Units are
+// 16-byte vectors (4 floats / 8 halves) when rows are 16-byte aligned (flag VEC), else elements.
+// Per-activation kernels: block (BX, R): BX consecutive features (coalesced) times R row lanes;
+// grid (ceil(F / BX), P): the P CTAs split the batch rows.
+// With P == 1 a CTA owns its channels whole and fuses statistics and normalisation (or reduction
+// and dx) into one launch, replaying x from a shared-memory cache where it fits. With P > 1 each CTA
+// writes its partial to a workspace and the last CTA of a grid column (an atomic counter per
+// column, reset to 0 by that CTA so no memset is needed per call) combines them in a fixed order
+// (deterministic); the element-wise second half is then a second launch.
+// All offsets are 64-bit; loops are grid-stride so any size fits the grid limits.
+#include <cuda_fp16.h>
+
+#include "welford.cuh"
+
+enum : int {
+    BN_AFFINE = 1,        // scale/bias given; else 1 and 0
+    BN_VEC = 2,           // spatial: 16-byte units (rows 16-byte aligned)
+    BN_STAT_IS_VAR = 4,   // normalize/backward: `stat` is a variance (running_var), else an inverse std
+    BN_SHIFTED = 8,       // normalize: use the workspace's shifted mean (exact at large offsets)
+};
+
+// ---------------------------------------------------------------- element types
+template <typename T> struct io;
+
+template <> struct io<float> {
+    static constexpr int vec = 4;
+    static __device__ __forceinline__ float load(const float* p) { return *p; }
+    static __device__ __forceinline__ void store(float* p, float v) { *p = v; }
+    static __device__ __forceinline__ void unpack(uint4 u, float* v) {
+        v[0] = __uint_as_float(u.x); v[1] = __uint_as_float(u.y);
+        v[2] = __uint_as_float(u.z); v[3] = __uint_as_float(u.w);
+    }
+    static __device__ __forceinline__ uint4 pack(const float* v) {
+        return make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3]));
+    }
+};
+
+template <> struct io<__half> {
+    static constexpr int vec = 8;
+    static __device__ __forceinline__ float load(const __half* p) { return __half2float(*p); }
+    static __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
+    static __device__ __forceinline__ float2 half2_bits(unsigned b) {
+        __half2 h = *reinterpret_cast<__half2*>(&b);
+        return __half22float2(h);
+    }
+    static __device__ __forceinline__ unsigned bits_half2(float a, float b) {
+        __half2 h = __floats2half2_rn(a, b);
+        return *reinterpret_cast<unsigned*>(&h);
+    }
+    static __device__ __forceinline__ void unpack(uint4 u, float* v) {
+        float2 a = half2_bits(u.x), b = half2_bits(u.y), c = half2_bits(u.z), d = half2_bits(u.w);
+        v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y; v[4] = c.x; v[5] = c.y; v[6] = d.x; v[7] = d.y;
+    }
+    static __device__ __forceinline__ uint4 pack(const float* v) {
+        return make_uint4(bits_half2(v[0], v[1]), bits_half2(v[2], v[3]), bits_half2(v[4], v[5]), bits_half2(v[6], v[7]));
+    }
+};
+
+// ---------------------------------------------------------------- reductions
+struct Sum2 {
+    float a, b;
+};
+__device__ __forceinline__ Sum2 merge(Sum2 x, Sum2 y) { return Sum2{x.a + y.a, x.b + y.b}; }
+__device__ __forceinline__ Welford merge(Welford x, Welford y) { return welford_merge(x, y); }
+__device__ __forceinline__ Sum2 shfl_down(Sum2 v, int o) {
+    return Sum2{__shfl_down_sync(0xffffffffu, v.a, o), __shfl_down_sync(0xffffffffu, v.b, o)};
+}
+__device__ __forceinline__ Welford shfl_down(Welford v, int o) { return welford_shfl_down(v, o); }
+
+// Total of v over the G threads (whole warps) of each threadIdx.y group, returned to all of them.
+// Every thread of the CTA must call it. Fixed combination order: deterministic.
+template <typename R>
+__device__ R group_reduce(R v) {
+    __shared__ R warp_part[32];
+    __shared__ R group_total[32];
+    const int G = blockDim.x;
+    const int tid = threadIdx.y * G + threadIdx.x;
+    for (int o = 16; o > 0; o >>= 1) v = merge(v, shfl_down(v, o));
+    if ((tid & 31) == 0) warp_part[tid >> 5] = v;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const int w0 = threadIdx.y * (G >> 5);
+        R t = warp_part[w0];
+        for (int w = 1; w < (G >> 5); ++w) t = merge(t, warp_part[w0 + w]);
+        group_total[threadIdx.y] = t;
+    }
+    __syncthreads();
+    return group_total[threadIdx.y];
+}
+
+// Total of v over the R = blockDim.y row lanes of each threadIdx.x column (per-activation kernels),
+// returned to all of them. Every thread must call it. Tree in a fixed order: deterministic.
+template <typename R>
+__device__ R column_reduce(R v) {
+    __shared__ R part[256];  // per-activation CTAs have at most 256 threads
+    const int bx = blockDim.x, i = threadIdx.y * bx + threadIdx.x;
+    part[i] = v;
+    __syncthreads();
+    for (int s = blockDim.y >> 1; s > 0; s >>= 1) {
+        if (threadIdx.y < s) part[i] = merge(part[i], part[i + s * bx]);
+        __syncthreads();
+    }
+    R t = part[threadIdx.x];
+    __syncthreads();  // part is reused by the next call
+    return t;
+}
+
+// Marks this CTA done for its grid column; true in every thread of the CTA that finished last.
+// The partials written before it are visible to that CTA (fence before the atomic, fence after).
+__device__ __forceinline__ bool last_cta_of_column(unsigned* counters) {
+    __shared__ int last;
+    __syncthreads();  // every partial of this CTA is written
+    if (threadIdx.x == 0 && threadIdx.y == 0) {
+        __threadfence();
+        const unsigned prev = atomicAdd(&counters[blockIdx.x], 1u);
+        last = prev == gridDim.y - 1;
+        if (last) counters[blockIdx.x] = 0;  // self-resetting: the next launch finds 0
+        __threadfence();
+    }
+    __syncthreads();
+    return last;
+}
+
+__device__ __forceinline__ Welford load_welford(const float* p) {
+    return Welford{__ldcg(p), __ldcg(p + 1), __ldcg(p + 2)};
+}
+__device__ __forceinline__ void store_welford(float* p, Welford w) { p[0] = w.n; p[1] = w.mean; p[2] = w.m2; }
+
+// Batch mean/invstd from the combined statistics; saved statistics and running-average update.
+// M == 1: the unbiased variance is undefined; the biased one (0) is used, never NaN or inf.
+__device__ __forceinline__ void finish_statistics(int c, Welford t, float shift, long long M, float eps, float factor,
+                                                  float* running_mean, float* running_var, float* save_mean,
+                                                  float* save_invstd, float* mean_shift) {
+    const float Mf = (float)M;
+    const float mean = shift + t.mean;
+    const float var = t.m2 / Mf;
+    save_mean[c] = mean;
+    save_invstd[c] = 1.0f / sqrtf(var + eps);
+    const float unbiased = M > 1 ? var * (Mf / (Mf - 1.0f)) : var;
+    running_mean[c] = (1.0f - factor) * running_mean[c] + factor * mean;
+    running_var[c] = (1.0f - factor) * running_var[c] + factor * unbiased;
+    if (mean_shift) {  // (shift, shifted mean) for the second launch: it must not re-read x, which y may be
+        mean_shift[2 * c] = shift;
+        mean_shift[2 * c + 1] = t.mean;
+    }
+}
+
+// ---------------------------------------------------------------- spatial traversal
+// Walks units u0 + lane, u0 + lane + G, ... < u1 of channel c, where unit u is column u % su of
+// row u / su, at unit offset (row * C + c) * su + column from the tensor start; without a division
+// per step. f(k, offset) gets the thread's k-th unit.
+template <typename F>
+__device__ __forceinline__ void walk_channel(int c, int C, long long su, long long u0, long long u1, F f) {
+    const int G = blockDim.x;
+    long long u = u0 + threadIdx.x;
+    if (u >= u1) return;
+    long long n = u / su, s = u - n * su;
+    const long long row = (long long)C * su;
+    long long off = (n * C + c) * su + s;
+    const long long dn = G / su, ds = G - dn * su;
+    const long long step = dn * row + ds, wrap = row - su;
+    for (int k = 0; u < u1; u += G, ++k) {
+        f(k, off);
+        s += ds;
+        off += step;
+        if (s >= su) {
+            s -= su;
+            off += wrap;
+        }
+    }
+}
+
+// This CTA's share [u0, u1) of a channel's `units` units.
+__device__ __forceinline__ void split_range(long long units, long long& u0, long long& u1) {
+    const long long chunk = (units + gridDim.y - 1) / gridDim.y;
+    u0 = min(units, chunk * blockIdx.y);
+    u1 = min(units, u0 + chunk);
+}
+
+// Loads v into lane 0's warp-mates (one global load per warp instead of one per thread).
+__device__ __forceinline__ float warp_bcast_load(const float* p, bool ok) {
+    float v = 0.0f;
+    if ((threadIdx.x & 31) == 0 && ok) v = *p;
+    return __shfl_sync(0xffffffffu, v, 0);
+}
+template <typename T>
+__device__ __forceinline__ float warp_bcast_load_x(const T* p, bool ok) {
+    float v = 0.0f;
+    if ((threadIdx.x & 31) == 0 && ok) v = io<T>::load(p);
+    return __shfl_sync(0xffffffffu, v, 0);
+}
+
+// ---------------------------------------------------------------- spatial forward, training
+// Statistics (+ running update, saved mean/invstd) and, when P == 1, the normalisation too.
+// Dynamic shared memory: cache_units 16-byte slots (VEC) or 4-byte slots (scalar) per thread.
+template <typename T>
+__global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const float* bias, float* running_mean,
+                                     float* running_var, float* save_mean, float* save_invstd, float* partials,
+                                     unsigned* counters, float* mean_shift, long long N, int C, long long S,
+                                     float eps, float factor, int flags, int cache_units) {
+    extern __shared__ uint4 cache[];
+    constexpr int V = io<T>::vec;
+    const bool vec = flags & BN_VEC;
+    const int c = blockIdx.x * blockDim.y + threadIdx.y;
+    const bool ok = c < C;
+    const long long su = vec ? S / V : S;
+    long long u0 = 0, u1 = 0;
+    split_range(N * su, u0, u1);
+    if (!ok) u1 = u0;
+    const int nthreads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
+    float* cachef = reinterpret_cast<float*>(cache);
+
+    const float shift = warp_bcast_load_x(x + (long long)c * S, ok);
+    Welford w = welford_empty();
+    if (vec) {
+        walk_channel(c, C, su, u0, u1, [&](int k, long long off) {
+            const uint4 u = reinterpret_cast<const uint4*>(x)[off];
+            if (k < cache_units) cache[k * nthreads + tid] = u;
+            float v[V];
+            io<T>::unpack(u, v);
+#pragma unroll
+            for (int i = 0; i < V; ++i) welford_push(w, v[i] - shift);
+        });
+    } else {
+        walk_channel(c, C, su, u0, u1, [&](int k, long long off) {
+            const float v = io<T>::load(x + off);
+            if (k < cache_units) cachef[k * nthreads + tid] = v;
+            welford_push(w, v - shift);
+        });
+    }
+    Welford t = group_reduce(w);
+    const long long M = N * S;
+
+    if (gridDim.y > 1) {
+        if (ok && threadIdx.x == 0) store_welford(partials + ((long long)c * gridDim.y + blockIdx.y) * 3, t);
+        if (!last_cta_of_column(counters)) return;
+        Welford m = welford_empty();
+        if (ok)
+            for (int q = threadIdx.x; q < gridDim.y; q += blockDim.x)
+                m = welford_merge(m, load_welford(partials + ((long long)c * gridDim.y + q) * 3));
+        t = group_reduce(m);
+        if (ok && threadIdx.x == 0)
+            finish_statistics(c, t, shift, M, eps, factor, running_mean, running_var, save_mean, save_invstd,
+                              mean_shift);
+        return;  // the normalisation is the second launch (bn_normalize_spatial)
+    }
+
+    if (ok && threadIdx.x == 0)
+        finish_statistics(c, t, shift, M, eps, factor, running_mean, running_var, save_mean, save_invstd, nullptr);
+    // ((x - shift) - shifted mean): exact at large offsets, and exactly 0 for a constant channel.
+    const float invstd = 1.0f / sqrtf(t.m2 / (float)M + eps);
+    const bool affine = flags & BN_AFFINE;
+    const float a = (affine ? warp_bcast_load(scale + c, ok) : 1.0f) * invstd;
+    const float b = affine ? warp_bcast_load(bias + c, ok) : 0.0f;
+    const float m = t.mean;
+    if (vec) {
+        walk_channel(c, C, su, u0, u1, [&](int k, long long off) {
+            const uint4 u = k < cache_units ? cache[k * nthreads + tid] : reinterpret_cast<const uint4*>(x)[off];
+            float v[V];
+            io<T>::unpack(u, v);
+#pragma unroll
+            for (int i = 0; i < V; ++i) v[i] = ((v[i] - shift) - m) * a + b;
+            reinterpret_cast<uint4*>(y)[off] = io<T>::pack(v);
+        });
+    } else {
+        walk_channel(c, C, su, u0, u1, [&](int k, long long off) {
+            const float v = k < cache_units ? cachef[k * nthreads + tid] : io<T>::load(x + off);
+            io<T>::store(y + off, ((v - shift) - m) * a + b);
+        });
+    }
+}
+
+// ---------------------------------------------------------------- spatial normalisation
+// y = (x - mean) * scale * invstd + bias; invstd = 1/sqrt(stat + eps) for inference (STAT_IS_VAR),
+// else stat itself. SHIFTED (second launch of training): x - mean as (x - x[first]) - mean_shift,
+// as the fused path does. y may be x (in place: each thread reads a unit, then writes it).
+template <typename T>
+__global__ void bn_normalize_spatial(const T* x, T* y, const float* mean, const float* stat, const float* scale,
+                                     const float* bias, const float* mean_shift, long long N, int C, long long S,
+                                     float eps, int flags) {
+    constexpr int V = io<T>::vec;
+    const bool vec = flags & BN_VEC;
+    const int c = blockIdx.x * blockDim.y + threadIdx.y;
+    const bool ok = c < C;
+    const long long su = vec ? S / V : S;
+    long long u0 = 0, u1 = 0;
+    split_range(N * su, u0, u1);
+    if (!ok) return;  // no barrier below
+    const float st = warp_bcast_load(stat + c, true);
+    const float invstd = (flags & BN_STAT_IS_VAR) ? 1.0f / sqrtf(st + eps) : st;
+    const bool affine = flags & BN_AFFINE;
+    const float a = (affine ? warp_bcast_load(scale + c, true) : 1.0f) * invstd;
+    const float b = affine ? warp_bcast_load(bias + c, true) : 0.0f;
+    float shift, m;
+    if (flags & BN_SHIFTED) {
+        shift = warp_bcast_load(mean_shift + 2 * c, true);
+        m = warp_bcast_load(mean_shift + 2 * c + 1, true);
+    } else {
+        shift = 0.0f;
+        m = warp_bcast_load(mean + c, true);
+    }
+    if (vec) {
+        walk_channel(c, C, su, u0, u1, [&](int, long long off) {
+            float v[V];
+            io<T>::unpack(reinterpret_cast<const uint4*>(x)[off], v);
+#pragma unroll
+            for (int i = 0; i < V; ++i) v[i] = ((v[i] - shift) - m) * a + b;
+            reinterpret_cast<uint4*>(y)[off] = io<T>::pack(v);
+        });
+    } else {
+        walk_channel(c, C, su, u0, u1, [&](int, long long off) {
+            io<T>::store(y + off, ((io<T>::load(x + off) - shift) - m) * a + b);
+        });
+    }
+}
+
+// ---------------------------------------------------------------- spatial backward
+// dbias = sum(dy), dscale = sum(dy * xhat) with xhat = (x - mean) * invstd; then
+// dx = scale * invstd * (dy - dbias / M - xhat * dscale / M) (P == 1: same launch, x and dy replayed
+// from the cache). STAT_IS_VAR: eval-mode backward over frozen running statistics, where
+// dx = scale * invstd * dy needs no reduction and is written in the first pass.
+template <typename T>
+__global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const float* scale, const float* mean, const float* stat,
+                               float* scale_grad, float* bias_grad, float* partials, unsigned* counters, long long N,
+                               int C, long long S, float eps, int flags, int cache_units) {
+    extern __shared__ uint4 cache[];
+    constexpr int V = io<T>::vec;
+    const bool vec = flags & BN_VEC, frozen = flags & BN_STAT_IS_VAR, affine = flags & BN_AFFINE;
+    const int c = blockIdx.x * blockDim.y + threadIdx.y;
+    const bool ok = c < C;
+    const long long su = vec ? S / V : S;
+    long long u0 = 0, u1 = 0;
+    split_range(N * su, u0, u1);
+    if (!ok) u1 = u0;
+    const int nthreads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
+    const int slots = cache_units * nthreads;  // dy's cache follows x's
+    float* cachef = reinterpret_cast<float*>(cache);
+
+    const float st = warp_bcast_load(stat + c, ok);
+    const float invstd = frozen ? 1.0f / sqrtf(st + eps) : st;
+    const float mu = warp_bcast_load(mean + c, ok);
+    const float g = affine ? warp_bcast_load(scale + c, ok) : 1.0f;
+    const float a = g * invstd;
+    Sum2 acc{0.0f, 0.0f};
+    if (vec) {
+        walk_channel(c, C, su, u0, u1, [&](int k, long long off) {
+            const uint4 ux = reinterpret_cast<const uint4*>(x)[off], ud = reinterpret_cast<const uint4*>(dy)[off];
+            if (k < cache_units) {
+                cache[k * nthreads + tid] = ux;
+                cache[slots + k * nthreads + tid] = ud;
+            }
+            float vx[V], vd[V];
+            io<T>::unpack(ux, vx);
+            io<T>::unpack(ud, vd);
+#pragma unroll
+            for (int i = 0; i < V; ++i) {
+                acc.a += vd[i];
+                acc.b += vd[i] * ((vx[i] - mu) * invstd);
+                vd[i] *= a;
+            }
+            if (frozen) reinterpret_cast<uint4*>(dx)[off] = io<T>::pack(vd);
+        });
+    } else {
+        walk_channel(c, C, su, u0, u1, [&](int k, long long off) {
+            const float vx = io<T>::load(x + off), vd = io<T>::load(dy + off);
+            if (k < cache_units) {
+                cachef[k * nthreads + tid] = vx;
+                cachef[slots + k * nthreads + tid] = vd;
+            }
+            acc.a += vd;
+            acc.b += vd * ((vx - mu) * invstd);
+            if (frozen) io<T>::store(dx + off, a * vd);
+        });
+    }
+    Sum2 t = group_reduce(acc);
+
+    if (gridDim.y > 1) {
+        if (ok && threadIdx.x == 0) {
+            float* p = partials + ((long long)c * gridDim.y + blockIdx.y) * 2;
+            p[0] = t.a;
+            p[1] = t.b;
+        }
+        if (!last_cta_of_column(counters)) return;
+        Sum2 m{0.0f, 0.0f};
+        if (ok)
+            for (int q = threadIdx.x; q < gridDim.y; q += blockDim.x) {
+                const float* p = partials + ((long long)c * gridDim.y + q) * 2;
+                m = merge(m, Sum2{__ldcg(p), __ldcg(p + 1)});
+            }
+        t = group_reduce(m);
+        if (ok && threadIdx.x == 0) {
+            bias_grad[c] = t.a;
+            scale_grad[c] = t.b;
+        }
+        return;  // dx is the second launch (bn_bwd_dx_spatial) unless frozen (already written)
+    }
+    if (ok && threadIdx.x == 0) {
+        bias_grad[c] = t.a;
+        scale_grad[c] = t.b;
+    }
+    if (frozen) return;
+    const float Mf = (float)(N * S);
+    const float db = t.a / Mf, ds = t.b / Mf;
+    if (vec) {
+        walk_channel(c, C, su, u0, u1, [&](int k, long long off) {
+            const bool hit = k < cache_units;
+            const uint4 ux = hit ? cache[k * nthreads + tid] : reinterpret_cast<const uint4*>(x)[off];
+            const uint4 ud = hit ? cache[slots + k * nthreads + tid] : reinterpret_cast<const uint4*>(dy)[off];
+            float vx[V], vd[V];
+            io<T>::unpack(ux, vx);
+            io<T>::unpack(ud, vd);
+#pragma unroll
+            for (int i = 0; i < V; ++i) vd[i] = a * (vd[i] - db - (vx[i] - mu) * invstd * ds);
+            reinterpret_cast<uint4*>(dx)[off] = io<T>::pack(vd);
+        });
+    } else {
+        walk_channel(c, C, su, u0, u1, [&](int k, long long off) {
+            const bool hit = k < cache_units;
+            const float vx = hit ? cachef[k * nthreads + tid] : io<T>::load(x + off);
+            const float vd = hit ? cachef[slots + k * nthreads + tid] : io<T>::load(dy + off);
+            io<T>::store(dx + off, a * (vd - db - (vx - mu) * invstd * ds));
+        });
+    }
+}
+
+// Second launch of the split backward: dx from the reduced scale_grad and bias_grad.
+template <typename T>
+__global__ void bn_bwd_dx_spatial(const T* x, const T* dy, T* dx, const float* scale, const float* mean,
+                                  const float* invstd_, const float* scale_grad, const float* bias_grad, long long N,
+                                  int C, long long S, int flags) {
+    constexpr int V = io<T>::vec;
+    const bool vec = flags & BN_VEC;
+    const int c = blockIdx.x * blockDim.y + threadIdx.y;
+    if (c >= C) return;  // no barrier below
+    const long long su = vec ? S / V : S;
+    long long u0 = 0, u1 = 0;
+    split_range(N * su, u0, u1);
+    const float invstd = warp_bcast_load(invstd_ + c, true), mu = warp_bcast_load(mean + c, true);
+    const float a = ((flags & BN_AFFINE) ? warp_bcast_load(scale + c, true) : 1.0f) * invstd;
+    const float Mf = (float)(N * S);
+    const float db = warp_bcast_load(bias_grad + c, true) / Mf, ds = warp_bcast_load(scale_grad + c, true) / Mf;
+    if (vec) {
+        walk_channel(c, C, su, u0, u1, [&](int, long long off) {
+            float vx[V], vd[V];
+            io<T>::unpack(reinterpret_cast<const uint4*>(x)[off], vx);
+            io<T>::unpack(reinterpret_cast<const uint4*>(dy)[off], vd);
+#pragma unroll
+            for (int i = 0; i < V; ++i) vd[i] = a * (vd[i] - db - (vx[i] - mu) * invstd * ds);
+            reinterpret_cast<uint4*>(dx)[off] = io<T>::pack(vd);
+        });
+    } else {
+        walk_channel(c, C, su, u0, u1, [&](int, long long off) {
+            io<T>::store(dx + off, a * (io<T>::load(dy + off) - db - (io<T>::load(x + off) - mu) * invstd * ds));
+        });
+    }
+}
+
+// ---------------------------------------------------------------- per-activation traversal
+// Thread (tx, ty) of CTA (bx, p) handles feature f = bx * BX + tx over rows n0 + ty, n0 + ty + R,
+// ... < n1, where [n0, n1) is the CTA's share of the N rows. f(k, offset) gets its k-th element.
+template <typename F>
+__device__ __forceinline__ void walk_feature(long long f, long long F_, long long N, bool ok, F f_) {
+    long long n0, n1;
+    split_range(N, n0, n1);
+    if (!ok) return;
+    const int R = blockDim.y;
+    int k = 0;
+    for (long long n = n0 + threadIdx.y; n < n1; n += R, ++k) f_(k, n * F_ + f);
+}
+
+// Per-feature value loaded once by row lane 0 and shared with the column through shared memory.
+// Every thread must call it.
+__device__ __forceinline__ float column_bcast(float v) {
+    __shared__ float slot[256];
+    if (threadIdx.y == 0) slot[threadIdx.x] = v;
+    __syncthreads();
+    const float r = slot[threadIdx.x];
+    __syncthreads();
+    return r;
+}
+
+// ---------------------------------------------------------------- per-activation forward, training
+template <typename T>
+__global__ void bn_fwd_train_pa(const T* x, T* y, const float* scale, const float* bias, float* running_mean,
+                                float* running_var, float* save_mean, float* save_invstd, float* partials,
+                                unsigned* counters, float* mean_shift, long long N, long long F, float eps,
+                                float factor, int flags, int cache_units) {
+    extern __shared__ float cachef[];
+    const long long f = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const bool ok = f < F;
+    const int nthreads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
+    const float shift = column_bcast(ok && threadIdx.y == 0 ? io<T>::load(x + f) : 0.0f);
+    Welford w = welford_empty();
+    walk_feature(f, F, N, ok, [&](int k, long long off) {
+        const float v = io<T>::load(x + off);
+        if (k < cache_units) cachef[k * nthreads + tid] = v;
+        welford_push(w, v - shift);
+    });
+    Welford t = column_reduce(w);
+
+    if (gridDim.y > 1) {
+        if (ok && threadIdx.y == 0) store_welford(partials + (f * gridDim.y + blockIdx.y) * 3, t);
+        if (!last_cta_of_column(counters)) return;
+        Welford m = welford_empty();
+        if (ok)
+            for (int q = threadIdx.y; q < gridDim.y; q += blockDim.y)
+                m = welford_merge(m, load_welford(partials + (f * gridDim.y + q) * 3));
+        t = column_reduce(m);
+        if (ok && threadIdx.y == 0)
+            finish_statistics(f, t, shift, N, eps, factor, running_mean, running_var, save_mean, save_invstd,
+                              mean_shift);
+        return;  // the normalisation is the second launch (bn_normalize_pa)
+    }
+    if (ok && threadIdx.y == 0)
+        finish_statistics(f, t, shift, N, eps, factor, running_mean, running_var, save_mean, save_invstd, nullptr);
+    if (!ok) return;
+    const float invstd = 1.0f / sqrtf(t.m2 / (float)N + eps);
+    const bool affine = flags & BN_AFFINE;
+    const float a = (affine ? scale[f] : 1.0f) * invstd;
+    const float b = affine ? bias[f] : 0.0f;
+    const float m = t.mean;
+    walk_feature(f, F, N, ok, [&](int k, long long off) {
+        const float v = k < cache_units ? cachef[k * nthreads + tid] : io<T>::load(x + off);
+        io<T>::store(y + off, ((v - shift) - m) * a + b);
+    });
+}
+
+template <typename T>
+__global__ void bn_normalize_pa(const T* x, T* y, const float* mean, const float* stat, const float* scale,
+                                const float* bias, const float* mean_shift, long long N, long long F, float eps,
+                                int flags) {
+    const long long f = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (f >= F) return;  // no barrier below
+    const float invstd = (flags & BN_STAT_IS_VAR) ? 1.0f / sqrtf(stat[f] + eps) : stat[f];
+    const bool affine = flags & BN_AFFINE;
+    const float a = (affine ? scale[f] : 1.0f) * invstd;
+    const float b = affine ? bias[f] : 0.0f;
+    const bool shifted = flags & BN_SHIFTED;
+    const float shift = shifted ? mean_shift[2 * f] : 0.0f;
+    const float m = shifted ? mean_shift[2 * f + 1] : mean[f];
+    walk_feature(f, F, N, true, [&](int, long long off) {
+        io<T>::store(y + off, ((io<T>::load(x + off) - shift) - m) * a + b);
+    });
+}
+
+// ---------------------------------------------------------------- per-activation backward
+template <typename T>
+__global__ void bn_bwd_pa(const T* x, const T* dy, T* dx, const float* scale, const float* mean, const float* stat,
+                          float* scale_grad, float* bias_grad, float* partials, unsigned* counters, long long N,
+                          long long F, float eps, int flags, int cache_units) {
+    extern __shared__ float cachef[];
+    const bool frozen = flags & BN_STAT_IS_VAR, affine = flags & BN_AFFINE;
+    const long long f = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const bool ok = f < F;
+    const int nthreads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
+    const int slots = cache_units * nthreads;
+    const float st = ok ? stat[f] : 1.0f;
+    const float invstd = frozen ? 1.0f / sqrtf(st + eps) : st;
+    const float mu = ok ? mean[f] : 0.0f;
+    const float a = (affine && ok ? scale[f] : 1.0f) * invstd;
+    Sum2 acc{0.0f, 0.0f};
+    walk_feature(f, F, N, ok, [&](int k, long long off) {
+        const float vx = io<T>::load(x + off), vd = io<T>::load(dy + off);
+        if (k < cache_units) {
+            cachef[k * nthreads + tid] = vx;
+            cachef[slots + k * nthreads + tid] = vd;
+        }
+        acc.a += vd;
+        acc.b += vd * ((vx - mu) * invstd);
+        if (frozen) io<T>::store(dx + off, a * vd);
+    });
+    Sum2 t = column_reduce(acc);
+
+    if (gridDim.y > 1) {
+        if (ok && threadIdx.y == 0) {
+            float* p = partials + (f * gridDim.y + blockIdx.y) * 2;
+            p[0] = t.a;
+            p[1] = t.b;
+        }
+        if (!last_cta_of_column(counters)) return;
+        Sum2 m{0.0f, 0.0f};
+        if (ok)
+            for (int q = threadIdx.y; q < gridDim.y; q += blockDim.y) {
+                const float* p = partials + (f * gridDim.y + q) * 2;
+                m = merge(m, Sum2{__ldcg(p), __ldcg(p + 1)});
+            }
+        t = column_reduce(m);
+        if (ok && threadIdx.y == 0) {
+            bias_grad[f] = t.a;
+            scale_grad[f] = t.b;
+        }
+        return;  // dx is the second launch (bn_bwd_dx_pa) unless frozen (already written)
+    }
+    if (ok && threadIdx.y == 0) {
+        bias_grad[f] = t.a;
+        scale_grad[f] = t.b;
+    }
+    if (frozen || !ok) return;
+    const float db = t.a / (float)N, ds = t.b / (float)N;
+    walk_feature(f, F, N, ok, [&](int k, long long off) {
+        const bool hit = k < cache_units;
+        const float vx = hit ? cachef[k * nthreads + tid] : io<T>::load(x + off);
+        const float vd = hit ? cachef[slots + k * nthreads + tid] : io<T>::load(dy + off);
+        io<T>::store(dx + off, a * (vd - db - (vx - mu) * invstd * ds));
+    });
+}
+
+template <typename T>
+__global__ void bn_bwd_dx_pa(const T* x, const T* dy, T* dx, const float* scale, const float* mean,
+                             const float* invstd_, const float* scale_grad, const float* bias_grad, long long N,
+                             long long F, int flags) {
+    const long long f = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (f >= F) return;  // no barrier below
+    const float invstd = invstd_[f], mu = mean[f];
+    const float a = ((flags & BN_AFFINE) ? scale[f] : 1.0f) * invstd;
+    const float db = bias_grad[f] / (float)N, ds = scale_grad[f] / (float)N;
+    walk_feature(f, F, N, true, [&](int, long long off) {
+        io<T>::store(dx + off, a * (io<T>::load(dy + off) - db - (io<T>::load(x + off) - mu) * invstd * ds));
+    });
+}
