@@ -29,6 +29,8 @@ class Module:
     # so load() can create them from a file.
     declaredVars = ()
     declaredAttrs = ()
+    # Modules taking several inputs (a list of arrays) set this.
+    acceptsLists = False
 
     def __init__(self, name=None):
         self.name = name
@@ -212,12 +214,11 @@ class Module:
         elif dtype != self.calctype:
             raise ModuleError("Expected dtype %s, got %s" % (np.dtype(self.calctype), dtype))
 
-    @classmethod
-    def checkDeviceArrays(cls, data, what):
+    def checkDeviceArrays(self, data, what):
         """Modules compute on cybn GPUArrays only (always C-contiguous); anything else is refused by name."""
-        if isinstance(data, (tuple, list)):
+        if isinstance(data, (tuple, list)) and self.acceptsLists:
             for d in data:
-                cls.checkDeviceArrays(d, what)
+                self.checkDeviceArrays(d, what)
             return
 
         from cybn.gpuarray import GPUArray
