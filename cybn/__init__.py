@@ -1,1 +1,50 @@
-"""cybn: a low-level CUDA batch-normalisation engine (placeholder until the engine core lands)."""
+"""cybn: a low-level CUDA batch-normalisation engine (NVRTC kernels, Cython driver-API classes, a
+PuzzleLib-compatible Module layer, and a software GPU for machines without one).
+
+Importing cybn is cheap and touches no driver: names load on first use (PEP 562), so
+`import cybn.softgpu` works before anything is compiled and the driver is chosen (cybn.backend) only
+when the first device call happens."""
+import importlib
+import os
+
+__version__ = "0.1.0"
+
+# public name -> submodule defining it
+_EXPORTS = {
+    "CudaError": "errors", "CompileError": "errors",
+    "Device": "device", "Context": "device", "get_device": "device", "device_count": "device",
+    "Stream": "stream", "current_stream": "stream",
+    "Event": "event",
+    "DeviceBuffer": "memory", "MemoryPool": "memory", "PinnedBuffer": "memory", "default_pool": "memory",
+    "Module": "module", "Function": "module",
+    "GPUArray": "gpuarray", "to_gpu": "gpuarray", "empty": "gpuarray", "zeros": "gpuarray",
+    "empty_like": "gpuarray", "zeros_like": "gpuarray", "from_dlpack": "gpuarray",
+    "from_cuda_array_interface": "gpuarray",
+    "get_function": "kernels",
+}
+_SUBMODULES = {"backend", "errors", "status", "device", "stream", "event", "memory", "module", "gpuarray",
+               "kernels", "elementwise", "softgpu", "nvrtc", "cache", "paths", "warmup", "variants",
+               "batchnorm", "modules"}
+
+__all__ = sorted(_EXPORTS) + ["get_include", "__version__"]
+
+
+def get_include():
+    """The directory of cybn's C headers (cybn/include), for extensions that build against cybn."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "include")
+
+
+def __getattr__(name):
+    sub = _EXPORTS.get(name)
+    if sub is not None:
+        value = getattr(importlib.import_module(f"{__name__}.{sub}"), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        # `cybn.stream` is both the module and `with cybn.stream(s):` (the module is callable).
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'cybn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS) | _SUBMODULES)

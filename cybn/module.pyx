@@ -1,0 +1,265 @@
+# distutils: language = c++
+"""Loaded modules and typed kernel launches.
+
+A Function's signature (one char per argument: P pointer, i int32, I uint32, q int64, Q uint64,
+f float32, d float64) is turned into slot offsets once; a call packs the arguments straight into a
+C buffer on the stack in one C loop and hands the driver pointers into it, so nothing is launched
+unless every argument converted."""
+from cpython.long cimport PyLong_AsLongLong, PyLong_AsUnsignedLongLong
+from cpython.float cimport PyFloat_AsDouble
+from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
+from libc.stdint cimport int32_t, uint32_t, int64_t, uint64_t
+from libc.string cimport memcpy
+
+from cuda.bindings cimport cydriver
+from cybn.device cimport ensure_context
+from cybn.status cimport check
+from cybn.stream cimport resolve_stream
+from cybn.memory cimport DeviceBuffer
+from cybn.gpuarray cimport GPUArray
+
+_CODE_NAMES = {"P": "pointer", "i": "int32", "I": "uint32", "q": "int64", "Q": "uint64",
+               "f": "float32", "d": "float64"}
+_CODE_SIZES = {"P": 8, "i": 4, "I": 4, "q": 8, "Q": 8, "f": 4, "d": 8}
+
+
+cdef class Module:
+    """A CUmodule loaded in the current context from a PTX/CUBIN image (cuModuleLoadData)."""
+
+    def __init__(self):
+        raise TypeError("use Module.from_image(image_bytes)")
+
+    @staticmethod
+    def from_image(image):
+        """Load a compiled image (PTX text or CUBIN bytes) into the current device's context."""
+        if isinstance(image, str):
+            image = image.encode()
+        if not isinstance(image, (bytes, bytearray, memoryview)):
+            raise TypeError(f"Module.from_image: expected bytes, got {type(image).__name__}")
+        cdef bytes data = bytes(image)  # bytes objects are NUL-terminated, as PTX text must be
+        if not data:
+            raise ValueError("Module.from_image: empty image")
+        cdef Module m = Module.__new__(Module)
+        m.ctx = ensure_context()
+        m.functions = {}
+        cdef const char* p = data
+        with nogil:
+            check(cydriver.cuModuleLoadData(&m.mod, p), "cuModuleLoadData")
+        return m
+
+    def __dealloc__(self):
+        if self.mod != NULL:
+            try:
+                ensure_context()
+                cydriver.cuModuleUnload(self.mod)
+            except Exception:
+                pass
+
+    @property
+    def handle(self):
+        return <size_t>self.mod
+
+    def function(self, name, signature, label=None):
+        """The kernel `name` (its symbol: an extern "C" name or a lowered mangled name) typed by
+        `signature`; `label` (default: name) is what error messages call it, e.g. the template expression.
+        The same (name, signature) returns the same Function."""
+        key = (name, signature)
+        f = self.functions.get(key)
+        if f is None:
+            f = self.functions[key] = _make_function(self, name, signature, label or name)
+        return f
+
+    def get_global(self, name):
+        """(device pointer, size in bytes) of a module-scope __device__/__constant__ variable."""
+        cdef cydriver.CUdeviceptr p = 0
+        cdef size_t size = 0
+        cdef bytes bname = name.encode()
+        ensure_context()
+        check(cydriver.cuModuleGetGlobal(&p, &size, self.mod, bname), "cuModuleGetGlobal")
+        return p, size
+
+
+cdef int parse_dims(object d, unsigned int* out, const char* what) except -1:
+    cdef Py_ssize_t i, n
+    cdef long long v
+    out[0] = out[1] = out[2] = 1
+    if type(d) is int:
+        v = d
+        if v < 1 or v > 0xFFFFFFFF:
+            raise ValueError(f"{what.decode()} must be a positive int (got {d})")
+        out[0] = <unsigned int>v
+        return 0
+    if not isinstance(d, tuple) or not 1 <= len(d) <= 3:
+        raise TypeError(f"{what.decode()} must be an int or a tuple of 1 to 3 ints, got {d!r}")
+    n = len(d)
+    for i in range(n):
+        if not isinstance(d[i], int):
+            raise TypeError(f"{what.decode()} must be an int or a tuple of 1 to 3 ints, got {d!r}")
+        v = d[i]
+        if v < 1 or v > 0xFFFFFFFF:
+            raise ValueError(f"{what.decode()} dimensions must be positive, got {d!r}")
+        out[i] = <unsigned int>v
+    return 0
+
+
+cdef inline unsigned long long _pointer(object o) except? 0:
+    if type(o) is int:
+        return PyLong_AsUnsignedLongLong(o)
+    if type(o) is GPUArray:
+        return (<GPUArray>o).ptr_
+    if type(o) is DeviceBuffer:
+        return (<DeviceBuffer>o).ptr
+    if o is None:
+        return 0  # NULL, for optional pointer arguments
+    if isinstance(o, int):
+        return PyLong_AsUnsignedLongLong(o)
+    p = getattr(o, "ptr", None)
+    if p is None:
+        raise TypeError(f"expected a device pointer (int, DeviceBuffer, GPUArray or an object with .ptr), "
+                        f"got {type(o).__name__}")
+    return PyLong_AsUnsignedLongLong(p)
+
+
+cdef Function _make_function(Module module, str symbol, str signature, str name):
+    if not isinstance(signature, str) or any(c not in _CODE_SIZES for c in signature):
+        raise ValueError(f"kernel {name}: bad signature {signature!r}: one char per argument, from "
+                         + ", ".join(f"{k}={v}" for k, v in _CODE_NAMES.items()))
+    if len(signature) > MAX_KERNEL_ARGS:
+        raise ValueError(f"kernel {name}: {len(signature)} arguments, at most {MAX_KERNEL_ARGS} supported")
+    cdef Function f = Function.__new__(Function)
+    cdef int off = 0, size, i
+    for i, c in enumerate(signature):
+        size = _CODE_SIZES[c]
+        off = (off + size - 1) // size * size  # natural alignment, as the kernel's .param layout
+        f.codes[i] = ord(c)
+        f.offsets[i] = off
+        off += size
+    if off > MAX_PARAM_BYTES:
+        raise ValueError(f"kernel {name}: {off} bytes of parameters, at most {MAX_PARAM_BYTES}")
+    f.nargs = len(signature)
+    f.param_bytes = off
+    f.name = name
+    f.signature = signature
+    f.module = module
+    cdef bytes bname = symbol.encode()
+    ensure_context()
+    check(cydriver.cuModuleGetFunction(&f.func, module.mod, bname), "cuModuleGetFunction")
+    return f
+
+
+cdef class Function:
+    """A kernel with a fixed argument signature; call it as f(grid, block, args, shared_mem=0,
+    stream=None, cooperative=False)."""
+
+    def __init__(self):
+        raise TypeError("Functions come from Module.function(name, signature) or cybn.kernels.get_function")
+
+    @property
+    def handle(self):
+        return <size_t>self.func
+
+    cdef int pack(self, tuple args, unsigned long long* buf, void** ptrs) except -1:
+        cdef Py_ssize_t n = PyTuple_GET_SIZE(args)
+        cdef int i = 0
+        cdef char* base = <char*>buf
+        cdef object o
+        cdef char c
+        cdef long long sv
+        cdef unsigned long long uv
+        cdef int32_t i32
+        cdef uint32_t u32
+        cdef float f32
+        cdef double f64
+        if n != self.nargs:
+            raise TypeError(f"kernel {self.name} takes {self.nargs} arguments (signature {self.signature!r}), "
+                            f"got {n}")
+        try:
+            while i < n:
+                o = <object>PyTuple_GET_ITEM(args, i)
+                c = self.codes[i]
+                ptrs[i] = base + self.offsets[i]
+                if c == b'P':
+                    uv = _pointer(o)
+                    memcpy(ptrs[i], &uv, 8)
+                elif c == b'f':
+                    f32 = <float>PyFloat_AsDouble(o)
+                    memcpy(ptrs[i], &f32, 4)
+                elif c == b'd':
+                    f64 = PyFloat_AsDouble(o)
+                    memcpy(ptrs[i], &f64, 8)
+                elif c == b'i':
+                    sv = PyLong_AsLongLong(o)
+                    if sv < -2147483648 or sv > 2147483647:
+                        raise OverflowError(f"{sv} does not fit in int32")
+                    i32 = <int32_t>sv
+                    memcpy(ptrs[i], &i32, 4)
+                elif c == b'I':
+                    sv = PyLong_AsLongLong(o)
+                    if sv < 0 or sv > 4294967295:
+                        raise OverflowError(f"{sv} does not fit in uint32")
+                    u32 = <uint32_t>sv
+                    memcpy(ptrs[i], &u32, 4)
+                elif c == b'q':
+                    sv = PyLong_AsLongLong(o)
+                    memcpy(ptrs[i], &sv, 8)
+                else:  # 'Q'
+                    uv = PyLong_AsUnsignedLongLong(o)
+                    memcpy(ptrs[i], &uv, 8)
+                i += 1
+        except (TypeError, ValueError, OverflowError) as e:
+            code = chr(self.codes[i])
+            raise type(e)(f"kernel {self.name} argument {i} ({_CODE_NAMES[code]} '{code}'): {e}") from None
+        return 0
+
+    cdef int launch(self, const unsigned int* grid, const unsigned int* block, unsigned int shared_mem,
+                    cydriver.CUstream stream, void** params, bint cooperative) except -1 nogil:
+        if cooperative:
+            return check(cydriver.cuLaunchCooperativeKernel(self.func, grid[0], grid[1], grid[2],
+                                                            block[0], block[1], block[2], shared_mem,
+                                                            stream, params), "cuLaunchCooperativeKernel")
+        return check(cydriver.cuLaunchKernel(self.func, grid[0], grid[1], grid[2], block[0], block[1], block[2],
+                                             shared_mem, stream, params, NULL), "cuLaunchKernel")
+
+    def __call__(self, grid, block, args, unsigned int shared_mem=0, stream=None, bint cooperative=False):
+        """Launch on `stream` (None: the current stream). Arguments are checked and packed first."""
+        cdef unsigned long long buf[MAX_PARAM_WORDS]
+        cdef void* ptrs[MAX_KERNEL_ARGS]
+        cdef unsigned int g[3]
+        cdef unsigned int b[3]
+        if type(args) is not tuple:
+            if not isinstance(args, (tuple, list)):
+                raise TypeError(f"kernel {self.name}: args must be a tuple, got {type(args).__name__}")
+            args = tuple(args)
+        parse_dims(grid, g, b"grid")
+        parse_dims(block, b, b"block")
+        self.pack(<tuple>args, buf, ptrs)
+        cdef cydriver.CUstream s = resolve_stream(stream)
+        ensure_context()
+        with nogil:
+            self.launch(g, b, shared_mem, s, ptrs, cooperative)
+
+    @property
+    def attributes(self):
+        """max_threads_per_block, num_regs, shared_size_bytes, local_size_bytes, const_size_bytes."""
+        return {"max_threads_per_block": self._attr(cydriver.CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK),
+                "num_regs": self._attr(cydriver.CU_FUNC_ATTRIBUTE_NUM_REGS),
+                "shared_size_bytes": self._attr(cydriver.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES),
+                "local_size_bytes": self._attr(cydriver.CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES),
+                "const_size_bytes": self._attr(cydriver.CU_FUNC_ATTRIBUTE_CONST_SIZE_BYTES)}
+
+    def _attr(self, int attr):
+        cdef int v = 0
+        ensure_context()
+        check(cydriver.cuFuncGetAttribute(&v, <cydriver.CUfunction_attribute>attr, self.func), "cuFuncGetAttribute")
+        return v
+
+    def set_max_dynamic_shared(self, int nbytes):
+        """Opt in to more than 48 KiB of dynamic shared memory (up to the device's limit)."""
+        if nbytes < 0:
+            raise ValueError(f"set_max_dynamic_shared: nbytes must be >= 0, got {nbytes}")
+        ensure_context()
+        check(cydriver.cuFuncSetAttribute(self.func, cydriver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                          nbytes), "cuFuncSetAttribute")
+
+    def __repr__(self):
+        return f"<cybn.Function {self.name}({self.signature})>"

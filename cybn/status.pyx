@@ -1,0 +1,34 @@
+# distutils: language = c++
+"""CUresult -> cybn.CudaError (with the driver's name and description of the code and the failing call)."""
+from cuda.bindings cimport cydriver
+
+from cybn.errors import CudaError
+
+
+cdef int raise_error(cydriver.CUresult status, const char* call) except -1:
+    raise make_error(<int>status, call.decode())
+
+
+def make_error(int code, str call):
+    """The CudaError for `code` returned by `call`; asks the driver for the name and description."""
+    cdef const char* name = NULL
+    cdef const char* desc = NULL
+    cdef cydriver.CUresult c = <cydriver.CUresult>code
+    try:
+        if cydriver.cuGetErrorName(c, &name) != cydriver.CUDA_SUCCESS:
+            name = NULL
+        if cydriver.cuGetErrorString(c, &desc) != cydriver.CUDA_SUCCESS:
+            desc = NULL
+    except Exception:  # no driver loaded at all: still report the number
+        name = desc = NULL
+    return CudaError(code,
+                     name.decode() if name != NULL else f"CUDA_ERROR_{code}",
+                     desc.decode() if desc != NULL else "unrecognized error code",
+                     call)
+
+
+def check_status(code, call):
+    """Python-level check for results of cuda.bindings.driver calls (a CUresult or an int)."""
+    code = int(code)
+    if code != 0:
+        raise make_error(code, call)

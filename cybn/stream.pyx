@@ -1,0 +1,166 @@
+# distutils: language = c++
+"""Streams, the per-thread current stream, and `with cybn.stream(s):` (this module is callable)."""
+import sys
+import threading
+import types
+
+from cuda.bindings cimport cydriver
+from cybn.device cimport ensure_context
+from cybn.status cimport check
+
+_tls = threading.local()
+cdef Stream _legacy = None
+
+
+cdef class Stream:
+    """A CUDA stream. Stream() creates and owns one; Stream.external() wraps a handle it does not own."""
+
+    def __cinit__(self, bint non_blocking=True, int priority=0, *, _wrap=False):
+        self.stream = NULL
+        self.owned = False
+        if _wrap:
+            return
+        ensure_context()
+        cdef unsigned int flags = cydriver.CU_STREAM_NON_BLOCKING if non_blocking else cydriver.CU_STREAM_DEFAULT
+        with nogil:
+            check(cydriver.cuStreamCreateWithPriority(&self.stream, flags, priority), "cuStreamCreateWithPriority")
+        self.owned = True
+
+    def __dealloc__(self):
+        if self.owned and self.stream != NULL:
+            try:
+                ensure_context()
+                cydriver.cuStreamDestroy(self.stream)
+            except Exception:  # interpreter shutdown: the context may be gone; nothing to report to
+                pass
+
+    @staticmethod
+    def external(handle, owner=None):
+        """Wrap an existing CUstream (an int, or anything with int(x) / .handle) without owning it."""
+        if hasattr(handle, "handle"):
+            handle = handle.handle
+        cdef Stream s = Stream(_wrap=True)
+        s.stream = <cydriver.CUstream><size_t>int(handle)
+        s.owner = owner
+        return s
+
+    @staticmethod
+    def legacy():
+        """The legacy default stream (handle 0): synchronises with every blocking stream."""
+        global _legacy
+        if _legacy is None:
+            _legacy = Stream(_wrap=True)
+        return _legacy
+
+    @property
+    def handle(self):
+        return <size_t>self.stream
+
+    def synchronize(self):
+        """Block (GIL released) until all work queued on the stream is done."""
+        ensure_context()
+        with nogil:
+            check(cydriver.cuStreamSynchronize(self.stream), "cuStreamSynchronize")
+
+    def query(self):
+        """True if all queued work is done, False if some is still running."""
+        ensure_context()
+        cdef cydriver.CUresult r = cydriver.cuStreamQuery(self.stream)
+        if r == cydriver.CUDA_ERROR_NOT_READY:
+            return False
+        check(r, "cuStreamQuery")
+        return True
+
+    def wait(self, event):
+        """Make later work on this stream wait until `event` (a cybn Event) has completed."""
+        cdef size_t ev = _event_handle(event)
+        ensure_context()
+        with nogil:
+            check(cydriver.cuStreamWaitEvent(self.stream, <cydriver.CUevent>ev, 0), "cuStreamWaitEvent")
+
+    def record(self, event=None):
+        """Record `event` (a new Event if None) on this stream and return it."""
+        if event is None:
+            from cybn.event import Event
+            event = Event()
+        event.record(self)
+        return event
+
+    def __enter__(self):
+        _push(self)
+        return self
+
+    def __exit__(self, *exc):
+        _pop(self)
+        return False
+
+    def __eq__(self, other):
+        return isinstance(other, Stream) and (<Stream>other).stream == self.stream
+
+    def __hash__(self):
+        return hash(("cybn.Stream", <size_t>self.stream))
+
+    def __repr__(self):
+        kind = "owned" if self.owned else ("legacy" if self.stream == NULL else "external")
+        return f"<cybn.Stream {kind} handle={<size_t>self.stream:#x}>"
+
+
+cdef size_t _event_handle(event) except? 0:
+    if event is None or not hasattr(event, "handle"):
+        raise TypeError(f"expected a cybn Event, got {type(event).__name__}")
+    return <size_t>int(event.handle)
+
+
+cdef Stream current_stream_c():
+    cdef list stack = getattr(_tls, "stack", None)
+    if stack:
+        return stack[-1]
+    return Stream.legacy()
+
+
+cdef cydriver.CUstream resolve_stream(object stream) except? NULL:
+    if stream is None:
+        return current_stream_c().stream
+    if isinstance(stream, Stream):
+        return (<Stream>stream).stream
+    if isinstance(stream, int):
+        return <cydriver.CUstream><size_t>stream
+    raise TypeError(f"stream must be a cybn Stream, a CUstream int or None, got {type(stream).__name__}")
+
+
+def current_stream():
+    """The Stream cybn uses on this thread when none is given."""
+    return current_stream_c()
+
+
+cdef _push(Stream s):
+    stack = getattr(_tls, "stack", None)
+    if stack is None:
+        stack = _tls.stack = []
+    stack.append(s)
+
+
+cdef _pop(Stream s):
+    stack = _tls.stack
+    if not stack or stack[-1] is not s:
+        raise RuntimeError("cybn.stream contexts exited out of order")
+    stack.pop()
+
+
+def use(s):
+    """Context manager making `s` (a Stream; None = the legacy stream) current on this thread."""
+    if s is None:
+        s = Stream.legacy()
+    if not isinstance(s, Stream):
+        raise TypeError(f"cybn.stream() takes a cybn Stream or None, got {type(s).__name__}")
+    return s
+
+
+class _CallableModule(types.ModuleType):
+    """`cybn.stream` is this module and also `with cybn.stream(s):` (api.md names both)."""
+
+    def __call__(self, s):
+        return use(s)
+
+
+sys.modules[__name__].__class__ = _CallableModule

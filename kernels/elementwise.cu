@@ -1,0 +1,92 @@
+// Elementwise kernels the Modules need: fill, cast between float16/float32/float64, axpby.
+//
+// No CUDA headers on purpose: NVRTC compiles this with no include path in a fraction of the time
+// cuda_fp16.h would take. float16 values travel as their 16-bit patterns and convert with the same
+// PTX cvt instructions cuda_fp16.h uses (round-to-nearest-even, as numpy's float16).
+// Every loop is grid-stride with 64-bit indices, so any launch size covers any array length.
+
+typedef unsigned long long u64;
+struct h16 { unsigned short bits; };  // a float16 by its bit pattern; a struct so it overloads apart from ints
+
+#define GRID_STRIDE(i, start, n)                                                                   \
+    for (u64 i = (start) + (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                     \
+         i += (u64)gridDim.x * blockDim.x)
+
+__device__ __forceinline__ float to_f32(h16 h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h.bits)); return f; }
+__device__ __forceinline__ h16 f32_to_h(float f) { h16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(f)); return h; }
+__device__ __forceinline__ h16 f64_to_h(double d) { h16 h; asm("cvt.rn.f16.f64 %0, %1;" : "=h"(h.bits) : "d"(d)); return h; }
+
+__device__ __forceinline__ bool aligned16(const void* p) { return ((u64)p & 15) == 0; }
+
+// ------------------------------------------------------------------------------------------- fill
+// By bit pattern (1, 2, 4 or 8 bytes), so every dtype is covered and the host does the dtype's own
+// rounding of the value. Aligned arrays are written 16 bytes per store.
+template <typename T>
+__device__ void fill(T* y, T v, u64 n) {
+    u64 done = 0;
+    if (aligned16(y)) {
+        constexpr int k = 16 / sizeof(T);
+        union { T s[k]; uint4 v4; } pack;
+        for (int j = 0; j < k; ++j) pack.s[j] = v;
+        const u64 n4 = n / k;
+        GRID_STRIDE(i, 0, n4) reinterpret_cast<uint4*>(y)[i] = pack.v4;
+        done = n4 * k;
+    }
+    GRID_STRIDE(i, done, n) y[i] = v;
+}
+
+extern "C" __global__ void cybn_fill_b8(unsigned char* y, unsigned int v, u64 n) { fill<unsigned char>(y, (unsigned char)v, n); }
+extern "C" __global__ void cybn_fill_b16(unsigned short* y, unsigned int v, u64 n) { fill<unsigned short>(y, (unsigned short)v, n); }
+extern "C" __global__ void cybn_fill_b32(unsigned int* y, unsigned int v, u64 n) { fill<unsigned int>(y, v, n); }
+extern "C" __global__ void cybn_fill_b64(u64* y, u64 v, u64 n) { fill<u64>(y, v, n); }
+
+// ------------------------------------------------------------------------------------------- cast
+__device__ __forceinline__ void convert(float x, h16& y) { y = f32_to_h(x); }
+__device__ __forceinline__ void convert(double x, h16& y) { y = f64_to_h(x); }  // one rounding, as numpy
+__device__ __forceinline__ void convert(h16 x, float& y) { y = to_f32(x); }
+__device__ __forceinline__ void convert(h16 x, double& y) { y = (double)to_f32(x); }  // exact
+__device__ __forceinline__ void convert(float x, double& y) { y = (double)x; }
+__device__ __forceinline__ void convert(double x, float& y) { y = __double2float_rn(x); }
+
+template <typename S, typename D>
+__device__ void cast(const S* __restrict__ x, D* __restrict__ y, u64 n) {
+    GRID_STRIDE(i, 0, n) convert(x[i], y[i]);
+}
+
+#define CAST(NAME, S, D) \
+    extern "C" __global__ void NAME(const S* __restrict__ x, D* __restrict__ y, u64 n) { cast<S, D>(x, y, n); }
+CAST(cybn_cast_f32_f16, float, h16)
+CAST(cybn_cast_f64_f16, double, h16)
+CAST(cybn_cast_f16_f32, h16, float)
+CAST(cybn_cast_f16_f64, h16, double)
+CAST(cybn_cast_f32_f64, float, double)
+CAST(cybn_cast_f64_f32, double, float)
+
+// ------------------------------------------------------------------------------------------- axpby
+// out = alpha * x + beta * y (out may be y). The _rn intrinsics keep the compiler from fusing into an
+// FMA, so results are the plain rounded products and sum a numpy reference computes.
+__device__ __forceinline__ float axpby1(float a, float x, float b, float y) { return __fadd_rn(__fmul_rn(a, x), __fmul_rn(b, y)); }
+__device__ __forceinline__ double axpby1(double a, double x, double b, double y) { return __dadd_rn(__dmul_rn(a, x), __dmul_rn(b, y)); }
+
+extern "C" __global__ void cybn_axpby_f32(const float* x, const float* y, float* out, float alpha, float beta, u64 n) {
+    u64 done = 0;
+    if (aligned16(x) && aligned16(y) && aligned16(out)) {
+        const u64 n4 = n / 4;
+        GRID_STRIDE(i, 0, n4) {
+            const float4 a = reinterpret_cast<const float4*>(x)[i], b = reinterpret_cast<const float4*>(y)[i];
+            reinterpret_cast<float4*>(out)[i] = make_float4(axpby1(alpha, a.x, beta, b.x), axpby1(alpha, a.y, beta, b.y),
+                                                            axpby1(alpha, a.z, beta, b.z), axpby1(alpha, a.w, beta, b.w));
+        }
+        done = n4 * 4;
+    }
+    GRID_STRIDE(i, done, n) out[i] = axpby1(alpha, x[i], beta, y[i]);
+}
+
+extern "C" __global__ void cybn_axpby_f64(const double* x, const double* y, double* out, double alpha, double beta, u64 n) {
+    GRID_STRIDE(i, 0, n) out[i] = axpby1(alpha, x[i], beta, y[i]);
+}
+
+// float16 in and out, float32 arithmetic (one rounding to float16 at the end).
+extern "C" __global__ void cybn_axpby_f16(const h16* x, const h16* y, h16* out, float alpha, float beta, u64 n) {
+    GRID_STRIDE(i, 0, n) out[i] = f32_to_h(axpby1(alpha, to_f32(x[i]), beta, to_f32(y[i])));
+}
