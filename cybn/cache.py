@@ -38,6 +38,7 @@ _memo = {}  # request tuple -> CompiledImage
 _key_locks = {}  # request tuple -> Lock, so threads asking for the same program compile it once
 _warned = set()
 _stats = dict(memory_hits=0, disk_hits=0, compiles=0, discarded=0, writes=0)
+_tls = threading.local()
 
 
 def enabled():
@@ -50,6 +51,11 @@ def stats():
     writes (entries stored)."""
     with _lock:
         return dict(_stats)
+
+
+def last_outcome():
+    """How this thread's last compile_cached call was served: "memory", "disk" or "compiled"."""
+    return getattr(_tls, "outcome", None)
 
 
 def clear_memory():
@@ -297,6 +303,7 @@ def compile_cached(source_text, source_name, options=(), name_expressions=(), ta
         img = _memo.get(request)
         if img is not None:
             _stats["memory_hits"] += 1
+            _tls.outcome = "memory"
             return img
         key_lock = _key_locks.setdefault(request, threading.Lock())
     with key_lock:
@@ -304,6 +311,7 @@ def compile_cached(source_text, source_name, options=(), name_expressions=(), ta
             img = _memo.get(request)
         if img is not None:
             _count("memory_hits")
+            _tls.outcome = "memory"
             return img
         img = _compile_or_load(source_text, source_name, options, name_expressions, target, arch, headers,
                                source_dir)
@@ -319,10 +327,12 @@ def _compile_or_load(source_text, source_name, options, name_expressions, target
         img = _load(directory, key, target, arch)
         if img is not None:
             _count("disk_hits")
+            _tls.outcome = "disk"
             return img
     from . import nvrtc
     img = nvrtc.compile(source_text, source_name, options, headers, name_expressions, target, arch)
     _count("compiles")
+    _tls.outcome = "compiled"
     if directory is not None:
         _store(directory, key, img)
     return img

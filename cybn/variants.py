@@ -35,7 +35,7 @@ def register_variants(source, variants):
     for i, entry in enumerate(variants):
         if not isinstance(entry, (tuple, list)) or len(entry) != 2:
             raise TypeError(f"variant {i} of {source}: expected a (name_expressions, options) pair, got {entry!r}")
-        names, options = nvrtc_options.check_request(entry[1], entry[0], "ptx", "compute_80")
+        options, names = nvrtc_options.check_request(entry[1], entry[0], "ptx", "compute_80")
         if not names:
             raise ValueError(f"variant {i} of {source}: no name expressions given")
         checked.append((options, names))
