@@ -1,0 +1,77 @@
+# The nogil BatchNorm core: a C descriptor plus launch functions that touch no Python object, so
+# Cython (or C) faces can call them without the GIL. cybn/batchnorm.pyx fills the kernel handles
+# (prepare) and the workspace; the cores validate, plan and launch with cuLaunchKernel.
+from cuda.bindings cimport cydriver
+
+cdef enum:
+    BN_SPATIAL = 0          # (N, C, *spatial): one statistic per channel
+    BN_PER_ACTIVATION = 1   # (N, C, *rest): one statistic per (c, *rest) position
+
+cdef enum:
+    BN_FLOAT32 = 0
+    BN_FLOAT16 = 1
+
+cdef enum:
+    BN_DESC_AFFINE = 1      # scale and bias are given; else they are 1 and 0 (pointers may be 0)
+
+# Status codes of the cores: 0, a negative BN_E* (message: bn_last_error()), or a positive CUresult
+# from cuLaunchKernel.
+cdef enum:
+    BN_OK = 0
+    BN_EINVAL = -1          # a bad descriptor or pointer; nothing launched
+    BN_ENOTPREPARED = -2    # prepare() was not called for this dtype/mode/context
+    BN_EWORKSPACE = -3      # the descriptor's workspace is smaller than bn_workspace_size()
+
+# Which kernels an operation uses.
+cdef enum:
+    BN_K_FWD_TRAIN = 0
+    BN_K_NORMALIZE = 1
+    BN_K_BWD = 2
+    BN_K_BWD_DX = 3
+    BN_NKERNELS = 4
+
+ctypedef struct bn_plan:
+    unsigned int grid[3]
+    unsigned int block[3]
+    unsigned int shared_bytes   # dynamic shared memory (the x / dy replay cache)
+    int cache_units             # cache slots per thread
+    int vec                     # spatial: 16-byte units
+    int split                   # CTAs per channel (grid.y); > 1: partials + last-CTA combine + 2nd launch
+
+ctypedef struct bn_desc:
+    int mode                    # BN_SPATIAL / BN_PER_ACTIVATION
+    int dtype                   # BN_FLOAT32 / BN_FLOAT16
+    long long N                 # batch
+    long long C                 # channels
+    long long S                 # prod(spatial) (spatial mode) or prod(rest) (per-activation: C * S stats)
+    float epsilon
+    float factor                # running = (1 - factor) * running + factor * batch
+    int flags                   # BN_DESC_AFFINE
+    int sm_count                # of the device: the launch heuristic aims at 2 CTAs per SM
+    cydriver.CUfunction kernels[4]     # BN_K_*, filled by prepare() for (dtype, mode)
+    unsigned int static_shared[4]      # their static shared memory (the cache gets the rest of 48 KiB)
+    cydriver.CUdeviceptr workspace     # counters (zero between calls) + partials; see bn_workspace_size
+    size_t workspace_bytes
+    int force_group             # tests: threads per channel (spatial) / row lanes (per-activation); 0 auto
+    int force_split             # tests: CTAs per channel; 0 auto
+    int force_cache             # tests: cache slots per thread; -1 auto
+
+cdef const char* bn_last_error() noexcept nogil
+cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcept nogil
+cdef size_t bn_workspace_size(const bn_desc* d) noexcept nogil
+
+cdef int bn_forward_train_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr y,
+                               cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                               cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
+                               cydriver.CUdeviceptr save_mean, cydriver.CUdeviceptr save_invstd,
+                               cydriver.CUstream stream) noexcept nogil
+cdef int bn_forward_infer_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr y,
+                               cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                               cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
+                               cydriver.CUstream stream) noexcept nogil
+# frozen = 0: from the saved batch statistics (mean = save_mean, stat = save_invstd);
+# frozen = 1: eval-mode backward over running statistics (mean = running_mean, stat = running_var).
+cdef int bn_backward_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr dy,
+                          cydriver.CUdeviceptr dx, cydriver.CUdeviceptr scale, cydriver.CUdeviceptr mean,
+                          cydriver.CUdeviceptr stat, cydriver.CUdeviceptr scale_grad,
+                          cydriver.CUdeviceptr bias_grad, int frozen, cydriver.CUstream stream) noexcept nogil

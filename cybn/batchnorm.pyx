@@ -1,0 +1,734 @@
+# distutils: language = c++
+# cython: boundscheck=False, wraparound=False, cdivision=True
+"""BatchNorm: the functional layer (forward_train, forward_infer, backward, backward_infer) over a nogil
+core (see batchnorm.pxd) that plans and launches the kernels of kernels/batchnorm.cu.
+
+Shapes: x is (N, C, *spatial) in "spatial" mode (one statistic per channel over N * prod(spatial)
+values) or (N, C, *rest) in "per_activation" mode (one statistic per (c, *rest) position over the N
+rows). x/y/dy/dx float32 or float16; scale, bias, running and saved statistics float32 with one value
+per statistic (any shape of that size, e.g. (C,) or (1, C, 1, 1)).
+
+Training forward: batch mean, biased batch variance var_b, invstd = 1/sqrt(var_b + eps),
+y = scale * (x - mean) * invstd + bias; running_mean = (1 - factor) * running_mean + factor * mean and
+running_var = (1 - factor) * running_var + factor * var_b * M / (M - 1) (M values per statistic; when
+M == 1 the unbiased variance is undefined and var_b, i.e. 0, is used: never NaN or inf).
+
+Workspace: the split plan (several CTAs per channel) needs per-column counters (zero between calls:
+the last CTA resets them) and scratch for the partial statistics. Both are allocated on first need
+per (device, stream, size class) and kept for the life of the process (the counters zeroed once at
+creation); one per stream so that launches on concurrent streams never share counters.
+"""
+import enum
+import math
+
+import numpy as np
+
+from libc.stdio cimport snprintf
+from libc.string cimport memset
+from cuda.bindings cimport cydriver
+
+from cybn.device cimport ensure_context, current_ordinal
+from cybn.status cimport check, raise_error
+from cybn.stream cimport resolve_stream
+from cybn.memory cimport DeviceBuffer
+from cybn.module cimport Function
+from cybn.gpuarray cimport GPUArray
+
+cdef extern from *:
+    """
+    static __thread char cybn_bn_error[256];
+    """
+    char cybn_bn_error[256]
+
+cdef enum:
+    K_AFFINE = 1        # kernel flags: as the BN_* enum of kernels/batchnorm.cu
+    K_VEC = 2
+    K_STAT_IS_VAR = 4
+    K_SHIFTED = 8
+    SMEM_LIMIT = 48 * 1024   # shared memory per CTA without opt-in
+    MAX_SPLIT = 1024         # CTAs per channel at most (bounds the last CTA's combine)
+    TARGET_THREADS = 256
+
+
+class Mode(enum.Enum):
+    """spatial: one statistic per channel; per_activation: one per (c, *rest) position."""
+    spatial = "spatial"
+    per_activation = "per_activation"
+
+
+_KERNEL_NAMES = ("bn_fwd_train", "bn_normalize", "bn_bwd", "bn_bwd_dx")
+_SIGNATURES = ("PPPPPPPPPPPqqqffii", "PPPPPPPqqqfi", "PPPPPPPPPPqqqfii", "PPPPPPPPqqqi")
+_CTYPES = ("float", "__half")
+_MODE_SUFFIX = ("spatial", "pa")
+
+
+def kernel_expressions():
+    """Every kernel instantiation of batchnorm.cu (name expressions), in one list so it is compiled once."""
+    return [f"{k}_{m}<{t}>" for t in _CTYPES for m in _MODE_SUFFIX for k in _KERNEL_NAMES]
+
+
+def compile_options():
+    from cybn import paths
+    return ("-std=c++17", "-I" + paths.kernel_dir())
+
+
+# ------------------------------------------------------------------------------------------ the core
+cdef const char* bn_last_error() noexcept nogil:
+    return cybn_bn_error
+
+
+cdef int _fail(int status, const char* what) noexcept nogil:
+    snprintf(cybn_bn_error, sizeof(cybn_bn_error), "%s", what)
+    return status
+
+
+cdef inline long long _cdiv(long long a, long long b) noexcept nogil:
+    return (a + b - 1) // b
+
+
+cdef inline long long _pow2_at_least(long long v) noexcept nogil:
+    cdef long long p = 1
+    while p < v:
+        p *= 2
+    return p
+
+
+cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcept nogil:
+    """The launch heuristic. Spatial: a group of G threads (whole warps) per channel, several channels
+    per CTA when channels are small, and P CTAs per channel (the split) when there are too few
+    channels to fill the device or a thread would otherwise walk too many units. Per-activation:
+    BX consecutive features (coalesced) times R row lanes per CTA, the rows split over P CTAs."""
+    cdef long long units = 0, per_thread, cols, G, CPB, P, BX, R, target, slot_bytes, arrays, budget, cap
+    cdef long long stats = d.C if d.mode == BN_SPATIAL else d.C * d.S
+    memset(p, 0, sizeof(bn_plan))
+    p.vec = vec
+    if d.mode == BN_SPATIAL:
+        units = d.N * (d.S // (8 if d.dtype == BN_FLOAT16 else 4) if vec else d.S)
+        if d.force_group > 0:  # whole warps, at most 1024 threads
+            G = min(max(d.force_group // 32, 1) * 32, 1024)
+        else:
+            G = 32
+            while G < TARGET_THREADS and units > G * 4:
+                G *= 2
+        CPB = TARGET_THREADS // G if G < TARGET_THREADS else 1
+        if CPB > stats:
+            CPB = stats
+        cols = _cdiv(stats, CPB)
+        per_thread = _cdiv(units, G)
+        p.block[0] = <unsigned int>G
+        p.block[1] = <unsigned int>CPB
+    else:
+        stats = d.C * d.S
+        BX = _pow2_at_least(stats) if stats < 32 else 32
+        R = TARGET_THREADS // BX
+        if d.force_group > 0:  # a power of two (the column reduction is a tree), at most 256 threads
+            R = min(_pow2_at_least(d.force_group + 1) // 2, TARGET_THREADS // BX)
+        elif R > _pow2_at_least(d.N):
+            R = _pow2_at_least(d.N)
+        cols = _cdiv(stats, BX)
+        per_thread = _cdiv(d.N, R)
+        p.block[0] = <unsigned int>BX
+        p.block[1] = <unsigned int>R
+    p.block[2] = 1
+    if d.force_split > 0:
+        P = d.force_split
+    else:
+        P = 1
+        if per_thread > 256:  # bound each thread's serial walk
+            P = _cdiv(per_thread, 256)
+        target = 2 * (d.sm_count if d.sm_count > 0 else 1)
+        if cols < target and per_thread >= 64:  # too few CTAs to fill the device: split channels
+            P = max(P, min(_cdiv(target, cols), per_thread // 32))
+        P = min(P, MAX_SPLIT)
+    if P > 65535:
+        P = 65535
+    p.grid[0] = <unsigned int>cols
+    p.grid[1] = <unsigned int>P
+    p.grid[2] = 1
+    p.split = <int>P
+    # The replay cache: only the fused one-launch paths (P == 1) read x (and dy) twice.
+    if P == 1 and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD):
+        slot_bytes = 16 if (d.mode == BN_SPATIAL and vec) else 4
+        arrays = 2 if kernel == BN_K_BWD else 1
+        budget = SMEM_LIMIT - <long long>d.static_shared[kernel]
+        cap = budget // (<long long>p.block[0] * p.block[1] * slot_bytes * arrays)
+        if d.force_cache >= 0:
+            p.cache_units = <int>min(<long long>d.force_cache, cap)
+        else:
+            p.cache_units = <int>min(per_thread, cap)
+        if p.cache_units < 0:
+            p.cache_units = 0
+        p.shared_bytes = <unsigned int>(p.cache_units * p.block[0] * p.block[1] * slot_bytes * arrays)
+    return BN_OK
+
+
+cdef inline size_t _round256(size_t n) noexcept nogil:
+    return (n + 255) // 256 * 256
+
+
+cdef size_t _scratch_bytes(const bn_desc* d, const bn_plan* p) noexcept nogil:
+    cdef size_t stats = <size_t>(d.C if d.mode == BN_SPATIAL else d.C * d.S)
+    if p.split <= 1:
+        return 0
+    # partials (3 floats: Welford n, mean, M2) then 2 floats (shift, shifted mean) per statistic.
+    return _round256(stats * <size_t>p.split * 3 * 4) + _round256(stats * 2 * 4)
+
+
+cdef size_t bn_workspace_size(const bn_desc* d) noexcept nogil:
+    """Scratch bytes the worst plan of this descriptor needs (0 when nothing is split). The counters
+    (one uint32 per grid column, at most one per statistic) live at its start: see _counter_bytes."""
+    cdef bn_plan p
+    cdef size_t need = 0, n
+    cdef int i, k, v
+    for i in range(4):  # forward and backward reductions, each with and without 16-byte units
+        k = BN_K_FWD_TRAIN if i < 2 else BN_K_BWD
+        v = i % 2
+        if True:
+            bn_make_plan(d, k, v, &p)
+            n = _scratch_bytes(d, &p)
+            if n > 0:
+                n += _counter_bytes(d)
+            if n > need:
+                need = n
+    return need
+
+
+cdef inline size_t _counter_bytes(const bn_desc* d) noexcept nogil:
+    return _round256(<size_t>(d.C if d.mode == BN_SPATIAL else d.C * d.S) * 4)
+
+
+cdef int _validate(const bn_desc* d, int kernel) noexcept nogil:
+    cdef long long stats
+    if d.mode != BN_SPATIAL and d.mode != BN_PER_ACTIVATION:
+        return _fail(BN_EINVAL, "descriptor: unknown mode")
+    if d.dtype != BN_FLOAT32 and d.dtype != BN_FLOAT16:
+        return _fail(BN_EINVAL, "descriptor: unknown dtype")
+    if d.N < 1 or d.C < 1 or d.S < 1:
+        return _fail(BN_EINVAL, "descriptor: N, C and S must be positive")
+    if d.N > (1LL << 62) // d.C // d.S:
+        return _fail(BN_EINVAL, "descriptor: N * C * S overflows 64 bits")
+    stats = d.C if d.mode == BN_SPATIAL else d.C * d.S
+    if stats > (1LL << 31) - 1:
+        return _fail(BN_EINVAL, "descriptor: more than 2^31 - 1 statistics")
+    if not (d.epsilon > 0):
+        return _fail(BN_EINVAL, "descriptor: epsilon must be > 0")
+    if not (d.factor >= 0 and d.factor <= 1):
+        return _fail(BN_EINVAL, "descriptor: factor must be in [0, 1]")
+    if d.kernels[kernel] == NULL:
+        return _fail(BN_ENOTPREPARED, "descriptor: kernels not prepared (call prepare(dtype, mode))")
+    return BN_OK
+
+
+cdef inline bint _aligned(cydriver.CUdeviceptr p) noexcept nogil:
+    return p % 16 == 0
+
+
+cdef int _check_workspace(const bn_desc* d, const bn_plan* p) noexcept nogil:
+    if p.split > 1 and (d.workspace == 0 or d.workspace_bytes < _counter_bytes(d) + _scratch_bytes(d, p)):
+        return _fail(BN_EWORKSPACE, "descriptor: workspace missing or smaller than bn_workspace_size()")
+    return BN_OK
+
+
+cdef int _launch(const bn_desc* d, int kernel, const bn_plan* p, cydriver.CUstream stream, void** args) noexcept nogil:
+    cdef cydriver.CUresult r = cydriver.cuLaunchKernel(
+        d.kernels[kernel], p.grid[0], p.grid[1], p.grid[2], p.block[0], p.block[1], p.block[2],
+        p.shared_bytes, stream, args, NULL)
+    if r != cydriver.CUDA_SUCCESS:
+        snprintf(cybn_bn_error, sizeof(cybn_bn_error), "cuLaunchKernel failed: %d", <int>r)
+        return <int>r
+    return BN_OK
+
+
+cdef inline int _vec_ok(const bn_desc* d, cydriver.CUdeviceptr a, cydriver.CUdeviceptr b,
+                        cydriver.CUdeviceptr c) noexcept nogil:
+    cdef long long V = 8 if d.dtype == BN_FLOAT16 else 4
+    return d.mode == BN_SPATIAL and d.S % V == 0 and _aligned(a) and _aligned(b) and _aligned(c)
+
+
+cdef int bn_forward_train_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr y,
+                               cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                               cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
+                               cydriver.CUdeviceptr save_mean, cydriver.CUdeviceptr save_invstd,
+                               cydriver.CUstream stream) noexcept nogil:
+    cdef int st = _validate(d, BN_K_FWD_TRAIN)
+    if st != BN_OK:
+        return st
+    st = _validate(d, BN_K_NORMALIZE)
+    if st != BN_OK:
+        return st
+    if x == 0 or y == 0 or running_mean == 0 or running_var == 0 or save_mean == 0 or save_invstd == 0:
+        return _fail(BN_EINVAL, "forward_train: null x, y, running or saved statistics pointer")
+    if (d.flags & BN_DESC_AFFINE) and (scale == 0 or bias == 0):
+        return _fail(BN_EINVAL, "forward_train: affine descriptor with a null scale or bias")
+    cdef bn_plan p
+    bn_make_plan(d, BN_K_FWD_TRAIN, _vec_ok(d, x, y, x), &p)
+    st = _check_workspace(d, &p)
+    if st != BN_OK:
+        return st
+    cdef cydriver.CUdeviceptr counters = d.workspace
+    cdef cydriver.CUdeviceptr partials = d.workspace + _counter_bytes(d)
+    cdef cydriver.CUdeviceptr shifted = 0
+    cdef long long stats = d.C if d.mode == BN_SPATIAL else d.C * d.S
+    if p.split > 1:
+        shifted = partials + _round256(<size_t>stats * p.split * 12)
+    else:
+        counters = partials = 0
+    cdef long long N = d.N, C = d.C, S = d.S
+    cdef float eps = d.epsilon, factor = d.factor
+    cdef int flags = (K_AFFINE if d.flags & BN_DESC_AFFINE else 0) | (K_VEC if p.vec else 0)
+    cdef int cache = p.cache_units
+    cdef void* args[18]
+    args[0] = &x; args[1] = &y; args[2] = &scale; args[3] = &bias; args[4] = &running_mean
+    args[5] = &running_var; args[6] = &save_mean; args[7] = &save_invstd; args[8] = &partials
+    args[9] = &counters; args[10] = &shifted; args[11] = &N; args[12] = &C; args[13] = &S
+    args[14] = &eps; args[15] = &factor; args[16] = &flags; args[17] = &cache
+    st = _launch(d, BN_K_FWD_TRAIN, &p, stream, args)
+    if st != BN_OK or p.split == 1:
+        return st
+    # Second launch of the split plan: normalise with the combined statistics.
+    cdef bn_plan q
+    bn_make_plan(d, BN_K_NORMALIZE, p.vec, &q)
+    flags = flags | K_SHIFTED
+    cdef void* nargs[12]
+    nargs[0] = &x; nargs[1] = &y; nargs[2] = &save_mean; nargs[3] = &save_invstd; nargs[4] = &scale
+    nargs[5] = &bias; nargs[6] = &shifted; nargs[7] = &N; nargs[8] = &C; nargs[9] = &S; nargs[10] = &eps
+    nargs[11] = &flags
+    return _launch(d, BN_K_NORMALIZE, &q, stream, nargs)
+
+
+cdef int bn_forward_infer_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr y,
+                               cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                               cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
+                               cydriver.CUstream stream) noexcept nogil:
+    cdef int st = _validate(d, BN_K_NORMALIZE)
+    if st != BN_OK:
+        return st
+    if x == 0 or y == 0 or running_mean == 0 or running_var == 0:
+        return _fail(BN_EINVAL, "forward_infer: null x, y or running statistics pointer")
+    if (d.flags & BN_DESC_AFFINE) and (scale == 0 or bias == 0):
+        return _fail(BN_EINVAL, "forward_infer: affine descriptor with a null scale or bias")
+    cdef bn_plan p
+    bn_make_plan(d, BN_K_NORMALIZE, _vec_ok(d, x, y, x), &p)
+    cdef long long N = d.N, C = d.C, S = d.S
+    cdef float eps = d.epsilon
+    cdef int flags = (K_AFFINE if d.flags & BN_DESC_AFFINE else 0) | (K_VEC if p.vec else 0) | K_STAT_IS_VAR
+    cdef cydriver.CUdeviceptr none = 0
+    cdef void* args[12]
+    args[0] = &x; args[1] = &y; args[2] = &running_mean; args[3] = &running_var; args[4] = &scale
+    args[5] = &bias; args[6] = &none; args[7] = &N; args[8] = &C; args[9] = &S; args[10] = &eps
+    args[11] = &flags
+    return _launch(d, BN_K_NORMALIZE, &p, stream, args)
+
+
+cdef int bn_backward_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr dy,
+                          cydriver.CUdeviceptr dx, cydriver.CUdeviceptr scale, cydriver.CUdeviceptr mean,
+                          cydriver.CUdeviceptr stat, cydriver.CUdeviceptr scale_grad,
+                          cydriver.CUdeviceptr bias_grad, int frozen, cydriver.CUstream stream) noexcept nogil:
+    cdef int st = _validate(d, BN_K_BWD)
+    if st != BN_OK:
+        return st
+    st = _validate(d, BN_K_BWD_DX)
+    if st != BN_OK:
+        return st
+    if x == 0 or dy == 0 or dx == 0 or mean == 0 or stat == 0 or scale_grad == 0 or bias_grad == 0:
+        return _fail(BN_EINVAL, "backward: null x, dy, dx, statistics or gradient pointer")
+    if (d.flags & BN_DESC_AFFINE) and scale == 0:
+        return _fail(BN_EINVAL, "backward: affine descriptor with a null scale")
+    cdef bn_plan p
+    bn_make_plan(d, BN_K_BWD, _vec_ok(d, x, dy, dx), &p)
+    st = _check_workspace(d, &p)
+    if st != BN_OK:
+        return st
+    cdef cydriver.CUdeviceptr counters = d.workspace if p.split > 1 else 0
+    cdef cydriver.CUdeviceptr partials = d.workspace + _counter_bytes(d) if p.split > 1 else 0
+    cdef long long N = d.N, C = d.C, S = d.S
+    cdef float eps = d.epsilon
+    cdef int flags = ((K_AFFINE if d.flags & BN_DESC_AFFINE else 0) | (K_VEC if p.vec else 0)
+                      | (K_STAT_IS_VAR if frozen else 0))
+    cdef int cache = p.cache_units
+    cdef void* args[16]
+    args[0] = &x; args[1] = &dy; args[2] = &dx; args[3] = &scale; args[4] = &mean; args[5] = &stat
+    args[6] = &scale_grad; args[7] = &bias_grad; args[8] = &partials; args[9] = &counters
+    args[10] = &N; args[11] = &C; args[12] = &S; args[13] = &eps; args[14] = &flags; args[15] = &cache
+    st = _launch(d, BN_K_BWD, &p, stream, args)
+    if st != BN_OK or p.split == 1 or frozen:
+        return st
+    # Second launch of the split plan: dx from the reduced gradients.
+    cdef bn_plan q
+    bn_make_plan(d, BN_K_BWD_DX, p.vec, &q)
+    cdef void* dargs[12]
+    dargs[0] = &x; dargs[1] = &dy; dargs[2] = &dx; dargs[3] = &scale; dargs[4] = &mean; dargs[5] = &stat
+    dargs[6] = &scale_grad; dargs[7] = &bias_grad; dargs[8] = &N; dargs[9] = &C; dargs[10] = &S
+    dargs[11] = &flags
+    return _launch(d, BN_K_BWD_DX, &q, stream, dargs)
+
+
+# ------------------------------------------------------------------------------------------ prepare
+cdef class _Prepared:
+    """The loaded kernels of one (context, dtype, mode): handles for the core, Functions kept alive."""
+    cdef cydriver.CUfunction kernels[4]
+    cdef unsigned int static_shared[4]
+    cdef list functions
+    cdef readonly int sm_count
+
+
+cdef dict _prepared = {}
+
+
+def prepare(dtype, mode="spatial"):
+    """Compile (once per process, through the kernel cache) and load (once per context) the kernels
+    for `dtype` (float32/float16) and `mode`."""
+    return _prepare(_dtype_code(dtype, "dtype"), _mode_code(mode))
+
+
+cdef _Prepared _prepare(int dt, int md):
+    cdef cydriver.CUcontext ctx = ensure_context()
+    key = (<size_t>ctx, dt, md)
+    cdef _Prepared pr = _prepared.get(key)
+    if pr is not None:
+        return pr
+    from cybn import kernels
+    from cybn.device import Device
+    pr = _Prepared.__new__(_Prepared)
+    pr.functions = []
+    exprs = kernel_expressions()
+    cdef Function f
+    for i in range(BN_NKERNELS):
+        name = f"{_KERNEL_NAMES[i]}_{_MODE_SUFFIX[md]}<{_CTYPES[dt]}>"
+        f = kernels.get_function("batchnorm.cu", name, _SIGNATURES[i], options=compile_options(),
+                                 name_expressions=exprs)
+        pr.functions.append(f)
+        pr.kernels[i] = f.func
+        pr.static_shared[i] = <unsigned int>f.attributes["shared_size_bytes"]
+    pr.sm_count = Device(current_ordinal()).sm_count
+    _prepared[key] = pr
+    return pr
+
+
+# ------------------------------------------------------------------------------------------ workspace
+cdef dict _workspaces = {}   # (context, stream) -> DeviceBuffer (counters zeroed at creation)
+
+
+cdef DeviceBuffer _workspace(cydriver.CUcontext ctx, cydriver.CUstream stream, size_t nbytes):
+    key = (<size_t>ctx, <size_t>stream)
+    cdef DeviceBuffer buf = _workspaces.get(key)
+    if buf is not None and buf.nbytes >= nbytes:
+        return buf
+    cdef size_t size = 1 << 16
+    while size < nbytes:
+        size *= 2
+    # A larger size class replaces the old one for future calls; the old buffer stays referenced in
+    # _retired so work still queued on the stream never sees it freed.
+    if buf is not None:
+        _retired.append(buf)
+    buf = DeviceBuffer(size)
+    check(cydriver.cuMemsetD8(<cydriver.CUdeviceptr>buf.ptr, 0, size), "cuMemsetD8")
+    _workspaces[key] = buf
+    return buf
+
+
+cdef list _retired = []
+
+
+# ------------------------------------------------------------------------------------------ overrides
+cdef int _force_group = 0
+cdef int _force_split = 0
+cdef int _force_cache = -1
+
+
+class plan_override:
+    """Context manager for tests: force the threads per channel (spatial) / row lanes per CTA
+    (per-activation, a power of two), the CTAs per channel, and the cache slots per thread, so that
+    small data exercises the split, big-grid and uncached paths."""
+
+    def __init__(self, group=0, split=0, cache=-1):
+        if group and (group < 1 or group > 1024):
+            raise ValueError("plan_override: group must be in [1, 1024]")
+        if split and not 1 <= split <= 65535:
+            raise ValueError("plan_override: split must be in [1, 65535]")
+        self.values = (int(group), int(split), int(cache))
+
+    def __enter__(self):
+        global _force_group, _force_split, _force_cache
+        self.saved = (_force_group, _force_split, _force_cache)
+        _force_group, _force_split, _force_cache = self.values
+        return self
+
+    def __exit__(self, *exc):
+        global _force_group, _force_split, _force_cache
+        _force_group, _force_split, _force_cache = self.saved
+        return False
+
+
+# ------------------------------------------------------------------------------------------ validation
+_DTYPES = {np.dtype(np.float32): BN_FLOAT32, np.dtype(np.float16): BN_FLOAT16}
+
+
+cdef int _dtype_code(dtype, str what) except -1:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{what} must be float32 or float16, got {dtype!r}") from None
+    code = _DTYPES.get(dt)
+    if code is None:
+        raise TypeError(f"{what} must be float32 or float16, got {dt}")
+    return code
+
+
+cdef int _mode_code(mode) except -1:
+    m = mode.value if isinstance(mode, enum.Enum) else mode
+    if m == "spatial":
+        return BN_SPATIAL
+    if m == "per_activation":
+        return BN_PER_ACTIVATION
+    raise ValueError(f"mode must be 'spatial' or 'per_activation' (or a Mode), got {mode!r}")
+
+
+cdef GPUArray _array(obj, str what):
+    """obj as a GPUArray: a GPUArray, or a C-contiguous foreign device array (__cuda_array_interface__)."""
+    if isinstance(obj, GPUArray):
+        return obj
+    if hasattr(obj, "__cuda_array_interface__"):
+        from cybn.gpuarray import from_cuda_array_interface
+        try:
+            return from_cuda_array_interface(obj)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{what}: {e}") from None
+    raise TypeError(f"{what} must be a GPUArray (or a C-contiguous device array), got {type(obj).__name__}")
+
+
+cdef GPUArray _param(obj, str what, long long count, bint optional=False):
+    if obj is None:
+        if optional:
+            return None
+        raise TypeError(f"{what} must be a float32 GPUArray, got None")
+    cdef GPUArray a = _array(obj, what)
+    if a.dtype != np.float32:
+        raise TypeError(f"{what} must be float32, got {a.dtype}")
+    if a.size != count:
+        raise ValueError(f"{what} must have {count} elements (one per statistic), got shape {a.shape}")
+    return a
+
+
+cdef GPUArray _like(obj, str what, GPUArray x):
+    if obj is None:
+        return None
+    cdef GPUArray a = _array(obj, what)
+    if a.dtype != x.dtype:
+        raise TypeError(f"{what} must have x's dtype {x.dtype}, got {a.dtype}")
+    if a.shape != x.shape:
+        raise ValueError(f"{what} must have x's shape {x.shape}, got {a.shape}")
+    return a
+
+
+cdef float _epsilon(epsilon) except? -1:
+    try:
+        e = float(epsilon)
+    except (TypeError, ValueError):
+        raise TypeError(f"epsilon must be a number, got {epsilon!r}") from None
+    if not (e > 0 and math.isfinite(e)) or np.float32(e) <= 0:
+        raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
+    return e
+
+
+cdef float _factor(factor) except? -1:
+    try:
+        f = float(factor)
+    except (TypeError, ValueError):
+        raise TypeError(f"factor must be a number, got {factor!r}") from None
+    if not 0.0 <= f <= 1.0:
+        raise ValueError(f"factor must be in [0, 1], got {factor!r}")
+    return f
+
+
+cdef long long _fill_desc(bn_desc* d, GPUArray x, mode, str what) except -1:
+    """Shape part of the descriptor from x; returns the number of statistics."""
+    memset(d, 0, sizeof(bn_desc))
+    d.mode = _mode_code(mode)
+    d.dtype = _dtype_code(x.dtype, what + ".dtype")
+    if len(x.shape) < 2:
+        raise ValueError(f"{what} must be (N, C, ...) with at least 2 dimensions, got shape {x.shape}")
+    if any(n < 1 for n in x.shape):
+        raise ValueError(f"{what} has an empty dimension: shape {x.shape}")
+    d.N = x.shape[0]
+    d.C = x.shape[1]
+    d.S = 1
+    for n in x.shape[2:]:
+        d.S *= n
+    if d.mode == BN_PER_ACTIVATION and d.C * d.S > (1LL << 31) - 1:
+        raise ValueError(f"{what}: more than 2^31 - 1 statistics")
+    d.force_group = _force_group
+    d.force_split = _force_split
+    d.force_cache = _force_cache
+    return d.C if d.mode == BN_SPATIAL else d.C * d.S
+
+
+cdef int _finish_desc(bn_desc* d, cydriver.CUstream stream) except -1:
+    """Kernels and workspace: after every argument is validated."""
+    cdef _Prepared pr = _prepare(d.dtype, d.mode)
+    cdef int i
+    for i in range(BN_NKERNELS):
+        d.kernels[i] = pr.kernels[i]
+        d.static_shared[i] = pr.static_shared[i]
+    d.sm_count = pr.sm_count
+    cdef size_t need = bn_workspace_size(d)
+    cdef DeviceBuffer ws
+    if need:
+        ws = _workspace(ensure_context(), stream, need)
+        d.workspace = ws.ptr
+        d.workspace_bytes = ws.nbytes
+    return 0
+
+
+cdef int _status(int st, const char* call) except -1:
+    if st == BN_OK:
+        return 0
+    if st > 0:
+        raise_error(<cydriver.CUresult>st, call)
+    raise RuntimeError(f"{call.decode()}: {bn_last_error().decode()}")
+
+
+cdef inline cydriver.CUdeviceptr _ptr(GPUArray a) noexcept:
+    return 0 if a is None else a.ptr_
+
+
+def _new(shape, dtype, stream):
+    from cybn.gpuarray import empty
+    return empty(shape, dtype, stream=stream)
+
+
+# ------------------------------------------------------------------------------------------ public API
+def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, out=None, save_mean=None,
+                  save_invstd=None, mode="spatial", stream=None):
+    """Training forward. Updates running_mean/running_var in place; returns (y, save_mean, save_invstd).
+    scale and bias may both be None (non-affine: 1 and 0). out may be x (in place)."""
+    cdef bn_desc d
+    cdef GPUArray gx = _array(x, "x")
+    cdef long long K = _fill_desc(&d, gx, mode, "x")
+    cdef GPUArray gs = _param(scale, "scale", K, True), gb = _param(bias, "bias", K, True)
+    if (gs is None) != (gb is None):
+        raise TypeError("scale and bias must both be given or both be None (non-affine)")
+    cdef GPUArray rm = _param(running_mean, "running_mean", K), rv = _param(running_var, "running_var", K)
+    cdef GPUArray sm = _param(save_mean, "save_mean", K, True), si = _param(save_invstd, "save_invstd", K, True)
+    cdef GPUArray gy = _like(out, "out", gx)
+    d.epsilon = _epsilon(epsilon)
+    d.factor = _factor(factor)
+    d.flags = BN_DESC_AFFINE if gs is not None else 0
+    cdef cydriver.CUstream s = resolve_stream(stream)
+    _finish_desc(&d, s)
+    if gy is None:
+        gy = _new(gx.shape, gx.dtype, stream)
+    if sm is None:
+        sm = _new((K,), np.float32, stream)
+    if si is None:
+        si = _new((K,), np.float32, stream)
+    cdef cydriver.CUdeviceptr p[8]
+    p[0] = gx.ptr_; p[1] = gy.ptr_; p[2] = _ptr(gs); p[3] = _ptr(gb); p[4] = rm.ptr_; p[5] = rv.ptr_
+    p[6] = sm.ptr_; p[7] = si.ptr_
+    cdef int st
+    with nogil:
+        st = bn_forward_train_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], s)
+    _status(st, "cuLaunchKernel")
+    return gy, sm, si
+
+
+def forward_infer(x, scale, bias, running_mean, running_var, epsilon, out=None, mode="spatial", stream=None):
+    """Inference forward with the running statistics; returns y. out may be x (in place)."""
+    cdef bn_desc d
+    cdef GPUArray gx = _array(x, "x")
+    cdef long long K = _fill_desc(&d, gx, mode, "x")
+    cdef GPUArray gs = _param(scale, "scale", K, True), gb = _param(bias, "bias", K, True)
+    if (gs is None) != (gb is None):
+        raise TypeError("scale and bias must both be given or both be None (non-affine)")
+    cdef GPUArray rm = _param(running_mean, "running_mean", K), rv = _param(running_var, "running_var", K)
+    cdef GPUArray gy = _like(out, "out", gx)
+    d.epsilon = _epsilon(epsilon)
+    d.factor = 0
+    d.flags = BN_DESC_AFFINE if gs is not None else 0
+    cdef cydriver.CUstream s = resolve_stream(stream)
+    _finish_desc(&d, s)
+    if gy is None:
+        gy = _new(gx.shape, gx.dtype, stream)
+    cdef cydriver.CUdeviceptr p[6]
+    p[0] = gx.ptr_; p[1] = gy.ptr_; p[2] = _ptr(gs); p[3] = _ptr(gb); p[4] = rm.ptr_; p[5] = rv.ptr_
+    cdef int st
+    with nogil:
+        st = bn_forward_infer_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], s)
+    _status(st, "cuLaunchKernel")
+    return gy
+
+
+cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad, mode, stream, int frozen,
+               str mean_name, str stat_name):
+    cdef bn_desc d
+    cdef GPUArray gx = _array(x, "x")
+    cdef long long K = _fill_desc(&d, gx, mode, "x")
+    cdef GPUArray gdy = _like(grad_y, "grad_y", gx)
+    if gdy is None:
+        raise TypeError("grad_y must be a GPUArray, got None")
+    cdef GPUArray gs = _param(scale, "scale", K, True)
+    cdef GPUArray m = _param(mean, mean_name, K), v = _param(stat, stat_name, K)
+    cdef GPUArray gdx = _like(out, "out", gx)
+    cdef GPUArray sg = _param(scale_grad, "scale_grad", K, True), bg = _param(bias_grad, "bias_grad", K, True)
+    d.epsilon = _epsilon(epsilon) if frozen else 1.0
+    d.factor = 0
+    d.flags = BN_DESC_AFFINE if gs is not None else 0
+    cdef cydriver.CUstream s = resolve_stream(stream)
+    _finish_desc(&d, s)
+    if gdx is None:
+        gdx = _new(gx.shape, gx.dtype, stream)
+    if sg is None:
+        sg = _new((K,), np.float32, stream)
+    if bg is None:
+        bg = _new((K,), np.float32, stream)
+    cdef cydriver.CUdeviceptr p[8]
+    p[0] = gx.ptr_; p[1] = gdy.ptr_; p[2] = gdx.ptr_; p[3] = _ptr(gs); p[4] = m.ptr_; p[5] = v.ptr_
+    p[6] = sg.ptr_; p[7] = bg.ptr_
+    cdef int st
+    with nogil:
+        st = bn_backward_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], frozen, s)
+    _status(st, "cuLaunchKernel")
+    return gdx, sg, bg
+
+
+def backward(x, grad_y, scale, save_mean, save_invstd, out=None, scale_grad=None, bias_grad=None,
+             mode="spatial", stream=None):
+    """Backward of a training forward from its saved statistics: (grad_x, scale_grad, bias_grad).
+    With xhat = (x - save_mean) * save_invstd: bias_grad = sum(dy), scale_grad = sum(dy * xhat),
+    grad_x = scale * save_invstd * (dy - bias_grad / M - xhat * scale_grad / M). scale None: 1."""
+    return _backward(x, grad_y, scale, save_mean, save_invstd, None, out, scale_grad, bias_grad, mode, stream,
+                     0, "save_mean", "save_invstd")
+
+
+def backward_infer(x, grad_y, scale, running_mean, running_var, epsilon, out=None, scale_grad=None,
+                   bias_grad=None, mode="spatial", stream=None):
+    """Backward of an inference forward (frozen statistics): with invstd = 1/sqrt(running_var + eps)
+    and xhat = (x - running_mean) * invstd: grad_x = scale * invstd * dy, scale_grad = sum(dy * xhat),
+    bias_grad = sum(dy). One launch."""
+    return _backward(x, grad_y, scale, running_mean, running_var, epsilon, out, scale_grad, bias_grad, mode,
+                     stream, 1, "running_mean", "running_var")
+
+
+def plan(shape, dtype=np.float32, mode="spatial", kernel="forward_train", aligned=True):
+    """The launch plan the heuristic picks for x of `shape` (for tests and the benchmark): a dict with
+    grid, block, shared_bytes, cache_units, vec, split."""
+    cdef bn_desc d
+    memset(&d, 0, sizeof(bn_desc))
+    d.mode = _mode_code(mode)
+    d.dtype = _dtype_code(dtype, "dtype")
+    d.N = shape[0]
+    d.C = shape[1]
+    d.S = 1
+    for n in shape[2:]:
+        d.S *= n
+    d.force_group, d.force_split, d.force_cache = _force_group, _force_split, _force_cache
+    k = {"forward_train": BN_K_FWD_TRAIN, "forward_infer": BN_K_NORMALIZE, "backward": BN_K_BWD}[kernel]
+    cdef _Prepared pr = _prepare(d.dtype, d.mode)
+    for i in range(BN_NKERNELS):
+        d.static_shared[i] = pr.static_shared[i]
+    d.sm_count = pr.sm_count
+    cdef long long V = 8 if d.dtype == BN_FLOAT16 else 4
+    cdef bn_plan p
+    bn_make_plan(&d, k, aligned and d.mode == BN_SPATIAL and d.S % V == 0, &p)
+    return {"grid": tuple(p.grid), "block": tuple(p.block), "shared_bytes": p.shared_bytes,
+            "cache_units": p.cache_units, "vec": bool(p.vec), "split": p.split}
