@@ -141,3 +141,10 @@ struct LaunchConfig {
 int launch(Kernel* k, const LaunchConfig& cfg, LaunchCounts* counts, std::string* report);
 
 }  // namespace softgpu
+
+// std::unique_ptr<Module> is destroyed in driver files where Module is incomplete: its deleter
+// calls destroy_module (which frees the module's globals and deletes it).
+template <>
+struct std::default_delete<softgpu::Module> {
+    void operator()(softgpu::Module* m) const { softgpu::destroy_module(m); }
+};

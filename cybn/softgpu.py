@@ -1,0 +1,346 @@
+"""The software GPU: a libcuda.so.1 that runs PTX in an interpreter with memcheck, racecheck and
+initcheck, and counts every kernel's traffic exactly.
+
+Load it before anything touches ``cuda.bindings.driver``::
+
+    from cybn import softgpu
+    softgpu.load()                      # preloads cybn/_softgpu/libcuda.so.1 (or $CYBN_SOFTGPU_LIBRARY)
+    with softgpu.measure() as m:
+        ...                             # launches
+    m.counters["total"]["global_load_bytes"]
+
+Plain Python over ctypes: imports no other cybn module and not cuda.bindings.
+"""
+import contextlib
+import ctypes
+import json
+import os
+
+__all__ = [
+    "library_path", "load", "active", "counters", "reset_counters", "measure", "Measurement",
+    "checks", "set_checks", "checks_set", "seed", "set_seed", "get_seed", "fail_alloc_after",
+    "alloc_budget", "fail_module_loads", "last_report", "live_allocations", "live_pinned_allocations",
+]
+
+_IDENTITY = 0x53475055  # softgpuIdentify(): "SGPU"
+_MEMCHECK, _RACECHECK, _INITCHECK = 1, 2, 4
+_lib = None
+
+
+def library_path():
+    """The software GPU library: $CYBN_SOFTGPU_LIBRARY if set, else the packaged cybn/_softgpu/libcuda.so.1."""
+    env = os.environ.get("CYBN_SOFTGPU_LIBRARY")
+    if env:
+        return env
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "_softgpu", "libcuda.so.1")
+
+
+def _loaded_libcuda_paths():
+    """Paths of every libcuda.so* mapped into this process (from /proc/self/maps)."""
+    paths = set()
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                if len(parts) == 6 and os.path.basename(parts[5].strip()).startswith("libcuda.so"):
+                    paths.add(parts[5].strip())
+    except OSError:
+        pass
+    return paths
+
+
+def _is_softgpu(path):
+    try:
+        lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL | os.RTLD_NOLOAD)
+        ident = lib.softgpuIdentify
+    except (OSError, AttributeError):
+        return False
+    ident.restype = ctypes.c_int
+    return ident() == _IDENTITY
+
+
+def load(path=None):
+    """Preload the software GPU so cuda.bindings' dlopen("libcuda.so.1") finds it. Idempotent.
+
+    Raises RuntimeError if a real CUDA driver is already loaded in this process (it would win),
+    and FileNotFoundError if the library has not been built.
+    """
+    global _lib
+    if _lib is not None:
+        return _lib
+    path = os.path.abspath(path or library_path())
+    for other in _loaded_libcuda_paths():
+        if not _is_softgpu(other):
+            raise RuntimeError(
+                "a real CUDA driver (%s) is already loaded in this process; the software GPU must be "
+                "loaded before anything initialises CUDA (import cybn.softgpu and call load() first)" % other)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            "software GPU library not found at %s: build it (pip install . builds src/softgpu into "
+            "cybn/_softgpu/libcuda.so.1) or set CYBN_SOFTGPU_LIBRARY" % path)
+    lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    try:
+        ident = lib.softgpuIdentify
+    except AttributeError:
+        raise RuntimeError("%s is not the cybn software GPU (no softgpuIdentify)" % path) from None
+    ident.restype = ctypes.c_int
+    if ident() != _IDENTITY:
+        raise RuntimeError("%s is not the cybn software GPU (softgpuIdentify mismatch)" % path)
+    _declare(lib)
+    _check_bindings_driver()
+    _lib = lib
+    return lib
+
+
+def _check_bindings_driver():
+    """If cuda.bindings already resolved a driver, it must be this one (it never reloads)."""
+    import sys
+    if "cuda.bindings.driver" not in sys.modules:
+        return
+    driver = sys.modules["cuda.bindings.driver"]
+    err, name = driver.cuDeviceGetName(64, 0)
+    if int(err) == 0 and not bytes(name).startswith(b"cybn software GPU"):
+        raise RuntimeError("cuda.bindings is already initialised against another CUDA driver; "
+                           "load the software GPU before first using cuda.bindings.driver")
+
+
+def _declare(lib):
+    u64, i64 = ctypes.c_ulonglong, ctypes.c_longlong
+    sigs = {
+        "softgpuCountersJSON": (ctypes.c_char_p, []),
+        "softgpuResetCounters": (None, []),
+        "softgpuGetChecks": (ctypes.c_uint, []),
+        "softgpuSetChecks": (None, [ctypes.c_uint]),
+        "softgpuSetSeed": (None, [u64]),
+        "softgpuGetSeed": (u64, []),
+        "softgpuFailAllocAfter": (None, [i64]),
+        "softgpuSetAllocBudget": (None, [i64]),
+        "softgpuFailModuleLoads": (None, [ctypes.c_int]),
+        "softgpuLastReport": (ctypes.c_char_p, []),
+        "softgpuLiveAllocations": (None, [ctypes.POINTER(u64), ctypes.POINTER(u64)]),
+        "softgpuLivePinnedAllocations": (None, [ctypes.POINTER(u64), ctypes.POINTER(u64)]),
+    }
+    for name, (res, args) in sigs.items():
+        fn = getattr(lib, name)
+        fn.restype = res
+        fn.argtypes = args
+
+
+def active():
+    """True if the software GPU has been loaded in this process."""
+    return _lib is not None
+
+
+def _need():
+    if _lib is None:
+        raise RuntimeError("the software GPU is not loaded: call cybn.softgpu.load() first")
+    return _lib
+
+
+# ---------------------------------------------------------------- counters
+def counters():
+    """All counters as a dict: total, per_kernel, launches (recent), memcpy, memset, live_allocations."""
+    return json.loads(_need().softgpuCountersJSON().decode())
+
+
+def reset_counters():
+    _need().softgpuResetCounters()
+
+
+def _diff(after, before):
+    """after - before for nested dicts of numbers (missing keys in before count as zero)."""
+    if isinstance(after, dict):
+        before = before if isinstance(before, dict) else {}
+        return {k: _diff(v, before.get(k)) for k, v in after.items()}
+    if isinstance(after, (int, float)) and not isinstance(after, bool):
+        return after - (before or 0)
+    return after
+
+
+class Measurement:
+    """Counters over a `measure()` block, filled in when the block exits.
+
+    counters: {"total", "per_kernel", "memcpy", "memset"} as differences; launches: the launch
+    records made inside the block; plus shortcuts launches_count, instructions, load_bytes, store_bytes.
+    """
+
+    def __init__(self):
+        self.counters = None
+        self.launches = None
+
+    @property
+    def total(self):
+        return self.counters["total"]
+
+    @property
+    def per_kernel(self):
+        return self.counters["per_kernel"]
+
+    @property
+    def launches_count(self):
+        return self.total["launches"]
+
+    @property
+    def instructions(self):
+        return self.total["thread_instructions"]
+
+    @property
+    def load_bytes(self):
+        return self.total["global_load_bytes"]
+
+    @property
+    def store_bytes(self):
+        return self.total["global_store_bytes"]
+
+
+@contextlib.contextmanager
+def measure():
+    """Context manager yielding a Measurement of the counters' change over the block."""
+    before = counters()
+    m = Measurement()
+    try:
+        yield m
+    finally:
+        after = counters()
+        diff = {k: _diff(after[k], before.get(k)) for k in ("total", "memcpy", "memset")}
+        # Kernels whose counts did not change are not part of the block.
+        diff["per_kernel"] = {name: _diff(c, before["per_kernel"].get(name))
+                              for name, c in after["per_kernel"].items()
+                              if c["launches"] != before["per_kernel"].get(name, {}).get("launches", 0)}
+        for name, c in diff["per_kernel"].items():  # kernel facts are values, not counts
+            for fact in ("registers", "static_smem", "dynamic_smem"):
+                c[fact] = after["per_kernel"][name][fact]
+        n = diff["total"]["launches"]
+        m.launches = after["launches"][-n:] if n else []  # the library keeps the last 4096
+        m.counters = diff
+
+
+# ---------------------------------------------------------------- checks and seed
+def checks():
+    """The enabled checks: {"memcheck": bool, "racecheck": bool, "initcheck": bool}."""
+    mask = _need().softgpuGetChecks()
+    return {"memcheck": bool(mask & _MEMCHECK), "racecheck": bool(mask & _RACECHECK),
+            "initcheck": bool(mask & _INITCHECK)}
+
+
+def set_checks(memcheck=None, racecheck=None, initcheck=None):
+    """Turn checks on (True) or off (False); None leaves a check as it is. Returns the previous state."""
+    previous = checks()
+    state = dict(previous)
+    for name, value in (("memcheck", memcheck), ("racecheck", racecheck), ("initcheck", initcheck)):
+        if value is not None:
+            if not isinstance(value, bool):
+                raise TypeError("%s must be True, False or None, not %r" % (name, value))
+            state[name] = value
+    mask = ((_MEMCHECK if state["memcheck"] else 0) | (_RACECHECK if state["racecheck"] else 0)
+            | (_INITCHECK if state["initcheck"] else 0))
+    _need().softgpuSetChecks(mask)
+    return previous
+
+
+@contextlib.contextmanager
+def checks_set(memcheck=None, racecheck=None, initcheck=None):
+    """Context manager: set_checks(...) for the block, then restore the previous checks."""
+    previous = set_checks(memcheck, racecheck, initcheck)
+    try:
+        yield
+    finally:
+        set_checks(**previous)
+
+
+def _check_count(name, n, minimum):
+    if isinstance(n, bool) or not isinstance(n, int) or n < minimum:
+        raise ValueError("%s must be an integer >= %d, not %r" % (name, minimum, n))
+
+
+def get_seed():
+    return int(_need().softgpuGetSeed())
+
+
+def set_seed(n):
+    """Schedule seed: 0 = deterministic order; otherwise a randomised thread interleaving. Returns the old one."""
+    _check_count("seed", n, 0)
+    if n >= 1 << 64:
+        raise ValueError("seed must fit in 64 bits, not %r" % n)
+    previous = get_seed()
+    _need().softgpuSetSeed(n)
+    return previous
+
+
+class _Restorer:
+    """Return value of setters that also work as context managers (restore on exit)."""
+
+    def __init__(self, restore):
+        self._restore = restore
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._restore()
+        return False
+
+
+def seed(n):
+    """Set the schedule seed; as a context manager, restores the previous seed on exit."""
+    previous = set_seed(n)
+    return _Restorer(lambda: set_seed(previous))
+
+
+# ---------------------------------------------------------------- fault injection
+def fail_alloc_after(n):
+    """Make the nth device allocation from now (n >= 1; 1 = the next) fail with CUDA_ERROR_OUT_OF_MEMORY.
+
+    None disables. Usable as a context manager that disables it on exit.
+    """
+    if n is None:
+        _need().softgpuFailAllocAfter(-1)
+    else:
+        _check_count("n", n, 1)
+        _need().softgpuFailAllocAfter(n)
+    return _Restorer(lambda: _need().softgpuFailAllocAfter(-1))
+
+
+def alloc_budget(nbytes):
+    """Device allocations that would take live device bytes past nbytes fail with OUT_OF_MEMORY.
+
+    None disables. Usable as a context manager that disables it on exit.
+    """
+    if nbytes is None:
+        _need().softgpuSetAllocBudget(-1)
+    else:
+        _check_count("nbytes", nbytes, 0)
+        _need().softgpuSetAllocBudget(nbytes)
+    return _Restorer(lambda: _need().softgpuSetAllocBudget(-1))
+
+
+def fail_module_loads(n):
+    """The next n module loads fail with CUDA_ERROR_INVALID_IMAGE (0 or None disables).
+
+    Usable as a context manager that disables it on exit.
+    """
+    if n is None:
+        n = 0
+    _check_count("n", n, 0)
+    _need().softgpuFailModuleLoads(n)
+    return _Restorer(lambda: _need().softgpuFailModuleLoads(0))
+
+
+# ---------------------------------------------------------------- reports and leaks
+def last_report():
+    """Text of the last launch or module-load failure ("" if none)."""
+    return _need().softgpuLastReport().decode(errors="replace")
+
+
+def live_allocations():
+    """(count, bytes) of live user device allocations."""
+    count, nbytes = ctypes.c_ulonglong(), ctypes.c_ulonglong()
+    _need().softgpuLiveAllocations(ctypes.byref(count), ctypes.byref(nbytes))
+    return count.value, nbytes.value
+
+
+def live_pinned_allocations():
+    """(count, bytes) of live pinned host allocations (cuMemAllocHost/cuMemHostAlloc/cuMemHostRegister)."""
+    count, nbytes = ctypes.c_ulonglong(), ctypes.c_ulonglong()
+    _need().softgpuLivePinnedAllocations(ctypes.byref(count), ctypes.byref(nbytes))
+    return count.value, nbytes.value

@@ -1,0 +1,137 @@
+// driver.hpp: internal helpers shared by the driver-side files (driver_*.cpp, memory.cpp,
+// counters.cpp). Not part of the engine interface (that is softgpu.hpp).
+#pragma once
+
+// Driver-implementation mode of cuda.h: no cuX -> cuX_vN macros, every versioned and legacy
+// prototype declared, so each entry point is defined under its real exported name. The
+// prototypes get default visibility, so defining one exports it despite -fvisibility=hidden.
+#define __CUDA_API_VERSION_INTERNAL
+#pragma GCC visibility push(default)
+#include <cuda.h>
+#pragma GCC visibility pop
+
+#include <chrono>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "softgpu.hpp"
+
+// Our own C API (softgpu*) and the few entry points cuda.h does not declare.
+#define SG_EXPORT extern "C" __attribute__((visibility("default")))
+
+// Handle types: cuda.h leaves these structs incomplete; the driver defines them.
+struct CUctx_st {
+    CUdevice device = 0;
+    unsigned flags = 0;
+    bool primary = false;
+    unsigned long long id = 0;
+    CUresult pending = CUDA_SUCCESS;  // a failed launch, returned by the next synchronize
+    size_t stack_size = 1024, printf_fifo = 1 << 20, malloc_heap = 8 << 20;
+    CUfunc_cache cache_config = CU_FUNC_CACHE_PREFER_NONE;
+};
+struct CUstream_st {
+    CUctx_st* ctx = nullptr;
+    unsigned flags = 0;
+    int priority = 0;
+    unsigned long long id = 0;
+};
+struct CUevent_st {
+    CUctx_st* ctx = nullptr;
+    unsigned flags = 0;
+    bool recorded = false;
+    std::chrono::steady_clock::time_point when;
+};
+struct CUfunc_st;
+struct CUmod_st {
+    CUctx_st* ctx = nullptr;
+    softgpu::Module* module = nullptr;
+    std::vector<CUfunc_st*> functions;
+};
+struct CUfunc_st {
+    CUmod_st* mod = nullptr;
+    softgpu::Kernel* kernel = nullptr;
+    CUfunc_cache cache_config = CU_FUNC_CACHE_PREFER_NONE;
+};
+
+namespace softgpu {
+
+// Device properties the driver reports and enforces (compute capability 8.0, small SM count).
+constexpr int kSmCount = 4;
+constexpr uint32_t kMaxThreadsPerBlock = 1024;
+constexpr uint32_t kMaxThreadsPerSm = 2048;
+constexpr uint32_t kMaxBlocksPerSm = 32;
+constexpr uint32_t kRegistersPerSm = 65536;
+constexpr uint32_t kStaticSmemPerBlock = 48 * 1024;
+constexpr uint32_t kOptinSmemPerBlock = 232448;  // 227 KiB
+constexpr uint32_t kSmemPerSm = 167936;          // 164 KiB
+constexpr uint32_t kReservedSmemPerBlock = 1024; // the driver's per-block reservation on sm_80
+
+// One lock around the whole driver: the interpreter is single-threaded. Recursive because a
+// host function run by cuLaunchHostFunc may call back into the driver.
+std::recursive_mutex& big_lock();
+#define SG_LOCK std::lock_guard<std::recursive_mutex> sg_guard_(::softgpu::big_lock())
+
+bool initialized();
+// CUDA_ERROR_NOT_INITIALIZED before cuInit, else CUDA_SUCCESS.
+CUresult check_init();
+// The calling thread's current context (null if none); require_ctx adds the error codes.
+CUctx_st* current_ctx();
+CUresult require_ctx(CUctx_st** ctx);
+bool valid_ctx(CUctx_st* ctx);
+bool valid_stream(CUstream s);    // null, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD or a live stream
+bool valid_event(CUevent e);
+bool valid_module(CUmodule m);
+bool valid_function(CUfunction f);
+void register_handle(CUstream s);
+void register_handle(CUevent e);
+void register_handle(CUmodule m);
+void register_handle(CUfunction f);
+void unregister_handle(CUstream s);
+void unregister_handle(CUevent e);
+void unregister_handle(CUmodule m);
+void unregister_handle(CUfunction f);
+// Destroys a context's modules, streams, events and allocations (cuCtxDestroy, primary reset).
+void release_context_resources(CUctx_st* ctx);
+void unload_module(CUmodule m);  // driver_module.cpp
+extern int g_fail_module_loads;  // the next n module loads fail (softgpuFailModuleLoads)
+// Registers per thread as occupancy sees them; the block size limit of a function.
+uint32_t effective_registers(const KernelInfo& info, uint32_t threads);
+uint32_t function_max_threads(const KernelInfo& info);
+
+// The last launch or module-load failure text (softgpuLastReport); failures also go to stderr.
+void set_last_report(const std::string& text, bool print);
+const std::string& last_report();
+
+// ---------------------------------------------------------------- memory.cpp (driver side)
+// Device allocations are counted against config().memory_bytes and the injection knobs.
+CUresult mem_alloc(uint64_t size, AllocKind kind, CUctx_st* ctx, uint64_t* out);
+// Frees the allocation starting exactly at base and of that kind; CUDA_ERROR_INVALID_VALUE otherwise.
+CUresult mem_free(uint64_t base, AllocKind kind);
+CUresult mem_register(void* p, uint64_t size, CUctx_st* ctx);
+CUresult mem_unregister(void* p);
+void free_context_allocations(CUctx_st* ctx);
+CUctx_st* allocation_context(const Allocation& a);
+uint64_t device_bytes_in_use();
+struct LiveCounts { uint64_t device_count, device_bytes, pinned_count, pinned_bytes; };
+LiveCounts live_allocations();
+// The allocation holding all of [addr, addr + size), or null.
+const Allocation* find_range(uint64_t addr, uint64_t size);
+// initcheck shadow of a DtoD copy: dst bytes take the src bytes' state (untracked src = written).
+void copy_initialized(const Allocation& dst, uint64_t d, const Allocation& src, uint64_t s, uint64_t n);
+extern long long g_fail_alloc_after;   // the nth device allocation from now fails; <= 0: off
+extern long long g_alloc_budget;       // live device bytes allowed; < 0: off
+// Config parse problems (bad CYBN_SOFTGPU_* values): cuInit refuses with this text.
+const std::string& config_error();
+
+// ---------------------------------------------------------------- counters.cpp (driver side)
+struct Traffic {
+    uint64_t htod_bytes = 0, dtoh_bytes = 0, dtod_bytes = 0, htoh_bytes = 0, memcpy_calls = 0;
+    uint64_t memset_bytes = 0, memset_calls = 0;
+};
+Traffic& traffic();
+void record_launch(const KernelInfo& info, const LaunchConfig& cfg, const LaunchCounts& counts);
+void reset_counters();
+std::string counters_json();
+
+}  // namespace softgpu

@@ -1,0 +1,82 @@
+// driver_softgpu.cpp: the software GPU's own C API (used by cybn/softgpu.py through ctypes):
+// identification, counters, checks, seed, fault injection, reports, leak counts.
+#include "driver.hpp"
+
+using namespace softgpu;
+
+namespace {
+std::string g_json;  // keeps the last softgpuCountersJSON result alive for the caller
+}
+
+// "SGPU": lets Python tell the software GPU from a real libcuda.so.1.
+SG_EXPORT int softgpuIdentify(void) { return 0x53475055; }
+
+SG_EXPORT const char* softgpuCountersJSON(void) {
+    SG_LOCK;
+    g_json = counters_json();
+    return g_json.c_str();
+}
+
+SG_EXPORT void softgpuResetCounters(void) {
+    SG_LOCK;
+    reset_counters();
+}
+
+SG_EXPORT unsigned softgpuGetChecks(void) {
+    SG_LOCK;
+    const Config& c = config();
+    return (c.memcheck ? 1u : 0u) | (c.racecheck ? 2u : 0u) | (c.initcheck ? 4u : 0u);
+}
+
+SG_EXPORT void softgpuSetChecks(unsigned mask) {
+    SG_LOCK;
+    Config& c = config();
+    c.memcheck = mask & 1u;
+    c.racecheck = mask & 2u;
+    c.initcheck = mask & 4u;
+}
+
+SG_EXPORT void softgpuSetSeed(unsigned long long seed) {
+    SG_LOCK;
+    config().seed = seed;
+}
+
+SG_EXPORT unsigned long long softgpuGetSeed(void) {
+    SG_LOCK;
+    return config().seed;
+}
+
+SG_EXPORT void softgpuFailAllocAfter(long long n) {
+    SG_LOCK;
+    g_fail_alloc_after = n > 0 ? n : 0;
+}
+
+SG_EXPORT void softgpuSetAllocBudget(long long bytes) {
+    SG_LOCK;
+    g_alloc_budget = bytes >= 0 ? bytes : -1;
+}
+
+SG_EXPORT void softgpuFailModuleLoads(int n) {
+    SG_LOCK;
+    g_fail_module_loads = n > 0 ? n : 0;
+}
+
+SG_EXPORT const char* softgpuLastReport(void) {
+    SG_LOCK;
+    return last_report().c_str();
+}
+
+SG_EXPORT void softgpuLiveAllocations(unsigned long long* count, unsigned long long* bytes) {
+    SG_LOCK;
+    LiveCounts c = live_allocations();
+    if (count) *count = c.device_count;
+    if (bytes) *bytes = c.device_bytes;
+}
+
+// Pinned (host) allocations separately: cuMemAllocHost / cuMemHostAlloc / cuMemHostRegister.
+SG_EXPORT void softgpuLivePinnedAllocations(unsigned long long* count, unsigned long long* bytes) {
+    SG_LOCK;
+    LiveCounts c = live_allocations();
+    if (count) *count = c.pinned_count;
+    if (bytes) *bytes = c.pinned_bytes;
+}
