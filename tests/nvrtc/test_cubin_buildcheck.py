@@ -1,0 +1,103 @@
+"""The real-GPU build check: every kernel file, with every registered variant instantiated, compiles to
+CUBIN for sm_75, sm_80, sm_86, sm_89, sm_90 and every newer architecture the installed NVRTC supports,
+without errors and without register spills (ptxas -v report)."""
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from cybn import cache, nvrtc, paths, variants
+
+BASE_ARCHS = (75, 80, 86, 89, 90)
+
+
+def spill_report(log):
+    """{function: (spill store bytes, spill load bytes)} from ptxas' -v output in an NVRTC log."""
+    report, current = {}, None
+    for line in log.splitlines():
+        m = re.search(r"Function properties for (\S+)", line)
+        if m:
+            current = m.group(1)
+            continue
+        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m and current is not None:
+            report[current] = (int(m.group(1)), int(m.group(2)))
+            current = None
+    return report
+
+
+def test_spill_report_parser():
+    log = """ptxas info    : Compiling entry function 'good' for 'sm_86'
+ptxas info    : Function properties for good
+ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Compiling entry function '_Z3badIfEvPT_' for 'sm_86'
+ptxas info    : Function properties for _Z3badIfEvPT_
+ptxas         .     64 bytes stack frame, 24 bytes spill stores, 16 bytes spill loads
+"""
+    assert spill_report(log) == {"good": (0, 0), "_Z3badIfEvPT_": (24, 16)}
+
+
+def test_a_spilling_kernel_is_caught():
+    """The check would see a real spill: a kernel that needs more registers than -maxrregcount allows."""
+    src = r"""
+extern "C" __global__ void heavy(const float* in, float* out) {
+    float acc[64];
+    #pragma unroll
+    for (int i = 0; i < 64; ++i) acc[i] = in[threadIdx.x + i * 32] * (i + 1);
+    float s = 0;
+    #pragma unroll
+    for (int i = 0; i < 64; ++i) s += acc[i] * acc[63 - i];
+    #pragma unroll
+    for (int i = 0; i < 64; ++i) out[threadIdx.x + i * 32] = acc[i] * s;
+}
+"""
+    img = nvrtc.compile(src, "heavy.cu", ("--ptxas-options=-v", "--maxrregcount=16"), target="cubin", arch="sm_80")
+    stores, loads = spill_report(img.log)["heavy"]
+    assert stores > 0 and loads > 0
+
+
+def architectures():
+    supported = nvrtc.supported_archs()
+    return sorted(set(BASE_ARCHS) | {a for a in supported if a > max(BASE_ARCHS)})
+
+
+def programs():
+    """(file, options, name expressions) for every kernel file: each registered variant group, and the
+    plain file for kernel files nothing registers (their extern "C" kernels)."""
+    missing = variants.load_all()
+    assert not missing, f"modules that register kernel variants are not built: {missing}"
+    registered = variants.programs()
+    kdir = paths.kernel_dir()
+    files = sorted(f for f in os.listdir(kdir) if f.endswith(".cu"))
+    for src, _, _ in registered:
+        assert src in files, f"{src} is registered but not in {kdir}"
+    used = {src for src, _, _ in registered}
+    return registered + [(f, (), ()) for f in files if f not in used]
+
+
+def test_every_kernel_compiles_to_cubin_without_spills():
+    progs = programs()
+    assert progs, "no kernel files found"
+    jobs = [(arch, prog) for arch in architectures() for prog in progs]
+
+    def build(job):
+        arch, (src, options, names) = job
+        text, name, _ = cache.resolve_source(src)
+        img = nvrtc.compile(text, name, options + ("--ptxas-options=-v",), None, names, "cubin", f"sm_{arch}")
+        return job, img
+
+    problems = []
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # NVRTC runs without the GIL
+        for (arch, (src, options, names)), img in pool.map(build, jobs):
+            report = spill_report(img.log)
+            where = f"{src} {' '.join(options)} sm_{arch}"
+            for expr in names:  # each registered variant really went through ptxas for this arch
+                if img.lowered[expr] not in report:
+                    problems.append(f"{where}: {expr} ({img.lowered[expr]}) missing from the ptxas report")
+            if not report:
+                problems.append(f"{where}: no kernels compiled")
+            for fn, (stores, loads) in sorted(report.items()):
+                if stores or loads:
+                    problems.append(f"{where}: {fn} spills {stores} bytes stores / {loads} bytes loads")
+    assert not problems, "\n".join(problems)
