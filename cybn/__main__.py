@@ -1,0 +1,117 @@
+"""`python -m cybn`: the main job. Runs each step in STEPS in order, printing what it found, then one
+summary line: `cybn: OK (...)` (exit 0) or `cybn: FAILED <step>: <error>` (exit 1).
+
+`python -m cybn warmup [...]` compiles every registered kernel variant ahead of time (cybn.warmup).
+
+A step is a function taking a Report and returning a short summary fragment (or None); it raises to
+fail. Add one with the @step decorator, in the order it should run."""
+import sys
+import time
+import traceback
+
+import numpy as np
+
+STEPS = []  # (name, function)
+
+
+def step(name):
+    def register(fn):
+        STEPS.append((name, fn))
+        return fn
+    return register
+
+
+class Report:
+    """Indented lines under the current step's heading."""
+
+    def line(self, text):
+        print(f"  {text}", flush=True)
+
+
+@step("device")
+def device_report(report):
+    from cybn import backend, device
+    drv = backend.init()
+    dev = device.get_device()
+    major, minor = dev.compute_capability
+    report.line(f"driver: {'real CUDA driver (libcuda.so.1)' if drv == 'cuda' else 'cybn software GPU'}")
+    report.line(f"device {dev.ordinal}: {dev.name}, compute capability {major}.{minor} ({dev.arch}), "
+                f"{dev.total_memory / 2**30:.2f} GiB, {dev.sm_count} SMs")
+    return f"{drv} {dev.arch}"
+
+
+@step("compile")
+def compile_kernels(report):
+    from cybn import cache, elementwise, kernels
+    target, arch = kernels.target()
+    before = cache.stats()
+    t0 = time.perf_counter()
+    for name in elementwise.KERNELS:
+        kernels.get_function(elementwise.SOURCE, name, "P")  # signature is irrelevant here: load only
+    secs = time.perf_counter() - t0
+    after = cache.stats()
+    if after["compiles"] > before["compiles"]:
+        origin = "compiled by NVRTC"
+    elif after["disk_hits"] > before["disk_hits"]:
+        origin = "from the disk cache"
+    else:
+        origin = "already in memory"
+    report.line(f"{elementwise.SOURCE}: {len(elementwise.KERNELS)} kernels for {target} {arch}, {origin}, "
+                f"{secs * 1000:.0f} ms")
+    return f"{len(elementwise.KERNELS)} kernels {origin.split()[-1] if 'cache' in origin else 'compiled'}"
+
+
+@step("gpuarray")
+def gpuarray_check(report):
+    from cybn import elementwise, gpuarray
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(1000).astype(np.float32)
+    y = rng.standard_normal(1000).astype(np.float32)
+    gx, gy = gpuarray.to_gpu(x), gpuarray.to_gpu(y)
+    if not np.array_equal(gx.get(), x):
+        raise AssertionError("to_gpu/get round trip changed the data")
+    out = elementwise.axpby(gx, gy, 2.0, -0.5, out=gpuarray.empty_like(gx)).get()
+    ref = (np.float32(2.0) * x + np.float32(-0.5) * y).astype(np.float32)
+    if not np.array_equal(out, ref):
+        raise AssertionError(f"axpby differs from numpy by up to {np.abs(out - ref).max()}")
+    h = gx.astype(np.float16).get()
+    if not np.array_equal(h, x.astype(np.float16)):
+        raise AssertionError("float32 -> float16 cast differs from numpy")
+    f = gpuarray.empty((3, 7), np.float64).fill(1.25).get()
+    if not np.array_equal(f, np.full((3, 7), 1.25)):
+        raise AssertionError("fill differs from numpy")
+    report.line("to_gpu/get, axpby (float32), cast float32->float16, fill (float64): match numpy exactly")
+    return "elementwise ok"
+
+
+def run(steps=None):
+    """Run the steps; returns the process exit code."""
+    done = []
+    t0 = time.perf_counter()
+    report = Report()
+    for name, fn in steps or STEPS:
+        print(f"[{name}]", flush=True)
+        try:
+            summary = fn(report)
+        except Exception as exc:
+            traceback.print_exc()
+            print(f"cybn: FAILED {name}: {type(exc).__name__}: {exc}", flush=True)
+            return 1
+        done.append(summary or name)
+    print(f"cybn: OK ({'; '.join(done)}; {time.perf_counter() - t0:.1f} s)", flush=True)
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "warmup":
+        from cybn.warmup import main as warmup_main
+        return warmup_main(argv[1:])
+    if argv:
+        print(f"usage: python -m cybn [warmup ...]   (unknown argument {argv[0]!r})", file=sys.stderr)
+        return 2
+    return run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

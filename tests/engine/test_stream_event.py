@@ -1,0 +1,135 @@
+"""Streams (own, external, legacy, current-stream context) and events (ordering, wait, elapsed)."""
+import threading
+
+import numpy as np
+import pytest
+from cuda.bindings import driver
+
+import cybn
+from cybn import Event, Stream, current_stream, get_function
+
+SRC = r'''
+extern "C" __global__ void add_one(float* x, unsigned long long n) {
+    unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+    if (i < n) x[i] += 1.0f;
+}
+extern "C" __global__ void twice(const float* x, float* y, unsigned long long n) {
+    unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+    if (i < n) y[i] = 2.0f * x[i];
+}
+'''
+
+
+def kernel(name):
+    return get_function(SRC, name, {"add_one": "PQ", "twice": "PPQ"}[name])
+
+
+def test_stream_basics():
+    s = Stream()
+    assert isinstance(s.handle, int) and s.handle != 0
+    s.synchronize()
+    assert s.query() is True
+    assert Stream(non_blocking=False, priority=0).handle != s.handle
+    assert "owned" in repr(s)
+
+
+def test_legacy_stream_and_default_current_stream():
+    leg = Stream.legacy()
+    assert leg.handle == 0 and Stream.legacy() is leg
+    assert current_stream() is leg
+    leg.synchronize()
+    assert leg.query()
+
+
+def test_stream_context_manager_nests_and_restores():
+    s1, s2 = Stream(), Stream()
+    with cybn.stream(s1) as got:
+        assert got is s1 and current_stream() is s1
+        with cybn.stream(s2):
+            assert current_stream() is s2
+        assert current_stream() is s1
+    assert current_stream() is Stream.legacy()
+    with cybn.stream(None):
+        assert current_stream() is Stream.legacy()
+    with pytest.raises(TypeError, match="cybn Stream"):
+        cybn.stream(5)
+
+
+def test_current_stream_is_per_thread():
+    s = Stream()
+    seen = []
+    with cybn.stream(s):
+        t = threading.Thread(target=lambda: seen.append(current_stream()))
+        t.start()
+        t.join()
+        assert current_stream() is s
+    assert seen == [Stream.legacy()]
+
+
+def test_external_stream_is_not_destroyed_by_its_wrapper():
+    err, handle = driver.cuStreamCreate(1)
+    assert err == driver.CUresult.CUDA_SUCCESS
+    owner = object()
+    ext = Stream.external(int(handle), owner=owner)
+    assert ext.handle == int(handle) and "external" in repr(ext)
+    ext.synchronize()
+    del ext
+    # still a valid stream: the wrapper did not destroy it
+    assert driver.cuStreamSynchronize(handle)[0] == driver.CUresult.CUDA_SUCCESS
+    assert driver.cuStreamDestroy(handle)[0] == driver.CUresult.CUDA_SUCCESS
+
+
+def test_work_on_a_stream_and_event_ordering():
+    n = 1000
+    s1, s2 = Stream(), Stream()
+    x = cybn.zeros(n, stream=s1)
+    y = cybn.empty(n)
+    for _ in range(5):
+        kernel("add_one")((n + 255) // 256, 256, (x, n), stream=s1)
+    done = s1.record()
+    assert isinstance(done, Event)
+    s2.wait(done)
+    kernel("twice")((n + 255) // 256, 256, (x, y, n), stream=s2)
+    s2.synchronize()
+    assert done.query()
+    np.testing.assert_array_equal(y.get(stream=s2), np.full(n, 10.0))
+
+
+def test_launch_uses_the_current_stream():
+    n = 256
+    s = Stream()
+    x = cybn.zeros(n)
+    with cybn.stream(s):
+        kernel("add_one")(1, 256, (x, n))
+        e = Event().record()
+    e.synchronize()
+    np.testing.assert_array_equal(x.get(), np.ones(n))
+
+
+def test_event_elapsed_time():
+    s = Stream()
+    start, end = Event(), Event()
+    start.record(s)
+    kernel("add_one")(1, 32, (cybn.zeros(32, stream=s), 32), stream=s)
+    end.record(s)
+    end.synchronize()
+    assert start.query() and end.query()
+    ms = start.elapsed_ms(end)
+    assert isinstance(ms, float) and ms >= 0.0
+
+
+def test_event_errors():
+    a, b = Event(timing=False), Event()
+    with pytest.raises(ValueError, match="timing=True"):
+        a.elapsed_ms(b)
+    with pytest.raises(TypeError):
+        b.elapsed_ms(None)
+    with pytest.raises(TypeError, match="cybn Event"):
+        Stream().wait(None)
+    with pytest.raises(TypeError, match="stream must be"):
+        b.record("not a stream")
+    # an event never recorded has no elapsed time: the driver's error comes back as CudaError
+    c, d = Event(), Event()
+    with pytest.raises(cybn.CudaError) as info:
+        c.elapsed_ms(d)
+    assert info.value.call == "cuEventElapsedTime"
