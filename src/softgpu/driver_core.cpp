@@ -191,3 +191,11 @@ CUresult cuDriverGetVersion(int* driverVersion) {
     *driverVersion = CUDA_VERSION;
     return CUDA_SUCCESS;
 }
+
+// NVRTC dlopen()s libcuda.so.1 while compiling and, when it finds cuInit, also needs cuGetExportTable
+// (it crashes without it). There are no private export tables here: say so.
+CUresult cuGetExportTable(const void** ppExportTable, const CUuuid* pExportTableId) {
+    (void)pExportTableId;
+    if (ppExportTable) *ppExportTable = nullptr;
+    return CUDA_ERROR_NOT_SUPPORTED;
+}
