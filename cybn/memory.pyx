@@ -13,12 +13,12 @@ cdef dict _default_pools = {}
 
 
 cdef size_t size_class(size_t nbytes) noexcept nogil:
-    """Blocks are 512-byte multiples; above 4 KiB, 8 classes per power of two (at most 12.5% waste)
+    """Blocks are 512-byte multiples; above 4 KiB, 8 classes per power of two (less than 12.5% waste)
     so freed blocks of similar sizes are reused instead of each size getting its own allocation."""
     cdef size_t p = 512
     if nbytes <= 512:
         return 512
-    while p < nbytes:
+    while p <= nbytes // 2:  # p: the largest power of two <= nbytes
         p <<= 1
     cdef size_t step = p >> 3
     if step < 512:
