@@ -68,8 +68,14 @@ def kernel_expressions():
 
 
 def compile_options():
-    from cybn import paths
-    return ("-std=c++17", "-I" + paths.kernel_dir())
+    """NVRTC options of batchnorm.cu: none beyond cybn's defaults (C++17, the kernel directory on the
+    include path for welford.cuh, the wheel's CUDA headers)."""
+    return ()
+
+
+# `python -m cybn warmup` and the per-architecture build check compile every registered variant.
+from cybn.variants import register_variants
+register_variants("batchnorm.cu", [(kernel_expressions(), compile_options())])
 
 
 # ------------------------------------------------------------------------------------------ the core

@@ -1,0 +1,33 @@
+"""Global-memory traffic of one BatchNorm call, from the software GPU's exact counters."""
+import numpy as np
+
+from cybn import batchnorm, gpuarray, softgpu
+
+# Ideal bytes per element in units of the element size: forward reads x and writes y (2); backward
+# reads x and dy and writes dx (3); inference reads x and writes y (2).
+IDEAL = {"forward_train": 2, "backward": 3, "forward_infer": 2}
+BAR = {"forward_train": 3, "backward": 5, "forward_infer": 2}   # the issue's bars (12, 20, 8 B for fp32)
+MAX_LAUNCHES = {"forward_train": 2, "backward": 2, "forward_infer": 1}
+
+
+def measure_call(shape, dtype=np.float32, mode="spatial", op="forward_train", seed=0):
+    """(bytes per element, launches) of one call on random data (the inputs are uploaded outside the
+    measured block)."""
+    rng = np.random.default_rng(seed)
+    K = shape[1] if mode == "spatial" else int(np.prod(shape[1:]))
+    x = gpuarray.to_gpu(rng.standard_normal(shape).astype(dtype))
+    dy = gpuarray.to_gpu(rng.standard_normal(shape).astype(dtype))
+    scale, bias, rm = (gpuarray.to_gpu(rng.standard_normal(K).astype(np.float32)) for _ in range(3))
+    rv = gpuarray.to_gpu(rng.uniform(0.5, 2, K).astype(np.float32))
+    outs = [gpuarray.empty(shape, dtype)] + [gpuarray.empty((K,), np.float32) for _ in range(2)]
+    batchnorm.prepare(dtype, mode)  # compile/load outside the measurement
+    with softgpu.measure() as m:
+        if op == "forward_train":
+            batchnorm.forward_train(x, scale, bias, rm, rv, 1e-5, 0.1, out=outs[0], save_mean=outs[1],
+                                    save_invstd=outs[2], mode=mode)
+        elif op == "backward":
+            batchnorm.backward(x, dy, scale, rm, rv, out=outs[0], scale_grad=outs[1], bias_grad=outs[2], mode=mode)
+        else:
+            batchnorm.forward_infer(x, scale, bias, rm, rv, 1e-5, out=outs[0], mode=mode)
+    elements = int(np.prod(shape))
+    return (m.load_bytes + m.store_bytes) / elements, m.launches_count

@@ -1,0 +1,75 @@
+"""The launch heuristic's paths forced on small data (split channels with the last-CTA combine, group
+sizes, no replay cache, the grid.y limit), the large per-activation batch, and determinism under
+randomised software-GPU schedules."""
+import numpy as np
+import pytest
+
+import bn_reference as ref
+from bn_helpers import check_forward_train, gpu, params
+from cybn import batchnorm, softgpu
+
+
+@pytest.mark.parametrize("shape,mode,override", [
+    ((4, 3, 16, 8), "spatial", {"split": 4}),                # 16-byte units, split
+    ((4, 3, 5, 7), "spatial", {"split": 3, "group": 64}),    # scalar units, split
+    ((2, 2, 33), "spatial", {"split": 40}),                  # more CTAs than units: empty CTAs
+    ((3, 5, 40), "spatial", {"cache": 0}),                   # fused, re-reading x
+    ((4, 2, 64), "spatial", {"cache": 1}),                   # fused, cache holds part of x
+    ((3, 9, 12), "spatial", {"group": 1024}),                # one 1024-thread group per channel
+    ((300, 5), "per_activation", {"split": 6}),
+    ((40, 3, 2), "per_activation", {"split": 2, "group": 4}),
+    ((37, 70), "per_activation", {"cache": 0}),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_forced_plans(rng, shape, mode, override, dtype):
+    with batchnorm.plan_override(**override):
+        check_forward_train(rng, shape, mode, dtype)
+
+
+def test_plan_reports_the_override():
+    with batchnorm.plan_override(group=64, split=5, cache=0):
+        p = batchnorm.plan((2, 3, 8), np.float32)
+    assert p["block"][0] == 64 and p["grid"][1] == 5 and p["split"] == 5
+    p = batchnorm.plan((2, 3, 8), np.float32)
+    assert p["split"] == 1 and p["cache_units"] >= 1 and p["shared_bytes"] > 0
+
+
+def test_grid_y_limit(rng):
+    """A split past 65535 CTAs is clamped to the gridDim.y limit and still correct."""
+    with batchnorm.plan_override(split=70000, group=32):
+        assert batchnorm.plan((1, 1, 20), np.float32)["grid"][1] == 65535
+        check_forward_train(rng, (1, 1, 20), "spatial")
+
+
+def test_large_per_activation_batch(rng):
+    """(131072, 3) per-activation: the heuristic itself splits the batch over CTAs (partials + last-CTA
+    combine + a second launch)."""
+    shape = (131072, 3)
+    assert batchnorm.plan(shape, np.float32, "per_activation")["split"] > 1
+    check_forward_train(rng, shape, "per_activation", factor=0.5)
+
+
+def test_many_channels_grid_x(rng):
+    """More channels than one CTA column per 65535: the channel axis lives on gridDim.x."""
+    with batchnorm.plan_override(group=32):
+        p = batchnorm.plan((1, 70000, 1), np.float32)
+    assert p["grid"][0] * p["block"][1] >= 70000
+    check_forward_train(rng, (2, 3000, 1), "spatial")
+
+
+def test_schedules_deterministic(rng):
+    """Two randomised schedules give bit-identical statistics and outputs (fixed combination order)."""
+    x = rng.standard_normal((4, 3, 9, 10)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    scale, bias, rm, rv = params(rng, 3)
+    results = []
+    for seed in (1, 2):
+        with softgpu.seed(seed), batchnorm.plan_override(split=5, group=64):
+            g_rm, g_rv = gpu(rm), gpu(rv)
+            y, sm, si = batchnorm.forward_train(gpu(x), gpu(scale), gpu(bias), g_rm, g_rv, 1e-5, 0.3)
+            dx, ds, db = batchnorm.backward(gpu(x), gpu(dy), gpu(scale), sm, si)
+            results.append([a.get() for a in (y, sm, si, g_rm, g_rv, dx, ds, db)])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    want = ref.forward_train(x, scale, bias, rm, rv, 1e-5, 0.3)
+    np.testing.assert_allclose(results[0][0], want[0], rtol=1e-4, atol=1e-4)
