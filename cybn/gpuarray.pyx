@@ -30,6 +30,8 @@ def _as_shape(shape):
     if isinstance(shape, (int, np.integer)):
         shape = (shape,)
     try:
+        if isinstance(shape, (str, bytes)) or any(not isinstance(d, (int, np.integer)) for d in shape):
+            raise TypeError
         shape = tuple(int(d) for d in shape)
     except TypeError:
         raise TypeError(f"shape must be an int or a sequence of ints, got {shape!r}") from None
@@ -199,10 +201,9 @@ cdef class GPUArray:
         """A view with a new shape (one dimension may be -1)."""
         if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
             shape = shape[0]
-        try:
-            shape = tuple(int(d) for d in shape)
-        except TypeError:
-            raise TypeError(f"reshape: expected ints, got {shape!r}") from None
+        if isinstance(shape, (str, bytes)) or any(not isinstance(d, (int, np.integer)) for d in shape):
+            raise TypeError(f"reshape: expected ints, got {shape!r}")
+        shape = tuple(int(d) for d in shape)
         unknown = [i for i, d in enumerate(shape) if d == -1]
         if len(unknown) > 1 or any(d < -1 for d in shape):
             raise ValueError(f"reshape: invalid shape {shape} (at most one -1, no other negatives)")
