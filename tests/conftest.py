@@ -1,0 +1,35 @@
+"""Shared by every test: run on the software GPU (CI has no GPU) with all its checks on, and fail the
+session if user device allocations leaked."""
+import gc
+import os
+
+os.environ["CYBN_SOFTGPU_CHECKS"] = "all"  # before the library reads its configuration
+os.environ.setdefault("CYBN_DEVICE", "softgpu")
+
+import pytest  # noqa: E402
+
+from cybn import softgpu  # noqa: E402
+
+softgpu.load()
+
+
+def release_cached_device_memory():
+    """Hook: hand every cached-but-unused block back to the driver before leaks are counted
+    (cybn's memory pool keeps freed blocks for reuse)."""
+    gc.collect()
+    try:
+        from cybn import memory
+    except ImportError:  # the pool's extension is not built: nothing can be cached
+        return
+    memory.default_pool().free_all()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_device_allocations():
+    before = softgpu.live_allocations()
+    yield
+    release_cached_device_memory()
+    after = softgpu.live_allocations()
+    assert after == before, (
+        "device allocations leaked over the test session: %d live (%d bytes) at the start, %d (%d bytes) "
+        "at the end" % (before + after))
