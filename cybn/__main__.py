@@ -46,8 +46,10 @@ def compile_kernels(report):
     target, arch = kernels.target()
     before = cache.stats()
     t0 = time.perf_counter()
-    for name in elementwise.KERNELS:
-        kernels.get_function(elementwise.SOURCE, name, "P")  # signature is irrelevant here: load only
+    img, module = kernels.get_module(elementwise.SOURCE)
+    missing = [k for k in elementwise.KERNELS if k not in img.lowered]
+    if missing:
+        raise AssertionError(f"{elementwise.SOURCE} lacks kernels {missing}")
     secs = time.perf_counter() - t0
     after = cache.stats()
     if after["compiles"] > before["compiles"]:
@@ -95,7 +97,8 @@ def run(steps=None):
             summary = fn(report)
         except Exception as exc:
             traceback.print_exc()
-            print(f"cybn: FAILED {name}: {type(exc).__name__}: {exc}", flush=True)
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            print(f"cybn: FAILED {name}: {type(exc).__name__}: {first}", flush=True)
             return 1
         done.append(summary or name)
     print(f"cybn: OK ({'; '.join(done)}; {time.perf_counter() - t0:.1f} s)", flush=True)

@@ -52,12 +52,25 @@ def _load(ctx, source, name, signature, options, exprs):
         raise TypeError(f"kernel name must be a non-empty str, got {name!r}")
     if not _IDENTIFIER.match(name) and name not in exprs:
         exprs += (name,)  # a template instantiation: NVRTC has to lower it to its mangled symbol
+    img, module = _image_and_module(ctx, source, options, exprs)
+    return module.function(img.symbol(name), signature, label=name)
+
+
+def _image_and_module(ctx, source, options, exprs):
     tgt, arch = target()
     img = cache.compile_kernel(source, exprs, options, tgt, arch)
     entry = _modules.get((ctx, id(img)))
     if entry is None:
         entry = _modules[(ctx, id(img))] = (img, Module.from_image(img.image))
-    return entry[1].function(img.symbol(name), signature, label=name)
+    return entry
+
+
+def get_module(source, options=(), name_expressions=()):
+    """(CompiledImage, Module): `source` compiled (or taken from the cache) and loaded in the current
+    context, without looking up any kernel; e.g. to precompile, or to read .lowered names."""
+    ctx = device.current_context().handle
+    with _lock:
+        return _image_and_module(ctx, source, tuple(options), tuple(name_expressions))
 
 
 def loaded_modules():

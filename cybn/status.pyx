@@ -2,6 +2,8 @@
 """CUresult -> cybn.CudaError (with the driver's name and description of the code and the failing call)."""
 from cuda.bindings cimport cydriver
 
+import sys
+
 from cybn.errors import CudaError
 
 
@@ -24,7 +26,24 @@ def make_error(int code, str call):
     return CudaError(code,
                      name.decode() if name != NULL else f"CUDA_ERROR_{code}",
                      desc.decode() if desc != NULL else "unrecognized error code",
-                     call)
+                     call, _softgpu_report(code))
+
+
+# Failures the software GPU explains in last_report(): bad images and failed launches.
+_REPORTED = {cydriver.CUDA_ERROR_INVALID_IMAGE, cydriver.CUDA_ERROR_INVALID_PTX, cydriver.CUDA_ERROR_NO_BINARY_FOR_GPU,
+             cydriver.CUDA_ERROR_ILLEGAL_ADDRESS, cydriver.CUDA_ERROR_LAUNCH_FAILED,
+             cydriver.CUDA_ERROR_ILLEGAL_INSTRUCTION, cydriver.CUDA_ERROR_MISALIGNED_ADDRESS,
+             cydriver.CUDA_ERROR_LAUNCH_TIMEOUT, cydriver.CUDA_ERROR_NOT_SUPPORTED}
+
+
+def _softgpu_report(int code):
+    softgpu = sys.modules.get("cybn.softgpu")
+    if code not in _REPORTED or softgpu is None or not softgpu.active():
+        return None
+    try:
+        return softgpu.last_report() or None
+    except Exception:
+        return None
 
 
 def check_status(code, call):

@@ -178,6 +178,7 @@ def test_module_from_image_refuses_garbage():
     with pytest.raises(CudaError) as info:
         Module.from_image(b"this is not PTX")
     assert info.value.call == "cuModuleLoadData"
+    assert info.value.detail and info.value.detail in str(info.value)  # the software GPU's explanation
     with pytest.raises(ValueError):
         Module.from_image(b"")
     with pytest.raises(TypeError):
