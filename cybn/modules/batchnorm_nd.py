@@ -45,8 +45,9 @@ class BatchNormND(Module):
         _require_int("nd", nd, 0 if self.mode == BatchNormMode.perActivation else 1)
         _require_int("maps", maps, 1)
         _require_real("epsilon", epsilon, positive=True)
-        _require_real("initFactor", initFactor)
-        _require_real("minFactor", minFactor)
+        # The engine takes moving-average factors in [0, 1]; refuse others here rather than at the first step.
+        _require_real("initFactor", initFactor, unit=True)
+        _require_real("minFactor", minFactor, unit=True)
         _require_real("sscale", sscale)
 
         self.nd = nd
@@ -189,7 +190,9 @@ def _require_int(what, value, minimum):
         raise ModuleError("%s must be an integer >= %d, got %r" % (what, minimum, value))
 
 
-def _require_real(what, value, positive=False):
+def _require_real(what, value, positive=False, unit=False):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
             or (positive and value <= 0):
         raise ModuleError("%s must be a finite%s number, got %r" % (what, " positive" if positive else "", value))
+    if unit and not 0.0 <= value <= 1.0:
+        raise ModuleError("%s must be in [0, 1], got %r" % (what, value))
