@@ -51,8 +51,8 @@ def _targets(args):
 class _Progress:
     """A one-line progress bar on stderr, redrawn with \\r."""
 
-    def __init__(self, total, stream=sys.stderr):
-        self.total, self.done, self.stream = total, 0, stream
+    def __init__(self, total, stream=None):
+        self.total, self.done, self.stream = total, 0, stream or sys.stderr
 
     def step(self, label):
         self.done += 1

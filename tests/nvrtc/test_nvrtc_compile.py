@@ -164,3 +164,19 @@ def test_threads_compile_in_parallel_without_interference():
         imgs = list(pool.map(lambda s: nvrtc.compile(s, "t.cu"), srcs))
     for i, img in enumerate(imgs):
         assert ptx_entries(img.image.decode()) == {f"f{i}"}
+
+
+def test_nvrtc_works_with_the_software_gpu_loaded():
+    """NVRTC dlopen()s libcuda.so.1 while compiling; with the software GPU as libcuda it must still work
+    (it needs cuGetExportTable to exist)."""
+    proc = run_py("""
+        import json
+        from cybn import softgpu
+        softgpu.load()
+        from cybn import nvrtc
+        img = nvrtc.compile('extern "C" __global__ void f(float* x) { x[0] = 1.0f; }', "f.cu")
+        print(json.dumps(dict(active=softgpu.active(), ptx=img.image.decode(errors="replace"))))
+    """, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = last_json(proc)
+    assert out["active"] and ".entry f(" in out["ptx"]
