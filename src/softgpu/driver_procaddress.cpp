@@ -31,6 +31,7 @@ const Variant kTable[] = {
     {"cuGetProcAddress", 12000, FN(cuGetProcAddress_v2)},
     {"cuGetErrorName", 0, FN(cuGetErrorName)},
     {"cuGetErrorString", 0, FN(cuGetErrorString)},
+    {"cuGetExportTable", 0, FN(cuGetExportTable)},
     // devices
     {"cuDeviceGet", 0, FN(cuDeviceGet)},
     {"cuDeviceGetCount", 0, FN(cuDeviceGetCount)},
