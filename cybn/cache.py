@@ -20,7 +20,6 @@ import os
 import stat
 import struct
 import sys
-import tempfile
 import threading
 import warnings
 
@@ -249,6 +248,7 @@ def _discard(path, inode):
 
 
 def _store(directory, key, img):
+    import tempfile  # only writers need it (keeps the warm path's imports small)
     data = _encode(key, img)
     tmp = None
     try:
