@@ -47,6 +47,15 @@ def _cuda_include_dirs():
         inc = os.path.join(base, "include")
         if os.path.isfile(os.path.join(inc, "cuda_runtime.h")) and os.path.isfile(os.path.join(inc, "cuda_fp16.h")):
             return (os.path.realpath(inc),)
+    # Another wheel layout: ask cuda.pathfinder (slow to import, hence not first), accepting only what it
+    # found in site-packages - its later steps would fall back to CUDA_HOME and system installs.
+    try:
+        from cuda.pathfinder import locate_nvidia_header_directory
+        found = locate_nvidia_header_directory("cudart")
+    except Exception:
+        found = None
+    if found is not None and found.found_via == "site-packages" and found.abs_path:
+        return (os.path.realpath(found.abs_path),)
     raise RuntimeError("the CUDA headers (cuda_runtime.h, cuda_fp16.h) were not found in the installed "
                        "Python packages: install the nvidia-cuda-runtime wheel (cybn never uses a system CUDA)")
 

@@ -180,3 +180,16 @@ def test_nvrtc_works_with_the_software_gpu_loaded():
     assert proc.returncode == 0, proc.stderr
     out = last_json(proc)
     assert out["active"] and ".entry f(" in out["ptx"]
+
+
+def test_target_for_a_device():
+    from cybn.nvrtc_options import target_for
+    supported = nvrtc.supported_archs()
+    assert target_for((8, 0), software=True) == ("ptx", "compute_80")
+    assert target_for((8, 6)) == ("cubin", "sm_86")
+    assert target_for((9, 0)) == ("cubin", "sm_90")
+    assert target_for((8, 5)) == ("ptx", "compute_80")  # no sm_85: PTX of the newest arch below it
+    newest = max(supported)
+    assert target_for((99, 9)) == ("ptx", f"compute_{newest}")  # a future GPU JITs the newest PTX
+    with pytest.raises(ValueError, match="older"):
+        target_for((3, 5))

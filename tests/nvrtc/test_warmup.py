@@ -117,3 +117,12 @@ def test_python_m_cybn_warmup_on_the_real_registry(cache_dir):
     assert ": compiled" not in again.stdout
     assert again.stdout.count(": cached") == sum(len(p[2]) for p in listing["programs"])
     assert "compute_80" in again.stdout
+
+
+def test_all_archs(registry, cache_dir, capsys):
+    assert warmup.main(["--all-archs"]) == 0
+    out, _ = capsys.readouterr()
+    archs = ["compute_80"] + [f"sm_{a}" for a in nvrtc.supported_archs()]
+    for arch in archs:
+        assert sum(1 for l in out.splitlines() if l.startswith(arch + " ")) == 3, (arch, out)
+    assert len(entries(cache_dir)) == 2 * len(archs)
