@@ -199,11 +199,12 @@ std::string describe_address(uint64_t addr) {
         if (addr - f->first < round_up(f->second.size, page_size()))
             return at + " lies in " + label(f->second.serial, f->second.kind, f->second.size, f->first) + ", freed";
     }
-    // Otherwise name the nearest live neighbour on either side.
+    // Otherwise name the nearest live neighbour on either side (within 1 MiB).
+    constexpr uint64_t kNear = 1ull << 20;
     std::string best;
-    uint64_t best_dist = ~0ull;
+    uint64_t best_dist = kNear;
     auto it = g_live.upper_bound(addr);
-    if (it != g_live.end() && it->first - addr < best_dist) {
+    if (it != g_live.end() && it->first - addr <= best_dist) {
         best_dist = it->first - addr;
         best = at + " is " + std::to_string(best_dist) + " bytes before the start of " +
                label(it->second.a.serial, it->second.a.kind, it->second.a.size, it->first);
@@ -212,13 +213,12 @@ std::string describe_address(uint64_t addr) {
         --it;
         uint64_t end = it->first + it->second.a.size;
         if (addr - end < best_dist) {
-            best_dist = addr - end + 1;
-            best = at + " is " + std::to_string(addr - end) + " bytes past the end of " +
-                   label(it->second.a.serial, it->second.a.kind, it->second.a.size, it->first);
+            std::string where = addr == end ? " is just past the end of " : " is " + std::to_string(addr - end) +
+                                                                               " bytes past the end of ";
+            best = at + where + label(it->second.a.serial, it->second.a.kind, it->second.a.size, it->first);
         }
     }
-    if (best.empty() || best_dist > (1ull << 20)) return at + " is not in any allocation";
-    return best;
+    return best.empty() ? at + " is not in any allocation" : best;
 }
 
 // ---------------------------------------------------------------- initcheck shadow
