@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 
-from cybn import cache, includes, nvrtc, paths, variants
+from cybn import cache, diskcache, includes, nvrtc, paths, variants
 from nvrtc_helpers import REPO_ROOT, entries, last_json, run_py
 
 SRC = r"""
@@ -88,7 +88,7 @@ def _tamper(data):
 def _other_key(data):
     """A fully valid entry (checksum and all) for a different program, renamed to this key."""
     other = cache.compile_cached(SRC.replace("T(1)", "T(3)"), "cache_test.cu", name_expressions=EXPRS)
-    return cache._encode(hashlib.sha256(b"some other key").digest(), other)
+    return diskcache.encode(hashlib.sha256(b"some other key").digest(), other)
 
 
 MUTATIONS = {
