@@ -197,3 +197,29 @@ def test_module_function_and_global_lookup():
     cybn.GPUArray.from_pointer(ptr, 1, np.int32, owner=f.module).get(host)
     assert host[0] == 42
     assert f.module.function("bump", "") is f
+
+
+def test_concurrent_launches_from_threads_pack_independently():
+    import threading
+    src = r'''extern "C" __global__ void put(int* out, int v, unsigned long long n) {
+        unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+        if (i < n) out[i] = v; }'''
+    f = get_function(src, "put", "PiQ")
+    outs = [cybn.zeros(64, np.int32) for _ in range(4)]
+    errors = []
+
+    def work(k):
+        try:
+            for rep in range(10):
+                f(1, 64, (outs[k], 100 * k + rep, 64))
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for k, o in enumerate(outs):
+        np.testing.assert_array_equal(o.get(), np.full(64, 100 * k + 9))
