@@ -5,6 +5,10 @@ import os
 
 os.environ["CYBN_SOFTGPU_CHECKS"] = "all"  # before the library reads its configuration
 os.environ.setdefault("CYBN_DEVICE", "softgpu")
+if "CYBN_CACHE_DIR" not in os.environ:  # compiled kernels go to a per-session dir, never ~/.cache/cybn
+    import atexit, shutil, tempfile  # noqa: E401
+    os.environ["CYBN_CACHE_DIR"] = tempfile.mkdtemp(prefix="cybn-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["CYBN_CACHE_DIR"], True)
 
 import pytest  # noqa: E402
 
