@@ -57,6 +57,11 @@ ctypedef struct bn_desc:
     int force_cache             # tests: cache slots per thread; -1 auto
 
 cdef const char* bn_last_error() noexcept nogil
+# Shape/value checks of a descriptor (not its kernels or workspace): BN_OK or BN_EINVAL with a message.
+cdef int bn_check_desc(const bn_desc* d) noexcept nogil
+# With the GIL: fills kernels, static_shared and sm_count for d.dtype/d.mode in the current (primary)
+# context, compiling/loading on first use (ValueError for an unknown dtype/mode code).
+cdef int bn_prepare_desc(bn_desc* d) except -1
 cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcept nogil
 cdef size_t bn_workspace_size(const bn_desc* d) noexcept nogil
 
