@@ -203,7 +203,7 @@ cdef inline size_t _counter_bytes(const bn_desc* d) noexcept nogil:
     return _round256(<size_t>(d.C if d.mode == BN_SPATIAL else d.C * d.S) * 4)
 
 
-cdef int _validate(const bn_desc* d, int kernel) noexcept nogil:
+cdef int bn_check_desc(const bn_desc* d) noexcept nogil:
     cdef long long stats
     if d.mode != BN_SPATIAL and d.mode != BN_PER_ACTIVATION:
         return _fail(BN_EINVAL, "descriptor: unknown mode")
@@ -220,6 +220,13 @@ cdef int _validate(const bn_desc* d, int kernel) noexcept nogil:
         return _fail(BN_EINVAL, "descriptor: epsilon must be > 0")
     if not (d.factor >= 0 and d.factor <= 1):
         return _fail(BN_EINVAL, "descriptor: factor must be in [0, 1]")
+    return BN_OK
+
+
+cdef int _validate(const bn_desc* d, int kernel) noexcept nogil:
+    cdef int st = bn_check_desc(d)
+    if st != BN_OK:
+        return st
     if d.kernels[kernel] == NULL:
         return _fail(BN_ENOTPREPARED, "descriptor: kernels not prepared (call prepare(dtype, mode))")
     return BN_OK
@@ -411,6 +418,22 @@ cdef _Prepared _prepare(int dt, int md):
     return pr
 
 
+cdef int bn_prepare_desc(bn_desc* d) except -1:
+    """Kernel handles, their static shared memory and the SM count of d.dtype/d.mode for the current
+    (primary) context; compiles/loads on first use. For the Cython/C faces (cybn.capi)."""
+    if d.dtype != BN_FLOAT32 and d.dtype != BN_FLOAT16:
+        raise ValueError(f"unknown dtype code {d.dtype}")
+    if d.mode != BN_SPATIAL and d.mode != BN_PER_ACTIVATION:
+        raise ValueError(f"unknown mode code {d.mode}")
+    cdef _Prepared pr = _prepare(d.dtype, d.mode)
+    cdef int i
+    for i in range(BN_NKERNELS):
+        d.kernels[i] = pr.kernels[i]
+        d.static_shared[i] = pr.static_shared[i]
+    d.sm_count = pr.sm_count
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ workspace
 cdef dict _workspaces = {}   # (context, stream) -> DeviceBuffer (counters zeroed at creation)
 
@@ -571,12 +594,7 @@ cdef long long _fill_desc(bn_desc* d, GPUArray x, mode, str what) except -1:
 
 cdef int _finish_desc(bn_desc* d, cydriver.CUstream stream) except -1:
     """Kernels and workspace: after every argument is validated."""
-    cdef _Prepared pr = _prepare(d.dtype, d.mode)
-    cdef int i
-    for i in range(BN_NKERNELS):
-        d.kernels[i] = pr.kernels[i]
-        d.static_shared[i] = pr.static_shared[i]
-    d.sm_count = pr.sm_count
+    bn_prepare_desc(d)
     cdef size_t need = bn_workspace_size(d)
     cdef DeviceBuffer ws
     if need:
