@@ -78,6 +78,10 @@ cdef int _core_status(int st, const char* op, const cybn_desc* c) noexcept nogil
                  "%s: %s (mode %d, dtype %d, N %lld, C %lld, S %lld, epsilon %g, factor %g)", op, bn_last_error(),
                  c.mode, c.dtype, <long long>c.N, <long long>c.C, <long long>c.S, <double>c.epsilon,
                  <double>c.factor)
+    elif st == BN_EWORKSPACE:
+        snprintf(cybn_capi_error, sizeof(cybn_capi_error),
+                 "%s: workspace missing or smaller than workspace_size() (%llu bytes given)", op,
+                 <unsigned long long>c.workspace_bytes)
     else:
         snprintf(cybn_capi_error, sizeof(cybn_capi_error), "%s: %s", op, bn_last_error())
     return st
