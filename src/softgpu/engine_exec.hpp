@@ -1,0 +1,93 @@
+// engine_exec.hpp: run-time state of a launch (threads, CTAs, checks) shared by the scheduler
+// (executor.cpp), the interpreter loop (engine_interp.cpp) and the collectives (engine_collective.cpp).
+#pragma once
+
+#include <cstdint>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "program.hpp"
+
+namespace softgpu {
+
+enum ThreadState : uint8_t { TS_READY, TS_BARRIER, TS_COLLECTIVE, TS_EXITED };
+
+struct CallFrame { uint32_t fn, ret_pc, fp, lp, call; };
+
+struct Cta;
+
+struct Thread {
+    uint32_t pc = 0, fn = 0, fp = 0, lp = 0;
+    uint8_t state = TS_READY;
+    uint32_t tid = 0, lane = 0, warp = 0;  // linear index in the CTA, lane, warp in the CTA
+    uint32_t tidx[3] = {0, 0, 0};
+    Cta* cta = nullptr;
+    uint64_t spec[kNumFixed] = {};
+    std::vector<uint64_t> regs;
+    std::vector<uint8_t> local;
+    std::vector<CallFrame> stack;
+};
+
+// racecheck shadow of one shared-memory byte: the last writer and the last reader(s).
+struct Shadow {
+    uint32_t w_tid, w_epoch, w_wepoch, w_line;  // w_tid = tid + 1, 0 = none; w_line bit 31: atomic
+    uint32_t r_tid, r_epoch, r_wepoch, r_line;  // r_tid = kManyReaders when several threads read
+};
+constexpr uint32_t kManyReaders = 0xffffffffu;
+
+struct Cta {
+    uint32_t idx[3] = {0, 0, 0};
+    std::vector<Thread> threads;
+    std::vector<uint8_t> smem;
+    std::vector<Shadow> shadow;
+    uint32_t live = 0;  // threads not exited
+    struct Barrier { uint32_t arrived = 0, waiting = 0, expected = 0; uint32_t popc = 0; bool all = true, any = false; };
+    Barrier bars[16];
+    uint32_t epoch = 0;                 // racecheck barrier epoch (unique over the launch)
+    std::vector<uint32_t> warp_epoch;   // racecheck warp-synchronisation epoch per warp
+};
+
+enum RunStatus { RUN_YIELD, RUN_BLOCKED, RUN_EXITED, RUN_FAULT };
+
+struct Exec {
+    Kernel* kernel;
+    Module* module;
+    const LaunchConfig& cfg;
+    LaunchCounts* counts;
+    std::string* report;
+    Config conf;
+    int result = 0;
+    int report_lines = 0;
+    bool abort = false;
+    uint64_t instructions = 0;  // thread-instructions so far (watchdog)
+    uint64_t epoch_counter = 1;
+    uint32_t block_threads = 0, block_warps = 0;
+    uint32_t smem_size = 0;
+    uint64_t rng = 0;
+    std::set<std::pair<int, uint32_t>> reported;  // (check, line): one finding per check and line
+    // Allocation cache of the global load/store path.
+    uint64_t cache_base = 1, cache_size = 0;
+    const Allocation* cache_alloc = nullptr;
+
+    Exec(Kernel* k, const LaunchConfig& c, LaunchCounts* n, std::string* r)
+        : kernel(k), module(k->module), cfg(c), counts(n), report(r), conf(config()) {}
+
+    void init_thread(Thread& t, Cta& cta, uint32_t tid);
+    void push_frame(Thread& t, uint32_t fn);
+    RunStatus run(Thread& t, uint32_t budget);
+    // Collectives and barriers (engine_collective.cpp).
+    void arrive_barrier(Thread& t);
+    void arrive_collective(Thread& t);
+    void on_exit(Thread& t);
+    void release_barrier(Cta& cta, uint32_t id);
+    bool complete_collective(Cta& cta, Thread& t);
+    // Findings (executor.cpp).
+    void finding(int code, int check, const Thread& t, const Instr& in, const std::string& what);
+    std::string where(const Thread& t) const;
+    uint64_t next_random();
+};
+
+enum Check { CK_MEMCHECK, CK_RACECHECK, CK_INITCHECK, CK_OTHER };
+
+}  // namespace softgpu
