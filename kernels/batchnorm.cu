@@ -134,7 +134,7 @@ __device__ __forceinline__ void store_welford(float* p, Welford w) { p[0] = w.n;
 
 // Batch mean/invstd from the combined statistics; saved statistics and running-average update.
 // M == 1: the unbiased variance is undefined; the biased one (0) is used, never NaN or inf.
-__device__ __forceinline__ void finish_statistics(int c, Welford t, float shift, long long M, float eps, float factor,
+__device__ __forceinline__ void finish_statistics(long long c, Welford t, float shift, long long M, float eps, float factor,
                                                   float* running_mean, float* running_var, float* save_mean,
                                                   float* save_invstd, float* mean_shift) {
     const float Mf = (float)M;
@@ -156,12 +156,12 @@ __device__ __forceinline__ void finish_statistics(int c, Welford t, float shift,
 // row u / su, at unit offset (row * C + c) * su + column from the tensor start; without a division
 // per step. f(k, offset) gets the thread's k-th unit.
 template <typename F>
-__device__ __forceinline__ void walk_channel(int c, int C, long long su, long long u0, long long u1, F f) {
+__device__ __forceinline__ void walk_channel(long long c, long long C, long long su, long long u0, long long u1, F f) {
     const int G = blockDim.x;
     long long u = u0 + threadIdx.x;
     if (u >= u1) return;
     long long n = u / su, s = u - n * su;
-    const long long row = (long long)C * su;
+    const long long row = C * su;
     long long off = (n * C + c) * su + s;
     const long long dn = G / su, ds = G - dn * su;
     const long long step = dn * row + ds, wrap = row - su;
@@ -202,12 +202,12 @@ __device__ __forceinline__ float warp_bcast_load_x(const T* p, bool ok) {
 template <typename T>
 __global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const float* bias, float* running_mean,
                                      float* running_var, float* save_mean, float* save_invstd, float* partials,
-                                     unsigned* counters, float* mean_shift, long long N, int C, long long S,
+                                     unsigned* counters, float* mean_shift, long long N, long long C, long long S,
                                      float eps, float factor, int flags, int cache_units) {
     extern __shared__ uint4 cache[];
     constexpr int V = io<T>::vec;
     const bool vec = flags & BN_VEC;
-    const int c = blockIdx.x * blockDim.y + threadIdx.y;
+    const long long c = (long long)blockIdx.x * blockDim.y + threadIdx.y;
     const bool ok = c < C;
     const long long su = vec ? S / V : S;
     long long u0 = 0, u1 = 0;
@@ -282,11 +282,11 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const
 // as the fused path does. y may be x (in place: each thread reads a unit, then writes it).
 template <typename T>
 __global__ void bn_normalize_spatial(const T* x, T* y, const float* mean, const float* stat, const float* scale,
-                                     const float* bias, const float* mean_shift, long long N, int C, long long S,
+                                     const float* bias, const float* mean_shift, long long N, long long C, long long S,
                                      float eps, int flags) {
     constexpr int V = io<T>::vec;
     const bool vec = flags & BN_VEC;
-    const int c = blockIdx.x * blockDim.y + threadIdx.y;
+    const long long c = (long long)blockIdx.x * blockDim.y + threadIdx.y;
     const bool ok = c < C;
     const long long su = vec ? S / V : S;
     long long u0 = 0, u1 = 0;
@@ -328,11 +328,11 @@ __global__ void bn_normalize_spatial(const T* x, T* y, const float* mean, const 
 template <typename T>
 __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const float* scale, const float* mean, const float* stat,
                                float* scale_grad, float* bias_grad, float* partials, unsigned* counters, long long N,
-                               int C, long long S, float eps, int flags, int cache_units) {
+                               long long C, long long S, float eps, int flags, int cache_units) {
     extern __shared__ uint4 cache[];
     constexpr int V = io<T>::vec;
     const bool vec = flags & BN_VEC, frozen = flags & BN_STAT_IS_VAR, affine = flags & BN_AFFINE;
-    const int c = blockIdx.x * blockDim.y + threadIdx.y;
+    const long long c = (long long)blockIdx.x * blockDim.y + threadIdx.y;
     const bool ok = c < C;
     const long long su = vec ? S / V : S;
     long long u0 = 0, u1 = 0;
@@ -433,10 +433,10 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const float* scal
 template <typename T>
 __global__ void bn_bwd_dx_spatial(const T* x, const T* dy, T* dx, const float* scale, const float* mean,
                                   const float* invstd_, const float* scale_grad, const float* bias_grad, long long N,
-                                  int C, long long S, int flags) {
+                                  long long C, long long S, int flags) {
     constexpr int V = io<T>::vec;
     const bool vec = flags & BN_VEC;
-    const int c = blockIdx.x * blockDim.y + threadIdx.y;
+    const long long c = (long long)blockIdx.x * blockDim.y + threadIdx.y;
     if (c >= C) return;  // no barrier below
     const long long su = vec ? S / V : S;
     long long u0 = 0, u1 = 0;
@@ -489,8 +489,9 @@ __device__ __forceinline__ float column_bcast(float v) {
 template <typename T>
 __global__ void bn_fwd_train_pa(const T* x, T* y, const float* scale, const float* bias, float* running_mean,
                                 float* running_var, float* save_mean, float* save_invstd, float* partials,
-                                unsigned* counters, float* mean_shift, long long N, long long F, float eps,
+                                unsigned* counters, float* mean_shift, long long N, long long C, long long S, float eps,
                                 float factor, int flags, int cache_units) {
+    const long long F = C * S;
     extern __shared__ float cachef[];
     const long long f = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const bool ok = f < F;
@@ -533,8 +534,9 @@ __global__ void bn_fwd_train_pa(const T* x, T* y, const float* scale, const floa
 
 template <typename T>
 __global__ void bn_normalize_pa(const T* x, T* y, const float* mean, const float* stat, const float* scale,
-                                const float* bias, const float* mean_shift, long long N, long long F, float eps,
+                                const float* bias, const float* mean_shift, long long N, long long C, long long S, float eps,
                                 int flags) {
+    const long long F = C * S;
     const long long f = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (f >= F) return;  // no barrier below
     const float invstd = (flags & BN_STAT_IS_VAR) ? 1.0f / sqrtf(stat[f] + eps) : stat[f];
@@ -553,7 +555,8 @@ __global__ void bn_normalize_pa(const T* x, T* y, const float* mean, const float
 template <typename T>
 __global__ void bn_bwd_pa(const T* x, const T* dy, T* dx, const float* scale, const float* mean, const float* stat,
                           float* scale_grad, float* bias_grad, float* partials, unsigned* counters, long long N,
-                          long long F, float eps, int flags, int cache_units) {
+                          long long C, long long S, float eps, int flags, int cache_units) {
+    const long long F = C * S;
     extern __shared__ float cachef[];
     const bool frozen = flags & BN_STAT_IS_VAR, affine = flags & BN_AFFINE;
     const long long f = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -614,7 +617,8 @@ __global__ void bn_bwd_pa(const T* x, const T* dy, T* dx, const float* scale, co
 template <typename T>
 __global__ void bn_bwd_dx_pa(const T* x, const T* dy, T* dx, const float* scale, const float* mean,
                              const float* invstd_, const float* scale_grad, const float* bias_grad, long long N,
-                             long long F, int flags) {
+                             long long C, long long S, int flags) {
+    const long long F = C * S;
     const long long f = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (f >= F) return;  // no barrier below
     const float invstd = invstd_[f], mu = mean[f];
