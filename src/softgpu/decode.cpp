@@ -578,7 +578,7 @@ bool Decoder::decode_instr(const Stmt& s) {
             if (!vec_elems(ops[1], &el) || el.size() < 2 || el.size() > 4) return unsupported("vector size");
             in.op = OP_PACK;
             in.nvec = uint8_t(el.size());
-            in.size = uint8_t(bits / el.size());
+            in.size = uint8_t(bits / 8 / el.size());  // bytes per element, as the interpreter reads it
             for (size_t k = 0; k < el.size(); ++k)
                 if (!src(el[k], T_B64, &in.v[k])) return false;
             if (!dst(ops[0], &in.d)) return false;
@@ -589,7 +589,7 @@ bool Decoder::decode_instr(const Stmt& s) {
             if (!vec_elems(ops[0], &el) || el.size() < 2 || el.size() > 4) return unsupported("vector size");
             in.op = OP_UNPACK;
             in.nvec = uint8_t(el.size());
-            in.size = uint8_t(bits / el.size());
+            in.size = uint8_t(bits / 8 / el.size());  // bytes per element
             for (size_t k = 0; k < el.size(); ++k)
                 if (!dst(el[k], &in.v[k])) return false;
             if (!src(ops[1], T_B64, &in.a)) return false;
