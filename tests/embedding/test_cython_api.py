@@ -1,5 +1,7 @@
 """The Cython face (`from cybn.capi cimport ...`) from a tiny extension that calls BatchNorm inside
 `with nogil:` on raw pointers of GPUArrays and the raw handle of a cybn Stream."""
+import threading
+
 import numpy as np
 import pytest
 
@@ -15,8 +17,31 @@ OUTPUTS = ("y", "save_mean", "save_invstd", "dx", "scale_grad", "bias_grad", "y_
 
 @pytest.mark.parametrize("case", ["spatial-fp32", "per_activation-fp32", "spatial-fp16-vec"])
 def test_cython_extension_pipeline(cyext, case):
+    pipeline(cyext, case, seed=7)
+
+
+def test_cython_pipelines_from_threads(cyext):
+    """Two threads, each on its own stream, calling the nogil functions at the same time."""
+    cyext.prepare_kernels(CODES[np.float32], CODES["spatial"])
+    errors = []
+
+    def work(seed):
+        try:
+            pipeline(cyext, "spatial-fp32", seed)
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in (11, 12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def pipeline(cyext, case, seed):
     mode, dtype, shape, affine = CASES[case]
-    x, dy, scale, bias, rm, rv = inputs(shape, dtype, mode, seed=7)
+    x, dy, scale, bias, rm, rv = inputs(shape, dtype, mode, seed=seed)
     eps, factor = 1e-4, 0.5
     K = scale.size
     cyext.prepare_kernels(CODES[dtype], CODES[mode])
