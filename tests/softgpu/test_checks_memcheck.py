@@ -94,7 +94,7 @@ def test_misaligned_vector_load(kernels):
     out = to_device(np.zeros(1, np.float32))
     params = Params((x, U64), (out, U64))
     r = launch(kernels.fn("misaligned"), (1,), (1,), params)
-    assert r in (R.CUDA_ERROR_MISALIGNED_ADDRESS, R.CUDA_ERROR_ILLEGAL_ADDRESS)
+    assert r == R.CUDA_ERROR_ILLEGAL_ADDRESS  # memcheck findings are 700 (softgpu.hpp contract)
     assert code(cu.cuCtxSynchronize()) == r
     assert_reported("misaligned", "misaligned")
     still_usable(kernels)
