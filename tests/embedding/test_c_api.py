@@ -10,7 +10,7 @@ import cybn
 from cybn import softgpu
 
 import embed_build
-from conftest import CASES
+from conftest import CASES, SPLIT_CASES
 from embed_reference import bn_reference, tolerances
 
 SPATIAL, PER_ACTIVATION = 0, 1
@@ -60,6 +60,16 @@ def test_table_matches_header(cext):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_c_extension_pipeline(cext, case):
     run_and_check(cext, case)
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES)
+def test_split_cases_use_a_workspace(cext, case):
+    """The split cases above run forward_train then backward through one caller-zeroed workspace: right
+    only if cybn leaves its counters at zero after each call."""
+    mode, dtype, shape, _ = CASES[case]
+    cext.prepare(CODES[dtype], CODES[mode])
+    st, msg, need = cext.call("workspace_size", fields(CODES[mode], CODES[dtype], 1, *shape), (), 0, False)
+    assert st == 0 and need > 0, msg
 
 
 def test_cpp_extension_pipeline(cppext):
