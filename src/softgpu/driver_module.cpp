@@ -35,9 +35,10 @@ CUresult load(CUmodule* out, const void* image, std::string* log) {
     if (CUresult r = require_ctx(&ctx)) return r;
     if (!out || !image) return CUDA_ERROR_INVALID_VALUE;
     const unsigned char* p = static_cast<const unsigned char*>(image);
-    uint32_t magic;
-    memcpy(&magic, p, 4);
-    if (memcmp(p, "\x7f" "ELF", 4) == 0 || magic == 0xBA55ED50u || magic == 0x466243B1u) {
+    uint32_t magic = 0;
+    // Binary magics have no NUL byte, so a shorter text cannot be one (and is not read past).
+    if (strnlen(static_cast<const char*>(image), 4) == 4) memcpy(&magic, p, 4);
+    if (magic == 0x464C457Fu /* \x7fELF */ || magic == 0xBA55ED50u || magic == 0x466243B1u) {
         *log = "softgpu: the image is a cubin/fatbin; the software GPU loads PTX text only";
         set_last_report(*log, false);
         return CUDA_ERROR_INVALID_IMAGE;
