@@ -89,3 +89,39 @@ def test_context_queries(ctx):
     assert ok(cu.cuCtxGetLimit(cu.CUlimit.CU_LIMIT_PRINTF_FIFO_SIZE)) > 0
     assert ok(cu.cuCtxGetId(ctx)) > 0
     ok(cu.cuCtxSynchronize())
+
+
+def test_threads_share_the_driver_safely(primary):
+    """Host threads allocating, copying and freeing at once each see their own data (one global lock)."""
+    import numpy as np
+    live = softgpu.live_allocations()
+
+    def work(seed):
+        ok(cu.cuCtxPushCurrent(primary))
+        try:
+            for i in range(50):
+                a = np.full(257, seed * 1000 + i, np.int64)
+                p = ok(cu.cuMemAlloc(a.nbytes))
+                ok(cu.cuMemcpyHtoD(p, a, a.nbytes))
+                b = np.empty_like(a)
+                ok(cu.cuMemcpyDtoH(b, p, b.nbytes))
+                ok(cu.cuMemFree(p))
+                assert (b == a).all()
+        finally:
+            ok(cu.cuCtxPopCurrent())
+        return True
+
+    results = {}
+
+    def run(seed):
+        try:
+            results[seed] = work(seed)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            results[seed] = e
+    threads = [threading.Thread(target=run, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {s: True for s in range(4)}
+    assert softgpu.live_allocations() == live
