@@ -263,9 +263,9 @@ class Module:
         from cybn.gpuarray import GPUArray
 
         serialize = hdf is None
-        hdf, owned = open_hdf(hdf, "w")
-        varlinks = {} if varlinks is None else varlinks
         name = self._fileName(name, assumeUniqueNames)
+        hdf, owned = self._open(open_hdf, hdf, "w", name, "save")
+        varlinks = {} if varlinks is None else varlinks
 
         buffer = None
         try:
@@ -298,7 +298,7 @@ class Module:
         except Exception as e:
             raise ModuleError("Module %s save error: %s" % (name, e)) from e
         finally:
-            if isRoot and owned:
+            if owned:  # a file the caller opened stays open
                 hdf.close()
         return buffer
 
@@ -309,9 +309,9 @@ class Module:
         from cybn.modules.hdf5 import open_hdf
         from cybn.gpuarray import GPUArray
 
-        hdf, owned = open_hdf(hdf, "r")
-        initvars = {} if initvars is None else initvars
         name = self._fileName(name, assumeUniqueNames)
+        hdf, owned = self._open(open_hdf, hdf, "r", name, "load")
+        initvars = {} if initvars is None else initvars
 
         try:
             with warnings.catch_warnings():
@@ -323,7 +323,7 @@ class Module:
                 except Exception as e:
                     raise ModuleError("Module %s load error: %s" % (name, e)) from e
         finally:
-            if isRoot and owned:
+            if owned:  # a file the caller opened stays open
                 hdf.close()
 
         for paramName, value in varValues.items():
@@ -350,6 +350,16 @@ class Module:
                 attr.set(value)
             else:
                 np.copyto(attr, value)
+
+    @staticmethod
+    def _open(open_hdf, hdf, mode, name, what):
+        try:
+            return open_hdf(hdf, mode)
+        except (ModuleError, TypeError):
+            raise
+        except Exception as e:  # h5py's OSError for a missing or malformed file
+            raise ModuleError("Module %s %s error: cannot open %s: %s"
+                              % (name, what, hdf if isinstance(hdf, str) else type(hdf).__name__, e)) from e
 
     def _fileName(self, name, assumeUniqueNames):
         if name is None:

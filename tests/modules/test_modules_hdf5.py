@@ -109,6 +109,15 @@ def test_failed_load_changes_nothing(tmp_path):
             bad.load(image)
         assert_unchanged(bad, snap)
 
+    for source in (str(tmp_path / "missing.hdf"), b"not an HDF5 file"):
+        bad = BatchNorm2D(5, name="bn")
+        snap = snapshot(bad)
+        with pytest.raises(ModuleError, match="load error: cannot open"):
+            bad.load(source)
+        assert_unchanged(bad, snap)
+    with pytest.raises(TypeError, match="expected a file path"):
+        BatchNorm2D(5).load(12)
+
     # A lossy dtype (float64 parameters into float32 tensors) is refused too.
     path = str(tmp_path / "f64.hdf")
     with h5py.File(path, "w") as f:
