@@ -25,7 +25,8 @@ class BatchNormND(Module):
 
     Backward after a training forward uses the saved batch statistics. Backward after an eval forward returns
     the gradient of the eval-mode function (frozen running statistics); PuzzleLib instead recomputes batch
-    statistics there.
+    statistics there. After an in-place eval forward the input is gone, so backward gives the input gradient
+    only (scalegrad/biasgrad None).
 
     Parameters ``scale`` (drawn from Normal(1, sscale); exactly 1 when affine=False) and ``bias`` (zeros) are
     Variables; running ``mean`` (zeros) and ``var`` (ones) are attributes; all float32 of shape
@@ -117,7 +118,10 @@ class BatchNormND(Module):
 
         self.grad = ingrad
         if self.affine:
-            self.scalegrad, self.biasgrad = scalegrad, biasgrad
+            # An in-place eval forward overwrote its input, so the parameter gradients (which need x) are
+            # unavailable; the input gradient does not depend on x there.
+            lost = self.evalForward and self.inplace
+            self.scalegrad, self.biasgrad = (None, None) if lost else (scalegrad, biasgrad)
 
     def evalBackward(self, grad):
         """Gradients of y = scale * (x - mean) / sqrt(var + epsilon) + bias with the running statistics fixed."""

@@ -298,7 +298,7 @@ class Module:
         except Exception as e:
             raise ModuleError("Module %s save error: %s" % (name, e)) from e
         finally:
-            if owned:  # a file the caller opened stays open
+            if owned:  # only files this call opened; the caller closes its own
                 hdf.close()
         return buffer
 
@@ -323,7 +323,7 @@ class Module:
                 except Exception as e:
                     raise ModuleError("Module %s load error: %s" % (name, e)) from e
         finally:
-            if owned:  # a file the caller opened stays open
+            if owned:  # only files this call opened; the caller closes its own
                 hdf.close()
 
         for paramName, value in varValues.items():

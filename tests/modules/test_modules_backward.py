@@ -109,3 +109,17 @@ def test_backward_needs_a_forward(case):
         bn.backward(to_gpu(np.zeros(shape)))
     for var in bn.vars.values():
         np.testing.assert_array_equal(var.grad.get(), 0)
+
+
+def test_inplace_eval_backward(case):
+    make, shape, _ = case
+    bn = make(shape[1], inplace=True, sscale=0.3)
+    bn.evalMode()
+    bn.var.set(np.random.rand(*bn.var.shape).astype(np.float32) + 0.5)
+    x = np.random.randn(*shape).astype(np.float32)
+    g = np.random.randn(*shape).astype(np.float32)
+    bn(to_gpu(x))
+    bn.backward(to_gpu(g))
+    dx = ref.eval_backward(x, g, bn.scale.get(), bn.mean.get(), bn.var.get(), 1e-5)[0]
+    np.testing.assert_allclose(bn.grad.get(), dx, **TOL)
+    assert bn.scalegrad is None and bn.biasgrad is None  # x was overwritten: no parameter gradients
