@@ -436,21 +436,15 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 break;
             }
             case OP_BFE: {
-                int bits = 64 - in.sh;
+                // PTX: d[i] = (i < len && pos + i <= msb) ? a[pos + i] : sbit
+                uint32_t bits = 64 - in.sh;
                 uint32_t pos = uint32_t(R[in.b] & 0xff), len = uint32_t(R[in.c] & 0xff);
                 uint64_t a = R[in.a] & in.mask;
-                uint64_t r = 0;
-                if (len) {
-                    r = pos >= uint32_t(bits) ? 0 : a >> pos;
-                    if (len < 64) r &= (1ull << len) - 1;
-                    if (type_signed(Type(in.ty))) {
-                        uint32_t sp = pos + len - 1 < uint32_t(bits) ? pos + len - 1 : uint32_t(bits - 1);
-                        bool sbit = (a >> sp) & 1;
-                        if (sbit && len < 64) r |= ~0ull << len;
-                        if (pos >= uint32_t(bits)) r = sbit ? ~0ull : 0;
-                    }
-                } else if (type_signed(Type(in.ty))) {
-                    r = 0;
+                uint32_t avail = pos < bits ? bits - pos : 0, keep = len < avail ? len : avail;
+                uint64_t r = keep ? (a >> pos) & (keep >= 64 ? ~0ull : (1ull << keep) - 1) : 0;
+                if (type_signed(Type(in.ty)) && len) {
+                    uint32_t sp = pos + len - 1 < bits ? pos + len - 1 : bits - 1;
+                    if ((a >> sp) & 1) r |= keep >= 64 ? 0 : ~0ull << keep;
                 }
                 R[in.d] = r & in.mask;
                 break;
