@@ -459,6 +459,18 @@ cdef DeviceBuffer _workspace(cydriver.CUcontext ctx, cydriver.CUstream stream, s
 cdef list _retired = []
 
 
+def free_workspaces():
+    """Free the kept workspaces (after synchronising the context, so no queued launch still uses them);
+    the next split launch allocates fresh zeroed ones. For leak accounting in tests and at shutdown."""
+    if not _workspaces and not _retired:
+        return
+    ensure_context()
+    with nogil:
+        check(cydriver.cuCtxSynchronize(), "cuCtxSynchronize")
+    _workspaces.clear()
+    del _retired[:]
+
+
 # ------------------------------------------------------------------------------------------ overrides
 cdef int _force_group = 0
 cdef int _force_split = 0

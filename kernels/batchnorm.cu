@@ -183,17 +183,42 @@ __device__ __forceinline__ void split_range(long long units, long long& u0, long
     u1 = min(units, u0 + chunk);
 }
 
-// Loads v into lane 0's warp-mates (one global load per warp instead of one per thread).
-__device__ __forceinline__ float warp_bcast_load(const float* p, bool ok) {
-    float v = 0.0f;
-    if ((threadIdx.x & 31) == 0 && ok) v = *p;
-    return __shfl_sync(0xffffffffu, v, 0);
+// Per-statistic values loaded once per CTA by the statistic's leader thread and handed to the others
+// through shared memory, so parameter traffic is per statistic and CTA, not per warp or thread.
+// Spatial: a statistic is a threadIdx.y group (leader threadIdx.x == 0); per-activation: a
+// threadIdx.x column (leader threadIdx.y == 0). At most 32 per CTA. Every thread must call share().
+template <bool SPATIAL>
+__device__ __forceinline__ bool leader() { return SPATIAL ? threadIdx.x == 0 : threadIdx.y == 0; }
+
+template <bool SPATIAL>
+__device__ __forceinline__ float4 share(float4 v) {
+    __shared__ float4 slot[32];
+    const int i = SPATIAL ? threadIdx.y : threadIdx.x;
+    if (leader<SPATIAL>()) slot[i] = v;
+    __syncthreads();
+    const float4 r = slot[i];
+    __syncthreads();  // slot is reused by the next call
+    return r;
 }
-template <typename T>
-__device__ __forceinline__ float warp_bcast_load_x(const T* p, bool ok) {
-    float v = 0.0f;
-    if ((threadIdx.x & 31) == 0 && ok) v = io<T>::load(p);
-    return __shfl_sync(0xffffffffu, v, 0);
+
+// The normalisation's per-statistic constants: y = ((x - shift) - m) * a + b.
+__device__ __forceinline__ float4 normalize_constants(long long i, const float* mean, const float* stat,
+                                                      const float* scale, const float* bias,
+                                                      const float* mean_shift, float eps, int flags) {
+    const float st = stat[i];
+    const float invstd = (flags & BN_STAT_IS_VAR) ? 1.0f / sqrtf(st + eps) : st;
+    const bool affine = flags & BN_AFFINE;
+    const float a = (affine ? scale[i] : 1.0f) * invstd, b = affine ? bias[i] : 0.0f;
+    if (flags & BN_SHIFTED) return make_float4(a, b, mean_shift[2 * i], mean_shift[2 * i + 1]);
+    return make_float4(a, b, 0.0f, mean[i]);
+}
+
+// The split backward's dx constants: dx = a * (dy - db - (x - mu) * k), k = invstd * dscale / M.
+__device__ __forceinline__ float4 dx_constants(long long i, const float* scale, const float* mean, const float* invstd_,
+                                               const float* scale_grad, const float* bias_grad, float Mf, int flags) {
+    const float invstd = invstd_[i];
+    const float a = ((flags & BN_AFFINE) ? scale[i] : 1.0f) * invstd;
+    return make_float4(a, bias_grad[i] / Mf, mean[i], invstd * (scale_grad[i] / Mf));
 }
 
 // ---------------------------------------------------------------- spatial forward, training
@@ -216,7 +241,11 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const
     const int nthreads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
     float* cachef = reinterpret_cast<float*>(cache);
 
-    const float shift = warp_bcast_load_x(x + (long long)c * S, ok);
+    const bool affine = flags & BN_AFFINE;
+    float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (ok && leader<true>()) p = make_float4(io<T>::load(x + c * S), affine ? scale[c] : 1.0f, affine ? bias[c] : 0.0f, 0.0f);
+    p = share<true>(p);
+    const float shift = p.x;  // one sample of the channel: Welford runs on x - shift
     Welford w = welford_empty();
     if (vec) {
         walk_channel(c, C, su, u0, u1, [&](int k, long long off) {
@@ -255,9 +284,7 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const
         finish_statistics(c, t, shift, M, eps, factor, running_mean, running_var, save_mean, save_invstd, nullptr);
     // ((x - shift) - shifted mean): exact at large offsets, and exactly 0 for a constant channel.
     const float invstd = 1.0f / sqrtf(t.m2 / (float)M + eps);
-    const bool affine = flags & BN_AFFINE;
-    const float a = (affine ? warp_bcast_load(scale + c, ok) : 1.0f) * invstd;
-    const float b = affine ? warp_bcast_load(bias + c, ok) : 0.0f;
+    const float a = p.y * invstd, b = p.z;
     const float m = t.mean;
     if (vec) {
         walk_channel(c, C, su, u0, u1, [&](int k, long long off) {
@@ -291,20 +318,11 @@ __global__ void bn_normalize_spatial(const T* x, T* y, const float* mean, const 
     const long long su = vec ? S / V : S;
     long long u0 = 0, u1 = 0;
     split_range(N * su, u0, u1);
-    if (!ok) return;  // no barrier below
-    const float st = warp_bcast_load(stat + c, true);
-    const float invstd = (flags & BN_STAT_IS_VAR) ? 1.0f / sqrtf(st + eps) : st;
-    const bool affine = flags & BN_AFFINE;
-    const float a = (affine ? warp_bcast_load(scale + c, true) : 1.0f) * invstd;
-    const float b = affine ? warp_bcast_load(bias + c, true) : 0.0f;
-    float shift, m;
-    if (flags & BN_SHIFTED) {
-        shift = warp_bcast_load(mean_shift + 2 * c, true);
-        m = warp_bcast_load(mean_shift + 2 * c + 1, true);
-    } else {
-        shift = 0.0f;
-        m = warp_bcast_load(mean + c, true);
-    }
+    if (!ok) u1 = u0;
+    float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (ok && leader<true>()) p = normalize_constants(c, mean, stat, scale, bias, mean_shift, eps, flags);
+    p = share<true>(p);
+    const float a = p.x, b = p.y, shift = p.z, m = p.w;
     if (vec) {
         walk_channel(c, C, su, u0, u1, [&](int, long long off) {
             float v[V];
@@ -342,11 +360,13 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const float* scal
     const int slots = cache_units * nthreads;  // dy's cache follows x's
     float* cachef = reinterpret_cast<float*>(cache);
 
-    const float st = warp_bcast_load(stat + c, ok);
-    const float invstd = frozen ? 1.0f / sqrtf(st + eps) : st;
-    const float mu = warp_bcast_load(mean + c, ok);
-    const float g = affine ? warp_bcast_load(scale + c, ok) : 1.0f;
-    const float a = g * invstd;
+    float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (ok && leader<true>()) {
+        const float st = stat[c], is = frozen ? 1.0f / sqrtf(st + eps) : st;
+        p = make_float4(is, mean[c], (affine ? scale[c] : 1.0f) * is, 0.0f);
+    }
+    p = share<true>(p);
+    const float invstd = p.x, mu = p.y, a = p.z;
     Sum2 acc{0.0f, 0.0f};
     if (vec) {
         walk_channel(c, C, su, u0, u1, [&](int k, long long off) {
@@ -437,26 +457,27 @@ __global__ void bn_bwd_dx_spatial(const T* x, const T* dy, T* dx, const float* s
     constexpr int V = io<T>::vec;
     const bool vec = flags & BN_VEC;
     const long long c = (long long)blockIdx.x * blockDim.y + threadIdx.y;
-    if (c >= C) return;  // no barrier below
+    const bool ok = c < C;
     const long long su = vec ? S / V : S;
     long long u0 = 0, u1 = 0;
     split_range(N * su, u0, u1);
-    const float invstd = warp_bcast_load(invstd_ + c, true), mu = warp_bcast_load(mean + c, true);
-    const float a = ((flags & BN_AFFINE) ? warp_bcast_load(scale + c, true) : 1.0f) * invstd;
-    const float Mf = (float)(N * S);
-    const float db = warp_bcast_load(bias_grad + c, true) / Mf, ds = warp_bcast_load(scale_grad + c, true) / Mf;
+    if (!ok) u1 = u0;
+    float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (ok && leader<true>()) p = dx_constants(c, scale, mean, invstd_, scale_grad, bias_grad, (float)(N * S), flags);
+    p = share<true>(p);
+    const float a = p.x, db = p.y, mu = p.z, k = p.w;
     if (vec) {
         walk_channel(c, C, su, u0, u1, [&](int, long long off) {
             float vx[V], vd[V];
             io<T>::unpack(reinterpret_cast<const uint4*>(x)[off], vx);
             io<T>::unpack(reinterpret_cast<const uint4*>(dy)[off], vd);
 #pragma unroll
-            for (int i = 0; i < V; ++i) vd[i] = a * (vd[i] - db - (vx[i] - mu) * invstd * ds);
+            for (int i = 0; i < V; ++i) vd[i] = a * (vd[i] - db - (vx[i] - mu) * k);
             reinterpret_cast<uint4*>(dx)[off] = io<T>::pack(vd);
         });
     } else {
         walk_channel(c, C, su, u0, u1, [&](int, long long off) {
-            io<T>::store(dx + off, a * (io<T>::load(dy + off) - db - (io<T>::load(x + off) - mu) * invstd * ds));
+            io<T>::store(dx + off, a * (io<T>::load(dy + off) - db - (io<T>::load(x + off) - mu) * k));
         });
     }
 }
@@ -474,17 +495,6 @@ __device__ __forceinline__ void walk_feature(long long f, long long F_, long lon
     for (long long n = n0 + threadIdx.y; n < n1; n += R, ++k) f_(k, n * F_ + f);
 }
 
-// Per-feature value loaded once by row lane 0 and shared with the column through shared memory.
-// Every thread must call it.
-__device__ __forceinline__ float column_bcast(float v) {
-    __shared__ float slot[256];
-    if (threadIdx.y == 0) slot[threadIdx.x] = v;
-    __syncthreads();
-    const float r = slot[threadIdx.x];
-    __syncthreads();
-    return r;
-}
-
 // ---------------------------------------------------------------- per-activation forward, training
 template <typename T>
 __global__ void bn_fwd_train_pa(const T* x, T* y, const float* scale, const float* bias, float* running_mean,
@@ -496,7 +506,11 @@ __global__ void bn_fwd_train_pa(const T* x, T* y, const float* scale, const floa
     const long long f = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const bool ok = f < F;
     const int nthreads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
-    const float shift = column_bcast(ok && threadIdx.y == 0 ? io<T>::load(x + f) : 0.0f);
+    const bool affine = flags & BN_AFFINE;
+    float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (ok && leader<false>()) p = make_float4(io<T>::load(x + f), affine ? scale[f] : 1.0f, affine ? bias[f] : 0.0f, 0.0f);
+    p = share<false>(p);
+    const float shift = p.x;
     Welford w = welford_empty();
     walk_feature(f, F, N, ok, [&](int k, long long off) {
         const float v = io<T>::load(x + off);
@@ -522,9 +536,7 @@ __global__ void bn_fwd_train_pa(const T* x, T* y, const float* scale, const floa
         finish_statistics(f, t, shift, N, eps, factor, running_mean, running_var, save_mean, save_invstd, nullptr);
     if (!ok) return;
     const float invstd = 1.0f / sqrtf(t.m2 / (float)N + eps);
-    const bool affine = flags & BN_AFFINE;
-    const float a = (affine ? scale[f] : 1.0f) * invstd;
-    const float b = affine ? bias[f] : 0.0f;
+    const float a = p.y * invstd, b = p.z;
     const float m = t.mean;
     walk_feature(f, F, N, ok, [&](int k, long long off) {
         const float v = k < cache_units ? cachef[k * nthreads + tid] : io<T>::load(x + off);
@@ -538,15 +550,12 @@ __global__ void bn_normalize_pa(const T* x, T* y, const float* mean, const float
                                 int flags) {
     const long long F = C * S;
     const long long f = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (f >= F) return;  // no barrier below
-    const float invstd = (flags & BN_STAT_IS_VAR) ? 1.0f / sqrtf(stat[f] + eps) : stat[f];
-    const bool affine = flags & BN_AFFINE;
-    const float a = (affine ? scale[f] : 1.0f) * invstd;
-    const float b = affine ? bias[f] : 0.0f;
-    const bool shifted = flags & BN_SHIFTED;
-    const float shift = shifted ? mean_shift[2 * f] : 0.0f;
-    const float m = shifted ? mean_shift[2 * f + 1] : mean[f];
-    walk_feature(f, F, N, true, [&](int, long long off) {
+    const bool ok = f < F;
+    float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (ok && leader<false>()) p = normalize_constants(f, mean, stat, scale, bias, mean_shift, eps, flags);
+    p = share<false>(p);
+    const float a = p.x, b = p.y, shift = p.z, m = p.w;
+    walk_feature(f, F, N, ok, [&](int, long long off) {
         io<T>::store(y + off, ((io<T>::load(x + off) - shift) - m) * a + b);
     });
 }
@@ -563,10 +572,13 @@ __global__ void bn_bwd_pa(const T* x, const T* dy, T* dx, const float* scale, co
     const bool ok = f < F;
     const int nthreads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
     const int slots = cache_units * nthreads;
-    const float st = ok ? stat[f] : 1.0f;
-    const float invstd = frozen ? 1.0f / sqrtf(st + eps) : st;
-    const float mu = ok ? mean[f] : 0.0f;
-    const float a = (affine && ok ? scale[f] : 1.0f) * invstd;
+    float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (ok && leader<false>()) {
+        const float st = stat[f], is = frozen ? 1.0f / sqrtf(st + eps) : st;
+        p = make_float4(is, mean[f], (affine ? scale[f] : 1.0f) * is, 0.0f);
+    }
+    p = share<false>(p);
+    const float invstd = p.x, mu = p.y, a = p.z;
     Sum2 acc{0.0f, 0.0f};
     walk_feature(f, F, N, ok, [&](int k, long long off) {
         const float vx = io<T>::load(x + off), vd = io<T>::load(dy + off);
@@ -620,11 +632,12 @@ __global__ void bn_bwd_dx_pa(const T* x, const T* dy, T* dx, const float* scale,
                              long long C, long long S, int flags) {
     const long long F = C * S;
     const long long f = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (f >= F) return;  // no barrier below
-    const float invstd = invstd_[f], mu = mean[f];
-    const float a = ((flags & BN_AFFINE) ? scale[f] : 1.0f) * invstd;
-    const float db = bias_grad[f] / (float)N, ds = scale_grad[f] / (float)N;
-    walk_feature(f, F, N, true, [&](int, long long off) {
-        io<T>::store(dx + off, a * (io<T>::load(dy + off) - db - (io<T>::load(x + off) - mu) * invstd * ds));
+    const bool ok = f < F;
+    float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (ok && leader<false>()) p = dx_constants(f, scale, mean, invstd_, scale_grad, bias_grad, (float)N, flags);
+    p = share<false>(p);
+    const float a = p.x, db = p.y, mu = p.z, k = p.w;
+    walk_feature(f, F, N, ok, [&](int, long long off) {
+        io<T>::store(dx + off, a * (io<T>::load(dy + off) - db - (io<T>::load(x + off) - mu) * k));
     });
 }

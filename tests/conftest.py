@@ -2,6 +2,7 @@
 session if user device allocations leaked."""
 import gc
 import os
+import sys
 
 os.environ["CYBN_SOFTGPU_CHECKS"] = "all"  # before the library reads its configuration
 os.environ.setdefault("CYBN_DEVICE", "softgpu")
@@ -21,6 +22,9 @@ def release_cached_device_memory():
     """Hook: hand every cached-but-unused block back to the driver before leaks are counted
     (cybn's memory pool keeps freed blocks for reuse)."""
     gc.collect()
+    bn = sys.modules.get("cybn.batchnorm")
+    if bn is not None:  # BatchNorm keeps its split-plan workspaces for the process's life
+        bn.free_workspaces()
     try:
         from cybn import memory
     except ImportError:  # the pool's extension is not built: nothing can be cached
