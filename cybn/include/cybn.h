@@ -67,10 +67,13 @@ typedef struct cybn_desc {
     uint64_t reserved[8];        /* zero: room for future fields */
 } cybn_desc;
 
-#ifdef __cplusplus
+/* The layout is ABI: 128 bytes on every platform. */
+#if defined(__cplusplus) && __cplusplus >= 201103L
 static_assert(sizeof(cybn_desc) == 128, "cybn_desc must be 128 bytes");
-#else
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
 _Static_assert(sizeof(cybn_desc) == 128, "cybn_desc must be 128 bytes");
+#else
+typedef char cybn_desc_is_128_bytes[sizeof(cybn_desc) == 128 ? 1 : -1];
 #endif
 
 /* The function table in the capsule. Pointers x, y, dy, dx: N * C * S elements of dtype, C order.
