@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import bn_reference as ref
-from bn_helpers import check_forward_train, gpu, params
+from bn_helpers import check_forward_train, gpu, params, run_forward_train
 from cybn import batchnorm, softgpu
 
 
@@ -75,3 +75,19 @@ def test_schedules_deterministic(rng):
         np.testing.assert_array_equal(a, b)
     want = ref.forward_train(x, scale, bias, rm, rv, 1e-5, 0.3)
     np.testing.assert_allclose(results[0][0], want[0], rtol=1e-4, atol=1e-4)
+
+
+def test_honest_large_channel(rng):
+    """One channel of 65536 * 256 + 13 values (past 65535 blocks of 256; odd, so scalar units) with the
+    heuristic's own plan: split over hundreds of CTAs, partials combined by the last one. ~4 s."""
+    shape = (1, 1, 65536 * 256 + 13)
+    p = batchnorm.plan(shape, np.float32)
+    assert 1 < p["split"] <= 1024 and not p["vec"]
+    x = rng.standard_normal(shape, dtype=np.float32)
+    y, rm, rv, sm, si = run_forward_train(x, np.full(1, 2, np.float32), np.full(1, 0.5, np.float32),
+                                          np.zeros(1, np.float32), np.ones(1, np.float32), 1e-5, 1.0, "spatial")
+    xd = x.astype(np.float64)
+    mean, var = xd.mean(), xd.var()
+    np.testing.assert_allclose(sm, [mean], atol=1e-6)
+    np.testing.assert_allclose(rv, [var * xd.size / (xd.size - 1)], rtol=1e-5)
+    np.testing.assert_allclose(y, 2 * (xd - mean) / np.sqrt(var + 1e-5) + 0.5, atol=1e-5)
