@@ -1,22 +1,10 @@
 """The embedding tests' extensions, built once per session into a temporary directory."""
 import os
 
-import numpy as np
 import pytest
 
 import embed_build
 
-CASES = {
-    # name: (mode, dtype, (N, C, S), affine)
-    "spatial-fp32": ("spatial", np.float32, (2, 3, 5), True),
-    "spatial-fp16-vec": ("spatial", np.float16, (3, 2, 8), True),
-    "per_activation-fp32": ("per_activation", np.float32, (5, 3, 2), True),
-    "spatial-fp32-nonaffine": ("spatial", np.float32, (3, 4, 4), False),
-    # big enough that the heuristic splits each statistic over CTAs: the caller's workspace is used
-    "spatial-fp32-split": ("spatial", np.float32, (2, 1, 8192), True),
-    "per_activation-fp32-split": ("per_activation", np.float32, (16384, 1, 1), True),
-}
-SPLIT_CASES = ("spatial-fp32-split", "per_activation-fp32-split")
 
 
 @pytest.fixture(scope="session")

@@ -10,26 +10,9 @@ import cybn
 from cybn import softgpu
 
 import embed_build
-from conftest import CASES, SPLIT_CASES
+from embed_cases import (CASES, CODES, EINVAL, ENOTPREPARED, EWORKSPACE, FLOAT16, FLOAT32, PER_ACTIVATION,
+                         SPATIAL, SPLIT_CASES, inputs)
 from embed_reference import bn_reference, tolerances
-
-SPATIAL, PER_ACTIVATION = 0, 1
-FLOAT32, FLOAT16 = 0, 1
-EINVAL, ENOTPREPARED, EWORKSPACE = -1, -2, -3
-CODES = {"spatial": SPATIAL, "per_activation": PER_ACTIVATION, np.float32: FLOAT32, np.float16: FLOAT16}
-
-
-def inputs(shape, dtype, mode, seed):
-    rng = np.random.default_rng(seed)
-    N, C, S = shape
-    K = C if mode == "spatial" else C * S
-    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
-    dy = rng.standard_normal(shape).astype(dtype)
-    scale = rng.uniform(0.5, 1.5, K).astype(np.float32)
-    bias = rng.standard_normal(K).astype(np.float32)
-    rm = rng.standard_normal(K).astype(np.float32) * 0.1
-    rv = rng.uniform(0.5, 2.0, K).astype(np.float32)
-    return x, dy, scale, bias, rm, rv
 
 
 def run_and_check(ext, case, seed=0):

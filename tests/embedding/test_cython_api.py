@@ -7,9 +7,8 @@ import pytest
 
 import cybn
 
-from conftest import CASES
+from embed_cases import CASES, CODES, inputs
 from embed_reference import bn_reference, tolerances
-from test_c_api import CODES, inputs
 
 OUTPUTS = ("y", "save_mean", "save_invstd", "dx", "scale_grad", "bias_grad", "y_infer", "dx_infer",
            "scale_grad_infer", "bias_grad_infer")
