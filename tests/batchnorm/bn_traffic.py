@@ -10,18 +10,18 @@ BAR = {"forward_train": 3, "backward": 5, "forward_infer": 2}   # the issue's ba
 MAX_LAUNCHES = {"forward_train": 2, "backward": 2, "forward_infer": 1}
 
 
-# Besides the element streams, each (statistic, CTA) of the plan moves a few dozen bytes: its scale,
-# bias and statistics, the running-average update, and in split plans the Welford partials, their
-# combination and the second launch's constants. Allowed on top of the bar: 64 B each.
+# Besides the element streams, each (statistic, CTA, launch) of the plan moves a few dozen bytes: its
+# scale, bias and statistics, the running-average update, and in split plans the Welford partials,
+# their combination and the second launch's constants. Allowed on top of the bar: 64 B each.
 PER_STAT_CTA = 64
 
 
-def allowance(shape, mode="spatial", dtype=np.float32, op="forward_train"):
-    """Bytes per element allowed by the bar plus the per-(statistic, CTA) allowance."""
+def allowance(shape, mode="spatial", dtype=np.float32, op="forward_train", launches=1):
+    """Bytes per element allowed: the bar plus the per-(statistic, CTA, launch) allowance."""
     K = shape[1] if mode == "spatial" else int(np.prod(shape[1:]))
     split = batchnorm.plan(shape, dtype, mode, op)["split"]
     elements = int(np.prod(shape))
-    return BAR[op] * np.dtype(dtype).itemsize + PER_STAT_CTA * K * split / elements
+    return BAR[op] * np.dtype(dtype).itemsize + PER_STAT_CTA * K * split * launches / elements
 
 
 def measure_call(shape, dtype=np.float32, mode="spatial", op="forward_train", seed=0):
