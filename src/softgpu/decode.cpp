@@ -331,6 +331,7 @@ struct Decoder {
         }
         if (is_special(s, slot)) return true;
         if (s == "_") { *slot = S_ZERO; return true; }
+        if (s == "WARP_SZ") { *slot = const_slot(32); return true; }  // PTX's predefined constant
         const Sym* sym = lookup(s);
         if (!sym) return fail("unknown operand '" + s + "' of '" + instr_text + "'");
         switch (sym->kind) {
