@@ -11,7 +11,9 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "softgpu"))
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, os.path.join(ROOT, "tests", "softgpu"))  # ptxutil: NVRTC compile + launch helpers
+sys.path.insert(0, ROOT)
 
 SOURCE = r"""
 extern "C" __global__ void scale_shift(const float* x, float* y, float a, float b, long long n) {
