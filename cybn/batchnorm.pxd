@@ -35,7 +35,7 @@ ctypedef struct bn_plan:
     unsigned int block[3]
     unsigned int shared_bytes   # dynamic shared memory (the x / dy replay cache)
     int cache_units             # cache slots per thread
-    int vec                     # spatial: 16-byte units
+    int vec                     # spatial: 16-byte units (1: aligned rows; 2: N == 1, scalar head/tail)
     int split                   # CTAs per channel (grid.y); > 1: partials + last-CTA combine + 2nd launch
 
 ctypedef struct bn_desc:

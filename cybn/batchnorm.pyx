@@ -45,6 +45,7 @@ cdef enum:
     K_VEC = 2
     K_STAT_IS_VAR = 4
     K_SHIFTED = 8
+    K_ROWVEC = 16
     SMEM_LIMIT = 48 * 1024   # shared memory per CTA without opt-in
     MAX_SPLIT = 1024         # CTAs per channel at most (bounds the last CTA's combine)
     TARGET_THREADS = 256
@@ -254,8 +255,21 @@ cdef int _launch(const bn_desc* d, int kernel, const bn_plan* p, cydriver.CUstre
 
 cdef inline int _vec_ok(const bn_desc* d, cydriver.CUdeviceptr a, cydriver.CUdeviceptr b,
                         cydriver.CUdeviceptr c) noexcept nogil:
+    """16-byte units: 1 when every row is 16-byte aligned (S a multiple of the vector width, pointers
+    aligned); 2 (ROWVEC) when N == 1 and the pointers agree modulo 16, so each channel is one row
+    whose aligned middle is vectorised between a scalar head and tail; else 0 (element loads)."""
     cdef long long V = 8 if d.dtype == BN_FLOAT16 else 4
-    return d.mode == BN_SPATIAL and d.S % V == 0 and _aligned(a) and _aligned(b) and _aligned(c)
+    if d.mode != BN_SPATIAL:
+        return 0
+    if d.S % V == 0 and _aligned(a) and _aligned(b) and _aligned(c):
+        return 1
+    if d.N == 1 and d.S >= 2 * V and a % 16 == b % 16 and a % 16 == c % 16:
+        return 2
+    return 0
+
+
+cdef inline int _vec_flags(int vec) noexcept nogil:
+    return 0 if vec == 0 else (K_VEC if vec == 1 else K_VEC | K_ROWVEC)
 
 
 cdef int bn_forward_train_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr y,
@@ -288,7 +302,7 @@ cdef int bn_forward_train_core(const bn_desc* d, cydriver.CUdeviceptr x, cydrive
         counters = partials = 0
     cdef long long N = d.N, C = d.C, S = d.S
     cdef float eps = d.epsilon, factor = d.factor
-    cdef int flags = (K_AFFINE if d.flags & BN_DESC_AFFINE else 0) | (K_VEC if p.vec else 0)
+    cdef int flags = (K_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec)
     cdef int cache = p.cache_units
     cdef void* args[18]
     args[0] = &x; args[1] = &y; args[2] = &scale; args[3] = &bias; args[4] = &running_mean
@@ -324,7 +338,7 @@ cdef int bn_forward_infer_core(const bn_desc* d, cydriver.CUdeviceptr x, cydrive
     bn_make_plan(d, BN_K_NORMALIZE, _vec_ok(d, x, y, x), &p)
     cdef long long N = d.N, C = d.C, S = d.S
     cdef float eps = d.epsilon
-    cdef int flags = (K_AFFINE if d.flags & BN_DESC_AFFINE else 0) | (K_VEC if p.vec else 0) | K_STAT_IS_VAR
+    cdef int flags = (K_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec) | K_STAT_IS_VAR
     cdef cydriver.CUdeviceptr none = 0
     cdef void* args[12]
     args[0] = &x; args[1] = &y; args[2] = &running_mean; args[3] = &running_var; args[4] = &scale
@@ -356,7 +370,7 @@ cdef int bn_backward_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUd
     cdef cydriver.CUdeviceptr partials = d.workspace + _counter_bytes(d) if p.split > 1 else 0
     cdef long long N = d.N, C = d.C, S = d.S
     cdef float eps = d.epsilon
-    cdef int flags = ((K_AFFINE if d.flags & BN_DESC_AFFINE else 0) | (K_VEC if p.vec else 0)
+    cdef int flags = ((K_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec)
                       | (K_STAT_IS_VAR if frozen else 0))
     cdef int cache = p.cache_units
     cdef void* args[16]
@@ -747,7 +761,8 @@ def backward_infer(x, grad_y, scale, running_mean, running_var, epsilon, out=Non
 
 def plan(shape, dtype=np.float32, mode="spatial", kernel="forward_train", aligned=True):
     """The launch plan the heuristic picks for x of `shape` (for tests and the benchmark): a dict with
-    grid, block, shared_bytes, cache_units, vec, split."""
+    grid, block, shared_bytes, cache_units, vec (0 elements, 1 16-byte units, 2 16-byte units between
+    a scalar head and tail), split. aligned: whether the data pointers are 16-byte aligned."""
     cdef bn_desc d
     memset(&d, 0, sizeof(bn_desc))
     d.mode = _mode_code(mode)
@@ -765,6 +780,7 @@ def plan(shape, dtype=np.float32, mode="spatial", kernel="forward_train", aligne
     d.sm_count = pr.sm_count
     cdef long long V = 8 if d.dtype == BN_FLOAT16 else 4
     cdef bn_plan p
-    bn_make_plan(&d, k, aligned and d.mode == BN_SPATIAL and d.S % V == 0, &p)
+    cdef cydriver.CUdeviceptr ptr = 0 if aligned else 4  # a misaligned pointer: 4 bytes past 16
+    bn_make_plan(&d, k, _vec_ok(&d, ptr, ptr, ptr), &p)
     return {"grid": tuple(p.grid), "block": tuple(p.block), "shared_bytes": p.shared_bytes,
-            "cache_units": p.cache_units, "vec": bool(p.vec), "split": p.split}
+            "cache_units": p.cache_units, "vec": p.vec, "split": p.split}

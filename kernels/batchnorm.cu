@@ -23,6 +23,8 @@ enum : int {
     BN_VEC = 2,           // spatial: 16-byte units (rows 16-byte aligned)
     BN_STAT_IS_VAR = 4,   // normalize/backward: `stat` is a variance (running_var), else an inverse std
     BN_SHIFTED = 8,       // normalize: use the workspace's shifted mean (exact at large offsets)
+    BN_ROWVEC = 16,       // spatial, N == 1 (with VEC): 16-byte units of each channel's aligned middle,
+                          // scalar head and tail (S odd or the channel start not 16-byte aligned)
 };
 
 // ---------------------------------------------------------------- element types
@@ -176,6 +178,34 @@ __device__ __forceinline__ void walk_channel(long long c, long long C, long long
     }
 }
 
+// Where a channel's units are. VEC: 16-byte unit `off` of the tensor, walk_channel over (N, C, S / V).
+// ROWVEC: the channel is one contiguous row (N == 1); units start at element `base` (16-byte aligned)
+// and cover su * V elements, between a scalar head of h and a tail of t elements. Otherwise: elements.
+struct ChannelView {
+    long long cw, Cw, su;  // walk_channel's channel, channel count and units per row
+    long long base;        // element offset of unit 0
+    long long h, t;        // ROWVEC head and tail element counts
+};
+
+template <typename T>
+__device__ __forceinline__ ChannelView channel_view(const T* x, long long c, long long C, long long S, int flags) {
+    constexpr int V = io<T>::vec;
+    if (!(flags & BN_ROWVEC)) return ChannelView{c, C, (flags & BN_VEC) ? S / V : S, 0, 0, 0};
+    const unsigned mis = (unsigned)(reinterpret_cast<unsigned long long>(x + c * S) & 15u);
+    long long h = mis ? (16 - mis) / sizeof(T) : 0;
+    if (h > S) h = S;
+    return ChannelView{0, 1, (S - h) / V, c * S + h, h, (S - h) % V};
+}
+
+// ROWVEC: the channel's scalar head and tail elements, one per lane of the first CTA of the column.
+// f(element offset).
+template <typename F>
+__device__ __forceinline__ void walk_edges(const ChannelView& cv, long long c, long long S, bool ok, F f) {
+    const int l = threadIdx.x;
+    if (!ok || blockIdx.y != 0 || l >= cv.h + cv.t) return;
+    f(c * S + (l < cv.h ? l : S - cv.t + (l - cv.h)));
+}
+
 // This CTA's share [u0, u1) of a channel's `units` units.
 __device__ __forceinline__ void split_range(long long units, long long& u0, long long& u1) {
     const long long chunk = (units + gridDim.y - 1) / gridDim.y;
@@ -234,9 +264,11 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const
     const bool vec = flags & BN_VEC;
     const long long c = (long long)blockIdx.x * blockDim.y + threadIdx.y;
     const bool ok = c < C;
-    const long long su = vec ? S / V : S;
+    const ChannelView cv = channel_view(x, c, C, S, flags);
+    const uint4* xu = reinterpret_cast<const uint4*>(x + cv.base);
+    uint4* yu = reinterpret_cast<uint4*>(y + cv.base);
     long long u0 = 0, u1 = 0;
-    split_range(N * su, u0, u1);
+    split_range(N * cv.su, u0, u1);
     if (!ok) u1 = u0;
     const int nthreads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
     float* cachef = reinterpret_cast<float*>(cache);
@@ -248,16 +280,17 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const
     const float shift = p.x;  // one sample of the channel: Welford runs on x - shift
     Welford w = welford_empty();
     if (vec) {
-        walk_channel(c, C, su, u0, u1, [&](int k, long long off) {
-            const uint4 u = reinterpret_cast<const uint4*>(x)[off];
+        walk_channel(cv.cw, cv.Cw, cv.su, u0, u1, [&](int k, long long off) {
+            const uint4 u = xu[off];
             if (k < cache_units) cache[k * nthreads + tid] = u;
             float v[V];
             io<T>::unpack(u, v);
 #pragma unroll
             for (int i = 0; i < V; ++i) welford_push(w, v[i] - shift);
         });
+        walk_edges(cv, c, S, ok, [&](long long e) { welford_push(w, io<T>::load(x + e) - shift); });
     } else {
-        walk_channel(c, C, su, u0, u1, [&](int k, long long off) {
+        walk_channel(c, C, cv.su, u0, u1, [&](int k, long long off) {
             const float v = io<T>::load(x + off);
             if (k < cache_units) cachef[k * nthreads + tid] = v;
             welford_push(w, v - shift);
@@ -287,16 +320,17 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const
     const float a = p.y * invstd, b = p.z;
     const float m = t.mean;
     if (vec) {
-        walk_channel(c, C, su, u0, u1, [&](int k, long long off) {
-            const uint4 u = k < cache_units ? cache[k * nthreads + tid] : reinterpret_cast<const uint4*>(x)[off];
+        walk_channel(cv.cw, cv.Cw, cv.su, u0, u1, [&](int k, long long off) {
+            const uint4 u = k < cache_units ? cache[k * nthreads + tid] : xu[off];
             float v[V];
             io<T>::unpack(u, v);
 #pragma unroll
             for (int i = 0; i < V; ++i) v[i] = ((v[i] - shift) - m) * a + b;
-            reinterpret_cast<uint4*>(y)[off] = io<T>::pack(v);
+            yu[off] = io<T>::pack(v);
         });
+        walk_edges(cv, c, S, ok, [&](long long e) { io<T>::store(y + e, ((io<T>::load(x + e) - shift) - m) * a + b); });
     } else {
-        walk_channel(c, C, su, u0, u1, [&](int k, long long off) {
+        walk_channel(c, C, cv.su, u0, u1, [&](int k, long long off) {
             const float v = k < cache_units ? cachef[k * nthreads + tid] : io<T>::load(x + off);
             io<T>::store(y + off, ((v - shift) - m) * a + b);
         });
@@ -315,24 +349,27 @@ __global__ void bn_normalize_spatial(const T* x, T* y, const float* mean, const 
     const bool vec = flags & BN_VEC;
     const long long c = (long long)blockIdx.x * blockDim.y + threadIdx.y;
     const bool ok = c < C;
-    const long long su = vec ? S / V : S;
+    const ChannelView cv = channel_view(x, c, C, S, flags);
+    const uint4* xu = reinterpret_cast<const uint4*>(x + cv.base);
+    uint4* yu = reinterpret_cast<uint4*>(y + cv.base);
     long long u0 = 0, u1 = 0;
-    split_range(N * su, u0, u1);
+    split_range(N * cv.su, u0, u1);
     if (!ok) u1 = u0;
     float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (ok && leader<true>()) p = normalize_constants(c, mean, stat, scale, bias, mean_shift, eps, flags);
     p = share<true>(p);
     const float a = p.x, b = p.y, shift = p.z, m = p.w;
     if (vec) {
-        walk_channel(c, C, su, u0, u1, [&](int, long long off) {
+        walk_channel(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) {
             float v[V];
-            io<T>::unpack(reinterpret_cast<const uint4*>(x)[off], v);
+            io<T>::unpack(xu[off], v);
 #pragma unroll
             for (int i = 0; i < V; ++i) v[i] = ((v[i] - shift) - m) * a + b;
-            reinterpret_cast<uint4*>(y)[off] = io<T>::pack(v);
+            yu[off] = io<T>::pack(v);
         });
+        walk_edges(cv, c, S, ok, [&](long long e) { io<T>::store(y + e, ((io<T>::load(x + e) - shift) - m) * a + b); });
     } else {
-        walk_channel(c, C, su, u0, u1, [&](int, long long off) {
+        walk_channel(c, C, cv.su, u0, u1, [&](int, long long off) {
             io<T>::store(y + off, ((io<T>::load(x + off) - shift) - m) * a + b);
         });
     }
@@ -352,9 +389,11 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const float* scal
     const bool vec = flags & BN_VEC, frozen = flags & BN_STAT_IS_VAR, affine = flags & BN_AFFINE;
     const long long c = (long long)blockIdx.x * blockDim.y + threadIdx.y;
     const bool ok = c < C;
-    const long long su = vec ? S / V : S;
+    const ChannelView cv = channel_view(x, c, C, S, flags);
+    const uint4 *xu = reinterpret_cast<const uint4*>(x + cv.base), *du = reinterpret_cast<const uint4*>(dy + cv.base);
+    uint4* dxu = reinterpret_cast<uint4*>(dx + cv.base);
     long long u0 = 0, u1 = 0;
-    split_range(N * su, u0, u1);
+    split_range(N * cv.su, u0, u1);
     if (!ok) u1 = u0;
     const int nthreads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
     const int slots = cache_units * nthreads;  // dy's cache follows x's
@@ -369,8 +408,8 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const float* scal
     const float invstd = p.x, mu = p.y, a = p.z;
     Sum2 acc{0.0f, 0.0f};
     if (vec) {
-        walk_channel(c, C, su, u0, u1, [&](int k, long long off) {
-            const uint4 ux = reinterpret_cast<const uint4*>(x)[off], ud = reinterpret_cast<const uint4*>(dy)[off];
+        walk_channel(cv.cw, cv.Cw, cv.su, u0, u1, [&](int k, long long off) {
+            const uint4 ux = xu[off], ud = du[off];
             if (k < cache_units) {
                 cache[k * nthreads + tid] = ux;
                 cache[slots + k * nthreads + tid] = ud;
@@ -384,10 +423,16 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const float* scal
                 acc.b += vd[i] * ((vx[i] - mu) * invstd);
                 vd[i] *= a;
             }
-            if (frozen) reinterpret_cast<uint4*>(dx)[off] = io<T>::pack(vd);
+            if (frozen) dxu[off] = io<T>::pack(vd);
+        });
+        walk_edges(cv, c, S, ok, [&](long long e) {
+            const float vx = io<T>::load(x + e), vd = io<T>::load(dy + e);
+            acc.a += vd;
+            acc.b += vd * ((vx - mu) * invstd);
+            if (frozen) io<T>::store(dx + e, a * vd);
         });
     } else {
-        walk_channel(c, C, su, u0, u1, [&](int k, long long off) {
+        walk_channel(c, C, cv.su, u0, u1, [&](int k, long long off) {
             const float vx = io<T>::load(x + off), vd = io<T>::load(dy + off);
             if (k < cache_units) {
                 cachef[k * nthreads + tid] = vx;
@@ -428,19 +473,22 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const float* scal
     const float Mf = (float)(N * S);
     const float db = t.a / Mf, ds = t.b / Mf;
     if (vec) {
-        walk_channel(c, C, su, u0, u1, [&](int k, long long off) {
+        walk_channel(cv.cw, cv.Cw, cv.su, u0, u1, [&](int k, long long off) {
             const bool hit = k < cache_units;
-            const uint4 ux = hit ? cache[k * nthreads + tid] : reinterpret_cast<const uint4*>(x)[off];
-            const uint4 ud = hit ? cache[slots + k * nthreads + tid] : reinterpret_cast<const uint4*>(dy)[off];
+            const uint4 ux = hit ? cache[k * nthreads + tid] : xu[off];
+            const uint4 ud = hit ? cache[slots + k * nthreads + tid] : du[off];
             float vx[V], vd[V];
             io<T>::unpack(ux, vx);
             io<T>::unpack(ud, vd);
 #pragma unroll
             for (int i = 0; i < V; ++i) vd[i] = a * (vd[i] - db - (vx[i] - mu) * invstd * ds);
-            reinterpret_cast<uint4*>(dx)[off] = io<T>::pack(vd);
+            dxu[off] = io<T>::pack(vd);
+        });
+        walk_edges(cv, c, S, ok, [&](long long e) {
+            io<T>::store(dx + e, a * (io<T>::load(dy + e) - db - (io<T>::load(x + e) - mu) * invstd * ds));
         });
     } else {
-        walk_channel(c, C, su, u0, u1, [&](int k, long long off) {
+        walk_channel(c, C, cv.su, u0, u1, [&](int k, long long off) {
             const bool hit = k < cache_units;
             const float vx = hit ? cachef[k * nthreads + tid] : io<T>::load(x + off);
             const float vd = hit ? cachef[slots + k * nthreads + tid] : io<T>::load(dy + off);
@@ -458,25 +506,30 @@ __global__ void bn_bwd_dx_spatial(const T* x, const T* dy, T* dx, const float* s
     const bool vec = flags & BN_VEC;
     const long long c = (long long)blockIdx.x * blockDim.y + threadIdx.y;
     const bool ok = c < C;
-    const long long su = vec ? S / V : S;
+    const ChannelView cv = channel_view(x, c, C, S, flags);
+    const uint4 *xu = reinterpret_cast<const uint4*>(x + cv.base), *du = reinterpret_cast<const uint4*>(dy + cv.base);
+    uint4* dxu = reinterpret_cast<uint4*>(dx + cv.base);
     long long u0 = 0, u1 = 0;
-    split_range(N * su, u0, u1);
+    split_range(N * cv.su, u0, u1);
     if (!ok) u1 = u0;
     float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (ok && leader<true>()) p = dx_constants(c, scale, mean, invstd_, scale_grad, bias_grad, (float)(N * S), flags);
     p = share<true>(p);
     const float a = p.x, db = p.y, mu = p.z, k = p.w;
     if (vec) {
-        walk_channel(c, C, su, u0, u1, [&](int, long long off) {
+        walk_channel(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) {
             float vx[V], vd[V];
-            io<T>::unpack(reinterpret_cast<const uint4*>(x)[off], vx);
-            io<T>::unpack(reinterpret_cast<const uint4*>(dy)[off], vd);
+            io<T>::unpack(xu[off], vx);
+            io<T>::unpack(du[off], vd);
 #pragma unroll
             for (int i = 0; i < V; ++i) vd[i] = a * (vd[i] - db - (vx[i] - mu) * k);
-            reinterpret_cast<uint4*>(dx)[off] = io<T>::pack(vd);
+            dxu[off] = io<T>::pack(vd);
+        });
+        walk_edges(cv, c, S, ok, [&](long long e) {
+            io<T>::store(dx + e, a * (io<T>::load(dy + e) - db - (io<T>::load(x + e) - mu) * k));
         });
     } else {
-        walk_channel(c, C, su, u0, u1, [&](int, long long off) {
+        walk_channel(c, C, cv.su, u0, u1, [&](int, long long off) {
             io<T>::store(dx + off, a * (io<T>::load(dy + off) - db - (io<T>::load(x + off) - mu) * k));
         });
     }

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import bn_reference as ref
-from bn_helpers import check_forward_train, gpu, params, run_forward_train
-from cybn import batchnorm, softgpu
+from bn_helpers import TOL, batch_stats, check_forward_train, gpu, params, run_forward_train
+from cybn import batchnorm, gpuarray, softgpu
 
 
 @pytest.mark.parametrize("shape,mode,override", [
@@ -26,12 +26,51 @@ def test_forced_plans(rng, shape, mode, override, dtype):
         check_forward_train(rng, shape, mode, dtype)
 
 
+@pytest.mark.parametrize("shape", [(1, 3, 37), (1, 2, 24), (1, 5, 203), (1, 1, 9)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("override", [{}, {"split": 3, "group": 32}, {"cache": 0}])
+def test_single_row_channels_head_body_tail(rng, shape, dtype, override):
+    """N == 1 with S not a multiple of the vector width: each channel's row starts at a different
+    alignment; the middle goes in 16-byte units, the head and tail element by element. Also from a
+    misaligned view of the data (offset by one element), forward, backward and inference."""
+    with batchnorm.plan_override(**override):
+        check_forward_train(rng, shape, "spatial", dtype)
+        x = rng.standard_normal((shape[0], shape[1], shape[2] + 1)).astype(dtype)
+        scale, bias, rm, rv = params(rng, shape[1])
+        base = gpu(np.concatenate([np.zeros(1, dtype), x.ravel()]))
+        out = gpu(np.zeros(x.size + 1, dtype))
+        gx = gpuarray.GPUArray.from_pointer(base.ptr + x.itemsize, x.shape, dtype, base)
+        gy = gpuarray.GPUArray.from_pointer(out.ptr + x.itemsize, x.shape, dtype, out)
+        rowvec = x.shape[2] >= 2 * 16 // x.itemsize  # shorter rows stay element-wise
+        assert batchnorm.plan(x.shape, dtype, aligned=False)["vec"] == (2 if rowvec else 0)
+        batchnorm.forward_train(gx, gpu(scale), gpu(bias), gpu(rm), gpu(rv), 1e-5, 0.1, out=gy)
+        want = ref.forward_train(x, scale, bias, rm, rv, 1e-5, 0.1)
+        np.testing.assert_allclose(gy.get().astype(np.float64), want[0], **TOL[np.dtype(dtype)])
+        batchnorm.forward_infer(gx, gpu(scale), gpu(bias), gpu(rm), gpu(rv), 1e-5, out=gy)
+        np.testing.assert_allclose(gy.get().astype(np.float64), ref.forward_infer(x, scale, bias, rm, rv, 1e-5),
+                                   **TOL[np.dtype(dtype)])
+        dy = rng.standard_normal(x.shape).astype(dtype)
+        mean, invstd = batch_stats(x, "spatial", 1e-5)
+        dybase = gpu(np.concatenate([np.zeros(1, dtype), dy.ravel()]))
+        gdy = gpuarray.GPUArray.from_pointer(dybase.ptr + x.itemsize, x.shape, dtype, dybase)
+        dx, ds, db = batchnorm.backward(gx, gdy, gpu(scale), gpu(mean), gpu(invstd), out=gy)
+        wdx, wds, wdb = ref.backward(x, dy, scale, mean, invstd)
+        np.testing.assert_allclose(gy.get().astype(np.float64), wdx, **TOL[np.dtype(dtype)])
+        np.testing.assert_allclose(ds.get(), wds, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(db.get(), wdb, rtol=1e-4, atol=1e-3)
+        np.testing.assert_array_equal(out.get()[:1], np.zeros(1, dtype))  # nothing written before the view
+
+
 def test_plan_reports_the_override():
     with batchnorm.plan_override(group=64, split=5, cache=0):
         p = batchnorm.plan((2, 3, 8), np.float32)
     assert p["block"][0] == 64 and p["grid"][1] == 5 and p["split"] == 5
     p = batchnorm.plan((2, 3, 8), np.float32)
     assert p["split"] == 1 and p["cache_units"] >= 1 and p["shared_bytes"] > 0
+    assert batchnorm.plan((2, 3, 8), np.float32)["vec"] == 1
+    assert batchnorm.plan((2, 3, 9), np.float32)["vec"] == 0
+    assert batchnorm.plan((1, 3, 9), np.float32)["vec"] == 2
+    assert batchnorm.plan((1, 3, 8), np.float32, aligned=False)["vec"] == 2
 
 
 def test_grid_y_limit(rng):
@@ -78,11 +117,12 @@ def test_schedules_deterministic(rng):
 
 
 def test_honest_large_channel(rng):
-    """One channel of 65536 * 256 + 13 values (past 65535 blocks of 256; odd, so scalar units) with the
-    heuristic's own plan: split over hundreds of CTAs, partials combined by the last one. ~4 s."""
+    """One channel of 65536 * 256 + 13 values (past 65535 blocks of 256; odd: 16-byte units between a
+    scalar head and tail) with the heuristic's own plan: split over CTAs, partials combined by the
+    last one, then the normalisation launch. A few seconds."""
     shape = (1, 1, 65536 * 256 + 13)
     p = batchnorm.plan(shape, np.float32)
-    assert 1 < p["split"] <= 1024 and not p["vec"]
+    assert 1 < p["split"] <= 1024 and p["vec"] == 2
     x = rng.standard_normal(shape, dtype=np.float32)
     y, rm, rv, sm, si = run_forward_train(x, np.full(1, 2, np.float32), np.full(1, 0.5, np.float32),
                                           np.zeros(1, np.float32), np.ones(1, np.float32), 1e-5, 1.0, "spatial")
