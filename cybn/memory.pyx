@@ -3,6 +3,8 @@
 PinnedBuffer (page-locked host memory for asynchronous copies)."""
 import numpy as np
 
+cimport cython
+
 from cpython.buffer cimport PyBuffer_FillInfo
 from cuda.bindings cimport cydriver
 from cybn.device cimport ensure_context, current_ordinal
@@ -26,6 +28,7 @@ cdef size_t size_class(size_t nbytes) noexcept nogil:
     return (nbytes + step - 1) // step * step
 
 
+@cython.no_gc_clear  # __dealloc__ needs self.pool: the GC must not clear it first (a block would bypass the pool)
 cdef class DeviceBuffer:
     """One device allocation: DeviceBuffer(nbytes) owns a cuMemAlloc block, DeviceBuffer(nbytes, pool)
     takes one from the pool; either way it is released when the object is collected."""

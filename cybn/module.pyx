@@ -7,6 +7,7 @@ C buffer on the stack in one C loop and hands the driver pointers into it, so no
 unless every argument converted."""
 from cpython.long cimport PyLong_AsLongLong, PyLong_AsUnsignedLongLong
 from cpython.float cimport PyFloat_AsDouble
+from cpython.number cimport PyIndex_Check, PyNumber_Index
 from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
 from libc.stdint cimport int32_t, uint32_t, int64_t, uint64_t
 from libc.string cimport memcpy
@@ -114,6 +115,8 @@ cdef inline unsigned long long _pointer(object o) except? 0:
     if isinstance(o, int):
         return PyLong_AsUnsignedLongLong(o)
     p = getattr(o, "ptr", None)
+    if p is None and PyIndex_Check(o):  # numpy integers and other int-likes
+        p = PyNumber_Index(o)
     if p is None:
         raise TypeError(f"expected a device pointer (int, DeviceBuffer, GPUArray or an object with .ptr), "
                         f"got {type(o).__name__}")

@@ -15,6 +15,7 @@ def live():
 
 
 def test_device_buffer_owns_one_allocation():
+    gc.collect()  # leftovers of earlier tests must not be freed inside the measurement
     before = live()
     b = DeviceBuffer(1000)
     assert b.nbytes == 1000 and b.ptr != 0 and b.owned and int(b) == b.ptr
@@ -27,6 +28,7 @@ def test_device_buffer_owns_one_allocation():
 
 
 def test_external_buffer_does_not_free():
+    gc.collect()
     owner = DeviceBuffer(64)
     before = live()
     ext = DeviceBuffer.external(owner.ptr, 64, owner)
@@ -38,6 +40,7 @@ def test_external_buffer_does_not_free():
 
 def test_pool_reuses_freed_blocks_of_the_same_class():
     pool = MemoryPool()
+    gc.collect()
     before = live()
     a = pool.malloc(1000)
     assert a.nbytes == 1000 and pool.used_bytes == 1024 and pool.held_bytes == 1024
@@ -108,6 +111,7 @@ def test_oom_releases_the_cache_and_retries_once():
     cached = pool.malloc(8192)
     del cached
     assert pool.cached_bytes == 8192
+    gc.collect()
     before = live()
     with softgpu.fail_alloc_after(1):  # the next cuMemAlloc fails, the retry succeeds
         b = pool.malloc(4096)
@@ -145,3 +149,25 @@ def test_pinned_buffer_is_page_locked_and_freed():
     del p
     gc.collect()
     assert softgpu.live_pinned_allocations()[0] == before
+
+
+def test_buffers_freed_by_the_cycle_collector_go_back_to_their_pool():
+    # A GPUArray kept alive only by a reference cycle (here: frame <-> exception) is freed by the GC;
+    # its block must return to the pool, not bypass it with cuMemFree and skew the accounting.
+    pool = default_pool()
+    gc.collect()
+    used, held, nbytes = pool.used_bytes, pool.held_bytes, softgpu.live_allocations()[1]
+
+    def keep_cycle():
+        a = cybn.empty(4096, np.float32)  # noqa: F841
+        try:
+            raise ValueError
+        except ValueError as e:
+            err = e  # noqa: F841  (frame -> err -> traceback -> frame)
+
+    for _ in range(3):
+        keep_cycle()
+        gc.collect()
+        assert pool.used_bytes == used
+        # whatever the driver holds beyond the start is exactly what the pool says it caches
+        assert softgpu.live_allocations()[1] - nbytes == pool.held_bytes - held
