@@ -540,16 +540,35 @@ cdef int _mode_code(mode) except -1:
 
 
 cdef GPUArray _array(obj, str what):
-    """obj as a GPUArray: a GPUArray, or a C-contiguous foreign device array (__cuda_array_interface__)."""
+    """obj as a GPUArray on the current device: a GPUArray, or a C-contiguous foreign device array
+    (__cuda_array_interface__)."""
+    cdef GPUArray a
     if isinstance(obj, GPUArray):
-        return obj
-    if hasattr(obj, "__cuda_array_interface__"):
+        a = obj
+    elif hasattr(obj, "__cuda_array_interface__"):
         from cybn.gpuarray import from_cuda_array_interface
         try:
-            return from_cuda_array_interface(obj)
+            a = from_cuda_array_interface(obj)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{what}: {e}") from None
-    raise TypeError(f"{what} must be a GPUArray (or a C-contiguous device array), got {type(obj).__name__}")
+    else:
+        raise TypeError(f"{what} must be a GPUArray (or a C-contiguous device array), got {type(obj).__name__}")
+    if a.size:  # an empty array has no memory to check (and is refused by the shape checks)
+        _check_device(a, what)
+    return a
+
+
+cdef int _check_device(GPUArray a, str what) except -1:
+    """The array's memory must belong to the current device (the one the kernels launch on)."""
+    cdef int ordinal = -1
+    ensure_context()
+    cdef cydriver.CUresult r = cydriver.cuPointerGetAttribute(
+        &ordinal, cydriver.CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, <cydriver.CUdeviceptr>a.ptr_)
+    if r != cydriver.CUDA_SUCCESS or ordinal < 0:
+        raise ValueError(f"{what} (pointer {a.ptr_:#x}) is not memory the driver knows")
+    if ordinal != current_ordinal():
+        raise ValueError(f"{what} lives on device {ordinal}, but the current device is {current_ordinal()}")
+    return 0
 
 
 cdef GPUArray _param(obj, str what, long long count, bint optional=False):

@@ -41,6 +41,10 @@ def bad_cases(a):
         (dict(x=gpu(np.zeros((2, 3, 4), np.int32))), TypeError, "x.dtype"),
         (dict(x=gpu(np.zeros(6, np.float32))), ValueError, "at least 2 dimensions"),
         (dict(x=Strided(gpu(np.zeros(48, np.float32)))), ValueError, "x: "),
+        (dict(x=gpuarray.GPUArray.from_pointer(4096, (2, 3, 4), np.float32, None)), ValueError,
+         "x .pointer 0x1000. is not memory the driver knows"),
+        (dict(running_var=gpuarray.GPUArray.from_pointer(4096, (3,), np.float32, None)), ValueError,
+         "running_var .pointer"),
         (dict(scale=gpu(np.ones(4, np.float32))), ValueError, "scale must have 3 elements"),
         (dict(bias=gpu(np.ones(2, np.float32))), ValueError, "bias must have 3 elements"),
         (dict(running_mean=gpu(np.ones(4, np.float32))), ValueError, "running_mean must have 3"),
@@ -68,7 +72,7 @@ def test_forward_train_rejects(setup):
         with pytest.raises(exc, match=text):
             call(a, **kw)
         for k, v in a.items():
-            np.testing.assert_array_equal(v.get(), snap[k], err_msg=f"{k} changed by a call with {kw}")
+            np.testing.assert_array_equal(v.get(), snap[k], err_msg=f"{k} changed by a call with bad {sorted(kw)}")
 
 
 def test_zero_sized_rejected(setup):
