@@ -20,6 +20,7 @@ creation); one per stream so that launches on concurrent streams never share cou
 """
 import enum
 import math
+import threading
 
 import numpy as np
 
@@ -449,11 +450,12 @@ cdef int bn_prepare_desc(bn_desc* d) except -1:
 
 
 # ------------------------------------------------------------------------------------------ workspace
-cdef dict _workspaces = {}   # (context, stream) -> DeviceBuffer (counters zeroed at creation)
+cdef dict _workspaces = {}   # (context, stream, thread) -> DeviceBuffer (counters zeroed at creation)
 
 
 cdef DeviceBuffer _workspace(cydriver.CUcontext ctx, cydriver.CUstream stream, size_t nbytes):
-    key = (<size_t>ctx, <size_t>stream)
+    # The per-thread default stream has one handle but is a different stream in every thread.
+    key = (<size_t>ctx, <size_t>stream, threading.get_ident() if <size_t>stream == 2 else 0)
     cdef DeviceBuffer buf = _workspaces.get(key)
     if buf is not None and buf.nbytes >= nbytes:
         return buf
@@ -492,7 +494,7 @@ cdef int _force_cache = -1
 
 
 class plan_override:
-    """Context manager for tests: force the threads per channel (spatial) / row lanes per CTA
+    """Context manager for tests (process-wide, not thread-safe): force the threads per channel (spatial) / row lanes per CTA
     (per-activation, a power of two), the CTAs per channel, and the cache slots per thread, so that
     small data exercises the split, big-grid and uncached paths."""
 

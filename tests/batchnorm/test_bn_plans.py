@@ -131,3 +131,24 @@ def test_honest_large_channel(rng):
     np.testing.assert_allclose(sm, [mean], atol=1e-6)
     np.testing.assert_allclose(rv, [var * xd.size / (xd.size - 1)], rtol=1e-5)
     np.testing.assert_allclose(y, 2 * (xd - mean) / np.sqrt(var + 1e-5) + 0.5, atol=1e-5)
+
+
+def test_streams_have_their_own_workspace(rng):
+    """Split launches on two non-blocking streams (each with its own counters and partials) and on
+    `with cybn.stream(s)`: the same results as the reference."""
+    import cybn
+    from cybn.stream import Stream
+    x = rng.standard_normal((3, 2, 40)).astype(np.float32)
+    scale, bias, rm, rv = params(rng, 2)
+    want = ref.forward_train(x, scale, bias, rm, rv, 1e-5, 0.5)
+    s1, s2 = Stream(), Stream()
+    with batchnorm.plan_override(split=4):
+        outs = [batchnorm.forward_train(gpu(x), gpu(scale), gpu(bias), gpu(rm), gpu(rv), 1e-5, 0.5, stream=s)
+                for s in (s1, s2)]
+        with cybn.stream(s2):
+            outs.append(batchnorm.forward_train(gpu(x), gpu(scale), gpu(bias), gpu(rm), gpu(rv), 1e-5, 0.5))
+    s1.synchronize()
+    s2.synchronize()
+    for y, sm, si in outs:
+        np.testing.assert_allclose(y.get(), want[0], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(sm.get(), want[3], rtol=1e-4, atol=1e-6)
