@@ -5,7 +5,9 @@
 //
 // Spatial kernels: block (G, CPB): a group of G threads (whole warps) per channel, CPB channels per
 // CTA; grid (ceil(C / CPB), P): the P CTAs of a grid column split each channel's elements. Units are
-// 16-byte vectors (4 floats / 8 halves) when rows are 16-byte aligned (flag VEC), else elements.
+// 16-byte vectors (4 floats / 8 halves) when rows are 16-byte aligned (flag VEC); with N == 1 (each
+// channel one row) the row's aligned middle is vectorised between a scalar head and tail (ROWVEC);
+// otherwise elements.
 // Per-activation kernels: block (BX, R): BX consecutive features (coalesced) times R row lanes;
 // grid (ceil(F / BX), P): the P CTAs split the batch rows.
 // With P == 1 a CTA owns its channels whole and fuses statistics and normalisation (or reduction
