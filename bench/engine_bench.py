@@ -75,20 +75,22 @@ def build_bare(tmp):
     return bench_bare
 
 
-def best_per_launch(fn, n, repeats):
-    """Best-of-`repeats` seconds per launch for fn(n) (best: least disturbed by the machine)."""
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(n)
-        best = min(best, (time.perf_counter() - t0) / n)
+def interleaved_best(paths, n, rounds):
+    """Best seconds per launch of each path over `rounds` rounds, the paths taking turns within a round
+    so a busy machine slows them alike (best: the run least disturbed by other processes)."""
+    best = {name: float("inf") for name, _ in paths}
+    for _ in range(rounds):
+        for name, fn in paths:
+            t0 = time.perf_counter()
+            fn(n)
+            best[name] = min(best[name], (time.perf_counter() - t0) / n)
     return best
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--launches", type=int, default=20000)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=10)
     args = ap.parse_args()
 
     import numpy as np
@@ -109,7 +111,7 @@ def main():
         def run_cybn(k):
             grid, block, argv = 1, 1, (a, b, 16, 0.5)
             for _ in range(k):
-                f(grid, block, argv, stream=stream)
+                f(grid, block, argv, stream=stream)  # keyword stream: the common way to write it
             stream.synchronize()
 
         def run_cybn_current_stream(k):
@@ -120,11 +122,11 @@ def main():
             stream.synchronize()
 
         run_bare(1000), run_cybn(1000)  # warm up both paths
-        t_bare = best_per_launch(run_bare, n, args.repeats)
-        t_cybn = best_per_launch(run_cybn, n, args.repeats)
-        t_cur = best_per_launch(run_cybn_current_stream, n, args.repeats)
+        best = interleaved_best([("bare", run_bare), ("cybn", run_cybn), ("current", run_cybn_current_stream)],
+                                n, args.repeats)
+        t_bare, t_cybn, t_cur = best["bare"], best["cybn"], best["current"]
 
-    print(f"driver: {backend.name()} ({cybn.Device().name}); {n} launches x {args.repeats} repeats, best run; "
+    print(f"driver: {backend.name()} ({cybn.Device().name}); {n} launches x {args.repeats} interleaved rounds, best; "
           f"host-side issue cost per launch, not GPU time")
     print(f"  bare cydriver.cuLaunchKernel loop (Cython):  {t_bare * 1e6:8.2f} us")
     print(f"  cybn Function call, stream=Stream:            {t_cybn * 1e6:8.2f} us   "

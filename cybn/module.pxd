@@ -20,12 +20,16 @@ cdef class Function:
     cdef int param_bytes
     cdef char codes[MAX_KERNEL_ARGS]
     cdef unsigned short offsets[MAX_KERNEL_ARGS]
+    cdef void* vectorcall            # the instance's vectorcall entry (see module.pyx)
     # Pack `args` per the signature into buf (8-byte aligned, >= MAX_PARAM_BYTES) and set ptrs[i] to
     # each argument's slot; raises TypeError/ValueError/OverflowError naming the argument.
     cdef int pack(self, tuple args, unsigned long long* buf, void** ptrs) except -1
     # Launch with already packed parameters; no GIL needed.
     cdef int launch(self, const unsigned int* grid, const unsigned int* block, unsigned int shared_mem,
                     cydriver.CUstream stream, void** params, bint cooperative) except -1 nogil
+    # The Python-level call: check, pack, launch.
+    cdef object call(self, object grid, object block, object args, object shared_mem, object stream,
+                     object cooperative)
 
 # grid/block argument -> three dimensions (int or tuple of 1..3 positive ints).
 cdef int parse_dims(object d, unsigned int* out, const char* what) except -1

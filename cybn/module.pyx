@@ -8,6 +8,7 @@ unless every argument converted."""
 from cpython.long cimport PyLong_AsLongLong, PyLong_AsUnsignedLongLong
 from cpython.float cimport PyFloat_AsDouble
 from cpython.number cimport PyIndex_Check, PyNumber_Index
+from cpython.object cimport PyObject, PyTypeObject
 from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
 from libc.stdint cimport int32_t, uint32_t, int64_t, uint64_t
 from libc.string cimport memcpy
@@ -139,6 +140,7 @@ cdef Function _make_function(Module module, str symbol, str signature, str name)
         off += size
     if off > MAX_PARAM_BYTES:
         raise ValueError(f"kernel {name}: {off} bytes of parameters, at most {MAX_PARAM_BYTES}")
+    f.vectorcall = <void*>_function_vectorcall
     f.nargs = len(signature)
     f.param_bytes = off
     f.name = name
@@ -223,8 +225,12 @@ cdef class Function:
         return check(cydriver.cuLaunchKernel(self.func, grid[0], grid[1], grid[2], block[0], block[1], block[2],
                                              shared_mem, stream, params, NULL), "cuLaunchKernel")
 
-    def __call__(self, grid, block, args, unsigned int shared_mem=0, stream=None, bint cooperative=False):
+    def __call__(self, grid, block, args, shared_mem=0, stream=None, cooperative=False):
         """Launch on `stream` (None: the current stream). Arguments are checked and packed first."""
+        return self.call(grid, block, args, shared_mem, stream, cooperative)
+
+    cdef object call(self, object grid, object block, object args, object shared_mem, object stream,
+                     object cooperative):
         cdef unsigned long long buf[MAX_PARAM_WORDS]
         cdef void* ptrs[MAX_KERNEL_ARGS]
         cdef unsigned int g[3]
@@ -235,11 +241,13 @@ cdef class Function:
             args = tuple(args)
         parse_dims(grid, g, b"grid")
         parse_dims(block, b, b"block")
+        cdef unsigned int smem = 0 if shared_mem is None else shared_mem
+        cdef bint coop = cooperative
         self.pack(<tuple>args, buf, ptrs)
         cdef cydriver.CUstream s = resolve_stream(stream)
         ensure_context()
         with nogil:
-            self.launch(g, b, shared_mem, s, ptrs, cooperative)
+            self.launch(g, b, smem, s, ptrs, coop)
 
     @property
     def attributes(self):
@@ -266,3 +274,75 @@ cdef class Function:
 
     def __repr__(self):
         return f"<cybn.Function {self.name}({self.signature})>"
+
+
+# ------------------------------------------------------------------------------ vectorcall
+# Calling an extension type goes through tp_call, which makes Python build an argument tuple and, for
+# f(..., stream=s), a keyword dict on every launch: more than the launch's own host cost. Functions
+# therefore also take PEP 590 vectorcalls (arguments as a C array, keyword names as a tuple).
+cdef extern from "Python.h":
+    Py_ssize_t PyVectorcall_NARGS(size_t nargsf)
+    unsigned long Py_TPFLAGS_HAVE_VECTORCALL
+    ctypedef struct TypeSlots "PyTypeObject":  # the two slots Cython's PyTypeObject doesn't declare
+        Py_ssize_t tp_vectorcall_offset
+        unsigned long tp_flags
+    void PyType_Modified(PyTypeObject* t)
+
+_CALL_NAMES = ("grid", "block", "args", "shared_mem", "stream", "cooperative")
+cdef object _ZERO = 0, _FALSE = False
+
+
+cdef inline Py_ssize_t _keyword_index(object name):
+    # keyword names arrive interned, so identity usually settles it
+    if name is "stream":
+        return 4
+    if name is "shared_mem":
+        return 3
+    if name is "cooperative":
+        return 5
+    for i, known in enumerate(_CALL_NAMES):
+        if name == known:
+            return i
+    return -1
+
+
+cdef object _function_vectorcall(object self, PyObject** argv, size_t nargsf, PyObject* kwnames):
+    cdef Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), i, j
+    # borrowed references: argv outlives this call; the defaults live in module globals
+    cdef PyObject* vals[6]
+    vals[0] = vals[1] = vals[2] = vals[4] = NULL
+    vals[3] = <PyObject*>_ZERO
+    vals[5] = <PyObject*>_FALSE
+    cdef bint given[6]
+    given[0] = given[1] = given[2] = given[3] = given[4] = given[5] = False
+    if nargs > 6:
+        raise TypeError(f"Function call takes at most 6 arguments ({nargs} given)")
+    for i in range(nargs):
+        vals[i] = argv[i]
+        given[i] = True
+    if kwnames != NULL:
+        names = <tuple><object>kwnames
+        for j in range(PyTuple_GET_SIZE(names)):
+            name = <object>PyTuple_GET_ITEM(names, j)
+            i = _keyword_index(name)
+            if i < 0:
+                raise TypeError(f"Function call got an unexpected keyword argument {name!r}")
+            if given[i]:
+                raise TypeError(f"Function call got multiple values for argument {name!r}")
+            vals[i] = argv[nargs + j]
+            given[i] = True
+    if not (given[0] and given[1] and given[2]):
+        raise TypeError("Function call needs grid, block and args")
+    return (<Function>self).call(<object>vals[0], <object>vals[1], <object>vals[2], <object>vals[3],
+                                 None if vals[4] == NULL else <object>vals[4], <object>vals[5])
+
+
+cdef _enable_vectorcall():
+    cdef Function probe = Function.__new__(Function)
+    cdef TypeSlots* tp = <TypeSlots*>Function
+    tp.tp_vectorcall_offset = <Py_ssize_t>(<char*>&probe.vectorcall - <char*><PyObject*>probe)
+    tp.tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL
+    PyType_Modified(<PyTypeObject*>Function)
+
+
+_enable_vectorcall()

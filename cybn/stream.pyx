@@ -4,6 +4,7 @@ import sys
 import threading
 import types
 
+from cpython.object cimport PyObject
 from cuda.bindings cimport cydriver
 from cybn.device cimport ensure_context
 from cybn.status cimport check
@@ -111,10 +112,20 @@ cdef size_t _event_handle(event) except? 0:
     return <size_t>int(event.handle)
 
 
+cdef extern from *:
+    """
+    /* The top of this thread's `with cybn.stream(s)` stack, borrowed (the stack list in _tls holds the
+       reference): launches read it without a threading.local lookup. NULL: the legacy stream. */
+    static __thread PyObject* cybn_tls_stream = NULL;
+    """
+    PyObject* cybn_tls_stream
+
+
 cdef Stream current_stream_c():
-    cdef list stack = getattr(_tls, "stack", None)
-    if stack:
-        return stack[-1]
+    if cybn_tls_stream != NULL:
+        return <Stream>cybn_tls_stream
+    if _legacy is not None:
+        return _legacy
     return Stream.legacy()
 
 
@@ -134,17 +145,21 @@ def current_stream():
 
 
 cdef _push(Stream s):
+    global cybn_tls_stream
     stack = getattr(_tls, "stack", None)
     if stack is None:
         stack = _tls.stack = []
     stack.append(s)
+    cybn_tls_stream = <PyObject*>s
 
 
 cdef _pop(Stream s):
-    stack = _tls.stack
+    global cybn_tls_stream
+    stack = getattr(_tls, "stack", None)
     if not stack or stack[-1] is not s:
         raise RuntimeError("cybn.stream contexts exited out of order")
     stack.pop()
+    cybn_tls_stream = <PyObject*>stack[-1] if stack else NULL
 
 
 def use(s):

@@ -223,3 +223,30 @@ def test_concurrent_launches_from_threads_pack_independently():
     assert not errors, errors
     for k, o in enumerate(outs):
         np.testing.assert_array_equal(o.get(), np.full(64, 100 * k + 9))
+
+
+def test_call_argument_parsing_both_call_paths():
+    out = cybn.zeros(2 * 8, np.uint32)
+    f = get_function(SRC, "coords", "P")
+    s = cybn.Stream()
+    # every argument by keyword, in any order; f(...) takes the vectorcall path, f.__call__ the tp_call one
+    for call in (f, f.__call__):
+        out.fill(0)
+        call(stream=s, args=(out,), block=8, grid=1, shared_mem=12, cooperative=False)
+        s.synchronize()
+        np.testing.assert_array_equal(out.get().reshape(8, 2), np.c_[np.arange(8), np.full(8, 12)])
+        call(1, 8, (out,), 4, s, True)
+        s.synchronize()
+        assert (out.get().reshape(8, 2)[:, 1] == 4).all()
+    before = launches()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'streams'"):
+        f(1, 8, (out,), streams=s)
+    with pytest.raises(TypeError, match="multiple values for argument 'grid'"):
+        f(1, 8, (out,), grid=2)
+    with pytest.raises(TypeError, match="needs grid, block and args"):
+        f(1, 8)
+    with pytest.raises(TypeError, match="at most 6 arguments"):
+        f(1, 8, (out,), 0, None, False, 7)
+    with pytest.raises(OverflowError):
+        f(1, 8, (out,), shared_mem=-1)
+    assert launches() == before
