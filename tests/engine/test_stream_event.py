@@ -1,5 +1,6 @@
 """Streams (own, external, legacy, current-stream context) and events (ordering, wait, elapsed)."""
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -133,3 +134,32 @@ def test_event_errors():
     with pytest.raises(cybn.CudaError) as info:
         c.elapsed_ms(d)
     assert info.value.call == "cuEventElapsedTime"
+
+
+def test_launch_and_synchronize_release_the_gil():
+    # The software GPU runs a kernel inside cuLaunchKernel: if cybn held the GIL there, this thread's
+    # Python loop would stall for the whole kernel. Compare its longest pause with the kernel's duration.
+    src = r'''extern "C" __global__ void spin(float* out, unsigned long long n) {
+        float acc = 0.0f;
+        for (unsigned long long i = 0; i < n; ++i) acc = acc * 0.5f + 1.0f;
+        out[0] = acc; }'''
+    f = get_function(src, "spin", "PQ")
+    out = cybn.zeros(1)
+    took = []
+
+    def worker():
+        t0 = time.perf_counter()
+        f(1, 1, (out, 60_000_000))
+        Stream.legacy().synchronize()
+        took.append(time.perf_counter() - t0)
+
+    t = threading.Thread(target=worker)
+    last, longest = time.perf_counter(), 0.0
+    t.start()
+    while t.is_alive():
+        now = time.perf_counter()
+        longest, last = max(longest, now - last), now
+    t.join()
+    assert out.get()[0] == 2.0
+    assert took and took[0] > 0.05, "the kernel was too quick to tell"
+    assert longest < 0.5 * took[0], (longest, took[0])
