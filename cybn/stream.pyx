@@ -37,8 +37,11 @@ cdef class Stream:
 
     @staticmethod
     def external(handle, owner=None):
-        """Wrap an existing CUstream (an int, or anything with int(x) / .handle) without owning it."""
-        if hasattr(handle, "handle"):
+        """Wrap an existing CUstream without owning it: an int, an object with __cuda_stream__()
+        (cuda.core's protocol) or .handle, or a cuda.bindings CUstream. `owner` is kept alive."""
+        if hasattr(handle, "__cuda_stream__"):
+            handle = handle.__cuda_stream__()[1]
+        elif hasattr(handle, "handle"):
             handle = handle.handle
         cdef Stream s = Stream(_wrap=True)
         s.stream = <cydriver.CUstream><size_t>int(handle)
@@ -56,6 +59,10 @@ cdef class Stream:
     @property
     def handle(self):
         return <size_t>self.stream
+
+    def __cuda_stream__(self):
+        """(protocol version 0, CUstream as int): lets cuda.core and others use this stream."""
+        return (0, <size_t>self.stream)
 
     def synchronize(self):
         """Block (GIL released) until all work queued on the stream is done."""

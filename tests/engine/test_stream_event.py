@@ -80,6 +80,19 @@ def test_external_stream_is_not_destroyed_by_its_wrapper():
     assert driver.cuStreamDestroy(handle)[0] == driver.CUresult.CUDA_SUCCESS
 
 
+def test_stream_protocol_both_ways():
+    s = Stream()
+    assert s.__cuda_stream__() == (0, s.handle)
+
+    class Foreign:
+        def __cuda_stream__(self):
+            return (0, s.handle)
+
+    f = Foreign()
+    assert Stream.external(f, owner=f).handle == s.handle
+    assert Stream.external(driver.CUstream(s.handle)).handle == s.handle
+
+
 def test_work_on_a_stream_and_event_ordering():
     n = 1000
     s1, s2 = Stream(), Stream()
