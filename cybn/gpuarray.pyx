@@ -94,8 +94,8 @@ cdef class GPUArray:
         cdef Py_ssize_t nbytes = _prod(shape) * dtype.itemsize
         if ptr == 0 and nbytes:
             raise ValueError("from_pointer: NULL pointer for a non-empty array")
-        if ptr % dtype.itemsize:
-            raise ValueError(f"from_pointer: pointer {ptr:#x} is not aligned to {dtype} ({dtype.itemsize} bytes)")
+        if ptr % dtype.alignment:
+            raise ValueError(f"from_pointer: pointer {ptr:#x} is not aligned to {dtype} ({dtype.alignment} bytes)")
         buf = DeviceBuffer.external(ptr, nbytes, owner)
         return wrap(buf, ptr, shape, dtype)
 
@@ -233,7 +233,7 @@ cdef class GPUArray:
         if last % dtype.itemsize:
             raise ValueError(f"view: last dimension ({self.shape[-1]} x {self.itemsize} bytes) is not a "
                              f"multiple of {dtype}'s {dtype.itemsize} bytes")
-        if self.ptr_ % dtype.itemsize:
+        if self.ptr_ % dtype.alignment:
             raise ValueError(f"view: data is not aligned to {dtype}")
         return wrap(self.gpudata, self.ptr_, self.shape[:-1] + (last // dtype.itemsize,), dtype)
 

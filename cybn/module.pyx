@@ -11,6 +11,7 @@ from cpython.number cimport PyIndex_Check, PyNumber_Index
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
 from libc.stdint cimport int32_t, uint32_t, int64_t, uint64_t
+from libc.math cimport isinf
 from libc.string cimport memcpy
 
 from cuda.bindings cimport cydriver
@@ -187,7 +188,10 @@ cdef class Function:
                     uv = _pointer(o)
                     memcpy(ptrs[i], &uv, 8)
                 elif c == b'f':
-                    f32 = <float>PyFloat_AsDouble(o)
+                    f64 = PyFloat_AsDouble(o)
+                    f32 = <float>f64
+                    if isinf(f32) and not isinf(f64):
+                        raise OverflowError(f"{f64} does not fit in float32")
                     memcpy(ptrs[i], &f32, 4)
                 elif c == b'd':
                     f64 = PyFloat_AsDouble(o)

@@ -70,6 +70,7 @@ def test_pointer_arguments_accept_buffers_arrays_ints_and_none():
     ((0, 1, 2, 2**63, 4, 1.0, 1.0, 0), OverflowError, r"argument 3 \(int64 'q'\)"),
     ((0, 1, 2, 3, -4, 1.0, 1.0, 0), OverflowError, r"argument 4 \(uint64 'Q'\)"),
     ((0, 1, 2, 3, 4, "1.0", 1.0, 0), TypeError, r"argument 5 \(float32 'f'\)"),
+    ((0, 1, 2, 3, 4, 1e39, 1.0, 0), OverflowError, r"argument 5 \(float32 'f'\)"),
     ((0, 1, 2, 3, 4, 1.0, None, 0), TypeError, r"argument 6 \(float64 'd'\)"),
     ((0, 1, 2, 3, 4, 1.0, 1.0, object()), TypeError, r"argument 7 \(pointer 'P'\)"),
 ])
