@@ -86,6 +86,61 @@ def gpuarray_check(report):
     return "elementwise ok"
 
 
+@step("batchnorm")
+def batchnorm_check(report):
+    """BatchNorm2D forward (training) and backward on sample data against a float64 numpy reference."""
+    from cybn import gpuarray, softgpu
+    from cybn.modules import BatchNorm2D
+    n, c, h, w = 4, 3, 5, 7
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((n, c, h, w)) * 3 + 10).astype(np.float32)
+    dy = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    bn = BatchNorm2D(c)
+    scale = bn.scale.get().astype(np.float64).reshape(1, c, 1, 1)
+    with softgpu.measure() if softgpu.active() else _nothing() as m:
+        y = bn(gpuarray.to_gpu(x)).get()
+        dx = bn.backward(gpuarray.to_gpu(dy)).get()
+    # The maths, in float64: batch statistics over (N, H, W) per channel.
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    mu = x64.mean(axis=(0, 2, 3), keepdims=True)
+    var = x64.var(axis=(0, 2, 3), keepdims=True)
+    invstd = 1.0 / np.sqrt(var + bn.epsilon)
+    xhat = (x64 - mu) * invstd
+    y_ref = scale * xhat
+    m_count = n * h * w
+    dbias = dy64.sum(axis=(0, 2, 3), keepdims=True)
+    dscale = (dy64 * xhat).sum(axis=(0, 2, 3), keepdims=True)
+    dx_ref = scale * invstd * (dy64 - dbias / m_count - xhat * dscale / m_count)
+    errors = {
+        "y": np.abs(y - y_ref).max(), "dx": np.abs(dx - dx_ref).max(),
+        "scalegrad": np.abs(bn.scalegrad.get().reshape(dscale.shape) - dscale).max(),
+        "biasgrad": np.abs(bn.biasgrad.get().reshape(dbias.shape) - dbias).max(),
+        "running mean": np.abs(bn.mean.get().reshape(mu.shape) - mu).max(),
+        "running var": np.abs(bn.var.get().reshape(var.shape) - var * m_count / (m_count - 1)).max(),
+    }
+    bad = {k: v for k, v in errors.items() if not v <= 1e-4 * max(1.0, m_count ** 0.5)}
+    if bad:
+        raise AssertionError(f"BatchNorm2D differs from the float64 reference: {bad}")
+    report.line(f"BatchNorm2D({c}) on {x.shape} float32: forward + backward match float64 numpy "
+                f"(max abs error {max(errors.values()):.1e})")
+    if m is not None:
+        import re
+        names = [(re.match(r"_Z\d+(\w+?)I", k) or re.match(r"(.*)", k)).group(1) for k in m.per_kernel]
+        per = ", ".join(f"{name} x{v['launches']}" for name, v in zip(names, m.per_kernel.values()))
+        report.line(f"software GPU counters: {m.launches_count} launches ({per}), "
+                    f"{(m.load_bytes + m.store_bytes) / x.size:.1f} global B/element over forward + backward "
+                    f"+ parameter-gradient accumulation (GPU wall-clock not measured)")
+    return "batchnorm ok"
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
 def run(steps=None):
     """Run the steps; returns the process exit code."""
     done = []
