@@ -126,6 +126,10 @@ cdef class GPUArray:
         return "GPUArray(" + np.array2string(self.get(), separator=", ", prefix="GPUArray(") + \
             f", dtype={self.dtype.name})"
 
+    def __str__(self):
+        # As PyCUDA's and PuzzleLib's GPUArray: print(a) shows the values as numpy prints them.
+        return str(self.get())
+
     # ---------------------------------------------------------------- copies
     def get(self, ary=None, stream=None, async_=False):
         """Copy to the host: into `ary` (a C-contiguous numpy array of the same shape and dtype) or a new

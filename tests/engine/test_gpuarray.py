@@ -152,6 +152,12 @@ def test_repr_shows_values():
     assert "..." in repr(zeros(5000))  # summarised like numpy
 
 
+def test_str_prints_like_numpy():
+    # PuzzleLib's documented examples print(bn.mean) and show numpy's formatting.
+    a = np.arange(6, dtype=np.float32).reshape(1, 6, 1, 1) + 6
+    assert str(to_gpu(a)) == str(a)
+
+
 def test_from_pointer_keeps_owner_alive():
     buf = DeviceBuffer(40)
     g = GPUArray.from_pointer(buf.ptr, (10,), np.float32, owner=buf)
