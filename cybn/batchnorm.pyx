@@ -451,13 +451,31 @@ cdef int bn_prepare_desc(bn_desc* d) except -1:
 
 # ------------------------------------------------------------------------------------------ workspace
 cdef dict _workspaces = {}   # (context, stream, thread) -> DeviceBuffer (counters zeroed at creation)
+# (context, stream, thread) -> how many leading bytes of its buffer are known to be zero. A split call
+# leaves its counters [0, counter_bytes) at zero but its partials right after them, so a later call
+# whose counters reach further (more grid columns) must first zero that stretch, or it would count
+# from an earlier call's partials (statistics never finished, or finished from incomplete partials).
+cdef dict _ws_clean = {}
 
 
-cdef DeviceBuffer _workspace(cydriver.CUcontext ctx, cydriver.CUstream stream, size_t nbytes):
+cdef _workspace_key(cydriver.CUcontext ctx, cydriver.CUstream stream):
     # The per-thread default stream has one handle but is a different stream in every thread.
-    key = (<size_t>ctx, <size_t>stream, threading.get_ident() if <size_t>stream == 2 else 0)
+    return (<size_t>ctx, <size_t>stream, threading.get_ident() if <size_t>stream == 2 else 0)
+
+
+cdef DeviceBuffer _workspace(cydriver.CUcontext ctx, cydriver.CUstream stream, size_t nbytes,
+                             size_t counter_bytes):
+    """The stream's workspace of at least nbytes, its first counter_bytes zero when the stream reaches
+    the next launch (zeroed asynchronously on the stream where an earlier call left partials there)."""
+    key = _workspace_key(ctx, stream)
     cdef DeviceBuffer buf = _workspaces.get(key)
+    cdef size_t clean
     if buf is not None and buf.nbytes >= nbytes:
+        clean = _ws_clean.get(key, 0)
+        if counter_bytes > clean:
+            check(cydriver.cuMemsetD8Async(<cydriver.CUdeviceptr>buf.ptr + clean, 0, counter_bytes - clean,
+                                           stream), "cuMemsetD8Async")
+        _ws_clean[key] = counter_bytes  # this call's partials start right after its counters
         return buf
     cdef size_t size = 1 << 16
     while size < nbytes:
@@ -469,7 +487,15 @@ cdef DeviceBuffer _workspace(cydriver.CUcontext ctx, cydriver.CUstream stream, s
     buf = DeviceBuffer(size)
     check(cydriver.cuMemsetD8(<cydriver.CUdeviceptr>buf.ptr, 0, size), "cuMemsetD8")
     _workspaces[key] = buf
+    _ws_clean[key] = counter_bytes
     return buf
+
+
+cdef int _workspace_failed(const bn_desc* d, cydriver.CUstream stream) except -1:
+    """After a failed call: its CTAs may have left counters part-way, so the next call re-zeroes them."""
+    if d.workspace:
+        _ws_clean[_workspace_key(ensure_context(), stream)] = 0
+    return 0
 
 
 cdef list _retired = []
@@ -484,6 +510,7 @@ def free_workspaces():
     with nogil:
         check(cydriver.cuCtxSynchronize(), "cuCtxSynchronize")
     _workspaces.clear()
+    _ws_clean.clear()
     del _retired[:]
 
 
@@ -645,7 +672,7 @@ cdef int _finish_desc(bn_desc* d, cydriver.CUstream stream) except -1:
     cdef size_t need = bn_workspace_size(d)
     cdef DeviceBuffer ws
     if need:
-        ws = _workspace(ensure_context(), stream, need)
+        ws = _workspace(ensure_context(), stream, need, _counter_bytes(d))
         d.workspace = ws.ptr
         d.workspace_bytes = ws.nbytes
     return 0
@@ -699,6 +726,8 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
     cdef int st
     with nogil:
         st = bn_forward_train_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], s)
+    if st != BN_OK:
+        _workspace_failed(&d, s)
     _status(st, "cuLaunchKernel")
     return gy, sm, si
 
@@ -725,6 +754,8 @@ def forward_infer(x, scale, bias, running_mean, running_var, epsilon, out=None, 
     cdef int st
     with nogil:
         st = bn_forward_infer_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], s)
+    if st != BN_OK:
+        _workspace_failed(&d, s)
     _status(st, "cuLaunchKernel")
     return gy
 
@@ -758,6 +789,8 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
     cdef int st
     with nogil:
         st = bn_backward_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], frozen, s)
+    if st != BN_OK:
+        _workspace_failed(&d, s)
     _status(st, "cuLaunchKernel")
     return gdx, sg, bg
 

@@ -152,3 +152,33 @@ def test_streams_have_their_own_workspace(rng):
     for y, sm, si in outs:
         np.testing.assert_allclose(y.get(), want[0], rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(sm.get(), want[3], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode,small,big", [
+    ("spatial", (4, 1, 16), (4, 600, 4)),           # 75 grid columns: counters past byte 256
+    ("per_activation", (6, 1), (4, 65 * 32)),       # 65 grid columns
+])
+def test_workspace_reused_by_a_shape_with_more_columns(rng, mode, small, big):
+    """A split call leaves its partials right after its (zeroed) counters; a later split call on the
+    same stream's workspace whose counters reach over them must not count from them."""
+    from cybn.stream import Stream
+    s = Stream()  # a fresh workspace: the small call's partials are where the big call's counters go
+    with batchnorm.plan_override(split=2):
+        for shape in (small, big):
+            _, _, K, _ = ref.layout(shape, mode)
+            x = rng.standard_normal(shape).astype(np.float32)
+            dy = rng.standard_normal(shape).astype(np.float32)
+            scale, bias, rm, rv = params(rng, K)
+            g_rm, g_rv = gpu(rm), gpu(rv)
+            y, sm, si = batchnorm.forward_train(gpu(x), gpu(scale), gpu(bias), g_rm, g_rv, 1e-5, 0.5,
+                                                mode=mode, stream=s)
+            dx, dscale, dbias = batchnorm.backward(gpu(x), gpu(dy), gpu(scale), sm, si, mode=mode, stream=s)
+            s.synchronize()
+            wy, wrm, wrv, wmean, winvstd = ref.forward_train(x, scale, bias, rm, rv, 1e-5, 0.5, mode)
+            np.testing.assert_allclose(y.get(), wy, **TOL[np.dtype(np.float32)])
+            np.testing.assert_allclose(sm.get(), wmean, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(g_rv.get(), wrv, rtol=1e-4, atol=1e-5)
+            wdx, wdscale, wdbias = ref.backward(x, dy, scale, wmean, winvstd, mode)
+            np.testing.assert_allclose(dbias.get(), wdbias, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(dscale.get(), wdscale, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(dx.get(), wdx, rtol=1e-4, atol=1e-4)
