@@ -7,7 +7,7 @@ import pytest
 h5py = pytest.importorskip("h5py")  # the test extra installs it; without it these tests cannot run at all
 
 from modules_helpers import assert_unchanged, snapshot, to_gpu  # noqa: E402
-from cybn.modules import BatchNorm, BatchNorm1D, BatchNorm2D, ModuleError  # noqa: E402
+from cybn.modules import BatchNorm, BatchNorm1D, BatchNorm2D, BatchNorm3D, ModuleError  # noqa: E402
 
 
 def trained_bn2d(name="bn"):
@@ -153,3 +153,18 @@ def test_missing_h5py_gives_a_clear_error(monkeypatch):
         bn.save()
     with pytest.raises(ModuleError, match="needs h5py"):
         bn.load(b"whatever")
+
+
+
+def test_load_into_empty_module_checks_the_file_against_its_maps():
+    """An empty module has no tensors to compare the file's with: it checks them against its maps, so a
+    file written for 3 maps is refused by an empty 4-map module, which stays empty."""
+    image = trained_bn2d().save()
+    other = BatchNorm2D(4, name="bn", empty=True)
+    with pytest.raises(ModuleError, match="'scale' has shape"):
+        other.load(image)
+    assert other.scale is None and other.mean is None and not other.vars and not other.attrs
+    # Same number of values in another layout: loaded in the module's own parameter shape.
+    same = BatchNorm3D(3, name="bn", empty=True)
+    same.load(image)
+    assert same.scale.shape == (1, 3, 1, 1, 1) and same.var.shape == (1, 3, 1, 1, 1)
