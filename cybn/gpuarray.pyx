@@ -40,10 +40,17 @@ def _as_shape(shape):
     return shape
 
 
-cdef Py_ssize_t _prod(tuple shape):
-    cdef Py_ssize_t n = 1
+# Bytes per element are at most 32 (clongdouble): below this many elements, nbytes fits in Py_ssize_t.
+cdef Py_ssize_t _MAX_ELEMENTS = (<Py_ssize_t>1 << 58)
+
+
+cdef Py_ssize_t _prod(tuple shape) except -1:
+    # Python ints: a C product would silently wrap (2**32 x 2**32 -> 0 elements) and hand out a tiny buffer.
+    n = 1
     for d in shape:
-        n *= <Py_ssize_t>d
+        n *= d
+    if n > _MAX_ELEMENTS:
+        raise ValueError(f"shape {shape} has {n} elements: too large for device memory")
     return n
 
 
@@ -163,7 +170,7 @@ cdef class GPUArray:
             return self
         if not isinstance(ary, np.ndarray):
             raise TypeError(f"set: expected a numpy array or GPUArray, got {type(ary).__name__}")
-        ary = np.ascontiguousarray(ary)
+        ary = np.asarray(ary, order="C")  # not ascontiguousarray: it turns a 0-d array into shape (1,)
         _check_host(ary, self, "set")
         cdef cydriver.CUstream s = resolve_stream(stream)
         cdef size_t src = ary.ctypes.data
@@ -303,8 +310,8 @@ def to_gpu(ary, stream=None):
     if isinstance(ary, GPUArray):
         return ary.copy(stream)
     if hasattr(ary, "__cuda_array_interface__") and not isinstance(ary, np.ndarray):
-        return from_cuda_array_interface(ary).copy(stream)
-    ary = np.ascontiguousarray(ary)
+        return _from_cai(ary, True).copy(stream)  # only read: read-only data is fine
+    ary = np.asarray(ary, order="C")  # keeps 0-d arrays 0-d (ascontiguousarray makes them (1,))
     out = _alloc(ary.shape, _as_dtype(ary.dtype), stream)
     out.set(ary, stream)
     return out
@@ -355,7 +362,12 @@ cdef _order_streams(cydriver.CUstream producer, cydriver.CUstream consumer):
 
 def from_cuda_array_interface(obj):
     """Wrap (no copy) a foreign device array exposing __cuda_array_interface__ (v2/v3); it is kept alive.
-    Only C-contiguous data is accepted; a v3 `stream` is waited on by the current stream."""
+    Only C-contiguous, writable data is accepted (a GPUArray has no read-only mode; cybn.to_gpu(obj) copies
+    read-only data); a v3 `stream` is waited on by the current stream."""
+    return _from_cai(obj, False)
+
+
+def _from_cai(obj, bint readonly_ok):
     try:
         cai = obj.__cuda_array_interface__
     except AttributeError:
@@ -365,10 +377,19 @@ def from_cuda_array_interface(obj):
     if cai.get("mask") is not None:
         raise ValueError("__cuda_array_interface__ with a mask is not supported")
     strides = cai.get("strides")
+    if strides is not None and len(strides) != len(shape):
+        raise ValueError(f"__cuda_array_interface__: {len(strides)} strides {tuple(strides)} for the "
+                         f"{len(shape)} dimensions of shape {shape}")
     if strides is not None and not _is_c_contiguous(shape, tuple(strides), dtype.itemsize):
         raise ValueError(f"__cuda_array_interface__: strides {tuple(strides)} for shape {shape} are not "
                          f"C-contiguous; make a contiguous copy first")
-    ptr = int(cai["data"][0])
+    data = cai.get("data")
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(f"__cuda_array_interface__: data must be a (pointer, readonly) tuple, got {data!r}")
+    if data[1] and not readonly_ok:
+        raise ValueError("__cuda_array_interface__: the data is read-only and a GPUArray is always writable; "
+                         "use cybn.to_gpu(obj) for a copy")
+    ptr = int(data[0])
     stream = cai.get("stream")
     if stream is not None:
         if stream == 0:
@@ -378,6 +399,8 @@ def from_cuda_array_interface(obj):
 
 
 def _is_c_contiguous(shape, strides, itemsize):
+    if 0 in shape:
+        return True  # no element is ever addressed, so any strides describe the same (empty) array
     expected = itemsize
     for d, s in zip(reversed(shape), reversed(strides)):
         if d != 1 and s != expected:

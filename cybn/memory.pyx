@@ -25,6 +25,8 @@ cdef size_t size_class(size_t nbytes) noexcept nogil:
     cdef size_t step = p >> 3
     if step < 512:
         step = 512
+    if nbytes > <size_t>-1 - step:
+        return nbytes  # rounding up would wrap to a tiny block; the driver refuses this size anyway
     return (nbytes + step - 1) // step * step
 
 

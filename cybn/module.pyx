@@ -245,6 +245,14 @@ cdef class Function:
             args = tuple(args)
         parse_dims(grid, g, b"grid")
         parse_dims(block, b, b"block")
+        # The limits of every GPU since compute capability 3.0, checked here so that a bad launch names the
+        # dimension at fault instead of coming back as the driver's bare CUDA_ERROR_INVALID_VALUE.
+        if b[0] > 1024 or b[1] > 1024 or b[2] > 64 or b[0] * b[1] * b[2] > 1024:
+            raise ValueError(f"kernel {self.name}: block {tuple(b)} exceeds the limits (x, y <= 1024, z <= 64, "
+                             f"at most 1024 threads per block)")
+        if g[0] > 0x7FFFFFFF or g[1] > 65535 or g[2] > 65535:
+            raise ValueError(f"kernel {self.name}: grid {tuple(g)} exceeds the limits (x <= 2**31 - 1, "
+                             f"y, z <= 65535)")
         cdef unsigned int smem = 0 if shared_mem is None else shared_mem
         cdef bint coop = cooperative
         self.pack(<tuple>args, buf, ptrs)

@@ -1,0 +1,150 @@
+"""Regression tests from the engine-core review: 0-d host arrays, element-count overflow, CUDA Array
+Interface strides/readonly/data checks, empty arrays over DLPack, launch limits, pool size-class overflow."""
+import numpy as np
+import pytest
+
+import cybn
+from cybn import from_cuda_array_interface, from_dlpack, get_function, softgpu, to_gpu
+from cybn.memory import DeviceBuffer, MemoryPool
+
+
+# ---------------------------------------------------------------- 0-d host arrays keep their shape
+@pytest.mark.parametrize("value", [np.float32(2.5), np.array(-7, np.int64), np.array(True)])
+def test_to_gpu_of_a_0d_array_stays_0d(value):
+    g = to_gpu(value)
+    host = g.get()
+    assert g.shape == () and g.size == 1 and host.shape == ()  # was (1,): ascontiguousarray adds a dim
+    assert host.dtype == np.asarray(value).dtype and host[()] == np.asarray(value)[()]
+
+
+def test_set_of_a_0d_array_into_a_0d_gpuarray():
+    g = cybn.zeros((), np.float64)
+    g.set(np.array(3.25))
+    assert g.get()[()] == 3.25
+    with pytest.raises(ValueError, match="shape mismatch"):
+        g.set(np.array([1.0]))
+    assert g.get()[()] == 3.25  # the refused set wrote nothing
+
+
+def test_0d_dlpack_round_trip_of_a_host_scalar():
+    z = from_dlpack(to_gpu(np.float32(1.5)))
+    assert z.shape == () and z.get()[()] == 1.5
+
+
+# ---------------------------------------------------------------- element counts that overflow
+@pytest.mark.parametrize("make", [
+    lambda: cybn.empty((2 ** 32, 2 ** 32)),          # 2**64 elements: a C product wraps to 0
+    lambda: cybn.zeros((2 ** 62, 4), np.uint8),
+    lambda: cybn.GPUArray((2 ** 32, 2 ** 32), np.float32),
+    lambda: cybn.GPUArray.from_pointer(256, (2 ** 33, 2 ** 31), np.float32, None),
+])
+def test_huge_shapes_are_refused_not_wrapped(make):
+    before = softgpu.live_allocations()
+    with pytest.raises(ValueError, match="too large"):
+        make()
+    assert softgpu.live_allocations() == before
+
+
+def test_huge_but_empty_shapes_are_fine():
+    g = cybn.zeros((0,)).reshape(2 ** 32, 2 ** 32, 0)
+    assert g.shape == (2 ** 32, 2 ** 32, 0) and g.size == 0 and g.nbytes == 0
+
+
+# ---------------------------------------------------------------- CUDA Array Interface import
+class CAI:
+    def __init__(self, base, **kw):
+        self.base = base
+        self.__cuda_array_interface__ = dict(shape=base.shape, typestr=base.dtype.str, data=(base.ptr, False),
+                                             version=3, strides=None)
+        self.__cuda_array_interface__.update(kw)
+
+
+def test_cai_strides_of_the_wrong_length_are_refused():
+    base = to_gpu(np.arange(12, dtype=np.float32))
+    with pytest.raises(ValueError, match="1 strides .* 2 dimensions"):
+        from_cuda_array_interface(CAI(base, shape=(3, 4), strides=(4,)))  # zip() used to ignore the rest
+
+
+@pytest.mark.parametrize("strides", [(-4,), (0,), (8,)])
+def test_cai_negative_zero_and_gapped_strides_are_refused(strides):
+    base = to_gpu(np.arange(12, dtype=np.float32))
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        from_cuda_array_interface(CAI(base, shape=(3,), strides=strides))
+
+
+def test_cai_offset_pointer_views_the_right_elements():
+    base = to_gpu(np.arange(12, dtype=np.float32))
+    v = from_cuda_array_interface(CAI(base, shape=(2, 2), data=(base.ptr + 8, False)))
+    np.testing.assert_array_equal(v.get(), [[2, 3], [4, 5]])
+    with pytest.raises(ValueError, match="not aligned"):
+        from_cuda_array_interface(CAI(base, shape=(2,), data=(base.ptr + 2, False)))
+
+
+def test_cai_readonly_data_is_not_wrapped_writable_but_can_be_copied():
+    base = to_gpu(np.arange(4, dtype=np.int32))
+    ro = CAI(base, data=(base.ptr, True))
+    with pytest.raises(ValueError, match="read-only"):
+        from_cuda_array_interface(ro)
+    c = to_gpu(ro)  # a copy only reads the producer's memory
+    assert c.ptr != base.ptr
+    np.testing.assert_array_equal(c.get(), [0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("data", [None, (0,), 5])
+def test_cai_malformed_data_is_a_clear_error(data):
+    base = to_gpu(np.arange(4, dtype=np.int32))
+    with pytest.raises(ValueError, match=r"data must be a \(pointer, readonly\) tuple"):
+        from_cuda_array_interface(CAI(base, data=data))
+
+
+def test_empty_arrays_with_any_strides_import():
+    # no element is addressed, so numpy's rule applies: any strides are C-contiguous
+    base = to_gpu(np.arange(4, dtype=np.float32))
+    v = from_cuda_array_interface(CAI(base, shape=(3, 0), strides=(12, 4)))
+    assert v.shape == (3, 0) and v.get().shape == (3, 0)
+
+
+@pytest.mark.parametrize("shape", [(3, 0), (0,), (0, 5, 2)])
+def test_empty_arrays_round_trip_through_our_own_dlpack(shape):
+    e = from_dlpack(cybn.zeros(shape, np.float32))  # our export's strides for (3, 0) were refused
+    assert e.shape == shape and e.get().shape == shape
+
+
+# ---------------------------------------------------------------- launch limits, before the driver
+SRC = r'''
+extern "C" __global__ void count(unsigned int* n) { atomicAdd(n, 1u); }
+'''
+
+
+@pytest.mark.parametrize("grid, block, what", [
+    (1, 1025, "block"), (1, (32, 33), "block"), (1, (1, 1, 65), "block"), (1, (1025, 1, 1), "block"),
+    (1, (2, 1025), "block"), ((1, 65536), 1, "grid"), ((1, 1, 65536), 1, "grid"), (2 ** 31, 1, "grid"),
+])
+def test_launch_limits_are_named_before_anything_launches(grid, block, what):
+    f = get_function(SRC, "count", "P")
+    n = cybn.zeros((), np.uint32)
+    launches = softgpu.counters()["total"]["launches"]
+    with pytest.raises(ValueError, match=f"{what} .* exceeds the limits"):
+        f(grid, block, (n,))
+    assert softgpu.counters()["total"]["launches"] == launches and n.get()[()] == 0
+
+
+def test_largest_legal_block_and_grid_still_launch():
+    f = get_function(SRC, "count", "P")
+    n = cybn.zeros((), np.uint32)
+    f(1, 1024, (n,))
+    f(1, (1, 16, 64), (n,))
+    f((1, 2, 3), (4, 4, 4), (n,))
+    assert n.get()[()] == 1024 + 1024 + 6 * 64
+
+
+# ---------------------------------------------------------------- pool: size classes that would wrap
+def test_pool_request_near_size_max_is_an_out_of_memory_error_not_a_tiny_block():
+    pool = MemoryPool()
+    for nbytes in (2 ** 64 - 1, 2 ** 64 - 2 ** 59):  # rounding to the size class wrapped to 0 bytes
+        with pytest.raises(cybn.CudaError) as info:
+            pool.malloc(nbytes)
+        assert info.value.name == "CUDA_ERROR_OUT_OF_MEMORY"
+        with pytest.raises(cybn.CudaError, match="OUT_OF_MEMORY"):
+            DeviceBuffer(nbytes, pool)
+    assert pool.used_bytes == 0 and pool.held_bytes == 0
