@@ -15,8 +15,8 @@ M == 1 the unbiased variance is undefined and var_b, i.e. 0, is used: never NaN 
 
 Workspace: the split plan (several CTAs per channel) needs per-column counters (zero between calls:
 the last CTA resets them) and scratch for the partial statistics. Both are allocated on first need
-per (device, stream, size class) and kept for the life of the process (the counters zeroed once at
-creation); one per stream so that launches on concurrent streams never share counters.
+per (device, stream, thread) and kept for the life of the process (the counters zeroed once at
+creation); one per stream and thread so that no two calls' launches interleave on one workspace.
 """
 import enum
 import math
@@ -459,8 +459,11 @@ cdef dict _ws_clean = {}
 
 
 cdef _workspace_key(cydriver.CUcontext ctx, cydriver.CUstream stream):
-    # The per-thread default stream has one handle but is a different stream in every thread.
-    return (<size_t>ctx, <size_t>stream, threading.get_ident() if <size_t>stream == 2 else 0)
+    # Per thread too, for every stream: a split call enqueues two launches that share the workspace's
+    # partials and (shift, mean), so two threads on one stream (the legacy default stream, most often)
+    # could enqueue A1 B1 A2 B2 and A's normalisation would read B's mean. (The per-thread default
+    # stream, handle 2, is moreover a different stream in every thread.)
+    return (<size_t>ctx, <size_t>stream, threading.get_ident())
 
 
 cdef DeviceBuffer _workspace(cydriver.CUcontext ctx, cydriver.CUstream stream, size_t nbytes,

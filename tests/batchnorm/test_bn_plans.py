@@ -182,3 +182,42 @@ def test_workspace_reused_by_a_shape_with_more_columns(rng, mode, small, big):
             np.testing.assert_allclose(dbias.get(), wdbias, rtol=1e-4, atol=1e-4)
             np.testing.assert_allclose(dscale.get(), wdscale, rtol=1e-4, atol=1e-4)
             np.testing.assert_allclose(dx.get(), wdx, rtol=1e-4, atol=1e-4)
+
+
+def test_threads_on_one_stream_have_their_own_workspace(rng):
+    """Two threads on the same (legacy default) stream: each split call enqueues two launches that share
+    its workspace's partials and (shift, mean), so a shared workspace let the launches of two calls
+    interleave (A1 B1 A2 B2) and A normalised with B's mean. Each thread gets its own workspace (one more
+    device allocation in the second thread), and both threads' results stay right under contention."""
+    import threading
+    shape = (4, 3, 64)
+    xs = [(rng.standard_normal(shape) * (1 + i) + 10 * i).astype(np.float32) for i in range(2)]
+    wants = [ref.forward_train(x, None, None, np.zeros(3), np.ones(3), 1e-5, 0.5)[0] for x in xs]
+    batchnorm.prepare(np.float32)
+
+    def call(i):
+        x, y = gpu(xs[i]), gpuarray.empty(shape, np.float32)
+        sm, si, rm = (gpuarray.empty((3,), np.float32) for _ in range(3))
+        rv = gpu(np.ones(3, np.float32))
+        rm.fill(0)
+        before = softgpu.live_allocations()[0]
+        batchnorm.forward_train(x, None, None, rm, rv, 1e-5, 0.5, out=y, save_mean=sm, save_invstd=si)
+        return softgpu.live_allocations()[0] - before, y.get()
+
+    errors, new_buffers = [[], []], []
+    with batchnorm.plan_override(split=4):
+        call(0)  # this thread's workspace exists from here on
+        worker = threading.Thread(target=lambda: new_buffers.append(call(1)[0]))
+        worker.start()
+        worker.join()
+
+        def loop(i):
+            for _ in range(25):
+                errors[i].append(float(np.abs(call(i)[1] - wants[i]).max()))
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert new_buffers == [1]
+    assert max(errors[0] + errors[1]) < 1e-4
