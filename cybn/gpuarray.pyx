@@ -467,6 +467,8 @@ cdef void _capsule_destructor(object capsule) noexcept:
 
 
 cdef object _export_capsule(GPUArray a):
+    if a.dtype in (np.dtype(np.longdouble), np.dtype(np.clongdouble)):
+        raise BufferError(f"__dlpack__: {a.dtype} (x87 extended precision) has no DLPack type")
     cdef int ndim = len(a.shape)
     cdef DLManagedTensor* m = <DLManagedTensor*>malloc(sizeof(DLManagedTensor) + 2 * max(ndim, 1) * sizeof(int64_t))
     if m == NULL:
@@ -531,10 +533,20 @@ def from_dlpack(obj):
     if t.device.device_type not in (KDL_CUDA, KDL_CUDA_MANAGED):
         raise BufferError(f"from_dlpack: the tensor is on {_DL_DEVICE_NAMES.get(t.device.device_type, t.device.device_type)}"
                           f", not a CUDA device; use to_gpu() for host arrays")
-    if t.dtype.lanes != 1 or t.dtype.code not in _DL_KINDS or t.dtype.bits % 8:
+    dtype = None
+    if t.dtype.lanes == 1 and t.dtype.code in _DL_KINDS and t.dtype.bits % 8 == 0:
+        try:
+            dtype = np.dtype(f"{_DL_KINDS[t.dtype.code]}{t.dtype.bits // 8}")  # kDLBool: 8 bits, numpy's bool
+        except TypeError:  # sizes numpy has no type for, e.g. float8 or int24
+            pass
+        if dtype is not None and dtype in (np.dtype(np.longdouble), np.dtype(np.clongdouble)):
+            dtype = None  # DLPack's 128-bit float is IEEE binary128, numpy's 'f16' is x87 extended precision
+    if dtype is None:
         raise TypeError(f"from_dlpack: unsupported DLPack dtype (code {t.dtype.code}, bits {t.dtype.bits}, "
                         f"lanes {t.dtype.lanes})")
-    dtype = _as_dtype(f"{_DL_KINDS[t.dtype.code]}{t.dtype.bits // 8}" if t.dtype.code != KDL_BOOL else "?")
+    dtype = _as_dtype(dtype)
+    if t.ndim < 0:
+        raise ValueError(f"from_dlpack: negative ndim {t.ndim}")
     shape = tuple(t.shape[i] for i in range(t.ndim))
     if t.strides != NULL:
         strides = tuple(t.strides[i] * dtype.itemsize for i in range(t.ndim))

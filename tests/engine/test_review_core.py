@@ -148,3 +148,59 @@ def test_pool_request_near_size_max_is_an_out_of_memory_error_not_a_tiny_block()
         with pytest.raises(cybn.CudaError, match="OUT_OF_MEMORY"):
             DeviceBuffer(nbytes, pool)
     assert pool.used_bytes == 0 and pool.held_bytes == 0
+
+
+# ---------------------------------------------------------------- DLPack capsules from other producers
+def _capsule(g, byte_offset=None, shape=None, strides=None, code=None, bits=None, ndim=None):
+    """Our own export of g, its DLTensor edited in place to look like another producer's."""
+    import ctypes
+    cap = g.__dlpack__(stream=-1)
+    get_ptr = ctypes.pythonapi.PyCapsule_GetPointer
+    get_ptr.restype, get_ptr.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    base = get_ptr(cap, b"dltensor")  # DLTensor: data, device, ndim, dtype, shape*, strides*, byte_offset
+    if byte_offset is not None:
+        ctypes.c_uint64.from_address(base + 40).value = byte_offset
+    for values, at in ((shape, 24), (strides, 32)):
+        if values is not None:
+            arr = (ctypes.c_int64 * len(values)).from_address(ctypes.c_void_p.from_address(base + at).value)
+            arr[:] = values
+    if code is not None:
+        ctypes.c_uint8.from_address(base + 20).value = code
+    if bits is not None:
+        ctypes.c_uint8.from_address(base + 21).value = bits
+    if ndim is not None:
+        ctypes.c_int32.from_address(base + 16).value = ndim
+    return cap
+
+
+def test_dlpack_byte_offset_is_applied():
+    g = to_gpu(np.arange(8, dtype=np.float32))
+    v = from_dlpack(_capsule(g, byte_offset=12, shape=[5]))
+    assert v.ptr == g.ptr + 12
+    np.testing.assert_array_equal(v.get(), [3, 4, 5, 6, 7])
+    with pytest.raises(ValueError, match="not aligned"):
+        from_dlpack(_capsule(g, byte_offset=2, shape=[5]))
+
+
+@pytest.mark.parametrize("code, bits", [(6, 16), (6, 32), (2, 8), (0, 24), (2, 128), (5, 256)])
+def test_dlpack_dtypes_without_a_numpy_match_are_refused_and_not_consumed(code, bits):
+    g = to_gpu(np.arange(8, dtype=np.uint8))
+    cap = _capsule(g, code=code, bits=bits, shape=[1])
+    # bool with 16 or 32 bits used to be read as 1-byte bools; f1/i3 gave numpy's "not understood"
+    with pytest.raises(TypeError, match="unsupported DLPack dtype"):
+        from_dlpack(cap)
+    assert "used_dltensor" not in repr(cap)
+
+
+def test_dlpack_negative_ndim_is_refused():
+    g = to_gpu(np.arange(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="negative ndim"):
+        from_dlpack(_capsule(g, ndim=-1))  # was read as a 0-d array
+
+
+def test_longdouble_is_not_exported_as_ieee_binary128():
+    g = cybn.zeros(2, np.longdouble)
+    if g.itemsize != 16:
+        pytest.skip("longdouble is not the 16-byte x87 format here")
+    with pytest.raises(BufferError, match="no DLPack type"):
+        g.__dlpack__()
