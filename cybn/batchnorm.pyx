@@ -19,7 +19,6 @@ per (device, stream, thread) and kept for the life of the process (the counters 
 creation); one per stream and thread so that no two calls' launches interleave on one workspace.
 """
 import enum
-import math
 import threading
 
 import numpy as np
@@ -627,13 +626,17 @@ cdef GPUArray _like(obj, str what, GPUArray x):
     return a
 
 
+_FLT_MAX = float(np.finfo(np.float32).max)
+
+
 cdef float _epsilon(epsilon) except? -1:
     try:
         e = float(epsilon)
     except (TypeError, ValueError):
         raise TypeError(f"epsilon must be a number, got {epsilon!r}") from None
-    if not (e > 0 and math.isfinite(e)) or np.float32(e) <= 0:
-        raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
+    # The kernels take it as float32: 1e-50 would round to 0 there and 1e39 to inf.
+    if not (0 < e <= _FLT_MAX) or np.float32(e) == 0:
+        raise ValueError(f"epsilon must be a positive finite number (as a float32), got {epsilon!r}")
     return e
 
 

@@ -46,6 +46,8 @@ class BatchNormND(Module):
         _require_int("nd", nd, 0 if self.mode == BatchNormMode.perActivation else 1)
         _require_int("maps", maps, 1)
         _require_real("epsilon", epsilon, positive=True)
+        if not epsilon <= float(np.finfo(np.float32).max) or np.float32(epsilon) == 0:  # the engine's float32: not 0 or inf
+            raise ModuleError("epsilon must be a positive number representable as float32, got %r" % (epsilon,))
         # The engine takes moving-average factors in [0, 1]; refuse others here rather than at the first step.
         _require_real("initFactor", initFactor, unit=True)
         _require_real("minFactor", minFactor, unit=True)

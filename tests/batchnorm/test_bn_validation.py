@@ -58,6 +58,8 @@ def bad_cases(a):
         (dict(epsilon=0.0), ValueError, "epsilon"),
         (dict(epsilon=-1e-5), ValueError, "epsilon"),
         (dict(epsilon=float("nan")), ValueError, "epsilon"),
+        (dict(epsilon=1e-50), ValueError, "epsilon"),   # 0 as float32
+        (dict(epsilon=1e39), ValueError, "epsilon"),    # inf as float32
         (dict(epsilon="a"), TypeError, "epsilon"),
         (dict(factor=1.5), ValueError, "factor"),
         (dict(factor=-0.1), ValueError, "factor"),

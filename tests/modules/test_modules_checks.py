@@ -94,6 +94,7 @@ def test_messages_name_the_problem():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(maps=0), "maps"), (dict(maps=2.5), "maps"), (dict(maps=True), "maps"),
     (dict(maps=2, epsilon=0.0), "epsilon"), (dict(maps=2, epsilon=float("nan")), "epsilon"),
+    (dict(maps=2, epsilon=1e-50), "epsilon"), (dict(maps=2, epsilon=1e39), "epsilon"),  # 0 / inf as float32
     (dict(maps=2, initFactor="1"), "initFactor"), (dict(maps=2, minFactor=float("inf")), "minFactor"),
     (dict(maps=2, initFactor=1.5), "initFactor"), (dict(maps=2, minFactor=-0.1), "minFactor"),
     (dict(maps=2, sscale=None), "sscale"),
