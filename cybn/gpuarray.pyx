@@ -203,6 +203,10 @@ cdef class GPUArray:
         if dtype == self.dtype:
             return self.copy(stream)
         from cybn import elementwise
+        for what, dt in (("from", self.dtype), ("to", dtype)):
+            if dt not in elementwise._FLOATS:  # refused before anything is allocated
+                raise TypeError(f"astype: cannot cast {what} {dt} (float16, float32 and float64 convert; "
+                                f"any dtype copies to itself)")
         out = _alloc(self.shape, dtype, stream)
         elementwise.cast(self, out, stream=stream)
         return out

@@ -5,7 +5,7 @@ A Function's signature (one char per argument: P pointer, i int32, I uint32, q i
 f float32, d float64) is turned into slot offsets once; a call packs the arguments straight into a
 C buffer on the stack in one C loop and hands the driver pointers into it, so nothing is launched
 unless every argument converted."""
-from cpython.long cimport PyLong_AsLongLong, PyLong_AsUnsignedLongLong
+from cpython.long cimport PyLong_AsLongLong, PyLong_AsUnsignedLongLong, PyLong_AsLongLongAndOverflow
 from cpython.float cimport PyFloat_AsDouble
 from cpython.number cimport PyIndex_Check, PyNumber_Index
 from cpython.object cimport PyObject, PyTypeObject
@@ -253,7 +253,19 @@ cdef class Function:
         if g[0] > 0x7FFFFFFF or g[1] > 65535 or g[2] > 65535:
             raise ValueError(f"kernel {self.name}: grid {tuple(g)} exceeds the limits (x <= 2**31 - 1, "
                              f"y, z <= 65535)")
-        cdef unsigned int smem = 0 if shared_mem is None else shared_mem
+        cdef unsigned int smem = 0
+        cdef long long smem_v
+        cdef int overflow = 0
+        if shared_mem is not None:
+            if type(shared_mem) is not int:  # a float would be truncated silently by the C conversion
+                if not PyIndex_Check(shared_mem):
+                    raise TypeError(f"kernel {self.name}: shared_mem must be an int (bytes), got {shared_mem!r}")
+                shared_mem = PyNumber_Index(shared_mem)
+            smem_v = PyLong_AsLongLongAndOverflow(shared_mem, &overflow)  # C compare: this is the launch path
+            if overflow or smem_v < 0 or smem_v > 0xFFFFFFFF:
+                raise OverflowError(f"kernel {self.name}: shared_mem must be from 0 to 2**32 - 1 bytes, "
+                                    f"got {shared_mem}")
+            smem = <unsigned int>smem_v
         cdef bint coop = cooperative
         self.pack(<tuple>args, buf, ptrs)
         cdef cydriver.CUstream s = resolve_stream(stream)

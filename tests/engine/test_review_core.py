@@ -204,3 +204,33 @@ def test_longdouble_is_not_exported_as_ieee_binary128():
         pytest.skip("longdouble is not the 16-byte x87 format here")
     with pytest.raises(BufferError, match="no DLPack type"):
         g.__dlpack__()
+
+
+# ---------------------------------------------------------------- refusals that allocate or launch nothing
+@pytest.mark.parametrize("src, dst", [(np.float32, np.int32), (np.int16, np.float32), (np.uint8, np.float16)])
+def test_astype_refusal_allocates_nothing(src, dst):
+    g = to_gpu(np.arange(3).astype(src))
+    pool = cybn.default_pool()
+    held, used = pool.held_bytes, pool.used_bytes
+    with pytest.raises(TypeError, match="cannot cast"):
+        g.astype(dst)
+    assert (pool.held_bytes, pool.used_bytes) == (held, used)  # the output used to be allocated first
+    np.testing.assert_array_equal(g.get(), np.arange(3).astype(src))
+
+
+@pytest.mark.parametrize("shared_mem, exc", [(-1, OverflowError), (2 ** 32, OverflowError), (1.5, TypeError),
+                                             ("0", TypeError)])
+def test_bad_shared_mem_is_named(shared_mem, exc):
+    f = get_function(SRC, "count", "P")
+    n = cybn.zeros((), np.uint32)
+    launches = softgpu.counters()["total"]["launches"]
+    with pytest.raises(exc, match="shared_mem must be"):  # 1.5 used to launch with 1 byte
+        f(1, 1, (n,), shared_mem=shared_mem)
+    assert softgpu.counters()["total"]["launches"] == launches
+
+
+def test_shared_mem_accepts_numpy_integers():
+    f = get_function(SRC, "count", "P")
+    n = cybn.zeros((), np.uint32)
+    f(1, 2, (n,), shared_mem=np.int64(16))
+    assert n.get()[()] == 2
