@@ -85,11 +85,12 @@ cdef class Module:
 cdef int parse_dims(object d, unsigned int* out, const char* what) except -1:
     cdef Py_ssize_t i, n
     cdef long long v
+    cdef int overflow = 0
     out[0] = out[1] = out[2] = 1
     if type(d) is int:
-        v = d
-        if v < 1 or v > 0xFFFFFFFF:
-            raise ValueError(f"{what.decode()} must be a positive int (got {d})")
+        v = PyLong_AsLongLongAndOverflow(d, &overflow)  # beyond 64 bits: overflow set, no exception
+        if overflow or v < 1 or v > 0xFFFFFFFF:
+            raise ValueError(f"{what.decode()} must be a positive int below 2**32 (got {d})")
         out[0] = <unsigned int>v
         return 0
     if not isinstance(d, tuple) or not 1 <= len(d) <= 3:
@@ -98,9 +99,9 @@ cdef int parse_dims(object d, unsigned int* out, const char* what) except -1:
     for i in range(n):
         if not isinstance(d[i], int):
             raise TypeError(f"{what.decode()} must be an int or a tuple of 1 to 3 ints, got {d!r}")
-        v = d[i]
-        if v < 1 or v > 0xFFFFFFFF:
-            raise ValueError(f"{what.decode()} dimensions must be positive, got {d!r}")
+        v = PyLong_AsLongLongAndOverflow(d[i], &overflow)
+        if overflow or v < 1 or v > 0xFFFFFFFF:
+            raise ValueError(f"{what.decode()} dimensions must be positive and below 2**32, got {d!r}")
         out[i] = <unsigned int>v
     return 0
 

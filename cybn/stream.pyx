@@ -43,8 +43,16 @@ cdef class Stream:
             handle = handle.__cuda_stream__()[1]
         elif hasattr(handle, "handle"):
             handle = handle.handle
+        if not isinstance(handle, int):
+            try:
+                handle = int(handle)  # a cuda.bindings CUstream converts with int()
+            except (TypeError, ValueError):
+                raise TypeError(f"Stream.external: expected a CUstream (an int, an object with __cuda_stream__ "
+                                f"or .handle, or a cuda.bindings CUstream), got {type(handle).__name__}") from None
+        if handle < 0:
+            raise ValueError(f"Stream.external: a CUstream handle is not negative, got {handle}")
         cdef Stream s = Stream(_wrap=True)
-        s.stream = <cydriver.CUstream><size_t>int(handle)
+        s.stream = <cydriver.CUstream><size_t>handle
         s.owner = owner
         return s
 

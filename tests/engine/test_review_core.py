@@ -234,3 +234,18 @@ def test_shared_mem_accepts_numpy_integers():
     n = cybn.zeros((), np.uint32)
     f(1, 2, (n,), shared_mem=np.int64(16))
     assert n.get()[()] == 2
+
+
+@pytest.mark.parametrize("grid", [2 ** 64, (1, 2 ** 70), 2 ** 32, (2 ** 32,)])
+def test_grid_beyond_64_or_32_bits_is_a_clear_value_error(grid):
+    f = get_function(SRC, "count", "P")
+    with pytest.raises(ValueError, match="grid .*2\\*\\*32"):  # 2**64 was "Python int too large to convert"
+        f(grid, 1, (cybn.zeros((), np.uint32),))
+
+
+@pytest.mark.parametrize("handle, exc, match", [(None, TypeError, "expected a CUstream"),
+                                                (object(), TypeError, "expected a CUstream"),
+                                                (-5, ValueError, "not negative")])
+def test_stream_external_refuses_what_is_not_a_handle(handle, exc, match):
+    with pytest.raises(exc, match=match):
+        cybn.Stream.external(handle)
