@@ -640,6 +640,30 @@ cdef float _epsilon(epsilon) except? -1:
     return e
 
 
+cdef int _no_aliasing(list outputs, list inputs, tuple in_place) except -1:
+    """No output may share memory with another argument (the kernels would read values they or another
+    CTA already overwrote: silently wrong results), except exactly in place: the (output, input) name
+    pairs of in_place may be the very same memory. outputs/inputs: [(name, GPUArray or None)]."""
+    cdef GPUArray o, a
+    cdef list args = outputs + inputs
+    for i in range(len(outputs)):
+        on, o = outputs[i]
+        if o is None:
+            continue
+        for j in range(len(args)):
+            n, a = args[j]
+            if j == i or a is None:
+                continue
+            if not (o.ptr_ < a.ptr_ + a.nbytes and a.ptr_ < o.ptr_ + o.nbytes):
+                continue
+            if (on, n) in in_place and o.ptr_ == a.ptr_:
+                continue
+            same = [b for a_, b in in_place if a_ == on]
+            raise ValueError(f"{on} shares memory with {n}: outputs must not overlap other arguments"
+                             + (f" ({on} may be exactly {' or '.join(same)})" if same else ""))
+    return 0
+
+
 cdef float _factor(factor) except? -1:
     try:
         f = float(factor)
@@ -715,6 +739,8 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
     cdef GPUArray rm = _param(running_mean, "running_mean", K), rv = _param(running_var, "running_var", K)
     cdef GPUArray sm = _param(save_mean, "save_mean", K, True), si = _param(save_invstd, "save_invstd", K, True)
     cdef GPUArray gy = _like(out, "out", gx)
+    _no_aliasing([("out", gy), ("save_mean", sm), ("save_invstd", si), ("running_mean", rm), ("running_var", rv)],
+                 [("x", gx), ("scale", gs), ("bias", gb)], (("out", "x"),))
     d.epsilon = _epsilon(epsilon)
     d.factor = _factor(factor)
     d.flags = BN_DESC_AFFINE if gs is not None else 0
@@ -748,6 +774,8 @@ def forward_infer(x, scale, bias, running_mean, running_var, epsilon, out=None, 
         raise TypeError("scale and bias must both be given or both be None (non-affine)")
     cdef GPUArray rm = _param(running_mean, "running_mean", K), rv = _param(running_var, "running_var", K)
     cdef GPUArray gy = _like(out, "out", gx)
+    _no_aliasing([("out", gy)], [("x", gx), ("scale", gs), ("bias", gb), ("running_mean", rm), ("running_var", rv)],
+                 (("out", "x"),))
     d.epsilon = _epsilon(epsilon)
     d.factor = 0
     d.flags = BN_DESC_AFFINE if gs is not None else 0
@@ -778,6 +806,9 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
     cdef GPUArray m = _param(mean, mean_name, K), v = _param(stat, stat_name, K)
     cdef GPUArray gdx = _like(out, "out", gx)
     cdef GPUArray sg = _param(scale_grad, "scale_grad", K, True), bg = _param(bias_grad, "bias_grad", K, True)
+    _no_aliasing([("out", gdx), ("scale_grad", sg), ("bias_grad", bg)],
+                 [("x", gx), ("grad_y", gdy), ("scale", gs), (mean_name, m), (stat_name, v)],
+                 (("out", "x"), ("out", "grad_y")))
     d.epsilon = _epsilon(epsilon) if frozen else 1.0
     d.factor = 0
     d.flags = BN_DESC_AFFINE if gs is not None else 0

@@ -21,7 +21,7 @@ def setup(rng):
     scale, bias, rm, rv = params(rng, 3)
     arrays = dict(x=gpu(x), scale=gpu(scale), bias=gpu(bias), rm=gpu(rm), rv=gpu(rv),
                   out=gpu(np.full(x.shape, 5, np.float32)), sm=gpu(np.full(3, 6, np.float32)),
-                  si=gpu(np.full(3, 7, np.float32)))
+                  si=gpu(np.full(3, 7, np.float32)), big=gpu(np.full(48, 8, np.float32)))
     snap = {k: v.get().copy() for k, v in arrays.items()}
     return arrays, snap
 
@@ -65,7 +65,18 @@ def bad_cases(a):
         (dict(factor=-0.1), ValueError, "factor"),
         (dict(factor=float("nan")), ValueError, "factor"),
         (dict(mode="channel"), ValueError, "mode"),
+        # Outputs sharing memory with other arguments (only out is x exactly is allowed): the kernels would
+        # read what they already overwrote, e.g. the running mean update reading the saved mean.
+        (dict(save_mean=a["rm"]), ValueError, "save_mean shares memory with running_mean"),
+        (dict(save_invstd=a["sm"]), ValueError, "save_mean shares memory with save_invstd"),
+        (dict(running_var=a["scale"]), ValueError, "running_var shares memory with scale"),
+        (dict(x=view(a["big"], 0), out=view(a["big"], 1)), ValueError, r"out shares memory with x: .*exactly x"),
     ]
+
+
+def view(base, shift, shape=(2, 3, 4)):
+    """A (2, 3, 4) float32 array over base's memory, `shift` elements in (base must be big enough)."""
+    return gpuarray.GPUArray.from_pointer(base.ptr + 4 * shift, shape, np.float32, base)
 
 
 def test_forward_train_rejects(setup):
@@ -91,7 +102,8 @@ def test_forward_infer_rejects(setup):
     for kw, exc, text in [(dict(epsilon=0), ValueError, "epsilon"), (dict(running_var=gpu(np.ones(2, np.float32))), ValueError,
                                                                       "running_var"),
                           (dict(out=gpu(np.zeros(24, np.float32))), ValueError, "out must have x's shape"),
-                          (dict(x=a["x"].get()), TypeError, "x must be a GPUArray")]:
+                          (dict(x=a["x"].get()), TypeError, "x must be a GPUArray"),
+                          (dict(running_var=view(a["out"], 3, (3,))), ValueError, "out shares memory with running_var")]:
         with pytest.raises(exc, match=text):
             batchnorm.forward_infer(**{**base, **kw})
         np.testing.assert_array_equal(a["out"].get(), snap["out"])
@@ -100,6 +112,7 @@ def test_forward_infer_rejects(setup):
 def test_backward_rejects(setup):
     a, snap = setup
     dy = gpu(np.ones((2, 3, 4), np.float32))
+    big = gpu(np.ones(48, np.float32))
     base = dict(x=a["x"], grad_y=dy, scale=a["scale"], save_mean=a["sm"], save_invstd=a["si"], out=a["out"],
                 scale_grad=a["rm"], bias_grad=a["rv"])
     for kw, exc, text in [(dict(grad_y=gpu(np.ones((2, 3, 5), np.float32))), ValueError, "grad_y must have x's shape"),
@@ -107,7 +120,13 @@ def test_backward_rejects(setup):
                           (dict(grad_y=None), TypeError, "grad_y"),
                           (dict(save_invstd=gpu(np.ones(4, np.float32))), ValueError, "save_invstd must have 3"),
                           (dict(scale_grad=gpu(np.ones(2, np.float32))), ValueError, "scale_grad must have 3"),
-                          (dict(mode="per_activation"), ValueError, "must have 12 elements")]:
+                          (dict(mode="per_activation"), ValueError, "must have 12 elements"),
+                          # gradients written over the statistics the second (split) launch still reads
+                          (dict(scale_grad=a["si"]), ValueError, "scale_grad shares memory with save_invstd"),
+                          (dict(bias_grad=a["sm"]), ValueError, "bias_grad shares memory with save_mean"),
+                          (dict(x=view(big, 0), out=view(big, 2)), ValueError,
+                           r"out shares memory with x: .*exactly x or grad_y"),
+                          (dict(grad_y=view(big, 2), out=view(big, 0)), ValueError, "out shares memory with grad_y")]:
         with pytest.raises(exc, match=text):
             batchnorm.backward(**{**base, **kw})
         for k in ("out", "rm", "rv"):
