@@ -28,6 +28,14 @@ def _require_array(a, what):
         raise TypeError(f"{what} must be a GPUArray, got {type(a).__name__}")
 
 
+def _check_no_partial_overlap(a, b, what):
+    # Elementwise kernels read element i and write element i: the same memory is fine, but a shifted or
+    # differently-sized view of it would let one thread overwrite what another has yet to read.
+    if a.nbytes and b.nbytes and a.ptr < b.ptr + b.nbytes and b.ptr < a.ptr + a.nbytes and \
+            (a.ptr != b.ptr or a.itemsize != b.itemsize):
+        raise ValueError(f"{what} overlap in device memory without being the same array")
+
+
 def fill(ary, value, stream=None):
     """Set every element of `ary` to `value`, converted to ary's dtype as numpy converts it."""
     _require_array(ary, "fill: ary")
@@ -50,6 +58,7 @@ def cast(src, dst, stream=None):
     for what, a in (("src", src), ("dst", dst)):
         if a.dtype not in _FLOATS:
             raise TypeError(f"cast: {what} dtype {a.dtype} not supported (float16, float32, float64)")
+    _check_no_partial_overlap(src, dst, "cast: src and dst")
     if src.dtype == dst.dtype:
         dst.set(src, stream=stream)
         return dst
@@ -74,6 +83,8 @@ def axpby(x, y, alpha, beta, out=None, stream=None):
             raise TypeError(f"axpby: {what} dtype {a.dtype} differs from x dtype {x.dtype}")
     if x.dtype not in _FLOATS:
         raise TypeError(f"axpby: dtype {x.dtype} not supported (float16, float32, float64)")
+    _check_no_partial_overlap(x, out, "axpby: x and out")
+    _check_no_partial_overlap(y, out, "axpby: y and out")
     t = _FLOATS[x.dtype]
     if x.size:
         fn = kernels.get_function(SOURCE, f"cybn_axpby_{t}", "PPP" + ("dd" if t == "f64" else "ff") + "Q")

@@ -249,3 +249,32 @@ def test_grid_beyond_64_or_32_bits_is_a_clear_value_error(grid):
 def test_stream_external_refuses_what_is_not_a_handle(handle, exc, match):
     with pytest.raises(exc, match=match):
         cybn.Stream.external(handle)
+
+
+# ---------------------------------------------------------------- elementwise on overlapping memory
+def test_cast_into_an_overlapping_view_is_refused_and_writes_nothing():
+    from cybn import elementwise
+    x64 = to_gpu(np.arange(4, dtype=np.float64))
+    y32 = cybn.GPUArray.from_pointer(x64.ptr + 8, (4,), np.float32, x64)  # bytes 8..24 of x64
+    with pytest.raises(ValueError, match="overlap"):
+        elementwise.cast(x64, y32)
+    np.testing.assert_array_equal(x64.get(), [0, 1, 2, 3])
+    same = cybn.GPUArray.from_pointer(x64.ptr, (4,), np.float32, x64)
+    with pytest.raises(ValueError, match="overlap"):
+        elementwise.cast(x64, same)  # same start, different element size: still a race
+
+
+def test_axpby_in_place_is_fine_but_a_shifted_out_is_refused():
+    from cybn import elementwise
+    x = to_gpu(np.array([1, 2, 3, 4, 5], np.float32))
+    y = to_gpu(np.array([10, 20, 30, 40, 50], np.float32))
+    elementwise.axpby(x, y, 2.0, 1.0)  # out = y: each element read then written by one thread
+    np.testing.assert_array_equal(y.get(), [12, 24, 36, 48, 60])
+    elementwise.axpby(x, y, 1.0, 0.5, out=x)
+    np.testing.assert_array_equal(x.get(), [7, 14, 21, 28, 35])
+    big = to_gpu(np.arange(6, dtype=np.float32))
+    lo = cybn.GPUArray.from_pointer(big.ptr, (5,), np.float32, big)
+    hi = cybn.GPUArray.from_pointer(big.ptr + 4, (5,), np.float32, big)
+    with pytest.raises(ValueError, match="overlap"):
+        elementwise.axpby(lo, y, 1.0, 1.0, out=hi)
+    np.testing.assert_array_equal(big.get(), np.arange(6))
