@@ -4,6 +4,7 @@ from cuda.bindings cimport cydriver
 from cybn.device cimport ensure_context
 from cybn.status cimport check
 from cybn.stream cimport resolve_stream
+from cybn.errors import CudaError
 
 
 cdef class Event:
@@ -12,6 +13,7 @@ cdef class Event:
     def __cinit__(self, bint timing=True, bint blocking=False):
         self.event = NULL
         self.timing = timing
+        self.recorded = False
         cdef unsigned int flags = 0
         if not timing:
             flags |= cydriver.CU_EVENT_DISABLE_TIMING
@@ -39,6 +41,7 @@ cdef class Event:
         cdef cydriver.CUstream s = resolve_stream(stream)
         with nogil:
             check(cydriver.cuEventRecord(self.event, s), "cuEventRecord")
+        self.recorded = True
         return self
 
     def synchronize(self):
@@ -61,9 +64,22 @@ cdef class Event:
         if not self.timing or not end.timing:
             raise ValueError("elapsed_ms needs two events created with timing=True")
         cdef float ms = 0
+        cdef cydriver.CUresult r
         ensure_context()
         with nogil:
-            check(cydriver.cuEventElapsedTime(&ms, self.event, end.event), "cuEventElapsedTime")
+            r = cydriver.cuEventElapsedTime(&ms, self.event, end.event)
+        if r != cydriver.CUDA_SUCCESS:
+            try:
+                check(r, "cuEventElapsedTime")
+            except CudaError as e:
+                # The driver says "invalid resource handle" for an event never recorded: say which one.
+                unrecorded = [w for w, ev in (("start", self), ("end", end)) if not (<Event>ev).recorded]
+                if r == cydriver.CUDA_ERROR_INVALID_HANDLE and unrecorded:
+                    note = (f"elapsed_ms: the {' and '.join(unrecorded)} event"
+                            + (" was" if len(unrecorded) == 1 else "s were") + " never recorded")
+                    raise CudaError(e.code, e.name, e.description, e.call,
+                                    note + ("\n" + e.detail if e.detail else "")) from None
+                raise
         return ms
 
     def __repr__(self):

@@ -278,3 +278,17 @@ def test_axpby_in_place_is_fine_but_a_shifted_out_is_refused():
     with pytest.raises(ValueError, match="overlap"):
         elementwise.axpby(lo, y, 1.0, 1.0, out=hi)
     np.testing.assert_array_equal(big.get(), np.arange(6))
+
+
+# ---------------------------------------------------------------- events
+@pytest.mark.parametrize("record, which", [((), "start and end events were"), ((0,), "end event was"),
+                                           ((1,), "start event was")])
+def test_elapsed_on_an_unrecorded_event_says_which(record, which):
+    events = [cybn.Event(), cybn.Event()]
+    for i in record:
+        events[i].record()
+    with pytest.raises(cybn.CudaError) as info:
+        events[0].elapsed_ms(events[1])
+    e = info.value
+    assert e.call == "cuEventElapsedTime" and e.name == "CUDA_ERROR_INVALID_HANDLE"
+    assert f"the {which} never recorded" in str(e)
