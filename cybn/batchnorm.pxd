@@ -50,7 +50,7 @@ ctypedef struct bn_desc:
     int sm_count                # of the device: the launch heuristic aims at 2 CTAs per SM
     cydriver.CUfunction kernels[4]     # BN_K_*, filled by prepare() for (dtype, mode)
     unsigned int static_shared[4]      # their static shared memory (the cache gets the rest of 48 KiB)
-    cydriver.CUdeviceptr workspace     # counters (zero between calls) + partials; see bn_workspace_size
+    cydriver.CUdeviceptr workspace     # scratch: counters (zeroed by each split call) + partials; bn_workspace_size
     size_t workspace_bytes
     int force_group             # tests: threads per channel (spatial) / row lanes (per-activation); 0 auto
     int force_split             # tests: CTAs per channel; 0 auto

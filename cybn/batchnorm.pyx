@@ -13,10 +13,11 @@ y = scale * (x - mean) * invstd + bias; running_mean = (1 - factor) * running_me
 running_var = (1 - factor) * running_var + factor * var_b * M / (M - 1) (M values per statistic; when
 M == 1 the unbiased variance is undefined and var_b, i.e. 0, is used: never NaN or inf).
 
-Workspace: the split plan (several CTAs per channel) needs per-column counters (zero between calls:
-the last CTA resets them) and scratch for the partial statistics. Both are allocated on first need
-per (device, stream, thread) and kept for the life of the process (the counters zeroed once at
-creation); one per stream and thread so that no two calls' launches interleave on one workspace.
+Workspace: the split plan (several CTAs per channel) needs per-column counters and scratch for the
+partial statistics. It is plain scratch: each split call zeroes its counters on the stream first
+(an async memset, not a launch), so its earlier content never matters. Allocated on first need per
+(device, stream, thread) and kept for the life of the process; one per stream and thread so that no
+two calls' launches interleave on one workspace.
 """
 import enum
 import threading
@@ -253,6 +254,18 @@ cdef int _launch(const bn_desc* d, int kernel, const bn_plan* p, cydriver.CUstre
     return BN_OK
 
 
+cdef int _zero_counters(const bn_desc* d, cydriver.CUstream stream) noexcept nogil:
+    """A split plan's per-column counters start at zero. Zeroed on the stream before every split call,
+    so the workspace is plain scratch for every face (Python, Cython, C): an earlier call with another
+    shape may have left partials where this call's counters lie, and a failed call may have left
+    counters part-way. C * 4 bytes by the driver, not a kernel launch."""
+    cdef cydriver.CUresult r = cydriver.cuMemsetD32Async(d.workspace, 0, _counter_bytes(d) // 4, stream)
+    if r != cydriver.CUDA_SUCCESS:
+        snprintf(cybn_bn_error, sizeof(cybn_bn_error), "cuMemsetD32Async failed: %d", <int>r)
+        return <int>r
+    return BN_OK
+
+
 cdef inline int _vec_ok(const bn_desc* d, cydriver.CUdeviceptr a, cydriver.CUdeviceptr b,
                         cydriver.CUdeviceptr c) noexcept nogil:
     """16-byte units: 1 when every row is 16-byte aligned (S a multiple of the vector width, pointers
@@ -298,6 +311,9 @@ cdef int bn_forward_train_core(const bn_desc* d, cydriver.CUdeviceptr x, cydrive
     cdef long long stats = d.C if d.mode == BN_SPATIAL else d.C * d.S
     if p.split > 1:
         shifted = partials + _round256(<size_t>stats * p.split * 12)
+        st = _zero_counters(d, stream)
+        if st != BN_OK:
+            return st
     else:
         counters = partials = 0
     cdef long long N = d.N, C = d.C, S = d.S
@@ -373,6 +389,10 @@ cdef int bn_backward_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUd
     cdef int flags = ((K_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec)
                       | (K_STAT_IS_VAR if frozen else 0))
     cdef int cache = p.cache_units
+    if p.split > 1:
+        st = _zero_counters(d, stream)
+        if st != BN_OK:
+            return st
     cdef void* args[16]
     args[0] = &x; args[1] = &dy; args[2] = &dx; args[3] = &scale; args[4] = &mean; args[5] = &stat
     args[6] = &scale_grad; args[7] = &bias_grad; args[8] = &partials; args[9] = &counters
@@ -449,12 +469,9 @@ cdef int bn_prepare_desc(bn_desc* d) except -1:
 
 
 # ------------------------------------------------------------------------------------------ workspace
-cdef dict _workspaces = {}   # (context, stream, thread) -> DeviceBuffer (counters zeroed at creation)
-# (context, stream, thread) -> how many leading bytes of its buffer are known to be zero. A split call
-# leaves its counters [0, counter_bytes) at zero but its partials right after them, so a later call
-# whose counters reach further (more grid columns) must first zero that stretch, or it would count
-# from an earlier call's partials (statistics never finished, or finished from incomplete partials).
-cdef dict _ws_clean = {}
+# (context, stream, thread) -> DeviceBuffer. Plain scratch: the cores zero a split call's counters on
+# the stream themselves (_zero_counters), so no content needs to survive between calls.
+cdef dict _workspaces = {}
 
 
 cdef _workspace_key(cydriver.CUcontext ctx, cydriver.CUstream stream):
@@ -465,19 +482,11 @@ cdef _workspace_key(cydriver.CUcontext ctx, cydriver.CUstream stream):
     return (<size_t>ctx, <size_t>stream, threading.get_ident())
 
 
-cdef DeviceBuffer _workspace(cydriver.CUcontext ctx, cydriver.CUstream stream, size_t nbytes,
-                             size_t counter_bytes):
-    """The stream's workspace of at least nbytes, its first counter_bytes zero when the stream reaches
-    the next launch (zeroed asynchronously on the stream where an earlier call left partials there)."""
+cdef DeviceBuffer _workspace(cydriver.CUcontext ctx, cydriver.CUstream stream, size_t nbytes):
+    """The stream's (and thread's) workspace of at least nbytes."""
     key = _workspace_key(ctx, stream)
     cdef DeviceBuffer buf = _workspaces.get(key)
-    cdef size_t clean
     if buf is not None and buf.nbytes >= nbytes:
-        clean = _ws_clean.get(key, 0)
-        if counter_bytes > clean:
-            check(cydriver.cuMemsetD8Async(<cydriver.CUdeviceptr>buf.ptr + clean, 0, counter_bytes - clean,
-                                           stream), "cuMemsetD8Async")
-        _ws_clean[key] = counter_bytes  # this call's partials start right after its counters
         return buf
     cdef size_t size = 1 << 16
     while size < nbytes:
@@ -487,17 +496,8 @@ cdef DeviceBuffer _workspace(cydriver.CUcontext ctx, cydriver.CUstream stream, s
     if buf is not None:
         _retired.append(buf)
     buf = DeviceBuffer(size)
-    check(cydriver.cuMemsetD8(<cydriver.CUdeviceptr>buf.ptr, 0, size), "cuMemsetD8")
     _workspaces[key] = buf
-    _ws_clean[key] = counter_bytes
     return buf
-
-
-cdef int _workspace_failed(const bn_desc* d, cydriver.CUstream stream) except -1:
-    """After a failed call: its CTAs may have left counters part-way, so the next call re-zeroes them."""
-    if d.workspace:
-        _ws_clean[_workspace_key(ensure_context(), stream)] = 0
-    return 0
 
 
 cdef list _retired = []
@@ -505,14 +505,13 @@ cdef list _retired = []
 
 def free_workspaces():
     """Free the kept workspaces (after synchronising the context, so no queued launch still uses them);
-    the next split launch allocates fresh zeroed ones. For leak accounting in tests and at shutdown."""
+    the next split launch allocates fresh ones. For leak accounting in tests and at shutdown."""
     if not _workspaces and not _retired:
         return
     ensure_context()
     with nogil:
         check(cydriver.cuCtxSynchronize(), "cuCtxSynchronize")
     _workspaces.clear()
-    _ws_clean.clear()
     del _retired[:]
 
 
@@ -702,7 +701,7 @@ cdef int _finish_desc(bn_desc* d, cydriver.CUstream stream) except -1:
     cdef size_t need = bn_workspace_size(d)
     cdef DeviceBuffer ws
     if need:
-        ws = _workspace(ensure_context(), stream, need, _counter_bytes(d))
+        ws = _workspace(ensure_context(), stream, need)
         d.workspace = ws.ptr
         d.workspace_bytes = ws.nbytes
     return 0
@@ -758,8 +757,6 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
     cdef int st
     with nogil:
         st = bn_forward_train_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], s)
-    if st != BN_OK:
-        _workspace_failed(&d, s)
     _status(st, "cuLaunchKernel")
     return gy, sm, si
 
@@ -788,8 +785,6 @@ def forward_infer(x, scale, bias, running_mean, running_var, epsilon, out=None, 
     cdef int st
     with nogil:
         st = bn_forward_infer_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], s)
-    if st != BN_OK:
-        _workspace_failed(&d, s)
     _status(st, "cuLaunchKernel")
     return gy
 
@@ -826,8 +821,6 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
     cdef int st
     with nogil:
         st = bn_backward_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], frozen, s)
-    if st != BN_OK:
-        _workspace_failed(&d, s)
     _status(st, "cuLaunchKernel")
     return gdx, sg, bg
 

@@ -50,8 +50,8 @@ extern "C" {
 typedef unsigned long long cybn_deviceptr;   /* a CUdeviceptr */
 
 /* What to normalise. Fill with cybn_desc_init(), then set workspace/workspace_bytes if
- * cybn_workspace_size() is non-zero. The workspace is device memory zero-filled once before its first
- * use (cybn leaves its counters at zero after every call) and used by one stream at a time. */
+ * cybn_workspace_size() is non-zero. The workspace is device scratch with no required content (each
+ * call that needs it zeroes its counters on the stream first), used by one stream and thread at a time. */
 typedef struct cybn_desc {
     int32_t mode;                /* CYBN_SPATIAL / CYBN_PER_ACTIVATION */
     int32_t dtype;               /* CYBN_FLOAT32 / CYBN_FLOAT16 */

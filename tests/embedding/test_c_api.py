@@ -47,8 +47,8 @@ def test_c_extension_pipeline(cext, case):
 
 @pytest.mark.parametrize("case", SPLIT_CASES)
 def test_split_cases_use_a_workspace(cext, case):
-    """The split cases above run forward_train then backward through one caller-zeroed workspace: right
-    only if cybn leaves its counters at zero after each call."""
+    """The split cases above run forward_train then backward through one workspace that the extension
+    fills with garbage (0xA5) first: right only because every split call zeroes its own counters."""
     mode, dtype, shape, _ = CASES[case]
     cext.prepare(CODES[dtype], CODES[mode])
     st, msg, need = cext.call("workspace_size", fields(CODES[mode], CODES[dtype], 1, *shape), (), 0, False)

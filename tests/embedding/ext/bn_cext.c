@@ -152,7 +152,8 @@ static PyObject *run(PyObject *self, PyObject *args)
         if (bytes[i] && (r = drv.MemAlloc(&buf[i], bytes[i])) != CUDA_SUCCESS) failed = "cuMemAlloc";
     for (i = 0; !failed && i < 6; i++)
         if ((r = drv.MemcpyHtoDAsync(buf[i], in[i].buf, bytes[i], stream)) != CUDA_SUCCESS) failed = "cuMemcpyHtoD";
-    if (!failed && bytes[WS] && (r = drv.MemsetD8Async(buf[WS], 0, bytes[WS], stream)) != CUDA_SUCCESS)
+    /* The workspace is scratch with no required content: fill it with garbage to prove it. */
+    if (!failed && bytes[WS] && (r = drv.MemsetD8Async(buf[WS], 0xA5, bytes[WS], stream)) != CUDA_SUCCESS)
         failed = "cuMemsetD8Async";
     if (!failed) {
         d.workspace = buf[WS];

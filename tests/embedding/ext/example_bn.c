@@ -4,7 +4,7 @@
 #include <Python.h>
 #include "cybn.h"
 
-/* workspace_size(N, C, S) -> bytes of zeroed device scratch train_step needs (0: none) */
+/* workspace_size(N, C, S) -> bytes of device scratch train_step needs (0: none) */
 static PyObject *workspace_size(PyObject *self, PyObject *args)
 {
     long long N, C, S;

@@ -40,11 +40,11 @@ def train_step(x, dy, scale, bias, running_mean, running_var, stream):
     return y, sm, si, dx, sg, bg
 
 
-_workspaces = {}  # stream handle -> scratch, zeroed once (cybn leaves it zeroed) and kept for the stream
+_workspaces = {}  # stream handle -> scratch (no required content), kept for the stream
 
 
 def _workspace(stream, nbytes):
     ws = _workspaces.get(stream.handle)
     if ws is None or ws.nbytes < nbytes:
-        ws = _workspaces[stream.handle] = cybn.zeros((nbytes,), np.uint8)
+        ws = _workspaces[stream.handle] = cybn.empty((nbytes,), np.uint8)
     return ws.ptr
