@@ -13,7 +13,7 @@
 // With P == 1 a CTA owns its channels whole and fuses statistics and normalisation (or reduction
 // and dx) into one launch, replaying x from a shared-memory cache where it fits. With P > 1 each CTA
 // writes its partial to a workspace and the last CTA of a grid column (an atomic counter per
-// column, reset to 0 by that CTA so no memset is needed per call) combines them in a fixed order
+// column, zeroed on the stream by the host before each split call) combines them in a fixed order
 // (deterministic); the element-wise second half is then a second launch.
 // All offsets are 64-bit; loops are grid-stride so any size fits the grid limits.
 #include <cuda_fp16.h>
@@ -124,7 +124,6 @@ __device__ __forceinline__ bool last_cta_of_column(unsigned* counters) {
         __threadfence();
         const unsigned prev = atomicAdd(&counters[blockIdx.x], 1u);
         last = prev == gridDim.y - 1;
-        if (last) counters[blockIdx.x] = 0;  // self-resetting: the next launch finds 0
         __threadfence();
     }
     __syncthreads();
