@@ -20,6 +20,8 @@ __all__ = [
     "library_path", "load", "active", "counters", "reset_counters", "measure", "Measurement",
     "checks", "set_checks", "checks_set", "seed", "set_seed", "get_seed", "fail_alloc_after",
     "alloc_budget", "fail_module_loads", "last_report", "live_allocations", "live_pinned_allocations",
+    "PROFILES", "profile", "profile_info", "nvjitlink_path", "register_source", "function_registers",
+    "set_function_registers",
 ]
 
 _IDENTITY = 0x53475055  # softgpuIdentify(): "SGPU"
@@ -78,6 +80,7 @@ def load(path=None):
         raise FileNotFoundError(
             "software GPU library not found at %s: build it (pip install . builds src/softgpu into "
             "cybn/_softgpu/libcuda.so.1) or set CYBN_SOFTGPU_LIBRARY" % path)
+    _configure_nvjitlink()
     lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
     try:
         ident = lib.softgpuIdentify
@@ -87,6 +90,8 @@ def load(path=None):
     if ident() != _IDENTITY:
         raise RuntimeError("%s is not the cybn software GPU (softgpuIdentify mismatch)" % path)
     _declare(lib)
+    if lib.softgpuProfileName() is None:  # a bad CYBN_SOFTGPU_PROFILE: refuse before anything runs
+        raise ValueError(lib.softgpuProfileError().decode())
     _check_bindings_driver()
     _lib = lib
     return lib
@@ -119,6 +124,12 @@ def _declare(lib):
         "softgpuLastReport": (ctypes.c_char_p, []),
         "softgpuLiveAllocations": (None, [ctypes.POINTER(u64), ctypes.POINTER(u64)]),
         "softgpuLivePinnedAllocations": (None, [ctypes.POINTER(u64), ctypes.POINTER(u64)]),
+        "softgpuProfileName": (ctypes.c_char_p, []),
+        "softgpuProfileError": (ctypes.c_char_p, []),
+        "softgpuProfileJSON": (ctypes.c_char_p, []),
+        "softgpuRegisterSource": (ctypes.c_char_p, []),
+        "softgpuFunctionRegisters": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]),
+        "softgpuSetFunctionRegisters": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(lib, name)
@@ -344,3 +355,68 @@ def live_pinned_allocations():
     count, nbytes = ctypes.c_ulonglong(), ctypes.c_ulonglong()
     _need().softgpuLivePinnedAllocations(ctypes.byref(count), ctypes.byref(nbytes))
     return count.value, nbytes.value
+
+
+# ---------------------------------------------------------------- device profile and registers
+PROFILES = ("small", "a100", "h100", "h200", "l4", "t4", "rtx4090")  # CYBN_SOFTGPU_PROFILE values
+
+
+def profile():
+    """The active device profile's name (CYBN_SOFTGPU_PROFILE, fixed when the library first reads it)."""
+    return _need().softgpuProfileName().decode()
+
+
+def profile_info():
+    """The active profile's numbers: compute capability, SMs, per-SM limits, allocation units, L2, clocks."""
+    return json.loads(_need().softgpuProfileJSON().decode())
+
+
+def nvjitlink_path():
+    """libnvJitLink from NVIDIA's nvidia-nvjitlink wheel (nvidia/cu13/lib), or None when it is not installed."""
+    import importlib.util
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        lib_dir = os.path.join(root, "cu13", "lib")
+        names = sorted(n for n in os.listdir(lib_dir) if n.startswith("libnvJitLink.so")) if os.path.isdir(lib_dir) else []
+        if names:
+            return os.path.join(lib_dir, names[0])
+    return None
+
+
+def _configure_nvjitlink():
+    """Point the library at the wheel's libnvJitLink for exact register counts, unless the user chose
+    (CYBN_SOFTGPU_NVJITLINK=path, or 0 for the liveness estimate)."""
+    if "CYBN_SOFTGPU_NVJITLINK" not in os.environ:
+        path = nvjitlink_path()
+        if path:
+            os.environ["CYBN_SOFTGPU_NVJITLINK"] = path
+
+
+def register_source():
+    """Where register counts come from: ("nvjitlink", path) or ("estimate", why)."""
+    status = _need().softgpuRegisterSource().decode()
+    if status and os.path.exists(status):
+        return "nvjitlink", status
+    return "estimate", status or "CYBN_SOFTGPU_NVJITLINK is not set (the nvidia-nvjitlink wheel is not installed)"
+
+
+def function_registers(func):
+    """Register facts of a loaded kernel (a CUfunction from cuda.bindings or its integer handle):
+    registers (what occupancy uses), estimate (the liveness estimate), exact (ptxas' count or None),
+    spill_bytes (per thread, exact counts only), declared (registers the PTX declares)."""
+    out = (ctypes.c_int * 5)()
+    rc = _need().softgpuFunctionRegisters(ctypes.c_void_p(int(func)), out)
+    if rc != 0:
+        raise ValueError("function_registers: %r is not a loaded function (CUresult %d)" % (func, rc))
+    return {"registers": out[0], "estimate": out[1], "exact": out[0] if out[2] else None,
+            "spill_bytes": out[3], "declared": out[4]}
+
+
+def set_function_registers(func, regs):
+    """Tests: occupancy and launches of `func` see `regs` (1..255) registers per thread from now on,
+    as if ptxas had allocated that many (for occupancy cases worked out by hand)."""
+    _check_count("regs", regs, 1)
+    rc = _need().softgpuSetFunctionRegisters(ctypes.c_void_p(int(func)), regs)
+    if rc != 0:
+        raise ValueError("set_function_registers(%r, %r) refused (CUresult %d): a loaded function and "
+                         "1..255 registers are needed" % (func, regs, rc))

@@ -260,6 +260,7 @@ struct Decoder {
             uint32_t units = uint32_t((bits + 31) / 32);
             auto add = [&](const std::string& name) {
                 scope[name] = Sym{Sym::Reg, st->fn->nregs++, 0};
+                st->fn->reg_bits.push_back(uint8_t(d.type == ".pred" ? 1 : std::min(bits, 255)));
                 st->fn->reg_units += units;
             };
             if (!d.init.empty() && d.init[0].is("<>")) {

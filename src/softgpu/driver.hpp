@@ -56,16 +56,34 @@ struct CUfunc_st {
 
 namespace softgpu {
 
-// Device properties the driver reports and enforces (compute capability 8.0, small SM count).
-constexpr int kSmCount = 4;
-constexpr uint32_t kMaxThreadsPerBlock = 1024;
-constexpr uint32_t kMaxThreadsPerSm = 2048;
-constexpr uint32_t kMaxBlocksPerSm = 32;
-constexpr uint32_t kRegistersPerSm = 65536;
-constexpr uint32_t kStaticSmemPerBlock = 48 * 1024;
-constexpr uint32_t kOptinSmemPerBlock = 232448;  // 227 KiB
-constexpr uint32_t kSmemPerSm = 167936;          // 164 KiB
-constexpr uint32_t kReservedSmemPerBlock = 1024; // the driver's per-block reservation on sm_80
+// The device the driver reports and enforces: one of the profiles of profiles.cpp, chosen by
+// CYBN_SOFTGPU_PROFILE at first use (default "small": sm_80 limits, 4 SMs).
+struct DeviceProfile {
+    const char* name = "";
+    const char* device_name = "";     // cuDeviceGetName
+    int cc_major = 8, cc_minor = 0;
+    int sm_count = 4;
+    uint32_t max_threads_per_block = 1024;
+    uint32_t max_threads_per_sm = 2048;
+    uint32_t max_blocks_per_sm = 32;
+    uint32_t registers_per_sm = 65536;
+    uint32_t registers_per_block = 65536;
+    uint32_t max_registers_per_thread = 255;
+    uint32_t reg_alloc_unit = 256;     // registers per warp are rounded up to this
+    uint32_t sub_partitions = 4;       // the register file is split among 4 schedulers
+    uint32_t smem_per_block = 48 * 1024;  // without opt-in
+    uint32_t smem_per_sm = 0;
+    uint32_t smem_optin_per_block = 0;
+    uint32_t smem_reserved_per_block = 0;  // the driver's own use, per block (1 KiB from sm_80)
+    uint32_t smem_alloc_unit = 128;
+    uint32_t l2_bytes = 0, persisting_l2_max = 0, access_policy_window_max = 0;
+    int clock_khz = 0, memory_clock_khz = 0, bus_width_bits = 0;
+    int fp64_ratio = 2;                // SINGLE_TO_DOUBLE_PRECISION_PERF_RATIO
+    uint32_t max_warps_per_sm() const { return max_threads_per_sm / 32; }
+};
+const DeviceProfile& device_profile();
+const std::string& profile_error();  // non-empty when CYBN_SOFTGPU_PROFILE names no profile
+std::string profile_names();         // "small, a100, ..." for messages
 
 // One lock around the whole driver: the interpreter is single-threaded. Recursive because a
 // host function run by cuLaunchHostFunc may call back into the driver.
@@ -95,9 +113,17 @@ void unregister_handle(CUfunction f);
 void release_context_resources(CUctx_st* ctx);
 void unload_module(CUmodule m);  // driver_module.cpp
 extern int g_fail_module_loads;  // the next n module loads fail (softgpuFailModuleLoads)
-// Registers per thread as occupancy sees them; the block size limit of a function.
-uint32_t effective_registers(const KernelInfo& info, uint32_t threads);
-uint32_t function_max_threads(const KernelInfo& info);
+// occupancy.cpp: NVIDIA's occupancy rules for the active profile.
+struct OccupancyLimits { uint32_t blocks = 0, by_slots = 0, by_warps = 0, by_registers = 0, by_shared = 0; };
+OccupancyLimits occupancy_limits(const KernelInfo& info, uint32_t threads, uint64_t dynamic_smem);
+uint32_t occupancy(const KernelInfo& info, uint32_t threads, uint64_t dynamic_smem);  // resident blocks per SM
+uint32_t declared_max_threads(const KernelInfo& info);      // 1024, .maxntid, .reqntid
+uint32_t register_limited_threads(const KernelInfo& info);  // the largest block the register file holds
+uint32_t function_max_threads(const KernelInfo& info);      // both: CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK
+// registers.cpp / jitlink.cpp: registers per thread as ptxas allocates them for the profile's
+// architecture (exact through nvJitLink when CYBN_SOFTGPU_NVJITLINK names it, else estimated).
+uint32_t kernel_registers(const KernelInfo& info);
+void assign_registers(Module* m, const char* ptx, size_t len);  // once per module load
 
 // The last launch or module-load failure text (softgpuLastReport); failures also go to stderr.
 void set_last_report(const std::string& text, bool print);

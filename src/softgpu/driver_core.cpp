@@ -182,6 +182,7 @@ CUresult cuInit(unsigned int Flags) {
     if (Flags != 0) return CUDA_ERROR_INVALID_VALUE;
     config();  // read the environment once, now
     if (!config_error().empty()) return CUDA_ERROR_INVALID_VALUE;
+    if (!profile_error().empty()) return set_last_report(profile_error(), true), CUDA_ERROR_INVALID_VALUE;
     g_initialized = true;
     return CUDA_SUCCESS;
 }

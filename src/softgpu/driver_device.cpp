@@ -1,4 +1,4 @@
-// driver_device.cpp: the one software device and its attributes (an sm_80-like part with 4 SMs).
+// driver_device.cpp: the one software device and its attributes, from the active profile (profiles.cpp).
 #include <cstdio>
 #include <cstring>
 
@@ -8,8 +8,6 @@ using namespace softgpu;
 
 namespace {
 
-const char kDeviceName[] = "cybn software GPU";
-
 CUresult check_device(CUdevice dev) {
     if (CUresult r = check_init()) return r;
     return dev == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE;
@@ -17,55 +15,56 @@ CUresult check_device(CUdevice dev) {
 
 // Attribute values; anything not listed (textures, surfaces, interop, IPC...) is 0.
 int attribute_value(int a) {
+    const DeviceProfile& p = device_profile();
     switch (a) {
-        case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK: return kMaxThreadsPerBlock;
+        case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK: return int(p.max_threads_per_block);
         case CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_X: return 1024;
         case CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Y: return 1024;
         case CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Z: return 64;
         case CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X: return 2147483647;
         case CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y: return 65535;
         case CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z: return 65535;
-        case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK: return kStaticSmemPerBlock;
+        case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK: return int(p.smem_per_block);
         case CU_DEVICE_ATTRIBUTE_TOTAL_CONSTANT_MEMORY: return 65536;
         case CU_DEVICE_ATTRIBUTE_WARP_SIZE: return 32;
         case CU_DEVICE_ATTRIBUTE_MAX_PITCH: return 2147483647;
-        case CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_BLOCK: return kRegistersPerSm;
-        case CU_DEVICE_ATTRIBUTE_CLOCK_RATE: return 1410000;  // kHz
+        case CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_BLOCK: return int(p.registers_per_block);
+        case CU_DEVICE_ATTRIBUTE_CLOCK_RATE: return p.clock_khz;
         case CU_DEVICE_ATTRIBUTE_TEXTURE_ALIGNMENT: return 512;
         case CU_DEVICE_ATTRIBUTE_GPU_OVERLAP: return 1;
-        case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: return kSmCount;
+        case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: return p.sm_count;
         case CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY: return 1;
         case CU_DEVICE_ATTRIBUTE_COMPUTE_MODE: return CU_COMPUTEMODE_DEFAULT;
         case CU_DEVICE_ATTRIBUTE_SURFACE_ALIGNMENT: return 512;
         case CU_DEVICE_ATTRIBUTE_CONCURRENT_KERNELS: return 1;
-        case CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE: return 1215000;  // kHz
-        case CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH: return 5120;
-        case CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE: return 40 * 1024 * 1024;
-        case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR: return kMaxThreadsPerSm;
+        case CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE: return p.memory_clock_khz;
+        case CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH: return p.bus_width_bits;
+        case CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE: return int(p.l2_bytes);
+        case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR: return int(p.max_threads_per_sm);
         case CU_DEVICE_ATTRIBUTE_ASYNC_ENGINE_COUNT: return 2;
         case CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING: return 1;
         case CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT: return 32;
-        case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: return 8;
-        case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: return 0;
+        case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: return p.cc_major;
+        case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: return p.cc_minor;
         case CU_DEVICE_ATTRIBUTE_STREAM_PRIORITIES_SUPPORTED: return 1;
         case CU_DEVICE_ATTRIBUTE_GLOBAL_L1_CACHE_SUPPORTED: return 1;
         case CU_DEVICE_ATTRIBUTE_LOCAL_L1_CACHE_SUPPORTED: return 1;
-        case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR: return kSmemPerSm;
-        case CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_MULTIPROCESSOR: return kRegistersPerSm;
-        case CU_DEVICE_ATTRIBUTE_SINGLE_TO_DOUBLE_PRECISION_PERF_RATIO: return 2;
+        case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR: return int(p.smem_per_sm);
+        case CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_MULTIPROCESSOR: return int(p.registers_per_sm);
+        case CU_DEVICE_ATTRIBUTE_SINGLE_TO_DOUBLE_PRECISION_PERF_RATIO: return p.fp64_ratio;
         case CU_DEVICE_ATTRIBUTE_COMPUTE_PREEMPTION_SUPPORTED: return 1;
         case CU_DEVICE_ATTRIBUTE_CAN_USE_HOST_POINTER_FOR_REGISTERED_MEM: return 1;
         case CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH: return 1;
-        case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN: return kOptinSmemPerBlock;
+        case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN: return int(p.smem_optin_per_block);
         case CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED: return 1;
-        case CU_DEVICE_ATTRIBUTE_MAX_BLOCKS_PER_MULTIPROCESSOR: return kMaxBlocksPerSm;
-        case CU_DEVICE_ATTRIBUTE_MAX_PERSISTING_L2_CACHE_SIZE: return 30 * 1024 * 1024;
-        case CU_DEVICE_ATTRIBUTE_MAX_ACCESS_POLICY_WINDOW_SIZE: return 134213632;
-        case CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK: return kReservedSmemPerBlock;
+        case CU_DEVICE_ATTRIBUTE_MAX_BLOCKS_PER_MULTIPROCESSOR: return int(p.max_blocks_per_sm);
+        case CU_DEVICE_ATTRIBUTE_MAX_PERSISTING_L2_CACHE_SIZE: return int(p.persisting_l2_max);
+        case CU_DEVICE_ATTRIBUTE_MAX_ACCESS_POLICY_WINDOW_SIZE: return int(p.access_policy_window_max);
+        case CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK: return int(p.smem_reserved_per_block);
         case CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED: return 1;
         case CU_DEVICE_ATTRIBUTE_NUMA_ID: return -1;
         case CU_DEVICE_ATTRIBUTE_HOST_NUMA_ID: return -1;
-        case CU_DEVICE_ATTRIBUTE_MAX_OVERSIZED_SHARED_MEMORY_PER_BLOCK: return kOptinSmemPerBlock;
+        case CU_DEVICE_ATTRIBUTE_MAX_OVERSIZED_SHARED_MEMORY_PER_BLOCK: return int(p.smem_optin_per_block);
         default: return 0;
     }
 }
@@ -93,7 +92,7 @@ CUresult cuDeviceGetName(char* name, int len, CUdevice dev) {
     SG_LOCK;
     if (CUresult r = check_device(dev)) return r;
     if (!name || len <= 0) return CUDA_ERROR_INVALID_VALUE;
-    snprintf(name, size_t(len), "%s", kDeviceName);
+    snprintf(name, size_t(len), "%s", device_profile().device_name);
     return CUDA_SUCCESS;
 }
 
@@ -128,8 +127,8 @@ CUresult cuDeviceComputeCapability(int* major, int* minor, CUdevice dev) {
     SG_LOCK;
     if (CUresult r = check_device(dev)) return r;
     if (!major || !minor) return CUDA_ERROR_INVALID_VALUE;
-    *major = 8;
-    *minor = 0;
+    *major = device_profile().cc_major;
+    *minor = device_profile().cc_minor;
     return CUDA_SUCCESS;
 }
 

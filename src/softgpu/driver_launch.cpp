@@ -1,5 +1,5 @@
 // driver_launch.cpp: kernel launches (limits, parameter packing, failure reporting) and the
-// occupancy calculator the cooperative-launch limit and cuOccupancy* share.
+// cuOccupancy* entry points over occupancy.cpp's calculator.
 #include <cstring>
 
 #include "driver.hpp"
@@ -7,23 +7,6 @@
 using namespace softgpu;
 
 namespace {
-
-uint32_t round_up(uint32_t v, uint32_t a) { return (v + a - 1) / a * a; }
-
-// Resident blocks of this function per SM: the minimum over threads, registers, shared memory
-// and the block slot limit (sm_80 rules: 256-register warp allocation granularity, 1 KiB of
-// shared memory reserved per block).
-uint32_t occupancy(const KernelInfo& info, uint32_t threads, uint64_t dynamic_smem) {
-    if (threads == 0 || threads > function_max_threads(info)) return 0;
-    uint64_t smem = uint64_t(info.static_smem) + dynamic_smem;
-    if (smem > kOptinSmemPerBlock) return 0;
-    uint32_t warps = (threads + 31) / 32;
-    uint32_t by_threads = kMaxThreadsPerSm / (warps * 32);
-    uint32_t regs_per_warp = round_up(effective_registers(info, threads) * 32, 256);
-    uint32_t by_regs = (kRegistersPerSm / regs_per_warp) / warps;
-    uint32_t by_smem = uint32_t(kSmemPerSm / (round_up(uint32_t(smem), 128) + kReservedSmemPerBlock));
-    return std::min(std::min(kMaxBlocksPerSm, by_threads), std::min(by_regs, by_smem));
-}
 
 // Why a launch is refused, or empty when it is within the limits.
 std::string check_limits(const KernelInfo& info, const uint32_t* grid, const uint32_t* block, uint32_t smem,
@@ -40,22 +23,30 @@ std::string check_limits(const KernelInfo& info, const uint32_t* grid, const uin
             return std::string("blockDim.") + axis[i] + " = " + std::to_string(block[i]) + " is outside 1.." +
                    std::to_string(max_block[i]);
     }
+    const DeviceProfile& p = device_profile();
     uint64_t threads = uint64_t(block[0]) * block[1] * block[2];
-    if (threads > function_max_threads(info))
+    if (threads > declared_max_threads(info))
         return std::to_string(threads) + " threads per block exceed the kernel's limit of " +
-               std::to_string(function_max_threads(info));
+               std::to_string(declared_max_threads(info));
+    if (threads > register_limited_threads(info)) {
+        *code = CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
+        return std::to_string(threads) + " threads of " + std::to_string(kernel_registers(info)) +
+               " registers each need more than the " + std::to_string(p.registers_per_block) +
+               " registers a block may have on " + p.name + " (at most " +
+               std::to_string(register_limited_threads(info)) + " threads)";
+    }
     if (info.reqntid[0] && (block[0] != info.reqntid[0] || block[1] != std::max(info.reqntid[1], 1u) ||
                             block[2] != std::max(info.reqntid[2], 1u)))
         return "the block shape differs from the kernel's .reqntid";
     if (smem > info.max_dynamic_smem)
         return std::to_string(smem) + " bytes of dynamic shared memory exceed the kernel's limit of " +
                std::to_string(info.max_dynamic_smem) + " (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)";
-    if (uint64_t(smem) + info.static_smem > kOptinSmemPerBlock)
+    if (uint64_t(smem) + info.static_smem > p.smem_optin_per_block)
         return std::to_string(uint64_t(smem) + info.static_smem) + " bytes of shared memory exceed the " +
-               std::to_string(kOptinSmemPerBlock) + "-byte per-block maximum";
+               std::to_string(p.smem_optin_per_block) + "-byte per-block maximum";
     if (cooperative) {
         uint64_t blocks = uint64_t(grid[0]) * grid[1] * grid[2];
-        uint64_t resident = uint64_t(occupancy(info, uint32_t(threads), smem)) * kSmCount;
+        uint64_t resident = uint64_t(occupancy(info, uint32_t(threads), smem)) * uint64_t(p.sm_count);
         if (blocks > resident) {
             *code = CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE;
             return "cooperative grid of " + std::to_string(blocks) + " blocks exceeds the " +
@@ -119,6 +110,8 @@ CUresult launch_kernel(CUfunction f, const uint32_t* grid, const uint32_t* block
     cfg.dynamic_smem = smem;
     cfg.cooperative = cooperative;
     cfg.params = params.data();
+    uint32_t threads = block[0] * block[1] * block[2];
+    cfg.resident_blocks = std::max(1u, occupancy(info, threads, smem)) * uint32_t(device_profile().sm_count);
     LaunchCounts counts;
     std::string report;
     int rc = launch(f->kernel, cfg, &counts, &report);
@@ -144,7 +137,7 @@ CUresult launch_ex(const CUlaunchConfig* config, CUfunction f, void** params, vo
         if (a.id == CU_LAUNCH_ATTRIBUTE_COOPERATIVE) cooperative = a.value.cooperative != 0;
         else if (a.id == CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION &&
                  a.value.clusterDim.x * a.value.clusterDim.y * a.value.clusterDim.z > 1)
-            return CUDA_ERROR_NOT_SUPPORTED;  // sm_80 has no thread block clusters
+            return CUDA_ERROR_NOT_SUPPORTED;  // thread block clusters (sm_90) are not modelled
     }
     const uint32_t grid[3] = {config->gridDimX, config->gridDimY, config->gridDimZ};
     const uint32_t block[3] = {config->blockDimX, config->blockDimY, config->blockDimZ};
@@ -207,7 +200,7 @@ CUresult potential_block_size(int* minGridSize, int* blockSize, CUfunction func,
         if (blocks * threads > best_active) best_active = blocks * threads, best_threads = threads, best_blocks = blocks;
     }
     *blockSize = int(best_threads);
-    *minGridSize = int(best_blocks * kSmCount);
+    *minGridSize = int(best_blocks * uint32_t(device_profile().sm_count));
     return CUDA_SUCCESS;
 }
 }  // namespace
@@ -235,8 +228,13 @@ CUresult cuOccupancyAvailableDynamicSMemPerBlock(size_t* dynamicSmemSize, CUfunc
     if (!dynamicSmemSize || numBlocks <= 0 || blockSize <= 0) return CUDA_ERROR_INVALID_VALUE;
     if (!valid_function(f)) return CUDA_ERROR_INVALID_HANDLE;
     const KernelInfo& info = kernel_info(f->kernel);
-    uint64_t per_block = kSmemPerSm / uint64_t(numBlocks);
-    uint64_t avail = per_block > kReservedSmemPerBlock + info.static_smem ? per_block - kReservedSmemPerBlock - info.static_smem : 0;
-    *dynamicSmemSize = std::min<uint64_t>(avail, std::min<uint64_t>(info.max_dynamic_smem, kOptinSmemPerBlock - info.static_smem));
+    const DeviceProfile& p = device_profile();
+    // Each of numBlocks blocks gets an allocation-unit multiple that includes the driver's reserve.
+    uint64_t unit = p.smem_alloc_unit;
+    uint64_t per_block = p.smem_per_sm / uint64_t(numBlocks) / unit * unit;
+    uint64_t used = uint64_t(p.smem_reserved_per_block) + info.static_smem;
+    uint64_t avail = per_block > used ? per_block - used : 0;
+    if (occupancy(info, uint32_t(blockSize), 0) < uint32_t(numBlocks)) avail = 0;  // not even without dynamic smem
+    *dynamicSmemSize = std::min<uint64_t>(avail, std::min<uint64_t>(info.max_dynamic_smem, p.smem_optin_per_block - info.static_smem));
     return CUDA_SUCCESS;
 }

@@ -57,6 +57,7 @@ CUresult load(CUmodule* out, const void* image, std::string* log) {
         set_last_report(*log, true);
         return CUDA_ERROR_INVALID_PTX;
     }
+    assign_registers(m.get(), text, strlen(text));
     CUmodule h = new CUmod_st;
     h->ctx = ctx;
     h->module = m.release();
@@ -123,7 +124,8 @@ CUresult cuModuleGetFunction(CUfunction* hfunc, CUmodule hmod, const char* name)
         if (f->kernel == k) return *hfunc = f, CUDA_SUCCESS;
     KernelInfo& info = kernel_info(k);
     // Default dynamic shared memory limit: whatever the 48 KiB static window leaves.
-    info.max_dynamic_smem = info.static_smem < kStaticSmemPerBlock ? kStaticSmemPerBlock - info.static_smem : 0;
+    uint32_t window = device_profile().smem_per_block;
+    info.max_dynamic_smem = info.static_smem < window ? window - info.static_smem : 0;
     CUfunction f = new CUfunc_st;
     f->mod = hmod;
     f->kernel = k;
@@ -155,24 +157,6 @@ CUresult cuModuleGetFunctionCount(unsigned int* count, CUmodule mod) {
 }
 
 // ---------------------------------------------------------------- function attributes
-namespace softgpu {
-// Registers per thread as the occupancy calculation sees them (declared PTX registers, capped
-// at the hardware's 255 and at what a full block can hold).
-uint32_t effective_registers(const KernelInfo& info, uint32_t threads) {
-    uint32_t regs = uint32_t(std::max(info.num_regs, 1));
-    regs = std::min<uint32_t>(regs, 255);
-    uint32_t warps = (std::max<uint32_t>(threads, 1) + 31) / 32;
-    uint32_t fit = kRegistersPerSm / (warps * 32);
-    return std::max<uint32_t>(1, std::min(regs, fit));
-}
-
-uint32_t function_max_threads(const KernelInfo& info) {
-    uint32_t m = std::min(info.max_threads, kMaxThreadsPerBlock);
-    if (info.reqntid[0]) m = std::min(m, info.reqntid[0] * std::max(info.reqntid[1], 1u) * std::max(info.reqntid[2], 1u));
-    return m;
-}
-}  // namespace softgpu
-
 CUresult cuFuncGetAttribute(int* pi, CUfunction_attribute attrib, CUfunction hfunc) {
     SG_LOCK;
     if (CUresult r = require_function(hfunc)) return r;
@@ -183,9 +167,11 @@ CUresult cuFuncGetAttribute(int* pi, CUfunction_attribute attrib, CUfunction hfu
         case CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES: *pi = int(info.static_smem); break;
         case CU_FUNC_ATTRIBUTE_CONST_SIZE_BYTES: *pi = 0; break;
         case CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES: *pi = int(info.local_bytes); break;
-        case CU_FUNC_ATTRIBUTE_NUM_REGS: *pi = int(effective_registers(info, function_max_threads(info))); break;
+        case CU_FUNC_ATTRIBUTE_NUM_REGS: *pi = int(kernel_registers(info)); break;
         case CU_FUNC_ATTRIBUTE_PTX_VERSION: *pi = 80; break;
-        case CU_FUNC_ATTRIBUTE_BINARY_VERSION: *pi = 80; break;
+        case CU_FUNC_ATTRIBUTE_BINARY_VERSION:  // JIT-compiled for this device
+            *pi = device_profile().cc_major * 10 + device_profile().cc_minor;
+            break;
         case CU_FUNC_ATTRIBUTE_CACHE_MODE_CA: *pi = 0; break;
         case CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES: *pi = int(info.max_dynamic_smem); break;
         case CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT: *pi = -1; break;
@@ -206,7 +192,7 @@ CUresult cuFuncSetAttribute(CUfunction hfunc, CUfunction_attribute attrib, int v
     KernelInfo& info = kernel_info(hfunc->kernel);
     switch (attrib) {
         case CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES:
-            if (value < 0 || uint64_t(value) + info.static_smem > kOptinSmemPerBlock) return CUDA_ERROR_INVALID_VALUE;
+            if (value < 0 || uint64_t(value) + info.static_smem > device_profile().smem_optin_per_block) return CUDA_ERROR_INVALID_VALUE;
             info.max_dynamic_smem = uint32_t(value);
             return CUDA_SUCCESS;
         case CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT:

@@ -138,6 +138,7 @@ struct Function {
     std::vector<Instr> code;
     uint32_t nregs = 0;                 // register slots
     uint32_t reg_units = 0;             // 32-bit units declared (KernelInfo::num_regs)
+    std::vector<uint8_t> reg_bits;      // per register slot: 1 (predicate), 16, 32, 64 or 128 bits
     std::vector<uint64_t> consts;       // slots [kNumFixed + nregs, ...)
     uint32_t local_bytes = 0;           // this frame's .local variables and .param scratch
     uint32_t local_align = 8;

@@ -110,6 +110,10 @@ struct KernelInfo {
     uint32_t max_threads = 1024;  // .maxntid product if declared, else 1024
     uint32_t reqntid[3] = {0, 0, 0};  // .reqntid if declared
     uint32_t max_dynamic_smem = 48 * 1024;  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (driver sets it)
+    int alloc_regs = 0;        // registers per thread ptxas allocates: exact (nvJitLink) or estimated
+    int estimated_regs = 0;    // the liveness estimate, always computed (registers.cpp)
+    int spill_bytes = 0;       // spill stores + loads per thread that ptxas reports (exact counts only)
+    bool regs_exact = false;   // alloc_regs came from nvJitLink
 };
 
 class Module;  // defined by the engine
@@ -130,6 +134,7 @@ struct LaunchConfig {
     uint32_t dynamic_smem;
     bool cooperative;            // all CTAs co-resident and interleaved
     const uint8_t* params;       // packed parameter buffer of kernel_info(k).param_bytes bytes
+    uint32_t resident_blocks = 0;  // blocks the device holds at once: occupancy x SMs (driver sets it)
 };
 
 // Runs the whole grid to completion (the driver has already validated the launch limits).

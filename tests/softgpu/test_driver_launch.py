@@ -127,26 +127,27 @@ def test_dynamic_shared_memory_limits(kernels, buf):
     before = softgpu.counters()["total"]
     assert launch(f, (1,), (64,), params, smem=48 * 1024 + 4) == R.CUDA_ERROR_INVALID_VALUE
     assert softgpu.counters()["total"] == before
-    # Raising the attribute opts in, up to 227 KiB.
+    # Raising the attribute opts in, up to 163 KiB (the sm_80 limit of the default profile).
     ok(cu.cuFuncSetAttribute(f, FA.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 100 * 1024))
     assert ok(cu.cuFuncGetAttribute(FA.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, f)) == 100 * 1024
     assert launch(f, (1,), (64,), params, smem=100 * 1024) == R.CUDA_SUCCESS
     assert launch(f, (1,), (64,), params, smem=100 * 1024 + 4) == R.CUDA_ERROR_INVALID_VALUE
-    ok(cu.cuFuncSetAttribute(f, FA.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 227 * 1024))
-    assert launch(f, (1,), (64,), params, smem=227 * 1024) == R.CUDA_SUCCESS
-    assert launch(f, (1,), (64,), params, smem=227 * 1024 + 4) == R.CUDA_ERROR_INVALID_VALUE
-    assert code(cu.cuFuncSetAttribute(f, FA.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 227 * 1024 + 1)) == \
+    ok(cu.cuFuncSetAttribute(f, FA.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 163 * 1024))
+    assert launch(f, (1,), (64,), params, smem=163 * 1024) == R.CUDA_SUCCESS
+    assert launch(f, (1,), (64,), params, smem=163 * 1024 + 4) == R.CUDA_ERROR_INVALID_VALUE
+    assert code(cu.cuFuncSetAttribute(f, FA.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 163 * 1024 + 1)) == \
         R.CUDA_ERROR_INVALID_VALUE
     ok(cu.cuFuncSetAttribute(f, FA.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 48 * 1024))
 
 
 def expected_occupancy(regs, threads, smem):
-    """Resident blocks per SM from the sm_80 rules (registers allocated per warp in 256s; 1 KiB of
-    shared memory reserved per block; 32 blocks, 2048 threads, 64K registers, 164 KiB per SM)."""
+    """Resident blocks per SM from the sm_80 rules (registers allocated per warp in 256s, warps placed
+    in 4 register-file sub-partitions of 16K registers; 1 KiB of shared memory reserved per block,
+    allocated in 128s; 32 blocks, 2048 threads, 164 KiB per SM)."""
     warps = -(-threads // 32)
     regs_per_warp = -(-regs * 32 // 256) * 256
-    by_regs = (65536 // regs_per_warp) // warps
-    by_smem = (164 * 1024) // (-(-smem // 128) * 128 + 1024)
+    by_regs = 4 * (16384 // regs_per_warp) // warps
+    by_smem = (164 * 1024) // (-(-(smem + 1024) // 128) * 128)
     return min(32, 2048 // (warps * 32), by_regs, by_smem)
 
 
