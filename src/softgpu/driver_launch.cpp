@@ -238,3 +238,8 @@ CUresult cuOccupancyAvailableDynamicSMemPerBlock(size_t* dynamicSmemSize, CUfunc
     *dynamicSmemSize = std::min<uint64_t>(avail, std::min<uint64_t>(info.max_dynamic_smem, p.smem_optin_per_block - info.static_smem));
     return CUDA_SUCCESS;
 }
+
+// The executor's resident-block count (softgpu.hpp) comes from the same occupancy calculation.
+Residency softgpu::residency(const KernelInfo& info, uint32_t threads, uint64_t dynamic_smem) {
+    return Residency{std::max(occupancy(info, threads, dynamic_smem), 1u), uint32_t(kSmCount)};
+}

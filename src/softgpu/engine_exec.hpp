@@ -11,7 +11,9 @@
 
 namespace softgpu {
 
-enum ThreadState : uint8_t { TS_READY, TS_BARRIER, TS_COLLECTIVE, TS_EXITED };
+// TS_ACTIVEMASK: at activemask, waiting until the rest of its warp has gone its own way (see
+// Exec::settle_activemask).
+enum ThreadState : uint8_t { TS_READY, TS_BARRIER, TS_COLLECTIVE, TS_ACTIVEMASK, TS_EXITED };
 
 struct CallFrame { uint32_t fn, ret_pc, fp, lp, call; };
 
@@ -46,6 +48,7 @@ struct Cta {
     Barrier bars[16];
     uint32_t epoch = 0;                 // racecheck barrier epoch (unique over the launch)
     std::vector<uint32_t> warp_epoch;   // racecheck warp-synchronisation epoch per warp
+    std::vector<uint8_t> at_activemask; // per warp: lanes waiting at activemask
 };
 
 enum RunStatus { RUN_YIELD, RUN_BLOCKED, RUN_EXITED, RUN_FAULT };
@@ -82,6 +85,7 @@ struct Exec {
     void on_exit(Thread& t);
     void release_barrier(Cta& cta, uint32_t id);
     bool complete_collective(Cta& cta, Thread& t);
+    void settle_activemask(Cta& cta, uint32_t warp, bool diverged);
     // Findings (executor.cpp).
     void finding(int code, int check, const Thread& t, const Instr& in, const std::string& what);
     std::string where(const Thread& t) const;

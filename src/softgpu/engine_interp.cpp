@@ -726,18 +726,9 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
             case OP_NOP: break;
             case OP_YIELD: ++pc; goto out;
             case OP_BAR: case OP_BAR_ARRIVE: case OP_BAR_RED: case OP_BAR_WARP:
-            case OP_SHFL: case OP_VOTE: case OP_REDUX: case OP_MATCH:
+            case OP_SHFL: case OP_VOTE: case OP_REDUX: case OP_MATCH: case OP_ACTIVEMASK:
                 status = RUN_BLOCKED;
                 goto out;
-            case OP_ACTIVEMASK: {
-                uint32_t m = 0;
-                Cta& cta = *t.cta;
-                uint32_t base = t.warp * 32;
-                for (uint32_t l = 0; l < 32 && base + l < cta.threads.size(); ++l)
-                    if (cta.threads[base + l].state != TS_EXITED) m |= 1u << l;
-                R[in.d] = m;
-                break;
-            }
             default:
                 SAVE();
                 finding(719, CK_OTHER, t, in, "internal error: opcode not executable");

@@ -26,14 +26,15 @@ namespace softgpu {
 //   CYBN_SOFTGPU_CHECKS   "all" (default) | "none" | comma list of memcheck,racecheck,initcheck
 //   CYBN_SOFTGPU_SEED     0 (default): deterministic schedule; otherwise seeds a randomised order
 //   CYBN_SOFTGPU_MEMORY   device memory size in bytes, suffixes K/M/G allowed (default 4G)
-//   CYBN_SOFTGPU_WATCHDOG thread-instructions one launch may execute before it fails (default 2^40)
+//   CYBN_SOFTGPU_WATCHDOG thread-instructions one launch may execute before it fails (default 2^31,
+//                         about 10 s of interpreting: a deadlocked spin-wait is reported in seconds)
 struct Config {
     bool memcheck = true;
     bool racecheck = true;
     bool initcheck = true;
     uint64_t seed = 0;
     uint32_t time_slice = 4096;  // instructions a thread runs before it yields to the others
-    uint64_t watchdog = 1ull << 40;
+    uint64_t watchdog = 1ull << 31;
     uint64_t memory_bytes = 4ull << 30;
 };
 Config& config();
@@ -136,6 +137,12 @@ struct LaunchConfig {
     const uint8_t* params;       // packed parameter buffer of kernel_info(k).param_bytes bytes
     uint32_t resident_blocks = 0;  // blocks the device holds at once: occupancy x SMs (driver sets it)
 };
+
+// How many blocks of a launch are resident at once: blocks per SM by the driver's occupancy
+// calculation (driver_launch.cpp; at least 1) and the SM count. An ordinary launch keeps
+// blocks_per_sm x sms blocks resident (executor.cpp), a cooperative one all of them.
+struct Residency { uint32_t blocks_per_sm = 1, sms = 1; };
+Residency residency(const KernelInfo& info, uint32_t threads, uint64_t dynamic_smem);
 
 // Runs the whole grid to completion (the driver has already validated the launch limits).
 // Returns 0 (CUDA_SUCCESS) or a CUresult: CUDA_ERROR_ILLEGAL_ADDRESS (700) for memcheck findings,

@@ -3,6 +3,9 @@ PTX with cuModuleLoadData and launch with cuLaunchKernel / cuLaunchCooperativeKe
 engine would. Device buffers are freed by the `Device` context manager."""
 import functools
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 from cuda.bindings import driver as cu
@@ -147,3 +150,14 @@ def run(f, grid, block, *args, smem=0, cooperative=False):
     r = launch(f, grid, block, *args, smem=smem, cooperative=cooperative)
     assert r == SUCCESS, f"launch failed with {r!r}:\n{softgpu.last_report()}"
     ok(cu.cuCtxSynchronize())
+
+
+def run_python(script, source, **env_extra):
+    """Runs script in a fresh interpreter (the library reads its environment when it loads) with
+    SOURCE = source defined and this directory importable; returns the CompletedProcess."""
+    env = dict(os.environ, **env_extra)
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(softgpu.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([here, root, env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-c", "SOURCE = %r\n" % source + textwrap.dedent(script)], env=env,
+                          capture_output=True, text=True, timeout=120)
