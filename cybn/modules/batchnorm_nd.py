@@ -197,16 +197,12 @@ class BatchNormND(Module):
         if self.affine:
             self.scalegrad, self.biasgrad = None, None
 
-    def _readFile(self, hdf, name, initvars):
-        # Module checks the file's tensors against the module's own; an empty module has none yet, so
-        # check them against paramShape (a file for another number of maps, or float64 data, is refused
-        # here instead of leaving a module whose forward fails).
-        varValues, attrValues = super()._readFile(hdf, name, initvars)
-        target = np.empty(self.paramShape(), dtype=np.float32)
-        for values in (varValues, attrValues):
-            for key, value in values.items():
-                values[key] = self._fitValue(name, key, value, target)
-        return varValues, attrValues
+    nonNegativeAttrs = ("var",)
+
+    def _loadTarget(self, what, current):
+        # An empty module has no tensors to compare the file's with: check them against paramShape (a file for
+        # another number of maps, or float64 data, is refused here instead of leaving a module whose forward fails).
+        return (self.paramShape(), np.dtype(np.float32))
 
     def calcMode(self, T):
         """float32 or float16 data (statistics and parameters stay float32); anything else is refused."""
