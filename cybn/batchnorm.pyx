@@ -751,6 +751,12 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
     cdef bn_desc d
     cdef GPUArray gx = _array(x, "x")
     cdef long long K = _fill_desc(&d, gx, mode, "x")
+    if (d.N * d.S if d.mode == BN_SPATIAL else d.N) == 1:
+        # Batch statistics of one value: variance 0, output 0, and the unbiased running variance would
+        # divide by M - 1 = 0 (cuDNN refuses it too).
+        raise ValueError(f"x of shape {gx.shape}: training needs more than one value per statistic "
+                         f"({'N * spatial size' if d.mode == BN_SPATIAL else 'N'} is 1, so the batch variance is "
+                         f"undefined); use a larger batch, or forward_infer with the running statistics")
     cdef GPUArray gs = _param(scale, "scale", K, True), gb = _param(bias, "bias", K, True)
     if (gs is None) != (gb is None):
         raise TypeError("scale and bias must both be given or both be None (non-affine)")

@@ -10,7 +10,7 @@ object is touched after prepare.
 """
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdio cimport snprintf
-from libc.string cimport memset
+from libc.string cimport memset, strlen, strncmp
 from cpython.pycapsule cimport PyCapsule_New
 from cuda.bindings cimport cydriver
 
@@ -77,7 +77,8 @@ cdef int _core_status(int st, const char* op, const cybn_desc* c) noexcept nogil
                  name, st, text)
     elif st == BN_EINVAL:
         snprintf(cybn_capi_error, sizeof(cybn_capi_error),
-                 "%s: %s (mode %d, dtype %d, N %lld, C %lld, S %lld, epsilon %g, factor %g)", op, bn_last_error(),
+                 "%s: %s (mode %d, dtype %d, N %lld, C %lld, S %lld, epsilon %g, factor %g)", op,
+                 _after_prefix(bn_last_error(), op),
                  c.mode, c.dtype, <long long>c.N, <long long>c.C, <long long>c.S, <double>c.epsilon,
                  <double>c.factor)
     elif st == BN_EWORKSPACE:
@@ -85,8 +86,16 @@ cdef int _core_status(int st, const char* op, const cybn_desc* c) noexcept nogil
                  "%s: workspace missing or smaller than workspace_size() (%llu bytes given)", op,
                  <unsigned long long>c.workspace_bytes)
     else:
-        snprintf(cybn_capi_error, sizeof(cybn_capi_error), "%s: %s", op, bn_last_error())
+        snprintf(cybn_capi_error, sizeof(cybn_capi_error), "%s: %s", op, _after_prefix(bn_last_error(), op))
     return st
+
+
+cdef const char* _after_prefix(const char* msg, const char* op) noexcept nogil:
+    """msg without a leading "op: " (the core's messages often name the operation already)."""
+    cdef size_t n = strlen(op)
+    if strncmp(msg, op, n) == 0 and msg[n] == b':' and msg[n + 1] == b' ':
+        return msg + n + 2
+    return msg
 
 
 # ------------------------------------------------------------------------------------------ prepare

@@ -36,6 +36,7 @@ class BatchNormND(Module):
 
     declaredVars = ("scale", "bias")
     declaredAttrs = ("mean", "var")
+    calcTypes = (np.float32, np.float16)
     mode = BatchNormMode.spatial
 
     def __init__(self, nd, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True, name=None,
@@ -96,6 +97,13 @@ class BatchNormND(Module):
         if self.train:
             if self.inplace:
                 raise ModuleError("%s: using inplace flag in train mode is prohibited" % self)
+            perStatistic = data.shape[0] * (1 if self.mode == BatchNormMode.perActivation
+                                            else int(np.prod(data.shape[2:])))
+            if perStatistic == 1:
+                raise ModuleError("%s: training needs more than one value per statistic, but data of shape %s has "
+                                  "one (the batch variance is undefined; PuzzleLib/cuDNN refuse it too): use a "
+                                  "larger batch, or evalMode() to normalise with the running statistics"
+                                  % (self, tuple(data.shape)))
             # numOfProps counts only forwards that ran: it is incremented after the call succeeds.
             factor = max(self.initFactor / (self.numOfProps + 1), self.minFactor)
             result, savemean, saveinvvar = batchNormNd(
@@ -210,7 +218,7 @@ class BatchNormND(Module):
             dtype = np.dtype(T)
         except TypeError:
             raise ModuleError("Unsupported dtype %s" % (T,)) from None
-        if dtype not in (np.dtype(np.float16), np.dtype(np.float32)):
+        if dtype.type not in self.calcTypes:
             raise ModuleError("Unsupported dtype %s" % (T,))
         self.calctype = dtype.type
 

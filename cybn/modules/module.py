@@ -30,6 +30,8 @@ class Module:
     declaredAttrs = ()
     # Modules taking several inputs (a list of arrays) set this.
     acceptsLists = False
+    # The dtypes calcMode accepts (messages suggest calcMode for these).
+    calcTypes = (np.float32,)
 
     def __init__(self, name=None):
         self.name = name
@@ -95,7 +97,7 @@ class Module:
     # --- forward / backward --------------------------------------------------------------------------------
 
     def __call__(self, data):
-        self.checkDeviceArrays(data, "data")
+        data = self.checkDeviceArrays(data, "data")
         if not Config.disableDtypeShapeChecks:
             self.checkDataShape(self.acquireShapesFrom(data))
             self.checkDataType(self.acquireDtypesFrom(data))
@@ -111,7 +113,7 @@ class Module:
         return self.data
 
     def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
-        self.checkDeviceArrays(grad, "grad")
+        grad = self.checkDeviceArrays(grad, "grad")
         if not Config.disableDtypeShapeChecks:
             self.checkGradShape(self.acquireShapesFrom(grad))
             self.checkGradType(self.acquireDtypesFrom(grad))
@@ -211,18 +213,22 @@ class Module:
             for d in dtype:
                 self.genericCheckDataType(d)
         elif dtype != self.calctype:
-            raise ModuleError("Expected dtype %s, got %s" % (np.dtype(self.calctype), dtype))
+            want, got = np.dtype(self.calctype), np.dtype(dtype)
+            fix = "convert the data with .astype(np.%s)" % want.name
+            if got.type in self.calcTypes:
+                fix = "call calcMode(np.%s) on the module to compute in %s, or %s" % (got.name, got.name, fix)
+            raise ModuleError("Expected dtype %s, got %s: %s" % (want, got, fix))
 
     def checkDeviceArrays(self, data, what):
-        """Modules compute on cybn GPUArrays only (always C-contiguous); anything else is refused by name."""
+        """The data as cybn GPUArrays: a GPUArray as is; any other device array with __cuda_array_interface__
+        or __dlpack__ wrapped without a copy (cybn.from_cuda_array_interface / cybn.from_dlpack, as the
+        functional API does); anything else refused by name, with the fix."""
         if isinstance(data, (tuple, list)) and self.acceptsLists:
-            for d in data:
-                self.checkDeviceArrays(d, what)
-            return
+            return type(data)(self.checkDeviceArrays(d, what) for d in data)
 
-        from cybn.gpuarray import GPUArray
-        if isinstance(data, GPUArray):
-            return
+        from cybn import gpuarray
+        if isinstance(data, gpuarray.GPUArray):
+            return data
         if isinstance(data, np.ndarray):
             raise ModuleError("%s must be a cybn GPUArray, got a host numpy.ndarray (copy it with gpuarray.to_gpu)"
                               % what)
@@ -230,11 +236,19 @@ class Module:
         if isinstance(cai, dict):
             strides = cai.get("strides")
             if strides is not None and tuple(strides) != _cstrides(cai["shape"], np.dtype(cai["typestr"]).itemsize):
-                raise ModuleError("%s is a non-contiguous device array (strides %s); modules need a contiguous "
-                                  "cybn GPUArray" % (what, tuple(strides)))
-            raise ModuleError("%s must be a cybn GPUArray, got the foreign device array %s (wrap it with "
-                              "gpuarray.from_dlpack or GPUArray.from_pointer)" % (what, type(data).__name__))
-        raise ModuleError("%s must be a cybn GPUArray, got %s" % (what, type(data).__name__))
+                raise ModuleError("%s is a non-contiguous device array (strides %s); modules need contiguous "
+                                  "memory: pass a contiguous copy (made in its own library), or cybn.to_gpu(%s) "
+                                  "for a cybn copy" % (what, tuple(strides), what))
+            wrap, how = gpuarray.from_cuda_array_interface, "cybn.from_cuda_array_interface"
+        elif hasattr(data, "__dlpack__"):
+            wrap, how = gpuarray.from_dlpack, "cybn.from_dlpack"
+        else:
+            raise ModuleError("%s must be a cybn GPUArray or a device array with __cuda_array_interface__ or "
+                              "__dlpack__, got %s" % (what, type(data).__name__))
+        try:
+            return wrap(data)
+        except (TypeError, ValueError, BufferError) as e:
+            raise ModuleError("%s: %s cannot wrap this %s: %s" % (what, how, type(data).__name__, e)) from None
 
     @classmethod
     def acquireShapesFrom(cls, data):

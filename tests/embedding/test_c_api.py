@@ -123,6 +123,7 @@ def refused(cext, op, f, p, status=EINVAL, match="", own_context=False):
     st, msg = cext.call(op, f, tuple(p), 0, own_context)
     assert (st, launches()) == (status, before), msg
     assert msg.startswith(op.replace("_null", "") + ":") and match in msg, msg
+    assert not msg.startswith("%s: %s:" % ((op.replace("_null", ""),) * 2)), msg  # the prefix once
     return msg
 
 
