@@ -241,5 +241,5 @@ CUresult cuOccupancyAvailableDynamicSMemPerBlock(size_t* dynamicSmemSize, CUfunc
 
 // The executor's resident-block count (softgpu.hpp) comes from the same occupancy calculation.
 Residency softgpu::residency(const KernelInfo& info, uint32_t threads, uint64_t dynamic_smem) {
-    return Residency{std::max(occupancy(info, threads, dynamic_smem), 1u), uint32_t(kSmCount)};
+    return Residency{std::max(occupancy(info, threads, dynamic_smem), 1u), uint32_t(device_profile().sm_count)};
 }
