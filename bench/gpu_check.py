@@ -168,11 +168,12 @@ def cybn_call(shape, mode, dtype, op):
 
 def copy_call(nbytes):
     from cuda.bindings import driver
-    from cybn import gpuarray
+    from cybn import current_stream, gpuarray
     src, dst = gpuarray.zeros((nbytes,), np.uint8), gpuarray.empty((nbytes,), np.uint8)
+    stream = current_stream().handle  # the stream cybn's calls and Event.record() use
 
     def run():
-        (err,) = driver.cuMemcpyDtoDAsync(dst.ptr, src.ptr, nbytes, 0)
+        (err,) = driver.cuMemcpyDtoDAsync(dst.ptr, src.ptr, nbytes, stream)
         if int(err):
             raise RuntimeError(f"cuMemcpyDtoDAsync failed: {err}")
     return run
