@@ -168,11 +168,12 @@ def cybn_call(shape, mode, dtype, op):
 
 def copy_call(nbytes):
     from cuda.bindings import driver
-    from cybn import gpuarray
+    from cybn import current_stream, gpuarray
     src, dst = gpuarray.zeros((nbytes,), np.uint8), gpuarray.empty((nbytes,), np.uint8)
+    stream = current_stream().handle  # the stream cybn's calls and Event.record() use
 
     def run():
-        (err,) = driver.cuMemcpyDtoDAsync(dst.ptr, src.ptr, nbytes, 0)
+        (err,) = driver.cuMemcpyDtoDAsync(dst.ptr, src.ptr, nbytes, stream)
         if int(err):
             raise RuntimeError(f"cuMemcpyDtoDAsync failed: {err}")
     return run
@@ -213,9 +214,25 @@ def torch_calls(shape, dtype, op):
     return calls
 
 
+class _TorchEvent:
+    """torch.cuda.Event with cybn.Event's elapsed_ms (torch calls it elapsed_time)."""
+
+    def __init__(self):
+        import torch
+        self.event = torch.cuda.Event(enable_timing=True)
+
+    def record(self):
+        self.event.record()
+
+    def synchronize(self):
+        self.event.synchronize()
+
+    def elapsed_ms(self, end):
+        return self.event.elapsed_time(end.event)
+
+
 def _torch_events():
-    import torch
-    return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    return _TorchEvent(), _TorchEvent()
 
 
 def profile_for(device_name):
@@ -229,9 +246,13 @@ def profile_for(device_name):
 def timings(shapes, dtypes, reps, warmup, software, profile):
     import gpu_model
     from cybn import batchnorm
+    from cybn.device import Device
+    sms = Device(0).sm_count
     from cybn.testing import cubin_report, perfmodel
     dev = perfmodel.DEVICES[profile]
     label = f"  [{MEANINGLESS}]" if software else ""
+    print(f"MODEL column: {dev.name} numbers, bytes in flight per thread from {cubin_report.kernel_report(dev.arch)[1]}"
+          + (f", plans re-derived from this device's {sms} SMs for {dev.sms}" if sms != dev.sms else ""))
     print(f"{'shape':>20} {'dtype':>7} {'op':>13} {'impl':>13} {'time us':>9} {'GB/s':>8} {'x copy':>7} "
           f"{'MODEL us (' + profile + ')':>16}")
     for shape, mode in shapes:
@@ -240,7 +261,7 @@ def timings(shapes, dtypes, reps, warmup, software, profile):
             for op in gpu_model.OPS:
                 ideal = perfmodel.IDEAL[op] * dt.itemsize * int(np.prod(shape))
                 plan = batchnorm.plan(shape, dt, mode, op)
-                if software:  # the software GPU's few SMs: re-plan for the profile, as gpu_model does
+                if sms != dev.sms:  # e.g. the software GPU's 4 SMs: re-plan for the profile, as gpu_model does
                     plan = perfmodel.plan_on(shape, dt, mode, op, dev.sms, plan)
                 predicted = {"cybn": perfmodel.model_call(shape, dt, mode, op, plan, facts, dev)["seconds"],
                              "torch native": perfmodel.model_torch(shape, dt, op, dev)}

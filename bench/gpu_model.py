@@ -5,6 +5,7 @@ modelled the same way. Nothing here is a GPU timing: no GPU is used, every figur
     python bench/gpu_model.py --profile a100       # h100 (default), h200, a100
     python bench/gpu_model.py --shape 64,256,14,14 --shape 4096,1024:per_activation
     python bench/gpu_model.py --quick              # a few shapes
+    python bench/gpu_model.py --markdown           # the table as Markdown (the README's)
 
 Per call it prints: the plan (cybn.batchnorm.plan; see below for the SM count it is made for), the bytes
 the call moves (element streams computed exactly from the plan's walk, plus 48 B per statistic, CTA and
@@ -118,18 +119,32 @@ def _plan_text(r):
 
 def print_table(rows):
     print(f"{'shape':>20} {'dtype':>7} {'op':>13} {'plan grid/block vec cache':>26} {'CTA/SM':>6} {'waves':>6} "
-          f"{'regs':>4} {'B/thr':>5} {'B/el':>6} {'MODEL us':>9} {'limit us':>8} {'MODEL xlim':>10} "
+          f"{'regs':>5} {'spill':>5} {'B/thr':>5} {'B/el':>6} {'MODEL us':>9} {'limit us':>8} {'MODEL xlim':>10} "
           f"{'MODEL %pk':>9} {'torch MODEL us':>14} {'MODEL cybn/torch':>16}")
     for r in rows:
         m = r["model"]
         first = m["launches"][0]
         regs = "/".join(str(ln["registers"]) for ln in m["launches"])
         print(f"{str(r['shape']):>20} {r['dtype']:>7} {r['op']:>13} {_plan_text(r):>26} "
-              f"{'/'.join(str(ln['ctas_per_sm']) for ln in m['launches']):>6} {first['waves']:6.2f} {regs:>4} "
+              f"{'/'.join(str(ln['ctas_per_sm']) for ln in m['launches']):>6} {first['waves']:6.2f} {regs:>5} "
+              f"{sum(ln['spills'] for ln in m['launches']):5d} "
               f"{'/'.join(str(ln['bytes_per_thread']) for ln in m['launches']):>5} "
               f"{m['bytes'] / r['elements']:6.2f} {m['seconds'] * 1e6:9.1f} {r['limit'] * 1e6:8.1f} "
               f"{m['seconds'] / r['limit']:10.2f} {100 * m['peak_fraction']:8.0f}% {r['torch'] * 1e6:14.1f} "
               f"{m['seconds'] / r['torch']:16.2f}")
+
+
+def print_markdown(rows):
+    print("| shape | dtype | op | plan grid / block | CTAs/SM | regs | spill B | B/thread | B/el | MODEL us | limit us | "
+          "MODEL x limit | MODEL % peak | PyTorch-native MODEL us |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        m, p = r["model"], r["plan"]
+        per = lambda key: "/".join(str(ln[key]) for ln in m["launches"])  # noqa: E731
+        print(f"| {r['shape']} | {r['dtype']} | {r['op']} | {p['grid'][0]}x{p['grid'][1]} / {p['block'][0]}x{p['block'][1]} "
+              f"| {per('ctas_per_sm')} | {per('registers')} | {per('spills')} | {per('bytes_per_thread')} | "
+              f"{m['bytes'] / r['elements']:.2f} | {m['seconds'] * 1e6:.1f} | {r['limit'] * 1e6:.1f} | "
+              f"{m['seconds'] / r['limit']:.2f} | {100 * m['peak_fraction']:.0f} | {r['torch'] * 1e6:.1f} |")
 
 
 def summary(rows):
@@ -163,6 +178,7 @@ def main(argv=None):
     ap.add_argument("--profile", choices=sorted(perfmodel.DEVICES), default="h100")
     ap.add_argument("--shape", type=parse_shape, action="append", help="N,C[,H,W...][:mode]; repeatable")
     ap.add_argument("--quick", action="store_true", help="three shapes")
+    ap.add_argument("--markdown", action="store_true", help="the table as Markdown (for the README)")
     args = ap.parse_args(argv)
     where, rederive = select_plans(args.profile)
     from cybn.testing import cubin_report
@@ -180,7 +196,7 @@ def main(argv=None):
     print("columns: CTA/SM, regs, B/thr per launch; B/el = bytes moved per element (computed from the plan, "
           "checked against the software GPU's counters by the tests)")
     rows = model_rows(shapes, dtypes, args.profile, rederive)
-    print_table(rows)
+    (print_markdown if args.markdown else print_table)(rows)
     for line in summary(rows):
         print(line)
     layouts = engine_layouts()

@@ -17,7 +17,7 @@ import re
 import subprocess
 import tempfile
 
-from cybn import batchnorm, cache, nvrtc
+from cybn import batchnorm, cache
 
 KERNELS = ("bn_fwd_train", "bn_normalize", "bn_bwd", "bn_bwd_dx")
 
@@ -169,7 +169,7 @@ def ptx_inflight(ptx_text):
     """The same count on PTX (before ptxas schedules it), for when nvdisasm is not installed."""
     out, cur, items = {}, None, None
     for line in ptx_text.splitlines():
-        m = re.match(r"^\.(?:visible\s+)?\.entry\s+(\w+)", line)
+        m = re.match(r"^\s*(?:\.visible\s+|\.weak\s+)?\.entry\s+(\w+)", line)
         if m:
             cur, items = m.group(1), []
             out[cur] = items
@@ -222,16 +222,17 @@ def kernel_report(arch):
     """{(kernel base name, ctype, mode suffix): {"registers", "spill_stores", "spill_loads", "smem",
     "inflight": {"vec", "scalar"}}} for every BatchNorm kernel on `arch` (e.g. "sm_90"), and the method
     used for the in-flight count ("SASS (nvdisasm)" or "PTX")."""
-    text, name, _ = cache.resolve_source("batchnorm.cu")
+    text, name, directory = cache.resolve_source("batchnorm.cu")
     exprs = batchnorm.kernel_expressions()
-    img = nvrtc.compile(text, name, batchnorm.compile_options() + ("--ptxas-options=-v",), None, exprs,
-                        "cubin", arch)
+    # Through the kernel cache (its entries keep NVRTC's log, i.e. the ptxas report): compiled once per machine.
+    img = cache.compile_cached(text, name, batchnorm.compile_options() + ("--ptxas-options=-v",), exprs, "cubin",
+                               arch, source_dir=directory)
     facts = ptxas_report(img.log)
     if nvdisasm_path():
         inflight, method = sass_inflight(img.image), "SASS (nvdisasm)"
     else:
-        ptx = nvrtc.compile(text, name, batchnorm.compile_options(), None, exprs, "ptx",
-                            "compute_" + arch.split("_")[1])
+        ptx = cache.compile_cached(text, name, batchnorm.compile_options(), exprs, "ptx",
+                                   "compute_" + arch.split("_")[1], source_dir=directory)
         inflight, method = ptx_inflight(ptx.image.rstrip(b"\0").decode()), "PTX (nvdisasm not installed)"
     report = {}
     for expr in exprs:

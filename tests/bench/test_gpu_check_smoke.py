@@ -50,3 +50,25 @@ def test_check_case_compares_every_output(rng=np.random.default_rng(3)):
         assert gpu_check.check_case(rng, (2, 3, 4, 5), "spatial", np.dtype(np.float32), op, True) == []
         bad = gpu_check.check_case(rng, (2, 3, 4, 5), "spatial", np.dtype(np.float32), op, True, wrong=1e-3)
         assert bad and bad[0].startswith(("y:", "dx:")), (op, bad)
+
+
+def test_median_of_event_timings_and_profiles():
+    import gpu_check
+    times = iter([3.0, 1.0, 2.0, 9.0])
+    calls = []
+
+    class Ev:
+        def record(self):
+            pass
+
+        def synchronize(self):
+            pass
+
+        def elapsed_ms(self, end):
+            return next(times)
+    assert gpu_check._median_ms(lambda: calls.append(1), 3, 2, lambda: (Ev(), Ev())) == 2.0
+    assert len(calls) == 5  # warm-up + repetitions
+    assert gpu_check.profile_for("NVIDIA H100 80GB HBM3") == ("h100", False)
+    assert gpu_check.profile_for("NVIDIA H200") == ("h200", False)
+    assert gpu_check.profile_for("NVIDIA A100-SXM4-80GB") == ("a100", False)
+    assert gpu_check.profile_for("cybn software GPU") == ("h100", True)

@@ -169,3 +169,20 @@ def test_gpu_model_script_runs_and_labels_its_figures():
     assert len(rows) == 12 and all("float" in r for r in rows)
     assert all(line.startswith("MODEL:") for line in lines[header + 13:header + 18])
     assert "channels_last (all shapes): not supported by the engine yet" in lines
+
+
+def test_ptx_fallback_when_nvdisasm_is_missing(monkeypatch):
+    """Without nvdisasm the report counts on the PTX and says so: the same registers, never more in flight
+    than the scheduled SASS (ptxas only hoists loads), and the same one load in the forward kernels."""
+    sass, _ = cubin_report.kernel_report("sm_90")
+    monkeypatch.setattr(cubin_report, "nvdisasm_path", lambda: None)
+    report, method = cubin_report.kernel_report.__wrapped__("sm_90")
+    assert method.startswith("PTX")
+    assert report.keys() == sass.keys()
+    for key, facts in report.items():
+        assert facts["registers"] == sass[key]["registers"]
+        for path in ("vec", "scalar"):
+            if sass[key]["inflight"][path] is not None:
+                assert 0 < facts["inflight"][path] <= sass[key]["inflight"][path], key
+        if key[0] in ("bn_fwd_train", "bn_normalize"):
+            assert facts["inflight"] == sass[key]["inflight"], key
