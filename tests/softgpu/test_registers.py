@@ -5,7 +5,7 @@ test kernels is bounded below.
 
 Measured 2026-12-01 (nvJitLink 13.5, sm_80, 47 kernels): estimate / exact from 0.47 to 2.6, mean
 absolute error 32%; over the engine's batchnorm and elementwise kernels from 0.75 to 1.7. The PTX's
-declared register count, which the software GPU used before, is 1.6 to 31 times the exact count."""
+declared register count, which the software GPU used before, is 1.3 to 31 times the exact count."""
 import ctypes
 import glob
 import os
