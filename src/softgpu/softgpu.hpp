@@ -28,6 +28,9 @@ namespace softgpu {
 //   CYBN_SOFTGPU_MEMORY   device memory size in bytes, suffixes K/M/G allowed (default 4G)
 //   CYBN_SOFTGPU_WATCHDOG thread-instructions one launch may execute before it fails (default 2^31,
 //                         about 10 s of interpreting: a deadlocked spin-wait is reported in seconds)
+//   CYBN_SOFTGPU_PROFILE  the device modelled: small (default) | a100 | h100 | h200 | l4 | t4 | rtx4090
+//                         (profiles.cpp; read by the driver side, not part of Config)
+//   CYBN_SOFTGPU_NVJITLINK libnvJitLink path for exact register counts (jitlink.cpp); unset or 0: estimate
 struct Config {
     bool memcheck = true;
     bool racecheck = true;

@@ -13,6 +13,7 @@ by hand from the documented rules (CUDA Occupancy Calculator / cuda_occupancy.h)
 The kernel's registers are set with softgpu.set_function_registers (as if ptxas had allocated that
 many), so every case below is pure arithmetic on documented numbers."""
 import json
+import os
 
 import pytest
 from cuda.bindings import driver as cu
@@ -214,3 +215,50 @@ print(json.dumps(out))""")
     out = run_profile("a100", [(40, 64, 0, 24)], script)
     assert out["sms"] == 108 and out["cases"] == [24]
     assert out["too_large"] == int(R.CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE)
+
+
+def blocks_by_hand(regs, threads, max_warps=64, max_blocks=32):
+    """The register, warp and slot limits above (no shared memory), for cases read at run time."""
+    warps = -(-threads // 32)
+    per_warp = -(-regs * 32 // 256) * 256
+    return min(max_blocks, max_warps // warps, 4 * (16384 // per_warp) // warps)
+
+
+A100_GRID_SYNC = """
+import sys, time
+sys.path.insert(0, %r)
+import numpy as np
+from cybn import softgpu; softgpu.load()
+from cuda.bindings import driver as cu
+from ptxutil import Device, Module, run
+assert int(cu.cuInit(0)[0]) == 0
+err, ctx = cu.cuDevicePrimaryCtxRetain(0); cu.cuCtxSetCurrent(ctx)
+mod = Module(cu_file="atomics.cu"); f = mod.fn("grid_sync_sum")
+regs = cu.cuFuncGetAttribute(cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_NUM_REGS, f)[1]
+per_sm = cu.cuOccupancyMaxActiveBlocksPerMultiprocessor(f, 64, 0)[1]
+nb = per_sm * 108
+with Device() as d:
+    pv, ps, pa = d.zeros(nb + 1, np.int32), d.zeros(nb + 1, np.int32), d.zeros(1, np.uint32)
+    run(f, (nb,), (64,), pv, ps, pa, cooperative=True)
+    ok = bool((d.get(ps, nb, np.int32) == 10 * nb * (nb + 1) // 2).all())
+    import ctypes
+    args = [ctypes.c_uint64(int(p)) for p in (pv, ps, pa)]
+    params = (ctypes.c_void_p * 3)(*[ctypes.addressof(a) for a in args])
+    too_large = int(cu.cuLaunchCooperativeKernel(f, nb + 1, 1, 1, 64, 1, 1, 0, 0, ctypes.addressof(params))[0])
+print(regs, per_sm, nb, ok, too_large, softgpu.function_registers(f)["declared"])
+"""
+
+
+def test_a100_cooperative_grid_of_a_kernel_with_many_virtual_registers():
+    """grid_sync_sum declares 94 registers; ptxas allocates 28, so an A100 co-schedules 32 blocks of 64
+    threads per SM, 3456 in all, and the grid barrier completes with every block resident (the
+    declared-register model refused this launch beyond 2 blocks per SM)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = run_fresh(A100_GRID_SYNC % here, CYBN_SOFTGPU_PROFILE="a100")
+    assert proc.returncode == 0, proc.stderr
+    regs, per_sm, nb, ok_sums, too_large, declared = proc.stdout.split()
+    regs, per_sm, declared = int(regs), int(per_sm), int(declared)
+    assert declared > 3 * regs
+    assert per_sm == blocks_by_hand(regs, 64) and int(nb) == per_sm * 108
+    assert ok_sums == "True"
+    assert int(too_large) == int(R.CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE)

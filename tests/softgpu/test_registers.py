@@ -3,9 +3,9 @@ test extra), checked against ptxas' own verbose report obtained here independent
 estimate used without it, whose error against the exact counts over the engine's kernels and the
 test kernels is bounded below.
 
-Measured 2026-12-01 (nvJitLink 13.5, sm_80, 47 kernels): estimate / exact from 0.47 to 2.6, mean
-absolute error 32%; over the engine's batchnorm and elementwise kernels from 0.75 to 1.7. The PTX's
-declared register count, which the software GPU used before, is 1.6 to 31 times the exact count."""
+Measured 2026-12-01 (nvJitLink 13.5, sm_80, 47 kernels): estimate / exact from 0.43 to 2.4, mean
+absolute error 27%; over the engine's batchnorm and elementwise kernels from 0.72 to 1.5 (mean 18%). The PTX's
+declared register count, which the software GPU used before, is 1.3 to 31 times the exact count."""
 import ctypes
 import glob
 import os
@@ -90,16 +90,24 @@ def measured(primary):
         ok(cu.cuCtxPopCurrent())
 
 
+ESTIMATING = os.environ.get("CYBN_SOFTGPU_NVJITLINK") == "0"  # the suite run with exact counts turned off
+
+
 def test_nvjitlink_wheel_is_used():
     assert softgpu.nvjitlink_path(), "the nvidia-nvjitlink wheel (a test extra) is not installed"
     source, path = softgpu.register_source()
-    assert source == "nvjitlink" and path == softgpu.nvjitlink_path()
+    if ESTIMATING:
+        assert source == "estimate"
+    else:
+        assert source == "nvjitlink" and path == softgpu.nvjitlink_path()
 
 
 def test_num_regs_is_ptxas_count(measured):
     assert len(measured) >= 40
     for label, name, exact, r in measured:
-        assert r["exact"] == exact and r["registers"] == exact and r["num_regs"] == exact, (label, name)
+        used = r["estimate"] if ESTIMATING else exact
+        assert r["registers"] == used and r["num_regs"] == used, (label, name)
+        assert r["exact"] == (None if ESTIMATING else exact), (label, name)
         assert r["spill_bytes"] == 0, (label, name)  # none of these kernels spills on sm_80
 
 
@@ -107,10 +115,11 @@ def test_estimate_error_is_bounded(measured):
     ratios = {(label, name): r["estimate"] / exact for label, name, exact, r in measured}
     engine = [v for (label, _), v in ratios.items() if label in ("batchnorm.cu", "elementwise.cu")]
     assert len(engine) >= 28
-    assert all(0.7 <= v <= 1.8 for v in engine), sorted(engine)
-    assert all(0.4 <= v <= 3.0 for v in ratios.values()), sorted(ratios.values())
+    assert all(0.7 <= v <= 1.6 for v in engine), sorted(engine)
+    assert sum(abs(v - 1) for v in engine) / len(engine) <= 0.22
+    assert all(0.4 <= v <= 2.6 for v in ratios.values()), sorted(ratios.values())
     mean_abs = sum(abs(v - 1) for v in ratios.values()) / len(ratios)
-    assert mean_abs <= 0.4, mean_abs
+    assert mean_abs <= 0.32, mean_abs
     # Never further than the PTX's declared virtual registers, and far nearer overall.
     for label, name, exact, r in measured:
         assert abs(r["estimate"] - exact) <= abs(r["declared"] - exact), (label, name)
