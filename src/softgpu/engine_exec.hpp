@@ -92,6 +92,8 @@ struct Exec {
     uint64_t next_random();
 };
 
+uint32_t simd_instr(const Instr& in, uint32_t a, uint32_t b, uint32_t c);  // engine_video.cpp
+
 enum Check { CK_MEMCHECK, CK_RACECHECK, CK_INITCHECK, CK_OTHER };
 
 }  // namespace softgpu

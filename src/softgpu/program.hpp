@@ -34,6 +34,7 @@ enum Slot : uint32_t {
 // Generic-address windows of the shared and local spaces (outside any user-space host address).
 constexpr uint64_t kSharedWindow = 0xFFFF000000000000ull;
 constexpr uint64_t kLocalWindow = 0xFFFE000000000000ull;
+constexpr uint64_t kParamWindow = 0xFFFD000000000000ull;  // kernel parameters (cvta.param)
 constexpr uint64_t kWindowSize = 1ull << 32;
 
 enum Type : uint8_t {
@@ -82,6 +83,7 @@ enum Op : uint16_t {
     OP_AND, OP_OR, OP_XOR, OP_NOT, OP_CNOT, OP_SHL, OP_SHR, OP_LOP3, OP_SHF,
     OP_BFE, OP_BFI, OP_PRMT, OP_POPC, OP_CLZ, OP_BREV, OP_BFIND, OP_FNS,
     OP_ADD_SAT, OP_SUB_SAT,
+    OP_SIMD,  // video instructions, dp4a, dp2a, bmsk (engine_video.cpp): in.mod is the SimdOp
     // f32 fast paths (round-to-nearest, no ftz)
     OP_FADD32, OP_FSUB32, OP_FMUL32, OP_FFMA32,
     // generic float (f32/f64/f16/bf16 and the x2 forms) arithmetic: in.mod is the float op
@@ -101,6 +103,13 @@ enum Op : uint16_t {
 enum FloatOp : uint8_t {
     FO_ADD, FO_SUB, FO_MUL, FO_FMA, FO_DIV, FO_MIN, FO_MAX, FO_NEG, FO_ABS, FO_RCP, FO_SQRT, FO_RSQRT,
     FO_EX2, FO_LG2, FO_SIN, FO_COS, FO_TANH, FO_COPYSIGN
+};
+
+// SIMD operations for OP_SIMD (in.mod). vop2/vop4 and vset use in.nvec lanes, in.ty/ty2/space
+// as d/a/b types, in.size as the destination lane mask, in.pad = 1 for the .add accumulate.
+enum SimdOp : uint8_t {
+    SV_ADD, SV_SUB, SV_AVRG, SV_ABSDIFF, SV_MIN, SV_MAX, SV_SET, SV_DP4A, SV_DP2A_LO, SV_DP2A_HI,
+    SV_BMSK_CLAMP, SV_BMSK_WRAP
 };
 
 struct Instr {
