@@ -298,7 +298,19 @@ struct Decoder {
             {"%laneid", S_LANEID}, {"%warpid", S_WARPID}, {"%nwarpid", S_NWARPID}, {"%smid", S_SMID},
             {"%nsmid", S_NSMID}, {"%gridid", S_GRIDID}, {"%dynamic_smem_size", S_DYN_SMEM},
             {"%total_smem_size", S_TOTAL_SMEM}, {"%lanemask_eq", S_LANEMASK_EQ}, {"%lanemask_le", S_LANEMASK_LE},
-            {"%lanemask_lt", S_LANEMASK_LT}, {"%lanemask_ge", S_LANEMASK_GE}, {"%lanemask_gt", S_LANEMASK_GT}};
+            {"%lanemask_lt", S_LANEMASK_LT}, {"%lanemask_ge", S_LANEMASK_GE}, {"%lanemask_gt", S_LANEMASK_GT},
+            {"%envreg1", S_ENVREG1}, {"%envreg2", S_ENVREG2}};
+        static const std::map<std::string, uint32_t> reserved = {
+            {"%reserved_smem_offset_begin", kReservedSmemOffset}, {"%reserved_smem_offset_0", kReservedSmemOffset},
+            {"%reserved_smem_offset_1", kReservedSmemOffset + kReservedSmemBytes / 2},
+            {"%reserved_smem_offset_end", kReservedSmemOffset + kReservedSmemBytes},
+            {"%reserved_smem_offset_cap", kReservedSmemBytes}};
+        auto r = reserved.find(s);
+        if (r != reserved.end()) {
+            this->m->uses_reserved_smem = true;
+            *slot = const_slot(r->second);
+            return true;
+        }
         auto it = m.find(s);
         if (it == m.end()) return false;
         *slot = it->second;

@@ -42,6 +42,7 @@ struct Cta {
     uint32_t idx[3] = {0, 0, 0};
     std::vector<Thread> threads;
     std::vector<uint8_t> smem;
+    std::vector<uint8_t> reserved_smem;  // kReservedSmemBytes when the module uses it
     std::vector<Shadow> shadow;
     uint32_t live = 0;  // threads not exited
     struct Barrier { uint32_t arrived = 0, waiting = 0, expected = 0; uint32_t popc = 0; bool all = true, any = false; };
@@ -68,6 +69,7 @@ struct Exec {
     uint32_t block_threads = 0, block_warps = 0;
     uint32_t smem_size = 0;
     uint64_t rng = 0;
+    uint64_t grid_workspace = 0;  // %envreg1:2
     std::set<std::pair<int, uint32_t>> reported;  // (check, line): one finding per check and line
     // Allocation cache of the global load/store path.
     uint64_t cache_base = 1, cache_size = 0;

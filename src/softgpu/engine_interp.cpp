@@ -859,6 +859,14 @@ uint8_t* resolve(Exec& x, Thread& t, const Instr& in, int sp, uint64_t a, uint32
             return reinterpret_cast<uint8_t*>(a);
         }
         case SP_SHARED: {
+            if (a - kReservedSmemOffset < kReservedSmemBytes && !t.cta->reserved_smem.empty()) {
+                if (kReservedSmemBytes - (a - kReservedSmemOffset) < size || (align_bad)) {
+                    x.finding(700, CK_MEMCHECK, t, in, what("out-of-bounds or misaligned") + " in the reserved shared memory");
+                    x.abort = true;
+                    return nullptr;
+                }
+                return t.cta->reserved_smem.data() + (a - kReservedSmemOffset);
+            }
             if (a >= x.smem_size || x.smem_size - a < size) {
                 x.finding(700, CK_MEMCHECK, t, in, what("out-of-bounds") + ": the block has " + std::to_string(x.smem_size) +
                                                         " bytes of shared memory");

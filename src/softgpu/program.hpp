@@ -28,6 +28,7 @@ enum Slot : uint32_t {
     S_LANEID, S_WARPID, S_NWARPID, S_SMID, S_NSMID, S_GRIDID,
     S_DYN_SMEM, S_TOTAL_SMEM,
     S_LANEMASK_EQ, S_LANEMASK_LE, S_LANEMASK_LT, S_LANEMASK_GE, S_LANEMASK_GT,
+    S_ENVREG1, S_ENVREG2,  // high and low halves of the grid-sync workspace address (cooperative launches; else 0)
     kNumFixed
 };
 
@@ -36,6 +37,11 @@ constexpr uint64_t kSharedWindow = 0xFFFF000000000000ull;
 constexpr uint64_t kLocalWindow = 0xFFFE000000000000ull;
 constexpr uint64_t kParamWindow = 0xFFFD000000000000ull;  // kernel parameters (cvta.param)
 constexpr uint64_t kWindowSize = 1ull << 32;
+// The reserved shared memory of every CTA (%reserved_smem_offset_*: cooperative_groups' multi-warp
+// tile scratch) lies at this fixed offset of the shared window, apart from the kernel's own shared
+// memory so memcheck still bounds that exactly.
+constexpr uint32_t kReservedSmemOffset = 0x80000000u;
+constexpr uint32_t kReservedSmemBytes = 1024;
 
 enum Type : uint8_t {
     T_NONE, T_B8, T_B16, T_B32, T_B64, T_U8, T_U16, T_U32, T_U64, T_S8, T_S16, T_S32, T_S64,
@@ -175,6 +181,7 @@ public:
     std::vector<Kernel*> kernels;
     uint32_t module_shared_bytes = 0;                   // module-scope .shared, start of the window
     uint32_t dyn_shared_align = 16;
+    bool uses_reserved_smem = false;                    // some function reads %reserved_smem_offset_*
     ~Module();
 };
 
@@ -183,6 +190,7 @@ public:
     Module* module = nullptr;
     uint32_t fn = 0;       // index of the entry in module->functions
     uint32_t static_smem_end = 0;  // shared window offset where dynamic shared memory starts
+    uint64_t grid_workspace = 0;   // %envreg1:2 of its cooperative launches (a module global, zeroed per launch)
     KernelInfo info;
 };
 
