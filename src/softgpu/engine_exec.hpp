@@ -88,11 +88,17 @@ struct Exec {
     void release_barrier(Cta& cta, uint32_t id);
     bool complete_collective(Cta& cta, Thread& t);
     void settle_activemask(Cta& cta, uint32_t warp, bool diverged);
+    // vprintf, malloc, free, __assertfail (engine_builtins.cpp); false when the launch must stop.
+    bool call_builtin(Thread& t, const Instr& in, const CallSite& cs);
     // Findings (executor.cpp).
     void finding(int code, int check, const Thread& t, const Instr& in, const std::string& what);
     std::string where(const Thread& t) const;
     uint64_t next_random();
 };
+
+// Memory access resolution with the checks (engine_interp.cpp): a host pointer, or null after a finding.
+enum Access { AC_LOAD, AC_STORE, AC_ATOMIC };
+uint8_t* resolve(Exec& x, Thread& t, const Instr& in, int sp, uint64_t a, uint32_t size, int kind, int* real_space);
 
 uint32_t simd_instr(const Instr& in, uint32_t a, uint32_t b, uint32_t c);  // engine_video.cpp
 

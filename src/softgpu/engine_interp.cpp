@@ -11,8 +11,6 @@ namespace softgpu {
 
 namespace {
 
-enum Access { AC_LOAD, AC_STORE, AC_ATOMIC };
-
 const char* space_name(int sp) {
     switch (sp) {
         case SP_GLOBAL: return "global";
@@ -294,8 +292,6 @@ uint64_t cvt(const Instr& in, uint64_t v) {
     } while (0)
 
 static inline bool misaligned(uint64_t a, uint32_t size) { return a & (size - 1); }
-
-uint8_t* resolve(Exec& x, Thread& t, const Instr& in, int sp, uint64_t a, uint32_t size, int kind, int* real_space);
 
 RunStatus Exec::run(Thread& t, uint32_t budget) {
     const Function* fn = &module->functions[t.fn];
@@ -692,6 +688,11 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
             case OP_BRX: pc = module->branch_tables[in.imm][R[in.a] & 0xffffffffu]; continue;
             case OP_CALL: {
                 const CallSite& cs = module->calls[in.imm];
+                if (cs.builtin) {
+                    SAVE();
+                    if (!call_builtin(t, in, cs)) { status = RUN_FAULT; goto out; }
+                    break;
+                }
                 if (t.stack.size() >= 512) {
                     SAVE();
                     finding(719, CK_OTHER, t, in, "call stack overflow (more than 512 nested calls)");

@@ -140,8 +140,11 @@ struct Instr {
 };
 
 struct CallArg { uint32_t caller_off, callee_off, size; };
+// Undefined functions the engine implements itself (engine_builtins.cpp).
+enum Builtin : uint8_t { BI_NONE, BI_VPRINTF, BI_MALLOC, BI_FREE, BI_ASSERTFAIL };
 struct CallSite {
     uint32_t callee;                 // function index
+    uint8_t builtin = BI_NONE;       // when the callee is one of the engine's builtins
     std::vector<CallArg> args;       // copied caller -> callee at the call
     std::vector<CallArg> rets;       // copied callee -> caller at ret
 };
