@@ -135,6 +135,7 @@ CUresult cuCtxGetDevice_v2(CUdevice* device, CUcontext ctx) {
 CUresult cuCtxSynchronize_v2(CUcontext ctx) {
     SG_LOCK;
     if (CUresult r = resolve(&ctx)) return r;
+    flush_device_printf();
     CUresult r = ctx->pending;
     ctx->pending = CUDA_SUCCESS;
     return r;

@@ -10,6 +10,7 @@ unsigned long long g_next_stream_id = 1;
 
 // The pending failed launch of the stream's context: a synchronize reports it once, then clears it.
 CUresult take_pending(CUctx_st* ctx) {
+    flush_device_printf();  // device printf output appears at synchronisation points
     if (!ctx) return CUDA_SUCCESS;
     CUresult r = ctx->pending;
     ctx->pending = CUDA_SUCCESS;

@@ -130,6 +130,10 @@ bool Exec::complete_collective(Cta& cta, Thread& t) {
         }
         if (o.state != TS_COLLECTIVE) return false;  // still on its way
         if (instr_of(*this, o).op != in.op) {
+            // Another kind of collective is fine while its member mask leaves this lane out (it
+            // completes without us, then the lane comes on here); if it waits for this lane, neither can.
+            const Instr& oi = instr_of(*this, o);
+            if (!(uint32_t(regs_of(o)[oi.op == OP_BAR_WARP ? oi.c : oi.e]) >> t.lane & 1)) return false;
             finding(719, CK_OTHER, t, in, "lanes of one member mask wait at different kinds of warp collective (line " +
                                               std::to_string(instr_of(*this, o).line) + ")");
             abort = true;

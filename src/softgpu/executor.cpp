@@ -118,6 +118,8 @@ void Exec::init_thread(Thread& t, Cta& cta, uint32_t tid) {
     s[S_LANEMASK_LE] = (1u << t.lane) | ((1u << t.lane) - 1);
     s[S_LANEMASK_GT] = ~uint32_t((1u << t.lane) | ((1u << t.lane) - 1));
     s[S_LANEMASK_GE] = ~uint32_t((1u << t.lane) - 1);
+    s[S_ENVREG1] = grid_workspace >> 32;
+    s[S_ENVREG2] = grid_workspace & 0xffffffffu;
     if (t.local.size() < kernel->info.local_bytes) t.local.resize(kernel->info.local_bytes);
     // Local memory is uninitialised on hardware; zero it so results never depend on stale data.
     std::fill(t.local.begin(), t.local.end(), 0);
@@ -133,6 +135,8 @@ void setup_cta(Exec& x, Cta& cta, uint64_t linear) {
     cta.idx[2] = uint32_t(linear / (uint64_t(g[0]) * g[1]));
     if (cta.threads.size() != x.block_threads) cta.threads.resize(x.block_threads);
     cta.smem.assign(x.smem_size, 0);
+    if (x.module->uses_reserved_smem) cta.reserved_smem.assign(kReservedSmemBytes, 0);
+    else cta.reserved_smem.clear();
     if (x.conf.racecheck) {
         if (cta.shadow.size() != x.smem_size) cta.shadow.assign(x.smem_size, Shadow{});
     }
@@ -315,6 +319,14 @@ int launch(Kernel* k, const LaunchConfig& cfg, LaunchCounts* counts, std::string
     x.smem_size = k->static_smem_end + cfg.dynamic_smem;
     uint64_t nctas = uint64_t(cfg.grid[0]) * cfg.grid[1] * cfg.grid[2];
     if (x.block_threads == 0 || nctas == 0) return 0;
+    if (cfg.cooperative) {  // the workspace this_grid().sync() counts arrivals in
+        if (!k->grid_workspace) {
+            k->grid_workspace = alloc_module_global(16, 16);
+            k->module->globals.push_back(GlobalVar{"(grid sync workspace of " + k->info.name + ")", k->grid_workspace, 16});
+        }
+        memset(reinterpret_cast<void*>(k->grid_workspace), 0, 16);
+        x.grid_workspace = k->grid_workspace;
+    }
     Residency res = residency(k->info, x.block_threads, cfg.dynamic_smem);
     uint64_t limit = cfg.cooperative ? nctas : uint64_t(res.blocks_per_sm) * res.sms;
     Scheduler sched(x, nctas, limit, res);

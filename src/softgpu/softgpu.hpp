@@ -147,6 +147,13 @@ struct LaunchConfig {
 struct Residency { uint32_t blocks_per_sm = 1, sms = 1; };
 Residency residency(const KernelInfo& info, uint32_t threads, uint64_t dynamic_smem);
 
+// Device-side runtime (engine_builtins.cpp): the malloc heap and printf FIFO sizes of the current
+// context (driver_limits.cpp), and the FIFO's flush, which every synchronize calls, as the driver
+// writes device printf output to stdout at synchronisation points.
+struct DeviceLimits { uint64_t malloc_heap = 8 << 20, printf_fifo = 1 << 20; };
+DeviceLimits device_limits();
+void flush_device_printf();
+
 // Runs the whole grid to completion (the driver has already validated the launch limits).
 // Returns 0 (CUDA_SUCCESS) or a CUresult: CUDA_ERROR_ILLEGAL_ADDRESS (700) for memcheck findings,
 // CUDA_ERROR_LAUNCH_FAILED (719) for racecheck/initcheck findings, deadlocks, the watchdog, or a

@@ -22,6 +22,12 @@ def include_dir():
     return os.path.join(list(nvidia.cu13.__path__)[0], "include")
 
 
+def cccl_include_dir():
+    """CCCL's headers (CUB, libcu++, nv/target) from the nvidia-cuda-cccl wheel, or None without it."""
+    d = os.path.join(include_dir(), "cccl")
+    return d if os.path.isdir(os.path.join(d, "cub")) else None
+
+
 def ok(result):
     """Unpack a cuda.bindings result tuple after asserting CUDA_SUCCESS."""
     err, rest = result[0], result[1:]
@@ -37,6 +43,8 @@ def compile_ptx(source, options=()):
     err, prog = nvrtc.nvrtcCreateProgram(source.encode(), b"kernel.cu", 0, [], [])
     assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS
     opts = [b"--gpu-architecture=compute_80", b"-std=c++17", ("-I" + include_dir()).encode()]
+    if cccl_include_dir():
+        opts.append(("-I" + cccl_include_dir()).encode())
     opts += [o.encode() for o in options]
     (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
     if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
