@@ -857,6 +857,7 @@ uint8_t* resolve(Exec& x, Thread& t, const Instr& in, int sp, uint64_t a, uint32
                 }
                 if (kind != AC_LOAD) mark_initialized(al, a, size);
             }
+            if (x.cfg.access) x.cfg.access->note(al, a, size, kind != AC_STORE, kind != AC_LOAD);  // streamcheck
             return reinterpret_cast<uint8_t*>(a);
         }
         case SP_SHARED: {

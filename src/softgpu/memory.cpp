@@ -39,8 +39,8 @@ static bool parse_size(const char* s, uint64_t* out) {
 
 static void parse_checks(const char* s, Config& c) {
     std::string text(s);
-    if (text == "all" || text.empty()) return;
-    c.memcheck = c.racecheck = c.initcheck = false;
+    if (text == "all" || text.empty()) return;  // streamcheck keeps its default: on when async
+    c.memcheck = c.racecheck = c.initcheck = c.streamcheck = false;
     if (text == "none") return;
     std::stringstream ss(text);
     std::string item;
@@ -48,15 +48,34 @@ static void parse_checks(const char* s, Config& c) {
         if (item == "memcheck") c.memcheck = true;
         else if (item == "racecheck") c.racecheck = true;
         else if (item == "initcheck") c.initcheck = true;
+        else if (item == "streamcheck") c.streamcheck = true;
         else g_config_error += "CYBN_SOFTGPU_CHECKS: unknown check '" + item +
-                               "' (expected all, none or a comma list of memcheck,racecheck,initcheck); ";
+                               "' (expected all, none or a comma list of memcheck,racecheck,initcheck,streamcheck); ";
     }
+}
+
+// "0"/"1" switches (CYBN_SOFTGPU_ASYNC, CYBN_SOFTGPU_STICKY).
+static void parse_switch(const char* name, bool* out) {
+    const char* s = getenv(name);
+    if (!s) return;
+    std::string v(s);
+    if (v == "1") *out = true;
+    else if (v == "0" || v.empty()) *out = false;
+    else g_config_error += std::string(name) + ": expected 0 or 1, not '" + v + "'; ";
 }
 
 Config& config() {
     static Config c = [] {
         Config c;
+        parse_switch("CYBN_SOFTGPU_ASYNC", &c.async);
+        parse_switch("CYBN_SOFTGPU_STICKY", &c.sticky);
+        c.streamcheck = c.async;  // unless CYBN_SOFTGPU_CHECKS says otherwise
         if (const char* s = getenv("CYBN_SOFTGPU_CHECKS")) parse_checks(s, c);
+        if (const char* s = getenv("CYBN_SOFTGPU_ASYNC_SEED")) {
+            char* end = nullptr;
+            c.async_seed = strtoull(s, &end, 0);
+            if (end == s || *end) g_config_error += std::string("CYBN_SOFTGPU_ASYNC_SEED: not an integer: '") + s + "'; ";
+        }
         if (const char* s = getenv("CYBN_SOFTGPU_SEED")) {
             char* end = nullptr;
             c.seed = strtoull(s, &end, 0);

@@ -9,7 +9,8 @@
 // virtual region reserved by memory.cpp, so the executor dereferences an address after checking it
 // and never translates. Addresses are never reused, so a use after free is always detectable.
 //
-// Everything here is called with the driver's global lock held: the software GPU is single-threaded.
+// Everything here is called with the driver's global lock held: one operation executes at a time
+// (in async mode on the stream worker thread).
 #pragma once
 
 #include <cstddef>
@@ -31,10 +32,17 @@ namespace softgpu {
 //   CYBN_SOFTGPU_PROFILE  the device modelled: small (default) | a100 | h100 | h200 | l4 | t4 | rtx4090
 //                         (profiles.cpp; read by the driver side, not part of Config)
 //   CYBN_SOFTGPU_NVJITLINK libnvJitLink path for exact register counts (jitlink.cpp); unset or 0: estimate
+//   CYBN_SOFTGPU_ASYNC    1: streams run on a worker thread, asynchronously to the host (stream_queue.cpp)
+//   CYBN_SOFTGPU_ASYNC_SEED  non-zero (async mode): random choice among ready streams and random delays
+//   CYBN_SOFTGPU_STICKY   1: a kernel fault makes every later call on its context return the error
 struct Config {
     bool memcheck = true;
     bool racecheck = true;
     bool initcheck = true;
+    bool streamcheck = false;  // cross-stream ordering of global memory (on by default in async mode)
+    bool async = false;
+    bool sticky = false;
+    uint64_t async_seed = 0;
     uint64_t seed = 0;
     uint32_t time_slice = 4096;  // instructions a thread runs before it yields to the others
     uint64_t watchdog = 1ull << 31;
@@ -132,6 +140,26 @@ KernelInfo& kernel_info(Kernel* k);
 // A module-scope .global or .const variable: its device address and size.
 bool find_global(Module* m, const char* name, uint64_t* addr, uint64_t* size);
 
+// streamcheck: the global bytes one launch touched, as one read and one write interval per
+// allocation (coarse: bytes between two touched ones count as touched).
+struct AccessSpan {
+    uint64_t serial, base;
+    uint64_t rlo = ~0ull, rhi = 0, wlo = ~0ull, whi = 0;
+};
+struct AccessLog {
+    std::vector<AccessSpan> spans;
+    size_t last = 0;
+    void note(const Allocation& al, uint64_t a, uint64_t n, bool read, bool write) {
+        if (last >= spans.size() || spans[last].serial != al.serial) {
+            for (last = 0; last < spans.size() && spans[last].serial != al.serial; ++last) {}
+            if (last == spans.size()) spans.push_back(AccessSpan{al.serial, al.base});
+        }
+        AccessSpan& s = spans[last];
+        if (read) s.rlo = a < s.rlo ? a : s.rlo, s.rhi = a + n > s.rhi ? a + n : s.rhi;
+        if (write) s.wlo = a < s.wlo ? a : s.wlo, s.whi = a + n > s.whi ? a + n : s.whi;
+    }
+};
+
 struct LaunchConfig {
     uint32_t grid[3];
     uint32_t block[3];
@@ -139,6 +167,7 @@ struct LaunchConfig {
     bool cooperative;            // all CTAs co-resident and interleaved
     const uint8_t* params;       // packed parameter buffer of kernel_info(k).param_bytes bytes
     uint32_t resident_blocks = 0;  // blocks the device holds at once: occupancy x SMs (driver sets it)
+    AccessLog* access = nullptr; // streamcheck: global accesses are noted here when set
 };
 
 // How many blocks of a launch are resident at once: blocks per SM by the driver's occupancy
