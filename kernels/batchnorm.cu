@@ -113,40 +113,47 @@ __device__ __forceinline__ BwdSums load_bwd(const float* p) {
     return BwdSums{CSum{__ldcg(p), __ldcg(p + 1)}, CSum{__ldcg(p + 2), __ldcg(p + 3)}, CSum{__ldcg(p + 4), __ldcg(p + 5)}};
 }
 
+// Shared scratch is kept small because the replay cache gets what is left of 48 KiB (and the software
+// GPU counts a module's static shared memory for each of its kernels).
+
 // Total of v over the G threads (whole warps) of each threadIdx.y group, returned to all of them.
 // Every thread of the CTA must call it. Fixed combination order: deterministic.
 template <typename R>
 __device__ R group_reduce(R v) {
     __shared__ R warp_part[32];
-    __shared__ R group_total[32];
     const int G = blockDim.x;
     const int tid = threadIdx.y * G + threadIdx.x;
     for (int o = 16; o > 0; o >>= 1) v = merge(v, shfl_down(v, o));
     if ((tid & 31) == 0) warp_part[tid >> 5] = v;
     __syncthreads();
-    if (threadIdx.x == 0) {
-        const int w0 = threadIdx.y * (G >> 5);
+    const int w0 = threadIdx.y * (G >> 5);
+    if (threadIdx.x == 0) {  // the group's leader folds its warps into its first slot
         R t = warp_part[w0];
         for (int w = 1; w < (G >> 5); ++w) t = merge(t, warp_part[w0 + w]);
-        group_total[threadIdx.y] = t;
+        warp_part[w0] = t;
     }
     __syncthreads();
-    return group_total[threadIdx.y];
+    const R t = warp_part[w0];
+    __syncthreads();  // warp_part is reused by the next call
+    return t;
 }
 
 // Total of v over the R = blockDim.y row lanes of each threadIdx.x column (per-activation kernels),
-// returned to all of them. Every thread must call it. Tree in a fixed order: deterministic.
+// returned to all of them. Every thread must call it. Tree in a fixed order (lane y merges lane y + s):
+// deterministic. The upper half of the active lanes hands its values over, so 128 slots suffice.
 template <typename R>
 __device__ R column_reduce(R v) {
-    __shared__ R part[256];  // per-activation CTAs have at most 256 threads
-    const int bx = blockDim.x, i = threadIdx.y * bx + threadIdx.x;
-    part[i] = v;
-    __syncthreads();
+    __shared__ R part[128];  // per-activation CTAs have at most 256 threads
+    const int bx = blockDim.x, y = threadIdx.y;
     for (int s = blockDim.y >> 1; s > 0; s >>= 1) {
-        if (threadIdx.y < s) part[i] = merge(part[i], part[i + s * bx]);
+        if (y >= s && y < 2 * s) part[(y - s) * bx + threadIdx.x] = v;
+        __syncthreads();
+        if (y < s) v = merge(v, part[y * bx + threadIdx.x]);
         __syncthreads();
     }
-    R t = part[threadIdx.x];
+    if (y == 0) part[threadIdx.x] = v;
+    __syncthreads();
+    const R t = part[threadIdx.x];
     __syncthreads();  // part is reused by the next call
     return t;
 }
