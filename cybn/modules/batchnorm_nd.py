@@ -5,7 +5,7 @@ import numbers
 import numpy as np
 
 from cybn.modules import config as Config
-from cybn.modules.dnn import BatchNormMode, batchNormNd, batchNormNdBackward
+from cybn.modules.dnn import BatchNormMode, batchNormNd, batchNormNdBackward, batchNormNdBackwardFrozen
 from cybn.modules.module import Module, ModuleError
 from cybn.modules.variable import Variable
 
@@ -67,6 +67,9 @@ class BatchNormND(Module):
 
         self.scale, self.bias, self.mean, self.var = None, None, None, None
         self.savemean, self.saveinvvar, self.scalegrad, self.biasgrad = None, None, None, None
+        # backward(): the (scale, momentum) accGradParams will apply, so updateGrad fuses the accumulation
+        # into its launch; True once it did (accGradParams then has nothing left to do).
+        self.pendingAcc, self.accumulatedInKernel = None, False
         # True when the last forward ran in eval mode (backward then differentiates the eval-mode function).
         self.evalForward = False
 
@@ -105,38 +108,52 @@ class BatchNormND(Module):
                                     mode=self.mode, out=data if self.inplace else None)
             self.evalForward = True
 
+    def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
+        """PuzzleLib's backward. When it both computes the gradients and accumulates the parameter gradients
+        (a train-mode module with gradient buffers), the accumulation ``grad = scale * batch + momentum * grad``
+        runs inside the backward kernel: one launch when a channel fits one CTA, two when split, never an
+        extra launch for the accumulation."""
+        fuse = updGrad and updParamGrads and self.train and self.affine and \
+            all(self.vars[n].grad is not None for n in ("scale", "bias"))
+        self.pendingAcc, self.accumulatedInKernel = ((scale, momentum) if fuse else None), False
+        try:
+            return super().backward(grad, updParamGrads, updGrad, scale, momentum)
+        finally:
+            self.pendingAcc, self.accumulatedInKernel = None, False
+
     def updateGrad(self, grad):
         if self.inData is None:
             raise ModuleError("%s: backward called before a forward" % self)
         self.checkInitialised()
 
+        # An in-place eval forward overwrote its input, so the parameter gradients (which need x) are
+        # unavailable; the input gradient does not depend on x there.
+        lost = self.evalForward and self.inplace
+        acc = None
+        if self.pendingAcc is not None and not lost:
+            acc = (self.vars["scale"].grad, self.vars["bias"].grad) + tuple(self.pendingAcc)
         if self.evalForward:
-            ingrad, scalegrad, biasgrad = self.evalBackward(grad)
+            ingrad, scalegrad, biasgrad = batchNormNdBackwardFrozen(
+                self.inData, grad, self.scale, self.mean, self.var, self.epsilon, mode=self.mode, accumulate=acc)
         else:
             if self.savemean is None:
                 raise ModuleError("%s: backward needs the statistics of a training forward" % self)
             ingrad, scalegrad, biasgrad = batchNormNdBackward(
-                self.inData, grad, self.scale, self.savemean, self.saveinvvar, self.epsilon, mode=self.mode)
+                self.inData, grad, self.scale, self.savemean, self.saveinvvar, self.epsilon, mode=self.mode,
+                accumulate=acc)
+        self.accumulatedInKernel = acc is not None
 
         self.grad = ingrad
         if self.affine:
-            # An in-place eval forward overwrote its input, so the parameter gradients (which need x) are
-            # unavailable; the input gradient does not depend on x there.
-            lost = self.evalForward and self.inplace
             self.scalegrad, self.biasgrad = (None, None) if lost else (scalegrad, biasgrad)
 
-    def evalBackward(self, grad):
-        """Gradients of y = scale * (x - mean) / sqrt(var + epsilon) + bias with the running statistics fixed."""
-        from cybn import batchnorm
-
-        shape = self.paramShape()
-        ingrad, scalegrad, biasgrad = batchnorm.backward_infer(
-            self.inData, grad, self.scale.ravel(), self.mean.ravel(), self.var.ravel(), self.epsilon,
-            mode=self.mode.value)
-        return ingrad, scalegrad.reshape(*shape), biasgrad.reshape(*shape)
-
     def accGradParams(self, grad, scale=1.0, momentum=0.0):
-        """Each parameter's grad becomes ``scale * (this batch's gradient) + momentum * grad``."""
+        """Each parameter's grad becomes ``scale * (this batch's gradient) + momentum * grad``. Inside
+        backward() the backward kernel already did it (see backward); called on its own it is one axpby
+        per parameter."""
+        if self.accumulatedInKernel:
+            self.accumulatedInKernel = False
+            return
         if not self.affine or self.scalegrad is None:
             return
         from cybn import elementwise

@@ -196,7 +196,7 @@ def test_desc_init(cext):
     ((SPATIAL, FLOAT32, 2, 0, 4, 1e-3, 0.5, 1), "N, C and S must be positive"),
     ((SPATIAL, 3, 2, 3, 4, 1e-3, 0.5, 1), "unknown dtype"),
     ((SPATIAL, FLOAT32, 2, 3, 4, -1.0, 0.5, 1), "epsilon"),
-    ((SPATIAL, FLOAT32, 2, 3, 4, 1e-3, 0.5, 2), "unknown flags"),
+    ((SPATIAL, FLOAT32, 2, 3, 4, 1e-3, 0.5, 4), "unknown flags"),
 ])
 def test_desc_init_refuses_and_leaves_descriptor(cext, args, match):
     st, msg, f, unchanged = cext.desc_init(*args)
