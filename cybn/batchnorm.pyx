@@ -20,6 +20,7 @@ partial statistics. It is plain scratch: each split call zeroes its counters on 
 two calls' launches interleave on one workspace.
 """
 import enum
+import numbers
 import threading
 
 import numpy as np
@@ -647,11 +648,15 @@ cdef GPUArray _like(obj, str what, GPUArray x):
 _FLT_MAX = float(np.finfo(np.float32).max)
 
 
+cdef double _real(value, str what) except? -1:
+    # Real numbers only: float("1e-5") and float(True) would hide a caller's mistake.
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a real number (not str or bool), got {value!r}")
+    return float(value)
+
+
 cdef float _epsilon(epsilon) except? -1:
-    try:
-        e = float(epsilon)
-    except (TypeError, ValueError):
-        raise TypeError(f"epsilon must be a number, got {epsilon!r}") from None
+    e = _real(epsilon, "epsilon")
     # The kernels take it as float32: 1e-50 would round to 0 there and 1e39 to inf.
     if not (0 < e <= _FLT_MAX) or np.float32(e) == 0:
         raise ValueError(f"epsilon must be a positive finite number (as a float32), got {epsilon!r}")
@@ -683,10 +688,7 @@ cdef int _no_aliasing(list outputs, list inputs, tuple in_place) except -1:
 
 
 cdef float _factor(factor) except? -1:
-    try:
-        f = float(factor)
-    except (TypeError, ValueError):
-        raise TypeError(f"factor must be a number, got {factor!r}") from None
+    f = _real(factor, "factor")
     if not 0.0 <= f <= 1.0:
         raise ValueError(f"factor must be in [0, 1], got {factor!r}")
     return f
