@@ -618,6 +618,14 @@ cdef int _check_device(GPUArray a, str what) except -1:
         raise ValueError(f"{what} (pointer {a.ptr_:#x}) is not memory the driver knows")
     if ordinal != current_ordinal():
         raise ValueError(f"{what} lives on device {ordinal}, but the current device is {current_ordinal()}")
+    # The whole extent must lie in that one allocation: a view longer than its memory would fail only at
+    # a later launch, after earlier ones had already written (all-or-nothing needs it checked up front).
+    cdef cydriver.CUdeviceptr base = 0
+    cdef size_t size = 0
+    r = cydriver.cuMemGetAddressRange(&base, &size, <cydriver.CUdeviceptr>a.ptr_)
+    if r == cydriver.CUDA_SUCCESS and a.ptr_ + <size_t>a.nbytes > base + size:
+        raise ValueError(f"{what} (pointer {a.ptr_:#x}, {a.nbytes} bytes) runs past the end of its allocation "
+                         f"({size} bytes at {base:#x}): the view is larger than its memory")
     return 0
 
 
