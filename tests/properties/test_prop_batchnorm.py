@@ -12,14 +12,21 @@ TOL = {np.dtype(np.float32): dict(rtol=2e-4, atol=2e-4), np.dtype(np.float16): d
 STAT = dict(rtol=2e-4, atol=2e-5)
 
 
-@given(problems())
-def test_forward_train_and_backward_match_float64(p):
+def setup(p):
+    """(rng, shape, mode, dtype, K, M, x, scale, bias) of a drawn problem."""
     rng = np.random.default_rng(p["seed"])
-    shape, mode, dtype, keep = p["shape"], p["mode"], p["dtype"], []
+    shape, mode, dtype = p["shape"], p["mode"], p["dtype"]
     _, _, K, M = ref.layout(shape, mode)
     x = (rng.standard_normal(shape) + p["center"]).astype(dtype)
-    dy = rng.standard_normal(shape).astype(dtype)
     scale, bias = rng.uniform(0.5, 1.5, K).astype(np.float32), rng.standard_normal(K).astype(np.float32)
+    return rng, shape, mode, dtype, K, M, x, scale, bias
+
+
+@given(problems())
+def test_forward_train_and_backward_match_float64(p):
+    rng, shape, mode, dtype, K, M, x, scale, bias = setup(p)
+    keep = []
+    dy = rng.standard_normal(shape).astype(dtype)
     rm, rv = rng.standard_normal(K).astype(np.float32), rng.uniform(0.5, 2, K).astype(np.float32)
     g = {k: at_offset(v, p["offset"], keep) for k, v in dict(x=x, dy=dy, scale=scale, bias=bias, rm=rm, rv=rv).items()}
 
@@ -45,11 +52,8 @@ def test_forward_train_and_backward_match_float64(p):
 
 @given(problems())
 def test_forward_infer_matches_float64(p):
-    rng = np.random.default_rng(p["seed"])
-    shape, mode, dtype, keep = p["shape"], p["mode"], p["dtype"], []
-    _, _, K, _ = ref.layout(shape, mode)
-    x = (rng.standard_normal(shape) + p["center"]).astype(dtype)
-    scale, bias = rng.uniform(0.5, 1.5, K).astype(np.float32), rng.standard_normal(K).astype(np.float32)
+    rng, shape, mode, dtype, K, _, x, scale, bias = setup(p)
+    keep = []
     rm = (rng.standard_normal(K) + p["center"]).astype(np.float32)
     rv = rng.uniform(0.5, 2, K).astype(np.float32)
     g = {k: at_offset(v, p["offset"], keep) for k, v in dict(x=x, scale=scale, bias=bias, rm=rm, rv=rv).items()}
