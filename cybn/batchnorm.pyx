@@ -20,6 +20,7 @@ partial statistics. It is plain scratch: each split call zeroes its counters on 
 two calls' launches interleave on one workspace.
 """
 import enum
+import numbers
 import threading
 
 import numpy as np
@@ -225,13 +226,13 @@ cdef int bn_check_desc(const bn_desc* d) noexcept nogil:
         return _fail(BN_EINVAL, "descriptor: unknown dtype")
     if d.N < 1 or d.C < 1 or d.S < 1:
         return _fail(BN_EINVAL, "descriptor: N, C and S must be positive")
-    if d.N > (1LL << 62) // d.C // d.S:
-        return _fail(BN_EINVAL, "descriptor: N * C * S overflows 64 bits")
+    if d.N > (1LL << 62) // (2 if d.dtype == BN_FLOAT16 else 4) // d.C // d.S:
+        return _fail(BN_EINVAL, "descriptor: N * C * S overflows 64 bits (as bytes: more than 2^62)")
     stats = d.C if d.mode == BN_SPATIAL else d.C * d.S
     if stats > (1LL << 31) - 1:
         return _fail(BN_EINVAL, "descriptor: more than 2^31 - 1 statistics")
-    if not (d.epsilon > 0):
-        return _fail(BN_EINVAL, "descriptor: epsilon must be > 0")
+    if not (d.epsilon > 0 and d.epsilon <= 3.4028234663852886e38):
+        return _fail(BN_EINVAL, "descriptor: epsilon must be > 0 and finite")
     if not (d.factor >= 0 and d.factor <= 1):
         return _fail(BN_EINVAL, "descriptor: factor must be in [0, 1]")
     return BN_OK
@@ -254,6 +255,52 @@ cdef int _check_workspace(const bn_desc* d, const bn_plan* p, int kernel) noexce
     if p.split > 1 and (d.workspace == 0 or d.workspace_bytes < _counter_bytes(d) + _scratch_bytes(d, p, kernel)):
         return _fail(BN_EWORKSPACE, "descriptor: workspace missing or smaller than bn_workspace_size()")
     return BN_OK
+
+
+cdef struct _span:  # one argument's device bytes, for the aliasing check
+    const char* name
+    cydriver.CUdeviceptr p
+    unsigned long long n
+
+
+cdef int _no_overlap(_span* outs, int nouts, _span* ins, int nins, const bn_desc* d,
+                     int in_place) noexcept nogil:
+    """Every output against every input, every other output and the workspace, and the workspace against the
+    inputs; partial overlaps too. in_place: outs[0] may be exactly ins[0] (or ins[1] when in_place == 2)."""
+    cdef int i, j
+    cdef _span* a
+    cdef _span* b
+    cdef _span ws
+    ws.name = "workspace"; ws.p = d.workspace; ws.n = d.workspace_bytes if d.workspace else 0
+    for i in range(nouts + 1):
+        a = &outs[i] if i < nouts else &ws
+        if a.p == 0 or a.n == 0:
+            continue
+        for j in range(nouts + nins):
+            b = &outs[j] if j < nouts else &ins[j - nouts]
+            if (j < nouts and j <= i and i < nouts) or b.p == 0 or b.n == 0:
+                continue
+            if not (a.p < b.p + b.n and b.p < a.p + a.n):
+                continue
+            if i == 0 and j >= nouts and j - nouts < in_place and a.p == b.p and a.n == b.n:
+                continue
+            snprintf(cybn_bn_error, sizeof(cybn_bn_error), "%s shares memory with %s (outputs and the workspace "
+                     "must not overlap other arguments%s)", a.name, b.name,
+                     ", except an exact in-place output" if in_place else "")
+            return BN_EINVAL
+    return BN_OK
+
+
+cdef inline void _set_span(_span* s, const char* name, cydriver.CUdeviceptr p, unsigned long long n) noexcept nogil:
+    s.name = name; s.p = p; s.n = n
+
+
+cdef inline unsigned long long _data_bytes(const bn_desc* d) noexcept nogil:
+    return <unsigned long long>d.N * d.C * d.S * (2 if d.dtype == BN_FLOAT16 else 4)
+
+
+cdef inline unsigned long long _stat_bytes(const bn_desc* d) noexcept nogil:
+    return <unsigned long long>(d.C if d.mode == BN_SPATIAL else d.C * d.S) * 4
 
 
 cdef int _launch(const bn_desc* d, int kernel, const bn_plan* p, cydriver.CUstream stream, void** args) noexcept nogil:
@@ -312,6 +359,16 @@ cdef int bn_forward_train_core(const bn_desc* d, cydriver.CUdeviceptr x, cydrive
         return _fail(BN_EINVAL, "forward_train: null x, y, running or saved statistics pointer")
     if (d.flags & BN_DESC_AFFINE) and (scale == 0 or bias == 0):
         return _fail(BN_EINVAL, "forward_train: affine descriptor with a null scale or bias")
+    cdef unsigned long long xb = _data_bytes(d), kb = _stat_bytes(d), pb = kb if d.flags & BN_DESC_AFFINE else 0
+    cdef _span outs[5]
+    cdef _span ins[3]
+    _set_span(&outs[0], "y", y, xb); _set_span(&outs[1], "running_mean", running_mean, kb)
+    _set_span(&outs[2], "running_var", running_var, kb); _set_span(&outs[3], "save_mean", save_mean, kb)
+    _set_span(&outs[4], "save_invstd", save_invstd, kb)
+    _set_span(&ins[0], "x", x, xb); _set_span(&ins[1], "scale", scale, pb); _set_span(&ins[2], "bias", bias, pb)
+    st = _no_overlap(outs, 5, ins, 3, d, 1)
+    if st != BN_OK:
+        return st
     cdef bn_plan p
     bn_make_plan(d, BN_K_FWD_TRAIN, _vec_ok(d, x, y, x), &p)
     st = _check_workspace(d, &p, BN_K_FWD_TRAIN)
@@ -361,6 +418,15 @@ cdef int bn_forward_infer_core(const bn_desc* d, cydriver.CUdeviceptr x, cydrive
         return _fail(BN_EINVAL, "forward_infer: null x, y or running statistics pointer")
     if (d.flags & BN_DESC_AFFINE) and (scale == 0 or bias == 0):
         return _fail(BN_EINVAL, "forward_infer: affine descriptor with a null scale or bias")
+    cdef unsigned long long xb = _data_bytes(d), kb = _stat_bytes(d), pb = kb if d.flags & BN_DESC_AFFINE else 0
+    cdef _span outs[1]
+    cdef _span ins[5]
+    _set_span(&outs[0], "y", y, xb)
+    _set_span(&ins[0], "x", x, xb); _set_span(&ins[1], "scale", scale, pb); _set_span(&ins[2], "bias", bias, pb)
+    _set_span(&ins[3], "running_mean", running_mean, kb); _set_span(&ins[4], "running_var", running_var, kb)
+    st = _no_overlap(outs, 1, ins, 5, d, 1)
+    if st != BN_OK:
+        return st
     cdef bn_plan p
     bn_make_plan(d, BN_K_NORMALIZE, _vec_ok(d, x, y, x), &p)
     cdef long long N = d.N, C = d.C, S = d.S
@@ -389,6 +455,18 @@ cdef int bn_backward_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUd
         return _fail(BN_EINVAL, "backward: null x, dy, dx, statistics or gradient pointer")
     if (d.flags & BN_DESC_AFFINE) and scale == 0:
         return _fail(BN_EINVAL, "backward: affine descriptor with a null scale")
+    cdef unsigned long long xb = _data_bytes(d), kb = _stat_bytes(d)
+    cdef _span outs[5]
+    cdef _span ins[5]
+    _set_span(&outs[0], "dx", dx, xb); _set_span(&outs[1], "scale_grad", scale_grad, kb)
+    _set_span(&outs[2], "bias_grad", bias_grad, kb); _set_span(&outs[3], "batch_scale_grad", batch_scale_grad, kb)
+    _set_span(&outs[4], "batch_bias_grad", batch_bias_grad, kb)
+    _set_span(&ins[0], "x", x, xb); _set_span(&ins[1], "dy", dy, xb)
+    _set_span(&ins[2], "scale", scale, kb if d.flags & BN_DESC_AFFINE else 0)
+    _set_span(&ins[3], "mean", mean, kb); _set_span(&ins[4], "invstd or var", stat, kb)
+    st = _no_overlap(outs, 5, ins, 5, d, 2)
+    if st != BN_OK:
+        return st
     cdef float ab[4]
     if d.flags & BN_DESC_ACCUMULATE:
         ab[0] = d.scale_grad_alpha; ab[1] = d.scale_grad_beta; ab[2] = d.bias_grad_alpha; ab[3] = d.bias_grad_beta
@@ -617,6 +695,14 @@ cdef int _check_device(GPUArray a, str what) except -1:
         raise ValueError(f"{what} (pointer {a.ptr_:#x}) is not memory the driver knows")
     if ordinal != current_ordinal():
         raise ValueError(f"{what} lives on device {ordinal}, but the current device is {current_ordinal()}")
+    # The whole extent must lie in that one allocation: a view longer than its memory would fail only at
+    # a later launch, after earlier ones had already written (all-or-nothing needs it checked up front).
+    cdef cydriver.CUdeviceptr base = 0
+    cdef size_t size = 0
+    r = cydriver.cuMemGetAddressRange(&base, &size, <cydriver.CUdeviceptr>a.ptr_)
+    if r == cydriver.CUDA_SUCCESS and a.ptr_ + <size_t>a.nbytes > base + size:
+        raise ValueError(f"{what} (pointer {a.ptr_:#x}, {a.nbytes} bytes) runs past the end of its allocation "
+                         f"({size} bytes at {base:#x}): the view is larger than its memory")
     return 0
 
 
@@ -647,11 +733,15 @@ cdef GPUArray _like(obj, str what, GPUArray x):
 _FLT_MAX = float(np.finfo(np.float32).max)
 
 
+cdef double _real(value, str what) except? -1:
+    # Real numbers only: float("1e-5") and float(True) would hide a caller's mistake.
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a real number (not str or bool), got {value!r}")
+    return float(value)
+
+
 cdef float _epsilon(epsilon) except? -1:
-    try:
-        e = float(epsilon)
-    except (TypeError, ValueError):
-        raise TypeError(f"epsilon must be a number, got {epsilon!r}") from None
+    e = _real(epsilon, "epsilon")
     # The kernels take it as float32: 1e-50 would round to 0 there and 1e39 to inf.
     if not (0 < e <= _FLT_MAX) or np.float32(e) == 0:
         raise ValueError(f"epsilon must be a positive finite number (as a float32), got {epsilon!r}")
@@ -683,10 +773,7 @@ cdef int _no_aliasing(list outputs, list inputs, tuple in_place) except -1:
 
 
 cdef float _factor(factor) except? -1:
-    try:
-        f = float(factor)
-    except (TypeError, ValueError):
-        raise TypeError(f"factor must be a number, got {factor!r}") from None
+    f = _real(factor, "factor")
     if not 0.0 <= f <= 1.0:
         raise ValueError(f"factor must be in [0, 1], got {factor!r}")
     return f
@@ -729,8 +816,12 @@ cdef int _finish_desc(bn_desc* d, cydriver.CUstream stream) except -1:
 cdef int _status(int st, const char* call) except -1:
     if st == BN_OK:
         return 0
-    if st > 0:
-        raise_error(<cydriver.CUresult>st, call)
+    if st > 0:  # the core's text starts with the driver call that failed ("cuMemsetD32Async failed: ...")
+        text = bn_last_error()
+        name = text.split(b" failed", 1)[0] if b" failed" in text else <bytes>call
+        raise_error(<cydriver.CUresult>st, name)
+    if st == BN_EINVAL:  # a check in the core the Python face's own did not catch: the core's words
+        raise ValueError(bn_last_error().decode())
     raise RuntimeError(f"{call.decode()}: {bn_last_error().decode()}")
 
 

@@ -138,6 +138,11 @@ cdef class GPUArray:
         return str(self.get())
 
     # ---------------------------------------------------------------- copies
+    def __reduce__(self):
+        # pickle and copy.deepcopy copy the device data (through the host; waits for the current stream's
+        # work); the copy is a new, contiguous array on the current device. A shallow copy.copy does the same.
+        return to_gpu, (self.get(),)
+
     def get(self, ary=None, stream=None, async_=False):
         """Copy to the host: into `ary` (a C-contiguous numpy array of the same shape and dtype) or a new
         array. async_=True only enqueues the copy (host memory must be pinned, e.g. PinnedBuffer.array,

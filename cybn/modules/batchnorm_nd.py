@@ -179,9 +179,11 @@ class BatchNormND(Module):
 
     def checkDataShape(self, shape):
         self.checkShape(shape, "Data")
+        _require_nonempty(shape, "Data")
 
     def checkGradShape(self, shape):
         self.checkShape(shape, "Grad")
+        _require_nonempty(shape, "Grad")
         if self.inData is not None and tuple(shape) != tuple(self.inData.shape):
             raise ModuleError("Grad has shape %s, the forward's data had shape %s"
                               % (tuple(shape), tuple(self.inData.shape)))
@@ -221,6 +223,12 @@ class BatchNormND(Module):
         if dtype.type not in self.calcTypes:
             raise ModuleError("Unsupported dtype %s" % (T,))
         self.calctype = dtype.type
+
+
+def _require_nonempty(shape, what):
+    if 0 in tuple(shape):
+        raise ModuleError("%s has shape %s: batch normalisation needs at least one value per statistic "
+                          "(no dimension may be 0)" % (what, tuple(shape)))
 
 
 def _require_int(what, value, minimum):

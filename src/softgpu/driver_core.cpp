@@ -185,7 +185,10 @@ CUresult cuInit(unsigned int Flags) {
     SG_LOCK;
     if (Flags != 0) return CUDA_ERROR_INVALID_VALUE;
     config();  // read the environment once, now
-    if (!config_error().empty()) return CUDA_ERROR_INVALID_VALUE;
+    if (!config_error().empty()) {  // bad CYBN_SOFTGPU_* values: say which, through cuInit's report
+        set_last_report("software GPU configuration: " + config_error(), false);
+        return CUDA_ERROR_INVALID_VALUE;
+    }
     if (!profile_error().empty()) return set_last_report(profile_error(), true), CUDA_ERROR_INVALID_VALUE;
     g_initialized = true;
     return CUDA_SUCCESS;

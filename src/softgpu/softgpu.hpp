@@ -24,7 +24,7 @@ namespace softgpu {
 
 // ---------------------------------------------------------------- configuration
 // Read from the environment at first use (memory.cpp), changeable through the softgpu* C API.
-//   CYBN_SOFTGPU_CHECKS   "all" (default) | "none" | comma list of memcheck,racecheck,initcheck
+//   CYBN_SOFTGPU_CHECKS   "all"/1/on/true (default) | "none"/0/off/false | comma list of memcheck,racecheck,initcheck
 //   CYBN_SOFTGPU_SEED     0 (default): deterministic schedule; otherwise seeds a randomised order
 //   CYBN_SOFTGPU_MEMORY   device memory size in bytes, suffixes K/M/G allowed (default 4G)
 //   CYBN_SOFTGPU_WATCHDOG thread-instructions one launch may execute before it fails (default 2^31,
