@@ -94,7 +94,12 @@ def gpuarray_check(report):
     f = gpuarray.empty((3, 7), np.float64).fill(1.25).get()
     if not np.array_equal(f, np.full((3, 7), 1.25)):
         raise AssertionError("fill differs from numpy")
-    report.line("to_gpu/get, axpby (float32), cast float32->float16, fill (float64): match numpy exactly")
+    got = (gx * 2 - gy / 4).reshape(25, 40)[3:7, ::3].T.get()
+    ref = (x * np.float32(2) - y / np.float32(4)).reshape(25, 40)[3:7, ::3].T
+    if not np.array_equal(got, ref):
+        raise AssertionError("GPUArray arithmetic, slicing or transpose differs from numpy")
+    report.line("to_gpu/get, axpby (float32), cast float32->float16, fill (float64), arithmetic, slicing and "
+                "transpose (float32): match numpy exactly")
     return "elementwise ok"
 
 
