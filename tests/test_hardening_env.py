@@ -35,13 +35,15 @@ def probe(**variables):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-OFF = dict(memcheck=False, racecheck=False, initcheck=False)
-ON = dict(memcheck=True, racecheck=True, initcheck=True)
+# streamcheck is off unless CYBN_SOFTGPU_ASYNC=1 turns it on (or the list names it).
+OFF = dict(memcheck=False, racecheck=False, initcheck=False, streamcheck=False)
+ON = dict(memcheck=True, racecheck=True, initcheck=True, streamcheck=False)
 
 
 @pytest.mark.parametrize("value,checks", [
     ("0", OFF), ("off", OFF), ("false", OFF), ("none", OFF), ("1", ON), ("True", ON), ("all", ON),
-    ("memcheck, initcheck", dict(memcheck=True, racecheck=False, initcheck=True)),
+    ("memcheck, initcheck", dict(memcheck=True, racecheck=False, initcheck=True, streamcheck=False)),
+    ("initcheck,streamcheck", dict(memcheck=False, racecheck=False, initcheck=True, streamcheck=True)),
 ])
 def test_softgpu_checks_spellings(value, checks):
     assert probe(CYBN_SOFTGPU_CHECKS=value)["checks"] == checks
