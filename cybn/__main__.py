@@ -1,7 +1,8 @@
 """`python -m cybn`: the main job. Runs each step in STEPS in order, printing what it found, then one
 summary line: `cybn: OK (...)` (exit 0) or `cybn: FAILED <step>: <error>` (exit 1).
 
-`python -m cybn warmup [...]` compiles every registered kernel variant ahead of time (cybn.warmup).
+`python -m cybn warmup [...]` compiles every registered kernel variant ahead of time (cybn.warmup);
+`python -m cybn --help` and `python -m cybn warmup --help` describe both.
 
 A step is a function taking a Report and returning a short summary fragment (or None); it raises to
 fail. Add one with the @step decorator, in the order it should run."""
@@ -40,27 +41,38 @@ def device_report(report):
     return f"{drv} {dev.arch}"
 
 
+def _origin(before, after):
+    """How the programs requested between two cache.stats() snapshots were served."""
+    if after["compiles"] > before["compiles"]:
+        return "compiled by NVRTC"
+    if after["disk_hits"] > before["disk_hits"]:
+        return "loaded from the disk cache"
+    return "already in memory"
+
+
 @step("compile")
 def compile_kernels(report):
-    from cybn import cache, elementwise, kernels
+    """Every registered program (elementwise.cu, batchnorm.cu, ...): compiled by NVRTC or loaded from the disk
+    cache, then loaded into the context; one line per program with where it came from and how long it took."""
+    from cybn import cache, kernels, variants
+    variants.load_all()
     target, arch = kernels.target()
-    before = cache.stats()
-    t0 = time.perf_counter()
-    img, module = kernels.get_module(elementwise.SOURCE)
-    missing = [k for k in elementwise.KERNELS if k not in img.lowered]
-    if missing:
-        raise AssertionError(f"{elementwise.SOURCE} lacks kernels {missing}")
-    secs = time.perf_counter() - t0
-    after = cache.stats()
-    if after["compiles"] > before["compiles"]:
-        origin = "compiled by NVRTC"
-    elif after["disk_hits"] > before["disk_hits"]:
-        origin = "from the disk cache"
-    else:
-        origin = "already in memory"
-    report.line(f"{elementwise.SOURCE}: {len(elementwise.KERNELS)} kernels for {target} {arch}, {origin}, "
-                f"{secs * 1000:.0f} ms")
-    return f"{len(elementwise.KERNELS)} kernels {origin.split()[-1] if 'cache' in origin else 'compiled'}"
+    origins = []
+    for source, options, names in variants.programs():
+        before = cache.stats()
+        t0 = time.perf_counter()
+        img, _module = kernels.get_module(source, options)
+        secs = time.perf_counter() - t0
+        missing = [k for k in names if k not in img.lowered]
+        if missing:
+            raise AssertionError(f"{source} lacks kernels {missing}")
+        origin = _origin(before, cache.stats())
+        origins.append(origin)
+        opts = f" [{' '.join(options)}]" if options else ""
+        report.line(f"{source}{opts}: {len(names)} kernels for {target} {arch}, {origin}, {secs * 1000:.0f} ms")
+    compiled = sum(o.startswith("compiled") for o in origins)
+    cached = sum(o.startswith("loaded") for o in origins)
+    return f"{len(origins)} programs: {compiled} compiled, {cached} from the disk cache"
 
 
 @step("gpuarray")
@@ -82,15 +94,24 @@ def gpuarray_check(report):
     f = gpuarray.empty((3, 7), np.float64).fill(1.25).get()
     if not np.array_equal(f, np.full((3, 7), 1.25)):
         raise AssertionError("fill differs from numpy")
-    report.line("to_gpu/get, axpby (float32), cast float32->float16, fill (float64): match numpy exactly")
+    got = (gx * 2 - gy / 4).reshape(25, 40)[3:7, ::3].T.get()
+    ref = (x * np.float32(2) - y / np.float32(4)).reshape(25, 40)[3:7, ::3].T
+    if not np.array_equal(got, ref):
+        raise AssertionError("GPUArray arithmetic, slicing or transpose differs from numpy")
+    report.line("to_gpu/get, axpby (float32), cast float32->float16, fill (float64), arithmetic, slicing and "
+                "transpose (float32): match numpy exactly")
     return "elementwise ok"
 
 
 @step("batchnorm")
 def batchnorm_check(report):
     """BatchNorm2D forward (training) and backward on sample data against a float64 numpy reference."""
-    from cybn import gpuarray, softgpu
+    from cybn import batchnorm, cache, gpuarray, softgpu
     from cybn.modules import BatchNorm2D
+    before, t0 = cache.stats(), time.perf_counter()
+    batchnorm.prepare(np.float32, "spatial")  # the kernels BatchNorm2D launches, in this context
+    report.line(f"batchnorm.cu float32 spatial kernels: {_origin(before, cache.stats())}, "
+                f"{(time.perf_counter() - t0) * 1000:.0f} ms")
     n, c, h, w = 4, 3, 5, 7
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((n, c, h, w)) * 3 + 10).astype(np.float32)
@@ -160,14 +181,35 @@ def run(steps=None):
     return 0
 
 
+def _parser():
+    import argparse
+    from cybn import __version__
+    p = argparse.ArgumentParser(
+        prog="python -m cybn",
+        description="With no command: cybn's main job. It reports the device (a real GPU, or cybn's software GPU "
+                    "when there is none), compiles or loads every kernel program (saying which, and how long it "
+                    "took), checks GPUArray copies and elementwise kernels against numpy, and runs a BatchNorm2D "
+                    "forward and backward against a float64 numpy reference. Prints one line per check and ends "
+                    "with 'cybn: OK (...)' (exit 0) or 'cybn: FAILED <step>: <error>' (exit 1).",
+        epilog="Environment: CYBN_DEVICE=auto|cuda|softgpu chooses the driver; CYBN_CACHE_DIR / CYBN_CACHE=0 the "
+               "kernel cache. 'python -m cybn warmup --help' describes warmup's options.")
+    p.add_argument("--version", action="version", version=f"cybn {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="{warmup}")
+    sub.add_parser("warmup", add_help=False,
+                   help="compile every kernel variant into the disk cache ahead of time "
+                        "(options: --arch sm_XY|compute_XY, --all-archs, --jobs N)")
+    return p
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "warmup":
+    if argv and argv[0] == "warmup":  # warmup parses its own options (and its own --help)
         from cybn.warmup import main as warmup_main
         return warmup_main(argv[1:])
-    if argv:
-        print(f"usage: python -m cybn [warmup ...]   (unknown argument {argv[0]!r})", file=sys.stderr)
-        return 2
+    try:
+        _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
     return run()
 
 

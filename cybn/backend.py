@@ -4,7 +4,6 @@ CYBN_DEVICE=auto (default) | cuda | softgpu. This must run before the first cuda
 cuda.bindings dlopen()s "libcuda.so.1" once and keeps whatever it found, so the software GPU has to be
 loaded (RTLD_GLOBAL, same soname) before that happens."""
 import ctypes
-import os
 import sys
 import threading
 
@@ -52,9 +51,8 @@ def init():
     with _lock:
         if _name is not None:
             return _name
-        mode = os.environ.get("CYBN_DEVICE", "auto").strip().lower() or "auto"
-        if mode not in CHOICES:
-            raise ValueError(f"CYBN_DEVICE={mode!r} is not one of {', '.join(CHOICES)}")
+        from cybn import env
+        mode = env.choice("CYBN_DEVICE", CHOICES, "auto")
         if _softgpu_already_loaded():
             # Someone (the test suite, a user) loaded the software GPU explicitly: it owns the soname now.
             if mode == "cuda":

@@ -13,6 +13,8 @@ cdef enum:
 
 cdef enum:
     BN_DESC_AFFINE = 1      # scale and bias are given; else they are 1 and 0 (pointers may be 0)
+    BN_DESC_ACCUMULATE = 2  # backward: grad = alpha * this batch + beta * grad with the desc's alphas/betas;
+                            # without it alpha 1 and beta 0 (the gradients are overwritten)
 
 # Status codes of the cores: 0, a negative BN_E* (message: bn_last_error()), or a positive CUresult
 # from cuLaunchKernel.
@@ -46,7 +48,11 @@ ctypedef struct bn_desc:
     long long S                 # prod(spatial) (spatial mode) or prod(rest) (per-activation: C * S stats)
     float epsilon
     float factor                # running = (1 - factor) * running + factor * batch
-    int flags                   # BN_DESC_AFFINE
+    int flags                   # BN_DESC_AFFINE, BN_DESC_ACCUMULATE
+    float scale_grad_alpha      # with BN_DESC_ACCUMULATE: scale_grad = alpha * dscale + beta * scale_grad
+    float scale_grad_beta       #   (beta == 0: scale_grad is not read)
+    float bias_grad_alpha       # the same for bias_grad
+    float bias_grad_beta
     int sm_count                # of the device: the launch heuristic aims at 2 CTAs per SM
     cydriver.CUfunction kernels[4]     # BN_K_*, filled by prepare() for (dtype, mode)
     unsigned int static_shared[4]      # their static shared memory (the cache gets the rest of 48 KiB)
@@ -76,7 +82,10 @@ cdef int bn_forward_infer_core(const bn_desc* d, cydriver.CUdeviceptr x, cydrive
                                cydriver.CUstream stream) noexcept nogil
 # frozen = 0: from the saved batch statistics (mean = save_mean, stat = save_invstd);
 # frozen = 1: eval-mode backward over running statistics (mean = running_mean, stat = running_var).
+# scale_grad/bias_grad get the desc's alpha/beta (BN_DESC_ACCUMULATE); batch_scale_grad/batch_bias_grad
+# (0: not written) also receive this batch's plain gradients, in the same launch.
 cdef int bn_backward_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr dy,
                           cydriver.CUdeviceptr dx, cydriver.CUdeviceptr scale, cydriver.CUdeviceptr mean,
                           cydriver.CUdeviceptr stat, cydriver.CUdeviceptr scale_grad,
-                          cydriver.CUdeviceptr bias_grad, int frozen, cydriver.CUstream stream) noexcept nogil
+                          cydriver.CUdeviceptr bias_grad, cydriver.CUdeviceptr batch_scale_grad,
+                          cydriver.CUdeviceptr batch_bias_grad, int frozen, cydriver.CUstream stream) noexcept nogil

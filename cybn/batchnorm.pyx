@@ -20,6 +20,7 @@ partial statistics. It is plain scratch: each split call zeroes its counters on 
 two calls' launches interleave on one workspace.
 """
 import enum
+import numbers
 import threading
 
 import numpy as np
@@ -59,7 +60,7 @@ class Mode(enum.Enum):
 
 
 _KERNEL_NAMES = ("bn_fwd_train", "bn_normalize", "bn_bwd", "bn_bwd_dx")
-_SIGNATURES = ("PPPPPPPPPPPqqqffii", "PPPPPPPqqqfi", "PPPPPPPPPPqqqfii", "PPPPPPPPqqqi")
+_SIGNATURES = ("PPPPPPPPPPPqqqffii", "PPPPPPPqqqfi", "PPPPPPPPPPPPPqqqfffffii", "PPPPPqqqi")
 _CTYPES = ("float", "__half")
 _MODE_SUFFIX = ("spatial", "pa")
 
@@ -174,12 +175,24 @@ cdef inline size_t _round256(size_t n) noexcept nogil:
     return (n + 255) // 256 * 256
 
 
-cdef size_t _scratch_bytes(const bn_desc* d, const bn_plan* p) noexcept nogil:
+cdef enum:
+    FWD_PART = 5    # floats per (statistic, CTA) partial: Welford n, mean, variance, compensated sum (2)
+    FWD_TAIL = 4    # floats per statistic for the second launch: the mean (hi, lo), scale * invstd, pad
+    BWD_PART = 6    # the backward's compensated sums (dy, dy * (x - hi), x - hi), 2 floats each
+    BWD_TAIL = 4    # dx constants (a, dbias / M, k, lo) for the second launch
+
+
+cdef inline size_t _partials_bytes(const bn_desc* d, const bn_plan* p, int kernel) noexcept nogil:
+    cdef size_t stats = <size_t>(d.C if d.mode == BN_SPATIAL else d.C * d.S)
+    return _round256(stats * <size_t>p.split * (BWD_PART if kernel == BN_K_BWD else FWD_PART) * 4)
+
+
+cdef size_t _scratch_bytes(const bn_desc* d, const bn_plan* p, int kernel) noexcept nogil:
+    """Workspace after the counters: the per-CTA partials, then the second launch's per-statistic tail."""
     cdef size_t stats = <size_t>(d.C if d.mode == BN_SPATIAL else d.C * d.S)
     if p.split <= 1:
         return 0
-    # partials (3 floats: Welford n, mean, M2) then 2 floats (shift, shifted mean) per statistic.
-    return _round256(stats * <size_t>p.split * 3 * 4) + _round256(stats * 2 * 4)
+    return _partials_bytes(d, p, kernel) + _round256(stats * (BWD_TAIL if kernel == BN_K_BWD else FWD_TAIL) * 4)
 
 
 cdef size_t bn_workspace_size(const bn_desc* d) noexcept nogil:
@@ -193,7 +206,7 @@ cdef size_t bn_workspace_size(const bn_desc* d) noexcept nogil:
         v = i % 2
         if True:
             bn_make_plan(d, k, v, &p)
-            n = _scratch_bytes(d, &p)
+            n = _scratch_bytes(d, &p, k)
             if n > 0:
                 n += _counter_bytes(d)
             if n > need:
@@ -213,13 +226,13 @@ cdef int bn_check_desc(const bn_desc* d) noexcept nogil:
         return _fail(BN_EINVAL, "descriptor: unknown dtype")
     if d.N < 1 or d.C < 1 or d.S < 1:
         return _fail(BN_EINVAL, "descriptor: N, C and S must be positive")
-    if d.N > (1LL << 62) // d.C // d.S:
-        return _fail(BN_EINVAL, "descriptor: N * C * S overflows 64 bits")
+    if d.N > (1LL << 62) // (2 if d.dtype == BN_FLOAT16 else 4) // d.C // d.S:
+        return _fail(BN_EINVAL, "descriptor: N * C * S overflows 64 bits (as bytes: more than 2^62)")
     stats = d.C if d.mode == BN_SPATIAL else d.C * d.S
     if stats > (1LL << 31) - 1:
         return _fail(BN_EINVAL, "descriptor: more than 2^31 - 1 statistics")
-    if not (d.epsilon > 0):
-        return _fail(BN_EINVAL, "descriptor: epsilon must be > 0")
+    if not (d.epsilon > 0 and d.epsilon <= 3.4028234663852886e38):
+        return _fail(BN_EINVAL, "descriptor: epsilon must be > 0 and finite")
     if not (d.factor >= 0 and d.factor <= 1):
         return _fail(BN_EINVAL, "descriptor: factor must be in [0, 1]")
     return BN_OK
@@ -238,10 +251,56 @@ cdef inline bint _aligned(cydriver.CUdeviceptr p) noexcept nogil:
     return p % 16 == 0
 
 
-cdef int _check_workspace(const bn_desc* d, const bn_plan* p) noexcept nogil:
-    if p.split > 1 and (d.workspace == 0 or d.workspace_bytes < _counter_bytes(d) + _scratch_bytes(d, p)):
+cdef int _check_workspace(const bn_desc* d, const bn_plan* p, int kernel) noexcept nogil:
+    if p.split > 1 and (d.workspace == 0 or d.workspace_bytes < _counter_bytes(d) + _scratch_bytes(d, p, kernel)):
         return _fail(BN_EWORKSPACE, "descriptor: workspace missing or smaller than bn_workspace_size()")
     return BN_OK
+
+
+cdef struct _span:  # one argument's device bytes, for the aliasing check
+    const char* name
+    cydriver.CUdeviceptr p
+    unsigned long long n
+
+
+cdef int _no_overlap(_span* outs, int nouts, _span* ins, int nins, const bn_desc* d,
+                     int in_place) noexcept nogil:
+    """Every output against every input, every other output and the workspace, and the workspace against the
+    inputs; partial overlaps too. in_place: outs[0] may be exactly ins[0] (or ins[1] when in_place == 2)."""
+    cdef int i, j
+    cdef _span* a
+    cdef _span* b
+    cdef _span ws
+    ws.name = "workspace"; ws.p = d.workspace; ws.n = d.workspace_bytes if d.workspace else 0
+    for i in range(nouts + 1):
+        a = &outs[i] if i < nouts else &ws
+        if a.p == 0 or a.n == 0:
+            continue
+        for j in range(nouts + nins):
+            b = &outs[j] if j < nouts else &ins[j - nouts]
+            if (j < nouts and j <= i and i < nouts) or b.p == 0 or b.n == 0:
+                continue
+            if not (a.p < b.p + b.n and b.p < a.p + a.n):
+                continue
+            if i == 0 and j >= nouts and j - nouts < in_place and a.p == b.p and a.n == b.n:
+                continue
+            snprintf(cybn_bn_error, sizeof(cybn_bn_error), "%s shares memory with %s (outputs and the workspace "
+                     "must not overlap other arguments%s)", a.name, b.name,
+                     ", except an exact in-place output" if in_place else "")
+            return BN_EINVAL
+    return BN_OK
+
+
+cdef inline void _set_span(_span* s, const char* name, cydriver.CUdeviceptr p, unsigned long long n) noexcept nogil:
+    s.name = name; s.p = p; s.n = n
+
+
+cdef inline unsigned long long _data_bytes(const bn_desc* d) noexcept nogil:
+    return <unsigned long long>d.N * d.C * d.S * (2 if d.dtype == BN_FLOAT16 else 4)
+
+
+cdef inline unsigned long long _stat_bytes(const bn_desc* d) noexcept nogil:
+    return <unsigned long long>(d.C if d.mode == BN_SPATIAL else d.C * d.S) * 4
 
 
 cdef int _launch(const bn_desc* d, int kernel, const bn_plan* p, cydriver.CUstream stream, void** args) noexcept nogil:
@@ -300,17 +359,26 @@ cdef int bn_forward_train_core(const bn_desc* d, cydriver.CUdeviceptr x, cydrive
         return _fail(BN_EINVAL, "forward_train: null x, y, running or saved statistics pointer")
     if (d.flags & BN_DESC_AFFINE) and (scale == 0 or bias == 0):
         return _fail(BN_EINVAL, "forward_train: affine descriptor with a null scale or bias")
+    cdef unsigned long long xb = _data_bytes(d), kb = _stat_bytes(d), pb = kb if d.flags & BN_DESC_AFFINE else 0
+    cdef _span outs[5]
+    cdef _span ins[3]
+    _set_span(&outs[0], "y", y, xb); _set_span(&outs[1], "running_mean", running_mean, kb)
+    _set_span(&outs[2], "running_var", running_var, kb); _set_span(&outs[3], "save_mean", save_mean, kb)
+    _set_span(&outs[4], "save_invstd", save_invstd, kb)
+    _set_span(&ins[0], "x", x, xb); _set_span(&ins[1], "scale", scale, pb); _set_span(&ins[2], "bias", bias, pb)
+    st = _no_overlap(outs, 5, ins, 3, d, 1)
+    if st != BN_OK:
+        return st
     cdef bn_plan p
     bn_make_plan(d, BN_K_FWD_TRAIN, _vec_ok(d, x, y, x), &p)
-    st = _check_workspace(d, &p)
+    st = _check_workspace(d, &p, BN_K_FWD_TRAIN)
     if st != BN_OK:
         return st
     cdef cydriver.CUdeviceptr counters = d.workspace
     cdef cydriver.CUdeviceptr partials = d.workspace + _counter_bytes(d)
     cdef cydriver.CUdeviceptr shifted = 0
-    cdef long long stats = d.C if d.mode == BN_SPATIAL else d.C * d.S
     if p.split > 1:
-        shifted = partials + _round256(<size_t>stats * p.split * 12)
+        shifted = partials + _partials_bytes(d, &p, BN_K_FWD_TRAIN)
         st = _zero_counters(d, stream)
         if st != BN_OK:
             return st
@@ -350,6 +418,15 @@ cdef int bn_forward_infer_core(const bn_desc* d, cydriver.CUdeviceptr x, cydrive
         return _fail(BN_EINVAL, "forward_infer: null x, y or running statistics pointer")
     if (d.flags & BN_DESC_AFFINE) and (scale == 0 or bias == 0):
         return _fail(BN_EINVAL, "forward_infer: affine descriptor with a null scale or bias")
+    cdef unsigned long long xb = _data_bytes(d), kb = _stat_bytes(d), pb = kb if d.flags & BN_DESC_AFFINE else 0
+    cdef _span outs[1]
+    cdef _span ins[5]
+    _set_span(&outs[0], "y", y, xb)
+    _set_span(&ins[0], "x", x, xb); _set_span(&ins[1], "scale", scale, pb); _set_span(&ins[2], "bias", bias, pb)
+    _set_span(&ins[3], "running_mean", running_mean, kb); _set_span(&ins[4], "running_var", running_var, kb)
+    st = _no_overlap(outs, 1, ins, 5, d, 1)
+    if st != BN_OK:
+        return st
     cdef bn_plan p
     bn_make_plan(d, BN_K_NORMALIZE, _vec_ok(d, x, y, x), &p)
     cdef long long N = d.N, C = d.C, S = d.S
@@ -366,7 +443,8 @@ cdef int bn_forward_infer_core(const bn_desc* d, cydriver.CUdeviceptr x, cydrive
 cdef int bn_backward_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr dy,
                           cydriver.CUdeviceptr dx, cydriver.CUdeviceptr scale, cydriver.CUdeviceptr mean,
                           cydriver.CUdeviceptr stat, cydriver.CUdeviceptr scale_grad,
-                          cydriver.CUdeviceptr bias_grad, int frozen, cydriver.CUstream stream) noexcept nogil:
+                          cydriver.CUdeviceptr bias_grad, cydriver.CUdeviceptr batch_scale_grad,
+                          cydriver.CUdeviceptr batch_bias_grad, int frozen, cydriver.CUstream stream) noexcept nogil:
     cdef int st = _validate(d, BN_K_BWD)
     if st != BN_OK:
         return st
@@ -377,13 +455,31 @@ cdef int bn_backward_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUd
         return _fail(BN_EINVAL, "backward: null x, dy, dx, statistics or gradient pointer")
     if (d.flags & BN_DESC_AFFINE) and scale == 0:
         return _fail(BN_EINVAL, "backward: affine descriptor with a null scale")
+    cdef unsigned long long xb = _data_bytes(d), kb = _stat_bytes(d)
+    cdef _span outs[5]
+    cdef _span ins[5]
+    _set_span(&outs[0], "dx", dx, xb); _set_span(&outs[1], "scale_grad", scale_grad, kb)
+    _set_span(&outs[2], "bias_grad", bias_grad, kb); _set_span(&outs[3], "batch_scale_grad", batch_scale_grad, kb)
+    _set_span(&outs[4], "batch_bias_grad", batch_bias_grad, kb)
+    _set_span(&ins[0], "x", x, xb); _set_span(&ins[1], "dy", dy, xb)
+    _set_span(&ins[2], "scale", scale, kb if d.flags & BN_DESC_AFFINE else 0)
+    _set_span(&ins[3], "mean", mean, kb); _set_span(&ins[4], "invstd or var", stat, kb)
+    st = _no_overlap(outs, 5, ins, 5, d, 2)
+    if st != BN_OK:
+        return st
+    cdef float ab[4]
+    if d.flags & BN_DESC_ACCUMULATE:
+        ab[0] = d.scale_grad_alpha; ab[1] = d.scale_grad_beta; ab[2] = d.bias_grad_alpha; ab[3] = d.bias_grad_beta
+    else:
+        ab[0] = 1; ab[1] = 0; ab[2] = 1; ab[3] = 0
     cdef bn_plan p
     bn_make_plan(d, BN_K_BWD, _vec_ok(d, x, dy, dx), &p)
-    st = _check_workspace(d, &p)
+    st = _check_workspace(d, &p, BN_K_BWD)
     if st != BN_OK:
         return st
     cdef cydriver.CUdeviceptr counters = d.workspace if p.split > 1 else 0
     cdef cydriver.CUdeviceptr partials = d.workspace + _counter_bytes(d) if p.split > 1 else 0
+    cdef cydriver.CUdeviceptr tail = partials + _partials_bytes(d, &p, BN_K_BWD) if p.split > 1 else 0
     cdef long long N = d.N, C = d.C, S = d.S
     cdef float eps = d.epsilon
     cdef int flags = ((K_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec)
@@ -393,20 +489,21 @@ cdef int bn_backward_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUd
         st = _zero_counters(d, stream)
         if st != BN_OK:
             return st
-    cdef void* args[16]
+    cdef void* args[23]
     args[0] = &x; args[1] = &dy; args[2] = &dx; args[3] = &scale; args[4] = &mean; args[5] = &stat
-    args[6] = &scale_grad; args[7] = &bias_grad; args[8] = &partials; args[9] = &counters
-    args[10] = &N; args[11] = &C; args[12] = &S; args[13] = &eps; args[14] = &flags; args[15] = &cache
+    args[6] = &scale_grad; args[7] = &bias_grad; args[8] = &batch_scale_grad; args[9] = &batch_bias_grad
+    args[10] = &partials; args[11] = &counters; args[12] = &tail; args[13] = &N; args[14] = &C; args[15] = &S
+    args[16] = &eps; args[17] = &ab[0]; args[18] = &ab[1]; args[19] = &ab[2]; args[20] = &ab[3]
+    args[21] = &flags; args[22] = &cache
     st = _launch(d, BN_K_BWD, &p, stream, args)
     if st != BN_OK or p.split == 1 or frozen:
         return st
-    # Second launch of the split plan: dx from the reduced gradients.
+    # Second launch of the split plan: dx from the constants the first launch's last CTAs wrote.
     cdef bn_plan q
     bn_make_plan(d, BN_K_BWD_DX, p.vec, &q)
-    cdef void* dargs[12]
-    dargs[0] = &x; dargs[1] = &dy; dargs[2] = &dx; dargs[3] = &scale; dargs[4] = &mean; dargs[5] = &stat
-    dargs[6] = &scale_grad; dargs[7] = &bias_grad; dargs[8] = &N; dargs[9] = &C; dargs[10] = &S
-    dargs[11] = &flags
+    cdef void* dargs[9]
+    dargs[0] = &x; dargs[1] = &dy; dargs[2] = &dx; dargs[3] = &mean; dargs[4] = &tail; dargs[5] = &N
+    dargs[6] = &C; dargs[7] = &S; dargs[8] = &flags
     return _launch(d, BN_K_BWD_DX, &q, stream, dargs)
 
 
@@ -598,6 +695,14 @@ cdef int _check_device(GPUArray a, str what) except -1:
         raise ValueError(f"{what} (pointer {a.ptr_:#x}) is not memory the driver knows")
     if ordinal != current_ordinal():
         raise ValueError(f"{what} lives on device {ordinal}, but the current device is {current_ordinal()}")
+    # The whole extent must lie in that one allocation: a view longer than its memory would fail only at
+    # a later launch, after earlier ones had already written (all-or-nothing needs it checked up front).
+    cdef cydriver.CUdeviceptr base = 0
+    cdef size_t size = 0
+    r = cydriver.cuMemGetAddressRange(&base, &size, <cydriver.CUdeviceptr>a.ptr_)
+    if r == cydriver.CUDA_SUCCESS and a.ptr_ + <size_t>a.nbytes > base + size:
+        raise ValueError(f"{what} (pointer {a.ptr_:#x}, {a.nbytes} bytes) runs past the end of its allocation "
+                         f"({size} bytes at {base:#x}): the view is larger than its memory")
     return 0
 
 
@@ -628,11 +733,15 @@ cdef GPUArray _like(obj, str what, GPUArray x):
 _FLT_MAX = float(np.finfo(np.float32).max)
 
 
+cdef double _real(value, str what) except? -1:
+    # Real numbers only: float("1e-5") and float(True) would hide a caller's mistake.
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a real number (not str or bool), got {value!r}")
+    return float(value)
+
+
 cdef float _epsilon(epsilon) except? -1:
-    try:
-        e = float(epsilon)
-    except (TypeError, ValueError):
-        raise TypeError(f"epsilon must be a number, got {epsilon!r}") from None
+    e = _real(epsilon, "epsilon")
     # The kernels take it as float32: 1e-50 would round to 0 there and 1e39 to inf.
     if not (0 < e <= _FLT_MAX) or np.float32(e) == 0:
         raise ValueError(f"epsilon must be a positive finite number (as a float32), got {epsilon!r}")
@@ -664,10 +773,7 @@ cdef int _no_aliasing(list outputs, list inputs, tuple in_place) except -1:
 
 
 cdef float _factor(factor) except? -1:
-    try:
-        f = float(factor)
-    except (TypeError, ValueError):
-        raise TypeError(f"factor must be a number, got {factor!r}") from None
+    f = _real(factor, "factor")
     if not 0.0 <= f <= 1.0:
         raise ValueError(f"factor must be in [0, 1], got {factor!r}")
     return f
@@ -710,8 +816,12 @@ cdef int _finish_desc(bn_desc* d, cydriver.CUstream stream) except -1:
 cdef int _status(int st, const char* call) except -1:
     if st == BN_OK:
         return 0
-    if st > 0:
-        raise_error(<cydriver.CUresult>st, call)
+    if st > 0:  # the core's text starts with the driver call that failed ("cuMemsetD32Async failed: ...")
+        text = bn_last_error()
+        name = text.split(b" failed", 1)[0] if b" failed" in text else <bytes>call
+        raise_error(<cydriver.CUresult>st, name)
+    if st == BN_EINVAL:  # a check in the core the Python face's own did not catch: the core's words
+        raise ValueError(bn_last_error().decode())
     raise RuntimeError(f"{call.decode()}: {bn_last_error().decode()}")
 
 
@@ -732,6 +842,12 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
     cdef bn_desc d
     cdef GPUArray gx = _array(x, "x")
     cdef long long K = _fill_desc(&d, gx, mode, "x")
+    if (d.N * d.S if d.mode == BN_SPATIAL else d.N) == 1:
+        # Batch statistics of one value: variance 0, output 0, and the unbiased running variance would
+        # divide by M - 1 = 0 (cuDNN refuses it too).
+        raise ValueError(f"x of shape {gx.shape}: training needs more than one value per statistic "
+                         f"({'N * spatial size' if d.mode == BN_SPATIAL else 'N'} is 1, so the batch variance is "
+                         f"undefined); use a larger batch, or forward_infer with the running statistics")
     cdef GPUArray gs = _param(scale, "scale", K, True), gb = _param(bias, "bias", K, True)
     if (gs is None) != (gb is None):
         raise TypeError("scale and bias must both be given or both be None (non-affine)")
@@ -789,8 +905,18 @@ def forward_infer(x, scale, bias, running_mean, running_var, epsilon, out=None, 
     return gy
 
 
+cdef float _coefficient(value, str what) except? -1:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a number, got {value!r}") from None
+    if not abs(v) <= _FLT_MAX:  # the kernels take it as float32: no inf, NaN or overflow to inf
+        raise ValueError(f"{what} must be a finite number (as a float32), got {value!r}")
+    return v
+
+
 cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad, mode, stream, int frozen,
-               str mean_name, str stat_name):
+               str mean_name, str stat_name, accumulate, batch_grads):
     cdef bn_desc d
     cdef GPUArray gx = _array(x, "x")
     cdef long long K = _fill_desc(&d, gx, mode, "x")
@@ -801,12 +927,28 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
     cdef GPUArray m = _param(mean, mean_name, K), v = _param(stat, stat_name, K)
     cdef GPUArray gdx = _like(out, "out", gx)
     cdef GPUArray sg = _param(scale_grad, "scale_grad", K, True), bg = _param(bias_grad, "bias_grad", K, True)
-    _no_aliasing([("out", gdx), ("scale_grad", sg), ("bias_grad", bg)],
+    cdef GPUArray bsg = None, bbg = None
+    if batch_grads is not None:
+        bsg, bbg = _param(batch_grads[0], "batch_scale_grad", K), _param(batch_grads[1], "batch_bias_grad", K)
+    cdef float ab[4]
+    for i, (value, name) in enumerate(zip(accumulate, ("scale_grad_alpha", "scale_grad_beta", "bias_grad_alpha",
+                                                       "bias_grad_beta"))):
+        ab[i] = _coefficient(value, name)
+    # beta != 0 reads the gradient it accumulates into: there must be one.
+    if ab[1] != 0 and sg is None:
+        raise ValueError("scale_grad_beta != 0 accumulates into scale_grad: pass the scale_grad array")
+    if ab[3] != 0 and bg is None:
+        raise ValueError("bias_grad_beta != 0 accumulates into bias_grad: pass the bias_grad array")
+    _no_aliasing([("out", gdx), ("scale_grad", sg), ("bias_grad", bg), ("batch_scale_grad", bsg),
+                  ("batch_bias_grad", bbg)],
                  [("x", gx), ("grad_y", gdy), ("scale", gs), (mean_name, m), (stat_name, v)],
                  (("out", "x"), ("out", "grad_y")))
     d.epsilon = _epsilon(epsilon) if frozen else 1.0
     d.factor = 0
-    d.flags = BN_DESC_AFFINE if gs is not None else 0
+    d.flags = (BN_DESC_AFFINE if gs is not None else 0)
+    if (ab[0], ab[1], ab[2], ab[3]) != (1, 0, 1, 0):
+        d.flags |= BN_DESC_ACCUMULATE
+        d.scale_grad_alpha, d.scale_grad_beta, d.bias_grad_alpha, d.bias_grad_beta = ab[0], ab[1], ab[2], ab[3]
     cdef cydriver.CUstream s = resolve_stream(stream)
     _finish_desc(&d, s)
     if gdx is None:
@@ -815,32 +957,43 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
         sg = _new((K,), np.float32, stream)
     if bg is None:
         bg = _new((K,), np.float32, stream)
-    cdef cydriver.CUdeviceptr p[8]
+    cdef cydriver.CUdeviceptr p[10]
     p[0] = gx.ptr_; p[1] = gdy.ptr_; p[2] = gdx.ptr_; p[3] = _ptr(gs); p[4] = m.ptr_; p[5] = v.ptr_
-    p[6] = sg.ptr_; p[7] = bg.ptr_
+    p[6] = sg.ptr_; p[7] = bg.ptr_; p[8] = _ptr(bsg); p[9] = _ptr(bbg)
     cdef int st
     with nogil:
-        st = bn_backward_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], frozen, s)
+        st = bn_backward_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], frozen, s)
     _status(st, "cuLaunchKernel")
     return gdx, sg, bg
 
 
 def backward(x, grad_y, scale, save_mean, save_invstd, out=None, scale_grad=None, bias_grad=None,
-             mode="spatial", stream=None):
+             mode="spatial", stream=None, scale_grad_alpha=1.0, scale_grad_beta=0.0, bias_grad_alpha=1.0,
+             bias_grad_beta=0.0, batch_grads=None):
     """Backward of a training forward from its saved statistics: (grad_x, scale_grad, bias_grad).
-    With xhat = (x - save_mean) * save_invstd: bias_grad = sum(dy), scale_grad = sum(dy * xhat),
-    grad_x = scale * save_invstd * (dy - bias_grad / M - xhat * scale_grad / M). scale None: 1."""
+    With xhat = (x - mean) * save_invstd: dbias = sum(dy), dscale = sum(dy * xhat),
+    grad_x = scale * save_invstd * (dy - dbias / M - xhat * dscale / M). scale None: 1.
+    mean is the exact batch mean of x: save_mean (its float32 rounding) plus mean(x - save_mean), which
+    the same reduction computes, so the backward is as exact at large offsets as the forward.
+
+    Parameter gradients as cuDNN's: scale_grad = scale_grad_alpha * dscale + scale_grad_beta * scale_grad
+    (and bias_grad likewise), in the same launch; beta != 0 needs the array to accumulate into, beta == 0
+    never reads it. batch_grads=(batch_scale_grad, batch_bias_grad): float32 arrays that also receive the
+    plain dscale and dbias (what PuzzleLib's scalegrad/biasgrad hold), in the same launch."""
     return _backward(x, grad_y, scale, save_mean, save_invstd, None, out, scale_grad, bias_grad, mode, stream,
-                     0, "save_mean", "save_invstd")
+                     0, "save_mean", "save_invstd",
+                     (scale_grad_alpha, scale_grad_beta, bias_grad_alpha, bias_grad_beta), batch_grads)
 
 
 def backward_infer(x, grad_y, scale, running_mean, running_var, epsilon, out=None, scale_grad=None,
-                   bias_grad=None, mode="spatial", stream=None):
+                   bias_grad=None, mode="spatial", stream=None, scale_grad_alpha=1.0, scale_grad_beta=0.0,
+                   bias_grad_alpha=1.0, bias_grad_beta=0.0, batch_grads=None):
     """Backward of an inference forward (frozen statistics): with invstd = 1/sqrt(running_var + eps)
-    and xhat = (x - running_mean) * invstd: grad_x = scale * invstd * dy, scale_grad = sum(dy * xhat),
-    bias_grad = sum(dy). One launch."""
+    and xhat = (x - running_mean) * invstd: grad_x = scale * invstd * dy, dscale = sum(dy * xhat),
+    dbias = sum(dy); the parameter gradients with alpha/beta and batch_grads as in backward. One launch."""
     return _backward(x, grad_y, scale, running_mean, running_var, epsilon, out, scale_grad, bias_grad, mode,
-                     stream, 1, "running_mean", "running_var")
+                     stream, 1, "running_mean", "running_var",
+                     (scale_grad_alpha, scale_grad_beta, bias_grad_alpha, bias_grad_beta), batch_grads)
 
 
 def plan(shape, dtype=np.float32, mode="spatial", kernel="forward_train", aligned=True):

@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 
-from . import diskcache, includes, nvrtc_options, paths
+from . import diskcache, env, includes, nvrtc_options, paths
 
 _lock = threading.Lock()
 _memo = {}  # request tuple -> CompiledImage
@@ -23,8 +23,8 @@ _tls = threading.local()
 
 
 def enabled():
-    """Is the disk cache on? (CYBN_CACHE=0 turns it off.)"""
-    return os.environ.get("CYBN_CACHE", "1").strip() != "0"
+    """Is the disk cache on? (CYBN_CACHE=0/off/false/no turns it off; another value raises ValueError.)"""
+    return env.flag("CYBN_CACHE", True)
 
 
 def stats():

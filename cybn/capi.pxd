@@ -17,6 +17,7 @@ cdef extern from "cybn.h":
         CYBN_FLOAT32
         CYBN_FLOAT16
         CYBN_AFFINE
+        CYBN_ACCUMULATE_GRADS
         CYBN_OK
         CYBN_EINVAL
         CYBN_ENOTPREPARED
@@ -37,7 +38,11 @@ cdef extern from "cybn.h":
         float factor
         cybn_deviceptr workspace
         uint64_t workspace_bytes
-        uint64_t reserved[8]
+        float scale_grad_alpha
+        float scale_grad_beta
+        float bias_grad_alpha
+        float bias_grad_beta
+        uint64_t reserved[6]
 
     ctypedef struct cybn_api:
         uint32_t version

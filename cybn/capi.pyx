@@ -10,14 +10,15 @@ object is touched after prepare.
 """
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdio cimport snprintf
-from libc.string cimport memset
+from libc.string cimport memset, strlen, strncmp
 from cpython.pycapsule cimport PyCapsule_New
 from cuda.bindings cimport cydriver
 
 from cybn.batchnorm cimport (bn_desc, bn_check_desc, bn_prepare_desc, bn_workspace_size, bn_last_error,
                              bn_forward_train_core, bn_forward_infer_core, bn_backward_core, BN_NKERNELS,
                              BN_OK, BN_EINVAL, BN_ENOTPREPARED, BN_EWORKSPACE, BN_SPATIAL,
-                             BN_PER_ACTIVATION, BN_FLOAT32, BN_FLOAT16, BN_DESC_AFFINE)
+                             BN_PER_ACTIVATION, BN_FLOAT32, BN_FLOAT16, BN_DESC_AFFINE, BN_DESC_ACCUMULATE)
+from libc.math cimport isfinite
 
 cdef extern from *:
     """
@@ -31,9 +32,10 @@ cdef extern from *:
     void cybn_store_count(int* p, int v) noexcept nogil
 
 # cybn.h's codes are the core's (checked once at import; a mismatch would silently mistranslate).
-if (CYBN_SPATIAL, CYBN_PER_ACTIVATION, CYBN_FLOAT32, CYBN_FLOAT16, CYBN_AFFINE, CYBN_OK, CYBN_EINVAL,
-        CYBN_ENOTPREPARED, CYBN_EWORKSPACE) != (BN_SPATIAL, BN_PER_ACTIVATION, BN_FLOAT32, BN_FLOAT16,
-                                                 BN_DESC_AFFINE, BN_OK, BN_EINVAL, BN_ENOTPREPARED, BN_EWORKSPACE):
+if (CYBN_SPATIAL, CYBN_PER_ACTIVATION, CYBN_FLOAT32, CYBN_FLOAT16, CYBN_AFFINE, CYBN_ACCUMULATE_GRADS, CYBN_OK,
+        CYBN_EINVAL, CYBN_ENOTPREPARED, CYBN_EWORKSPACE) != (BN_SPATIAL, BN_PER_ACTIVATION, BN_FLOAT32, BN_FLOAT16,
+                                                              BN_DESC_AFFINE, BN_DESC_ACCUMULATE, BN_OK, BN_EINVAL,
+                                                              BN_ENOTPREPARED, BN_EWORKSPACE):
     raise ImportError("cybn.capi: cybn.h's constants disagree with cybn.batchnorm's core")
 
 C_API_VERSION = CYBN_C_API_VERSION
@@ -75,7 +77,8 @@ cdef int _core_status(int st, const char* op, const cybn_desc* c) noexcept nogil
                  name, st, text)
     elif st == BN_EINVAL:
         snprintf(cybn_capi_error, sizeof(cybn_capi_error),
-                 "%s: %s (mode %d, dtype %d, N %lld, C %lld, S %lld, epsilon %g, factor %g)", op, bn_last_error(),
+                 "%s: %s (mode %d, dtype %d, N %lld, C %lld, S %lld, epsilon %g, factor %g)", op,
+                 _after_prefix(bn_last_error(), op),
                  c.mode, c.dtype, <long long>c.N, <long long>c.C, <long long>c.S, <double>c.epsilon,
                  <double>c.factor)
     elif st == BN_EWORKSPACE:
@@ -83,8 +86,16 @@ cdef int _core_status(int st, const char* op, const cybn_desc* c) noexcept nogil
                  "%s: workspace missing or smaller than workspace_size() (%llu bytes given)", op,
                  <unsigned long long>c.workspace_bytes)
     else:
-        snprintf(cybn_capi_error, sizeof(cybn_capi_error), "%s: %s", op, bn_last_error())
+        snprintf(cybn_capi_error, sizeof(cybn_capi_error), "%s: %s", op, _after_prefix(bn_last_error(), op))
     return st
+
+
+cdef const char* _after_prefix(const char* msg, const char* op) noexcept nogil:
+    """msg without a leading "op: " (the core's messages often name the operation already)."""
+    cdef size_t n = strlen(op)
+    if strncmp(msg, op, n) == 0 and msg[n] == b':' and msg[n + 1] == b' ':
+        return msg + n + 2
+    return msg
 
 
 # ------------------------------------------------------------------------------------------ prepare
@@ -136,6 +147,7 @@ cdef int desc_init(cybn_desc* d, int mode, int dtype, int64_t N, int64_t C, int6
     memset(&c, 0, sizeof(c))
     c.mode = mode; c.dtype = dtype; c.flags = flags; c.N = N; c.C = C; c.S = S
     c.epsilon = epsilon; c.factor = factor
+    c.scale_grad_alpha = 1; c.scale_grad_beta = 0; c.bias_grad_alpha = 1; c.bias_grad_beta = 0
     cdef int st = _check(&c, &t, "desc_init")
     if st == CYBN_OK:
         d[0] = c
@@ -149,15 +161,21 @@ cdef int _check(const cybn_desc* c, bn_desc* d, const char* op) noexcept nogil:
         return _fail(CYBN_EINVAL, op, "descriptor pointer is NULL")
     if c.reserved0 != 0:
         return _fail(CYBN_EINVAL, op, "descriptor: reserved fields must be zero (fill it with desc_init)")
-    for i in range(8):
+    for i in range(6):
         if c.reserved[i] != 0:
             return _fail(CYBN_EINVAL, op, "descriptor: reserved fields must be zero (fill it with desc_init)")
-    if c.flags & ~CYBN_AFFINE:
-        return _fail(CYBN_EINVAL, op, "descriptor: unknown flags (only CYBN_AFFINE is defined)")
+    if c.flags & ~(CYBN_AFFINE | CYBN_ACCUMULATE_GRADS):
+        return _fail(CYBN_EINVAL, op, "descriptor: unknown flags (CYBN_AFFINE and CYBN_ACCUMULATE_GRADS are defined)")
+    if c.flags & CYBN_ACCUMULATE_GRADS and not (isfinite(c.scale_grad_alpha) and isfinite(c.scale_grad_beta)
+                                                and isfinite(c.bias_grad_alpha) and isfinite(c.bias_grad_beta)):
+        return _fail(CYBN_EINVAL, op, "descriptor: scale_grad_alpha/beta and bias_grad_alpha/beta must be finite")
     memset(d, 0, sizeof(bn_desc))
     d.mode = c.mode; d.dtype = c.dtype; d.N = c.N; d.C = c.C; d.S = c.S
     d.epsilon = c.epsilon; d.factor = c.factor
-    d.flags = BN_DESC_AFFINE if c.flags & CYBN_AFFINE else 0
+    d.flags = (BN_DESC_AFFINE if c.flags & CYBN_AFFINE else 0) | (
+        BN_DESC_ACCUMULATE if c.flags & CYBN_ACCUMULATE_GRADS else 0)
+    d.scale_grad_alpha = c.scale_grad_alpha; d.scale_grad_beta = c.scale_grad_beta
+    d.bias_grad_alpha = c.bias_grad_alpha; d.bias_grad_beta = c.bias_grad_beta
     d.workspace = c.workspace
     d.workspace_bytes = c.workspace_bytes
     d.force_cache = -1   # the heuristic's plan (no test overrides here)
@@ -272,8 +290,8 @@ cdef int _backward(const cybn_desc* c, cydriver.CUdeviceptr x, cydriver.CUdevice
     st = _aligned(&d, op, data, 3, stats, 5)
     if st != CYBN_OK:
         return st
-    return _core_status(bn_backward_core(&d, x, dy, dx, scale, mean, stat, scale_grad, bias_grad, frozen, stream),
-                        op, c)
+    return _core_status(bn_backward_core(&d, x, dy, dx, scale, mean, stat, scale_grad, bias_grad, 0, 0, frozen,
+                                         stream), op, c)
 
 
 cdef int backward(const cybn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr dy, cydriver.CUdeviceptr dx,

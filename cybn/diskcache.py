@@ -6,12 +6,15 @@ Entry: `<sha256 key>.cybnk` = a fixed header (magic, format version, the entry's
 payload sha256) + a payload (JSON metadata: kind, arch, name, lowered names, log; then the image).
 Writes are atomic (temporary file in the same directory, fsync, os.replace), so racing writers leave
 one valid entry and readers never see half a file. An entry that is truncated, corrupted, tampered with
-or stored under the wrong name fails verification and is deleted, never loaded."""
+or stored under the wrong name fails verification and is deleted, never loaded. An entry is read only if
+fstat shows a regular file owned by the user, not group/world writable, with one link (see load); opening
+never follows a link or blocks. Temporary files of writers that died are removed by the next writer."""
 import hashlib
 import json
 import os
 import stat
 import struct
+import sys
 import threading
 import warnings
 
@@ -24,6 +27,9 @@ _MAGIC = b"CYBNKC\x00\x01"
 _HEADER = struct.Struct("<8sI32sQ32s")  # magic, format version, key digest, payload length, payload sha256
 _META = struct.Struct("<I")  # length of the JSON metadata that starts the payload
 
+MAX_ENTRY_BYTES = 64 << 20  # far above any kernel image; a larger file is not read
+STALE_TEMP_SECONDS = 600  # a writer takes milliseconds: an older temporary file's writer died
+_TEMP_PREFIX = ".tmp-"
 _lock = threading.Lock()
 _warned = set()
 counters = dict(discarded=0, writes=0)
@@ -39,7 +45,10 @@ def _warn_once(tag, msg):
         if tag in _warned:
             return
         _warned.add(tag)
-    warnings.warn(msg, RuntimeWarning, stacklevel=5)
+    try:
+        warnings.warn(msg, RuntimeWarning, stacklevel=5)
+    except Warning:  # -W error made it an exception: the disk cache is optional, so say it as by default
+        print(f"RuntimeWarning: {msg}", file=sys.stderr)
 
 
 def usable_dir():
@@ -102,28 +111,56 @@ def decode(key, data, target, arch):
 
 
 def load(directory, key, target, arch):
+    """The entry's CompiledImage, or None. The entry is opened without following links or blocking and
+    trusted only if fstat shows a regular file owned by this user, not writable by group or others, with one
+    link and a sane size; anything else (a symlink, directory, FIFO, device, hard link, 0666 file) is ignored
+    and removed when that is safe (the cache directory is private), never fatal."""
     path = entry_path(key.hex(), directory)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    except OSError:  # e.g. a symlink planted in place of an entry
+    except OSError:  # e.g. a symlink planted in place of an entry (ELOOP): unlink removes the link only
         _discard(path, None)
         return None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        data = f.read() if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() else b""
+    st = None
+    try:
+        st = os.fstat(fd)
+        trusted = (stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and st.st_nlink == 1
+                   and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and st.st_size <= MAX_ENTRY_BYTES)
+        data = _read_all(fd, st.st_size) if trusted else b""
+    except OSError:
+        data = b""
+    finally:
+        os.close(fd)
     img = decode(key, data, target, arch)
     if img is None:
-        _discard(path, st.st_ino)
+        _discard(path, st and st.st_ino, directory=st is not None and stat.S_ISDIR(st.st_mode))
     return img
 
 
-def _discard(path, inode):
-    """Delete a bad entry, unless another process has meanwhile replaced it with a new file."""
+def _read_all(fd, size):
+    chunks, left = [], size + 1  # one byte more than fstat said: a file that grew is caught by decode
+    while left > 0:
+        chunk = os.read(fd, left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _discard(path, inode, directory=False):
+    """Delete a bad entry, unless another process has meanwhile replaced it with a new file. Only this name
+    goes: unlink never touches a symlink's target or a hard link's other names; a directory in the private
+    cache directory is cybn's to remove (rmtree does not follow links)."""
     try:
         if inode is None or os.lstat(path).st_ino == inode:
-            os.unlink(path)
+            if directory:
+                import shutil
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
     except OSError:
         pass
     _count("discarded")
@@ -134,7 +171,8 @@ def store(directory, key, img):
     data = encode(key, img)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX + ".part", dir=directory)
+        _clean_stale_temporaries(directory)
+        fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=SUFFIX + ".part", dir=directory)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -151,6 +189,24 @@ def store(directory, key, img):
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def _clean_stale_temporaries(directory):
+    """Remove temporary files that writers killed mid-store left behind (older than STALE_TEMP_SECONDS)."""
+    import time
+    now = time.time()
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(_TEMP_PREFIX) and n.endswith(".part")]
+    except OSError:
+        return
+    for n in names:
+        p = os.path.join(directory, n)
+        try:
+            st = os.lstat(p)
+            if now - st.st_mtime > STALE_TEMP_SECONDS:
+                os.unlink(p)
+        except OSError:
+            pass
 
 
 def _fsync_dir(directory):

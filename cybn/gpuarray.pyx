@@ -138,10 +138,19 @@ cdef class GPUArray:
         return str(self.get())
 
     # ---------------------------------------------------------------- copies
-    def get(self, ary=None, stream=None, async_=False):
-        """Copy to the host: into `ary` (a C-contiguous numpy array of the same shape and dtype) or a new
-        array. async_=True only enqueues the copy (host memory must be pinned, e.g. PinnedBuffer.array,
-        and not read before the stream is synchronised)."""
+    def __reduce__(self):
+        # pickle and copy.deepcopy copy the device data (through the host; waits for the current stream's
+        # work); the copy is a new, contiguous array on the current device. A shallow copy.copy does the same.
+        return to_gpu, (self.get(),)
+
+    def get(self, ary=None, stream=None, async_=False, out=None):
+        """Copy to the host: into `ary` (or `out`, the same; a C-contiguous numpy array of the same shape and
+        dtype) or a new array. async_=True only enqueues the copy (host memory must be pinned, e.g.
+        PinnedBuffer.array, and not read before the stream is synchronised)."""
+        if out is not None:
+            if ary is not None:
+                raise TypeError("get: pass the destination as ary or out, not both")
+            ary = out
         if ary is None:
             ary = np.empty(self.shape, self.dtype)
         else:
@@ -252,6 +261,106 @@ cdef class GPUArray:
             raise ValueError(f"view: data is not aligned to {dtype}")
         return wrap(self.gpudata, self.ptr_, self.shape[:-1] + (last // dtype.itemsize,), dtype)
 
+    def __getitem__(self, key):
+        """Basic indexing as numpy's (ints, slices with any step, ..., None). A result that is contiguous in
+        memory (a[i], a[i:j], a[i, j:k] on the last axis, ...) is a view sharing this array's memory; any
+        other (a[:, ::2], a[:, 1:3] of a 2-d array) is a copy, since a GPUArray is always C-contiguous."""
+        offset, shape, strides = _index(self.shape, key)
+        if _is_c_contiguous(shape, strides, 1):
+            return wrap(self.gpudata, self.ptr_ + offset * self.itemsize, shape, self.dtype)
+        from cybn import elementwise
+        out = _alloc(shape, self.dtype, None)
+        return elementwise.strided_copy(self, offset, strides, out, 0, _elem_strides(shape), shape)
+
+    def __setitem__(self, key, value):
+        """a[key] = value: a scalar, a numpy array or a GPUArray of the selection's shape (numpy arrays and
+        scalars broadcast to it), written in place."""
+        cdef GPUArray src
+        offset, shape, strides = _index(self.shape, key)
+        if isinstance(value, GPUArray):
+            src = <GPUArray>value
+            if src.shape != shape or src.dtype != self.dtype:
+                raise ValueError(f"setitem: the value is {src.shape} {src.dtype}, the selection is {shape} "
+                                 f"{self.dtype} (same shape and dtype; convert with .astype)")
+            if src.ptr_ < self.ptr_ + self.nbytes and self.ptr_ < src.ptr_ + src.nbytes:
+                src = src.copy()  # a[1:] = a[:-1]: read everything before anything is overwritten
+            if _is_c_contiguous(shape, strides, 1):
+                wrap(self.gpudata, self.ptr_ + offset * self.itemsize, shape, self.dtype).set(src)
+                return
+        elif _is_c_contiguous(shape, strides, 1) and np.ndim(value) == 0 and self.dtype.itemsize <= 8:
+            wrap(self.gpudata, self.ptr_ + offset * self.itemsize, shape, self.dtype).fill(value)
+            return
+        else:
+            src = to_gpu(np.ascontiguousarray(np.broadcast_to(np.asarray(value, dtype=self.dtype), shape)))
+        from cybn import elementwise
+        elementwise.strided_copy(src, 0, _elem_strides(shape), self, offset, strides, shape)
+
+    def transpose(self, *axes):
+        """A transposed copy (numpy's axes argument; default: reversed). A GPUArray is always C-contiguous,
+        so unlike numpy's (and PyCUDA's) this copies, except for 0-d and 1-d arrays (returned as views)."""
+        if len(axes) == 1 and not isinstance(axes[0], (int, np.integer)):
+            axes = tuple(axes[0]) if axes[0] is not None else ()
+        nd = len(self.shape)
+        axes = tuple(range(nd))[::-1] if not axes else tuple(int(a) + nd if a < 0 else int(a) for a in axes)
+        if sorted(axes) != list(range(nd)):
+            raise ValueError(f"transpose: axes {axes} are not a permutation of the {nd} dimensions")
+        shape = tuple(self.shape[a] for a in axes)
+        if nd <= 1 or axes == tuple(range(nd)):
+            return wrap(self.gpudata, self.ptr_, shape, self.dtype)
+        from cybn import elementwise
+        src = _elem_strides(self.shape)
+        out = _alloc(shape, self.dtype, None)
+        return elementwise.strided_copy(self, 0, tuple(src[a] for a in axes), out, 0, _elem_strides(shape), shape)
+
+    @property
+    def T(self):
+        """transpose(): a copy for 2-d and more dimensions (see transpose)."""
+        return self.transpose()
+
+    # ---------------------------------------------------------------- arithmetic
+    # float16/32/64, with a real scalar or a GPUArray of the same shape and dtype (cybn.elementwise.arithmetic).
+    # numpy defers to these operators (np.float32(2) * a is a GPUArray; a + host_array is a TypeError).
+    __array_ufunc__ = None
+
+    def __add__(self, other):
+        return _arith("add", self, other, False)
+
+    def __radd__(self, other):
+        return _arith("add", self, other, False)
+
+    def __sub__(self, other):
+        return _arith("sub", self, other, False)
+
+    def __rsub__(self, other):
+        return _arith("rsub", self, other, False)
+
+    def __mul__(self, other):
+        return _arith("mul", self, other, False)
+
+    def __rmul__(self, other):
+        return _arith("mul", self, other, False)
+
+    def __truediv__(self, other):
+        return _arith("div", self, other, False)
+
+    def __rtruediv__(self, other):
+        return _arith("rdiv", self, other, False)
+
+    def __iadd__(self, other):
+        return _arith("add", self, other, True)
+
+    def __isub__(self, other):
+        return _arith("sub", self, other, True)
+
+    def __imul__(self, other):
+        return _arith("mul", self, other, True)
+
+    def __itruediv__(self, other):
+        return _arith("div", self, other, True)
+
+    def __neg__(self):
+        return _arith("mul", self, -1, False)
+
     # ---------------------------------------------------------------- interop
     @property
     def __cuda_array_interface__(self):
@@ -282,6 +391,60 @@ cdef class GPUArray:
 
 
 # ------------------------------------------------------------------------------ module functions
+def _arith(op, GPUArray a, other, bint in_place):
+    if not isinstance(other, (GPUArray, int, float, np.integer, np.floating)) or isinstance(other, (bool, np.bool_)):
+        return NotImplemented
+    from cybn import elementwise
+    return elementwise.arithmetic(op, a, other, out=a if in_place else None)
+
+
+def _elem_strides(shape):
+    """C-contiguous strides of shape, in elements."""
+    strides, step = [], 1
+    for d in reversed(shape):
+        strides.append(step)
+        step *= max(d, 1)
+    return tuple(reversed(strides))
+
+
+def _index(shape, key):
+    """numpy's basic indexing of a C-contiguous array: -> (offset, shape, strides), in elements."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    if any(k is Ellipsis for k in key):
+        if sum(k is Ellipsis for k in key) > 1:
+            raise IndexError("an index can only have a single ellipsis ('...')")
+        i = next(i for i, k in enumerate(key) if k is Ellipsis)
+        used = sum(k is not None for k in key) - 1
+        key = key[:i] + (slice(None),) * (len(shape) - used) + key[i + 1:]
+    if sum(k is not None for k in key) > len(shape):
+        raise IndexError(f"too many indices: {sum(k is not None for k in key)} for {len(shape)} dimensions")
+    strides = _elem_strides(shape)
+    offset, out_shape, out_strides, dim = 0, [], [], 0
+    for k in key + (slice(None),) * (len(shape) - sum(k is not None for k in key)):
+        if k is None:
+            out_shape.append(1)
+            out_strides.append(0)
+            continue
+        n = shape[dim]
+        if isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            count = len(range(start, stop, step))
+            offset += start * strides[dim] if count else 0
+            out_shape.append(count)
+            out_strides.append(step * strides[dim])
+        elif isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)):
+            i = int(k)
+            if not -n <= i < n:
+                raise IndexError(f"index {i} is out of bounds for axis {dim} with size {n}")
+            offset += (i + n if i < 0 else i) * strides[dim]
+        else:
+            raise IndexError(f"GPUArray supports basic indexing only (ints, slices, ..., None), got "
+                             f"{type(k).__name__}; index on the host with .get()")
+        dim += 1
+    return offset, tuple(out_shape), tuple(out_strides)
+
+
 cdef _check_host(ary, GPUArray a, str what):
     if not isinstance(ary, np.ndarray):
         raise TypeError(f"{what}: expected a numpy array, got {type(ary).__name__}")
@@ -335,12 +498,14 @@ def zeros(shape, dtype=np.float32, stream=None):
     return a
 
 
-def empty_like(GPUArray a not None, stream=None):
-    return _alloc(a.shape, a.dtype, stream)
+def empty_like(GPUArray a not None, dtype=None, stream=None):
+    """An uninitialised array of a's shape (and dtype, unless given), as PyCUDA's gpuarray.empty_like."""
+    return _alloc(a.shape, a.dtype if dtype is None else _as_dtype(dtype), stream)
 
 
-def zeros_like(GPUArray a not None, stream=None):
-    return zeros(a.shape, a.dtype, stream)
+def zeros_like(GPUArray a not None, dtype=None, stream=None):
+    """A zeroed array of a's shape (and dtype, unless given), as PyCUDA's gpuarray.zeros_like."""
+    return zeros(a.shape, a.dtype if dtype is None else dtype, stream)
 
 
 cdef cydriver.CUstream _consumer_stream(size_t value):

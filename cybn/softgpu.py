@@ -1,5 +1,5 @@
-"""The software GPU: a libcuda.so.1 that runs PTX in an interpreter with memcheck, racecheck and
-initcheck, and counts every kernel's traffic exactly.
+"""The software GPU: a libcuda.so.1 that runs PTX in an interpreter with memcheck, racecheck,
+initcheck and streamcheck, and counts every kernel's traffic exactly.
 
 Load it before anything touches ``cuda.bindings.driver``::
 
@@ -22,10 +22,13 @@ __all__ = [
     "alloc_budget", "fail_module_loads", "last_report", "live_allocations", "live_pinned_allocations",
     "PROFILES", "profile", "profile_info", "nvjitlink_path", "register_source", "function_registers",
     "set_function_registers",
+    "async_mode", "set_async", "async_seed", "sticky",
 ]
 
 _IDENTITY = 0x53475055  # softgpuIdentify(): "SGPU"
-_MEMCHECK, _RACECHECK, _INITCHECK = 1, 2, 4
+_MEMCHECK, _RACECHECK, _INITCHECK, _STREAMCHECK = 1, 2, 4, 8
+_CHECKS = (("memcheck", _MEMCHECK), ("racecheck", _RACECHECK), ("initcheck", _INITCHECK),
+           ("streamcheck", _STREAMCHECK))
 _lib = None
 
 
@@ -130,6 +133,10 @@ def _declare(lib):
         "softgpuRegisterSource": (ctypes.c_char_p, []),
         "softgpuFunctionRegisters": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]),
         "softgpuSetFunctionRegisters": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
+        "softgpuSetAsync": (ctypes.c_int, [ctypes.c_int]),
+        "softgpuGetAsync": (ctypes.c_int, []),
+        "softgpuSetAsyncSeed": (None, [u64]),
+        "softgpuSetSticky": (ctypes.c_int, [ctypes.c_int]),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(lib, name)
@@ -228,31 +235,29 @@ def measure():
 
 # ---------------------------------------------------------------- checks and seed
 def checks():
-    """The enabled checks: {"memcheck": bool, "racecheck": bool, "initcheck": bool}."""
+    """The enabled checks: {"memcheck": bool, "racecheck": bool, "initcheck": bool, "streamcheck": bool}."""
     mask = _need().softgpuGetChecks()
-    return {"memcheck": bool(mask & _MEMCHECK), "racecheck": bool(mask & _RACECHECK),
-            "initcheck": bool(mask & _INITCHECK)}
+    return {name: bool(mask & bit) for name, bit in _CHECKS}
 
 
-def set_checks(memcheck=None, racecheck=None, initcheck=None):
+def set_checks(memcheck=None, racecheck=None, initcheck=None, streamcheck=None):
     """Turn checks on (True) or off (False); None leaves a check as it is. Returns the previous state."""
     previous = checks()
     state = dict(previous)
-    for name, value in (("memcheck", memcheck), ("racecheck", racecheck), ("initcheck", initcheck)):
+    wanted = {"memcheck": memcheck, "racecheck": racecheck, "initcheck": initcheck, "streamcheck": streamcheck}
+    for name, value in wanted.items():
         if value is not None:
             if not isinstance(value, bool):
                 raise TypeError("%s must be True, False or None, not %r" % (name, value))
             state[name] = value
-    mask = ((_MEMCHECK if state["memcheck"] else 0) | (_RACECHECK if state["racecheck"] else 0)
-            | (_INITCHECK if state["initcheck"] else 0))
-    _need().softgpuSetChecks(mask)
+    _need().softgpuSetChecks(sum(bit for name, bit in _CHECKS if state[name]))
     return previous
 
 
 @contextlib.contextmanager
-def checks_set(memcheck=None, racecheck=None, initcheck=None):
+def checks_set(memcheck=None, racecheck=None, initcheck=None, streamcheck=None):
     """Context manager: set_checks(...) for the block, then restore the previous checks."""
-    previous = set_checks(memcheck, racecheck, initcheck)
+    previous = set_checks(memcheck, racecheck, initcheck, streamcheck)
     try:
         yield
     finally:
@@ -296,6 +301,43 @@ def seed(n):
     """Set the schedule seed; as a context manager, restores the previous seed on exit."""
     previous = set_seed(n)
     return _Restorer(lambda: set_seed(previous))
+
+
+# ---------------------------------------------------------------- async and sticky modes
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise TypeError("%s must be True or False, not %r" % (name, value))
+
+
+def async_mode():
+    """True when stream work runs on the software GPU's worker thread, asynchronously to the host."""
+    return bool(_need().softgpuGetAsync())
+
+
+def set_async(on):
+    """Async mode on or off (CYBN_SOFTGPU_ASYNC=1 at start); switching off first waits for all queued work.
+    Checks are left as they are (streamcheck is on by default only when the process starts async).
+    Returns the previous mode; as a context manager, restores it on exit."""
+    _check_bool("on", on)
+    previous = bool(_need().softgpuSetAsync(int(on)))
+    return _Restorer(lambda: _need().softgpuSetAsync(int(previous)))
+
+
+def async_seed(n):
+    """Async mode: 0 runs ready streams in creation order; otherwise a seeded random choice among the
+    ready streams and random delays before each operation (CYBN_SOFTGPU_ASYNC_SEED)."""
+    _check_count("seed", n, 0)
+    if n >= 1 << 64:
+        raise ValueError("seed must fit in 64 bits, not %r" % n)
+    _need().softgpuSetAsyncSeed(n)
+
+
+def sticky(on):
+    """Sticky errors (CYBN_SOFTGPU_STICKY=1): after a kernel fault every later call on its context returns
+    the error until cuDevicePrimaryCtxReset / cuCtxDestroy. Returns a restorer (context manager)."""
+    _check_bool("on", on)
+    previous = bool(_need().softgpuSetSticky(int(on)))
+    return _Restorer(lambda: _need().softgpuSetSticky(int(previous)))
 
 
 # ---------------------------------------------------------------- fault injection

@@ -26,7 +26,7 @@ def make_error(int code, str call):
     return CudaError(code,
                      name.decode() if name != NULL else f"CUDA_ERROR_{code}",
                      desc.decode() if desc != NULL else "unrecognized error code",
-                     call, _softgpu_report(code))
+                     call, _softgpu_report(code, call))
 
 
 # Failures the software GPU explains in last_report(): bad images and failed launches.
@@ -37,9 +37,11 @@ _REPORTED = {cydriver.CUDA_ERROR_INVALID_IMAGE, cydriver.CUDA_ERROR_INVALID_PTX,
              cydriver.CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, cydriver.CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE}
 
 
-def _softgpu_report(int code):
+def _softgpu_report(int code, str call=""):
     softgpu = sys.modules.get("cybn.softgpu")
-    if code not in _REPORTED or softgpu is None or not softgpu.active():
+    # cuInit's INVALID_VALUE on the software GPU is a bad CYBN_SOFTGPU_* variable, named in the report.
+    reported = code in _REPORTED or (call == "cuInit" and code == cydriver.CUDA_ERROR_INVALID_VALUE)
+    if not reported or softgpu is None or not softgpu.active():
         return None
     try:
         return softgpu.last_report() or None

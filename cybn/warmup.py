@@ -5,8 +5,8 @@ the first real launch loads it instead of waiting for NVRTC.
     python -m cybn warmup --arch sm_86     # CUBIN for sm_86 (compute_XY: PTX); repeatable
     python -m cybn warmup --all-archs      # PTX compute_80 + CUBIN for every arch NVRTC supports
 
-Progress goes to stderr (a plain \\r-updated bar); one line per variant goes to stdout. Exit status 1
-if any program failed to compile."""
+Progress goes to stderr (a \\r-updated bar on a terminal, plain lines otherwise); one line per variant
+goes to stdout. Exit status 1 if any program failed to compile."""
 import argparse
 import os
 import sys
@@ -18,8 +18,13 @@ from .errors import CompileError
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser(prog="python -m cybn warmup", description="Compile every kernel variant "
-                                "into cybn's disk cache.")
+    p = argparse.ArgumentParser(
+        prog="python -m cybn warmup",
+        description="Compile every registered kernel variant (elementwise.cu, batchnorm.cu) into cybn's disk cache "
+                    "ahead of time, so the first launch loads it instead of waiting for NVRTC. One line per variant "
+                    "on stdout; progress on stderr (a bar on a terminal, plain lines otherwise). Exit status 1 if "
+                    "any program failed to compile.",
+        epilog="Cache directory: CYBN_CACHE_DIR, else $XDG_CACHE_HOME/cybn, else ~/.cache/cybn.")
     p.add_argument("--arch", action="append", default=[],
                    help="sm_XY (CUBIN) or compute_XY (PTX); repeatable; default: the current device's")
     p.add_argument("--all-archs", action="store_true", help="PTX compute_80 and CUBIN for every arch NVRTC supports")
@@ -49,13 +54,20 @@ def _targets(args):
 
 
 class _Progress:
-    """A one-line progress bar on stderr, redrawn with \\r."""
+    """Progress on stderr: a one-line bar redrawn with \\r on a terminal; one plain line per program
+    otherwise (logs and pipes get no carriage returns)."""
 
     def __init__(self, total, stream=None):
         self.total, self.done, self.stream = total, 0, stream or sys.stderr
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = bool(isatty and isatty())
 
     def step(self, label):
         self.done += 1
+        if not self.tty:
+            self.stream.write(f"warmup {self.done}/{self.total} {label}\n")
+            self.stream.flush()
+            return
         width = 30
         filled = width * self.done // max(self.total, 1)
         line = f"\rwarmup [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {label}"
@@ -63,8 +75,9 @@ class _Progress:
         self.stream.flush()
 
     def close(self):
-        self.stream.write("\n")
-        self.stream.flush()
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def _build(job):

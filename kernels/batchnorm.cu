@@ -16,6 +16,16 @@
 // column, zeroed on the stream by the host before each split call) combines them in a fixed order
 // (deterministic); the element-wise second half is then a second launch.
 // All offsets are 64-bit; loops are grid-stride so any size fits the grid limits.
+//
+// Numerics. The batch mean is carried as an unevaluated float pair hi + lo (from the statistics'
+// float-float sum of x - shift, welford.cuh; save_mean holds hi) and every kernel forms x - mean as (x - hi) - lo: exact
+// (Sterbenz) for x near the mean, one rounding relative to the result elsewhere, so outputs near the
+// bias keep their own precision at any offset. The backward does not need the forward's lo: its
+// reduction also sums x - hi (compensated) and recovers lo = mean(x - hi) exactly enough, so
+// save_mean stays a plain float32 array and the faces carry nothing extra. The backward's sums
+// (dy, dy * (x - hi), x - hi) are compensated per thread (CSum, welford.cuh) and merged pairwise.
+// Parameter gradients are written cuDNN-style: grad = alpha * this_batch + beta * grad (beta == 0:
+// grad is not read), optionally also the plain batch gradients (batch_scale_grad/batch_bias_grad).
 #include <cuda_fp16.h>
 
 #include "welford.cuh"
@@ -24,7 +34,7 @@ enum : int {
     BN_AFFINE = 1,        // scale/bias given; else 1 and 0
     BN_VEC = 2,           // spatial: 16-byte units (rows 16-byte aligned)
     BN_STAT_IS_VAR = 4,   // normalize/backward: `stat` is a variance (running_var), else an inverse std
-    BN_SHIFTED = 8,       // normalize: use the workspace's shifted mean (exact at large offsets)
+    BN_SHIFTED = 8,       // normalize: the training mean as the workspace's (hi, lo) pair
     BN_ROWVEC = 16,       // spatial, N == 1 (with VEC): 16-byte units of each channel's aligned middle,
                           // scalar head and tail (S odd or the channel start not 16-byte aligned)
 };
@@ -67,50 +77,83 @@ template <> struct io<__half> {
 };
 
 // ---------------------------------------------------------------- reductions
-struct Sum2 {
-    float a, b;
-};
-__device__ __forceinline__ Sum2 merge(Sum2 x, Sum2 y) { return Sum2{x.a + y.a, x.b + y.b}; }
 __device__ __forceinline__ Welford merge(Welford x, Welford y) { return welford_merge(x, y); }
-__device__ __forceinline__ Sum2 shfl_down(Sum2 v, int o) {
-    return Sum2{__shfl_down_sync(0xffffffffu, v.a, o), __shfl_down_sync(0xffffffffu, v.b, o)};
-}
 __device__ __forceinline__ Welford shfl_down(Welford v, int o) { return welford_shfl_down(v, o); }
+
+// The backward's per-statistic sums: dy, dy * (x - hi), x - hi, each compensated.
+struct BwdSums {
+    CSum dy, dyx, x;
+};
+__device__ __forceinline__ BwdSums bwd_empty() { return BwdSums{csum_zero(), csum_zero(), csum_zero()}; }
+__device__ __forceinline__ BwdSums merge(BwdSums a, BwdSums b) {
+    return BwdSums{csum_merge(a.dy, b.dy), csum_merge(a.dyx, b.dyx), csum_merge(a.x, b.x)};
+}
+__device__ __forceinline__ CSum shfl_down(CSum v, int o) {
+    return CSum{__shfl_down_sync(0xffffffffu, v.s, o), __shfl_down_sync(0xffffffffu, v.c, o)};
+}
+__device__ __forceinline__ BwdSums shfl_down(BwdSums v, int o) {
+    return BwdSums{shfl_down(v.dy, o), shfl_down(v.dyx, o), shfl_down(v.x, o)};
+}
+// x - hi == d + e exactly (TwoSum): both sums see the exact difference (e matters where x is far from
+// hi, e.g. data centred near 0).
+__device__ __forceinline__ void bwd_push(BwdSums& s, float vx, float vd, float hi) {
+    float e;
+    const float d = two_sum(vx, -hi, e);
+    csum_add(s.dy, vd);
+    csum_add_product(s.dyx, vd, d);
+    s.dyx.c = fmaf(vd, e, s.dyx.c);
+    csum_add(s.x, d);
+    s.x.c = __fadd_rn(s.x.c, e);
+}
+enum : int { BWD_PART = 6 };  // floats of one BwdSums partial in the workspace
+__device__ __forceinline__ void store_bwd(float* p, BwdSums t) {
+    p[0] = t.dy.s; p[1] = t.dy.c; p[2] = t.dyx.s; p[3] = t.dyx.c; p[4] = t.x.s; p[5] = t.x.c;
+}
+__device__ __forceinline__ BwdSums load_bwd(const float* p) {
+    return BwdSums{CSum{__ldcg(p), __ldcg(p + 1)}, CSum{__ldcg(p + 2), __ldcg(p + 3)}, CSum{__ldcg(p + 4), __ldcg(p + 5)}};
+}
+
+// Shared scratch is kept small because the replay cache gets what is left of 48 KiB (and the software
+// GPU counts a module's static shared memory for each of its kernels).
 
 // Total of v over the G threads (whole warps) of each threadIdx.y group, returned to all of them.
 // Every thread of the CTA must call it. Fixed combination order: deterministic.
 template <typename R>
 __device__ R group_reduce(R v) {
     __shared__ R warp_part[32];
-    __shared__ R group_total[32];
     const int G = blockDim.x;
     const int tid = threadIdx.y * G + threadIdx.x;
     for (int o = 16; o > 0; o >>= 1) v = merge(v, shfl_down(v, o));
     if ((tid & 31) == 0) warp_part[tid >> 5] = v;
     __syncthreads();
-    if (threadIdx.x == 0) {
-        const int w0 = threadIdx.y * (G >> 5);
+    const int w0 = threadIdx.y * (G >> 5);
+    if (threadIdx.x == 0) {  // the group's leader folds its warps into its first slot
         R t = warp_part[w0];
         for (int w = 1; w < (G >> 5); ++w) t = merge(t, warp_part[w0 + w]);
-        group_total[threadIdx.y] = t;
+        warp_part[w0] = t;
     }
     __syncthreads();
-    return group_total[threadIdx.y];
+    const R t = warp_part[w0];
+    __syncthreads();  // warp_part is reused by the next call
+    return t;
 }
 
 // Total of v over the R = blockDim.y row lanes of each threadIdx.x column (per-activation kernels),
-// returned to all of them. Every thread must call it. Tree in a fixed order: deterministic.
+// returned to all of them. Every thread must call it. Tree in a fixed order (lane y merges lane y + s):
+// deterministic. The upper half of the active lanes hands its values over, so 128 slots suffice.
 template <typename R>
 __device__ R column_reduce(R v) {
-    __shared__ R part[256];  // per-activation CTAs have at most 256 threads
-    const int bx = blockDim.x, i = threadIdx.y * bx + threadIdx.x;
-    part[i] = v;
-    __syncthreads();
+    __shared__ R part[128];  // per-activation CTAs have at most 256 threads
+    const int bx = blockDim.x, y = threadIdx.y;
     for (int s = blockDim.y >> 1; s > 0; s >>= 1) {
-        if (threadIdx.y < s) part[i] = merge(part[i], part[i + s * bx]);
+        if (y >= s && y < 2 * s) part[(y - s) * bx + threadIdx.x] = v;
+        __syncthreads();
+        if (y < s) v = merge(v, part[y * bx + threadIdx.x]);
         __syncthreads();
     }
-    R t = part[threadIdx.x];
+    if (y == 0) part[threadIdx.x] = v;
+    __syncthreads();
+    const R t = part[threadIdx.x];
     __syncthreads();  // part is reused by the next call
     return t;
 }
@@ -130,28 +173,67 @@ __device__ __forceinline__ bool last_cta_of_column(unsigned* counters) {
     return last;
 }
 
+enum : int { FWD_PART = 5 };  // floats of one Welford partial in the workspace
 __device__ __forceinline__ Welford load_welford(const float* p) {
-    return Welford{__ldcg(p), __ldcg(p + 1), __ldcg(p + 2)};
+    return Welford{__ldcg(p), __ldcg(p + 1), __ldcg(p + 2), CSum{__ldcg(p + 3), __ldcg(p + 4)}};
 }
-__device__ __forceinline__ void store_welford(float* p, Welford w) { p[0] = w.n; p[1] = w.mean; p[2] = w.m2; }
+__device__ __forceinline__ void store_welford(float* p, Welford w) {
+    p[0] = w.n; p[1] = w.mean; p[2] = w.var; p[3] = w.sum.s; p[4] = w.sum.c;
+}
+
+// y = ((x - hi) - lo) * a + b: x - mean in two exact-or-once-rounded steps.
+__device__ __forceinline__ float normalize1(float v, float hi, float lo, float a, float b) {
+    return fmaf(__fsub_rn(__fsub_rn(v, hi), lo), a, b);
+}
+
+// 1 / sqrt(var + eps) in double, once per statistic, so invstd and scale * invstd each round once.
+// A variance beyond FLT_MAX is inf: invstd 0, y = bias (honest, never NaN).
+__device__ __forceinline__ double inv_std(double var, float eps) { return 1.0 / sqrt(var + (double)eps); }
+
+// The split forward's per-statistic tail for its second launch: (hi, lo, scale * invstd, 0).
+enum : int { FWD_TAIL = 4 };
 
 // Batch mean/invstd from the combined statistics; saved statistics and running-average update.
 // M == 1: the unbiased variance is undefined; the biased one (0) is used, never NaN or inf.
 __device__ __forceinline__ void finish_statistics(long long c, Welford t, float shift, long long M, float eps, float factor,
-                                                  float* running_mean, float* running_var, float* save_mean,
-                                                  float* save_invstd, float* mean_shift) {
-    const float Mf = (float)M;
-    const float mean = shift + t.mean;
-    const float var = t.m2 / Mf;
-    save_mean[c] = mean;
-    save_invstd[c] = 1.0f / sqrtf(var + eps);
-    const float unbiased = M > 1 ? var * (Mf / (Mf - 1.0f)) : var;
-    running_mean[c] = (1.0f - factor) * running_mean[c] + factor * mean;
+                                                  float sc, float* running_mean, float* running_var,
+                                                  float* save_mean, float* save_invstd, float* tail) {
+    const float ws = welford_scale(shift);
+    const float2 m = welford_mean_hi_lo(t, shift, ws, M);
+    const double var = welford_variance(t, ws);
+    const double is = inv_std(var, eps);
+    save_mean[c] = m.x;
+    save_invstd[c] = (float)is;
+    const float unbiased = (float)(M > 1 ? var * ((double)M / (double)(M - 1)) : var);
+    running_mean[c] = (1.0f - factor) * running_mean[c] + factor * m.x;
     running_var[c] = (1.0f - factor) * running_var[c] + factor * unbiased;
-    if (mean_shift) {  // (shift, shifted mean) for the second launch: it must not re-read x, which y may be
-        mean_shift[2 * c] = shift;
-        mean_shift[2 * c + 1] = t.mean;
-    }
+    if (tail)  // for the second launch: it must not re-read x, which y may be
+        *reinterpret_cast<float4*>(tail + c * FWD_TAIL) = make_float4(m.x, m.y, (float)(sc * is), 0.0f);
+}
+
+// The parameter gradients of one statistic: cuDNN's grad = alpha * this + beta * grad (beta == 0 does
+// not read grad, which may be uninitialised), and the plain batch values where batch_* is given.
+// ab = (scale alpha, scale beta, bias alpha, bias beta).
+__device__ __forceinline__ void store_param_grads(long long i, float ds, float db, float* scale_grad, float* bias_grad,
+                                                  float* batch_scale_grad, float* batch_bias_grad, float4 ab) {
+    scale_grad[i] = ab.y == 0.0f ? ab.x * ds : fmaf(ab.x, ds, ab.y * scale_grad[i]);
+    bias_grad[i] = ab.w == 0.0f ? ab.z * db : fmaf(ab.z, db, ab.w * bias_grad[i]);
+    if (batch_scale_grad) batch_scale_grad[i] = ds;
+    if (batch_bias_grad) batch_bias_grad[i] = db;
+}
+
+// The backward's per-statistic results from its combined sums: (dscale, dbias, lo, k) with
+// lo = mean(x - hi) (0 when frozen: the running mean is exact as given) and k = invstd * dscale / M,
+// so dx = a * (dy - dbias / M - ((x - hi) - lo) * k).
+__device__ __forceinline__ float4 bwd_finish(BwdSums t, float invstd, float Mf, bool frozen) {
+    const float A = csum_value(t.dy), Bp = csum_value(t.dyx);
+    const float lo = frozen ? 0.0f : csum_value(t.x) / Mf;
+    const float ds = fmaf(-lo, A, Bp) * invstd;  // sum(dy * ((x - hi) - lo)) * invstd
+    return make_float4(ds, A, lo, invstd * (ds / Mf));
+}
+
+__device__ __forceinline__ float dx1(float vx, float vd, float hi, float lo, float a, float dbm, float k) {
+    return a * fmaf(-__fsub_rn(__fsub_rn(vx, hi), lo), k, vd - dbm);
 }
 
 // ---------------------------------------------------------------- spatial traversal
@@ -232,24 +314,27 @@ __device__ __forceinline__ float4 share(float4 v) {
     return r;
 }
 
-// The normalisation's per-statistic constants: y = ((x - shift) - m) * a + b.
+// The normalisation's per-statistic constants (a, b, hi, lo): y = ((x - hi) - lo) * a + b. SHIFTED: the
+// training statistics from the workspace tail (finish_statistics); else the given (running) mean, lo = 0.
 __device__ __forceinline__ float4 normalize_constants(long long i, const float* mean, const float* stat,
                                                       const float* scale, const float* bias,
-                                                      const float* mean_shift, float eps, int flags) {
-    const float st = stat[i];
-    const float invstd = (flags & BN_STAT_IS_VAR) ? 1.0f / sqrtf(st + eps) : st;
+                                                      const float* tail, float eps, int flags) {
     const bool affine = flags & BN_AFFINE;
-    const float a = (affine ? scale[i] : 1.0f) * invstd, b = affine ? bias[i] : 0.0f;
-    if (flags & BN_SHIFTED) return make_float4(a, b, mean_shift[2 * i], mean_shift[2 * i + 1]);
-    return make_float4(a, b, 0.0f, mean[i]);
+    const float sc = affine ? scale[i] : 1.0f, b = affine ? bias[i] : 0.0f;
+    if (flags & BN_SHIFTED) {
+        const float4 t = *reinterpret_cast<const float4*>(tail + i * FWD_TAIL);
+        return make_float4(t.z, b, t.x, t.y);
+    }
+    const float st = stat[i];
+    const float a = (flags & BN_STAT_IS_VAR) ? (float)(sc * inv_std(st, eps)) : sc * st;
+    return make_float4(a, b, mean[i], 0.0f);
 }
 
-// The split backward's dx constants: dx = a * (dy - db - (x - mu) * k), k = invstd * dscale / M.
-__device__ __forceinline__ float4 dx_constants(long long i, const float* scale, const float* mean, const float* invstd_,
-                                               const float* scale_grad, const float* bias_grad, float Mf, int flags) {
-    const float invstd = invstd_[i];
-    const float a = ((flags & BN_AFFINE) ? scale[i] : 1.0f) * invstd;
-    return make_float4(a, bias_grad[i] / Mf, mean[i], invstd * (scale_grad[i] / Mf));
+// The split backward's dx constants, written by the last CTA of the first launch: (a, dbias / M, k, lo).
+enum : int { BWD_TAIL = 4 };  // floats per statistic
+__device__ __forceinline__ void store_dx_constants(float* tail, long long i, float a, float4 r, float Mf) {
+    float* q = tail + i * BWD_TAIL;
+    q[0] = a; q[1] = r.y / Mf; q[2] = r.w; q[3] = r.z;
 }
 
 // ---------------------------------------------------------------- spatial forward, training
@@ -258,7 +343,7 @@ __device__ __forceinline__ float4 dx_constants(long long i, const float* scale, 
 template <typename T>
 __global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const float* bias, float* running_mean,
                                      float* running_var, float* save_mean, float* save_invstd, float* partials,
-                                     unsigned* counters, float* mean_shift, long long N, long long C, long long S,
+                                     unsigned* counters, float* stat_tail, long long N, long long C, long long S,
                                      float eps, float factor, int flags, int cache_units) {
     extern __shared__ uint4 cache[];
     constexpr int V = io<T>::vec;
@@ -278,7 +363,8 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const
     float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (ok && leader<true>()) p = make_float4(io<T>::load(x + c * S), affine ? scale[c] : 1.0f, affine ? bias[c] : 0.0f, 0.0f);
     p = share<true>(p);
-    const float shift = p.x;  // one sample of the channel: Welford runs on x - shift
+    const float shift = p.x;  // one sample of the channel: Welford runs on (x - shift) * ws
+    const float ws = welford_scale(shift);
     Welford w = welford_empty();
     if (vec) {
         walk_channel(cv.cw, cv.Cw, cv.su, u0, u1, [&](int k, long long off) {
@@ -287,64 +373,64 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const
             float v[V];
             io<T>::unpack(u, v);
 #pragma unroll
-            for (int i = 0; i < V; ++i) welford_push(w, v[i] - shift);
+            for (int i = 0; i < V; ++i) welford_push(w, v[i], shift, ws);
         });
-        walk_edges(cv, c, S, ok, [&](long long e) { welford_push(w, io<T>::load(x + e) - shift); });
+        walk_edges(cv, c, S, ok, [&](long long e) { welford_push(w, io<T>::load(x + e), shift, ws); });
     } else {
         walk_channel(c, C, cv.su, u0, u1, [&](int k, long long off) {
             const float v = io<T>::load(x + off);
             if (k < cache_units) cachef[k * nthreads + tid] = v;
-            welford_push(w, v - shift);
+            welford_push(w, v, shift, ws);
         });
     }
     Welford t = group_reduce(w);
     const long long M = N * S;
 
     if (gridDim.y > 1) {
-        if (ok && threadIdx.x == 0) store_welford(partials + ((long long)c * gridDim.y + blockIdx.y) * 3, t);
+        if (ok && threadIdx.x == 0) store_welford(partials + ((long long)c * gridDim.y + blockIdx.y) * FWD_PART, t);
         if (!last_cta_of_column(counters)) return;
         Welford m = welford_empty();
         if (ok)
             for (int q = threadIdx.x; q < gridDim.y; q += blockDim.x)
-                m = welford_merge(m, load_welford(partials + ((long long)c * gridDim.y + q) * 3));
+                m = welford_merge(m, load_welford(partials + ((long long)c * gridDim.y + q) * FWD_PART));
         t = group_reduce(m);
         if (ok && threadIdx.x == 0)
-            finish_statistics(c, t, shift, M, eps, factor, running_mean, running_var, save_mean, save_invstd,
-                              mean_shift);
+            finish_statistics(c, t, shift, M, eps, factor, p.y, running_mean, running_var, save_mean, save_invstd,
+                              stat_tail);
         return;  // the normalisation is the second launch (bn_normalize_spatial)
     }
 
     if (ok && threadIdx.x == 0)
-        finish_statistics(c, t, shift, M, eps, factor, running_mean, running_var, save_mean, save_invstd, nullptr);
-    // ((x - shift) - shifted mean): exact at large offsets, and exactly 0 for a constant channel.
-    const float invstd = 1.0f / sqrtf(t.m2 / (float)M + eps);
-    const float a = p.y * invstd, b = p.z;
-    const float m = t.mean;
+        finish_statistics(c, t, shift, M, eps, factor, p.y, running_mean, running_var, save_mean, save_invstd,
+                          nullptr);
+    // ((x - hi) - lo): exact near the mean at any offset, and exactly 0 for a constant channel.
+    const float a = (float)(p.y * inv_std(welford_variance(t, ws), eps)), b = p.z;
+    const float2 m = welford_mean_hi_lo(t, shift, ws, M);
     if (vec) {
         walk_channel(cv.cw, cv.Cw, cv.su, u0, u1, [&](int k, long long off) {
             const uint4 u = k < cache_units ? cache[k * nthreads + tid] : xu[off];
             float v[V];
             io<T>::unpack(u, v);
 #pragma unroll
-            for (int i = 0; i < V; ++i) v[i] = ((v[i] - shift) - m) * a + b;
+            for (int i = 0; i < V; ++i) v[i] = normalize1(v[i], m.x, m.y, a, b);
             yu[off] = io<T>::pack(v);
         });
-        walk_edges(cv, c, S, ok, [&](long long e) { io<T>::store(y + e, ((io<T>::load(x + e) - shift) - m) * a + b); });
+        walk_edges(cv, c, S, ok, [&](long long e) { io<T>::store(y + e, normalize1(io<T>::load(x + e), m.x, m.y, a, b)); });
     } else {
         walk_channel(c, C, cv.su, u0, u1, [&](int k, long long off) {
             const float v = k < cache_units ? cachef[k * nthreads + tid] : io<T>::load(x + off);
-            io<T>::store(y + off, ((v - shift) - m) * a + b);
+            io<T>::store(y + off, normalize1(v, m.x, m.y, a, b));
         });
     }
 }
 
 // ---------------------------------------------------------------- spatial normalisation
 // y = (x - mean) * scale * invstd + bias; invstd = 1/sqrt(stat + eps) for inference (STAT_IS_VAR),
-// else stat itself. SHIFTED (second launch of training): x - mean as (x - x[first]) - mean_shift,
-// as the fused path does. y may be x (in place: each thread reads a unit, then writes it).
+// else stat itself. SHIFTED (second launch of training): x - mean as (x - hi) - lo with the
+// workspace's float pair, as the fused path does. y may be x (in place: each thread reads a unit, then writes it).
 template <typename T>
 __global__ void bn_normalize_spatial(const T* x, T* y, const float* mean, const float* stat, const float* scale,
-                                     const float* bias, const float* mean_shift, long long N, long long C, long long S,
+                                     const float* bias, const float* stat_tail, long long N, long long C, long long S,
                                      float eps, int flags) {
     constexpr int V = io<T>::vec;
     const bool vec = flags & BN_VEC;
@@ -357,34 +443,39 @@ __global__ void bn_normalize_spatial(const T* x, T* y, const float* mean, const 
     split_range(N * cv.su, u0, u1);
     if (!ok) u1 = u0;
     float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (ok && leader<true>()) p = normalize_constants(c, mean, stat, scale, bias, mean_shift, eps, flags);
+    if (ok && leader<true>()) p = normalize_constants(c, mean, stat, scale, bias, stat_tail, eps, flags);
     p = share<true>(p);
-    const float a = p.x, b = p.y, shift = p.z, m = p.w;
+    const float a = p.x, b = p.y, hi = p.z, lo = p.w;
     if (vec) {
         walk_channel(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) {
             float v[V];
             io<T>::unpack(xu[off], v);
 #pragma unroll
-            for (int i = 0; i < V; ++i) v[i] = ((v[i] - shift) - m) * a + b;
+            for (int i = 0; i < V; ++i) v[i] = normalize1(v[i], hi, lo, a, b);
             yu[off] = io<T>::pack(v);
         });
-        walk_edges(cv, c, S, ok, [&](long long e) { io<T>::store(y + e, ((io<T>::load(x + e) - shift) - m) * a + b); });
+        walk_edges(cv, c, S, ok, [&](long long e) { io<T>::store(y + e, normalize1(io<T>::load(x + e), hi, lo, a, b)); });
     } else {
         walk_channel(c, C, cv.su, u0, u1, [&](int, long long off) {
-            io<T>::store(y + off, ((io<T>::load(x + off) - shift) - m) * a + b);
+            io<T>::store(y + off, normalize1(io<T>::load(x + off), hi, lo, a, b));
         });
     }
 }
 
 // ---------------------------------------------------------------- spatial backward
-// dbias = sum(dy), dscale = sum(dy * xhat) with xhat = (x - mean) * invstd; then
+// dbias = sum(dy), dscale = sum(dy * xhat) with xhat = ((x - hi) - lo) * invstd; then
 // dx = scale * invstd * (dy - dbias / M - xhat * dscale / M) (P == 1: same launch, x and dy replayed
-// from the cache). STAT_IS_VAR: eval-mode backward over frozen running statistics, where
-// dx = scale * invstd * dy needs no reduction and is written in the first pass.
+// from the cache). lo = mean(x - hi) comes out of the same reduction (the third sum). STAT_IS_VAR:
+// eval-mode backward over frozen running statistics (lo = 0), where dx = scale * invstd * dy needs
+// no reduction and is written in the first pass. Parameter gradients: store_param_grads (alpha/beta).
+// Split: the last CTA of a column writes the gradients and the dx constants (workspace tail) that the
+// second launch (bn_bwd_dx_spatial) reads.
 template <typename T>
 __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const float* scale, const float* mean, const float* stat,
-                               float* scale_grad, float* bias_grad, float* partials, unsigned* counters, long long N,
-                               long long C, long long S, float eps, int flags, int cache_units) {
+                               float* scale_grad, float* bias_grad, float* batch_scale_grad, float* batch_bias_grad,
+                               float* partials, unsigned* counters, float* tail, long long N, long long C, long long S,
+                               float eps, float sg_alpha, float sg_beta, float bg_alpha, float bg_beta, int flags,
+                               int cache_units) {
     extern __shared__ uint4 cache[];
     constexpr int V = io<T>::vec;
     const bool vec = flags & BN_VEC, frozen = flags & BN_STAT_IS_VAR, affine = flags & BN_AFFINE;
@@ -402,12 +493,13 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const float* scal
 
     float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (ok && leader<true>()) {
-        const float st = stat[c], is = frozen ? 1.0f / sqrtf(st + eps) : st;
-        p = make_float4(is, mean[c], (affine ? scale[c] : 1.0f) * is, 0.0f);
+        const float st = stat[c], sc = affine ? scale[c] : 1.0f;
+        const double isd = frozen ? inv_std(st, eps) : (double)st;
+        p = make_float4((float)isd, mean[c], (float)(sc * isd), 0.0f);
     }
     p = share<true>(p);
-    const float invstd = p.x, mu = p.y, a = p.z;
-    Sum2 acc{0.0f, 0.0f};
+    const float invstd = p.x, hi = p.y, a = p.z;
+    BwdSums acc = bwd_empty();
     if (vec) {
         walk_channel(cv.cw, cv.Cw, cv.su, u0, u1, [&](int k, long long off) {
             const uint4 ux = xu[off], ud = du[off];
@@ -420,16 +512,14 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const float* scal
             io<T>::unpack(ud, vd);
 #pragma unroll
             for (int i = 0; i < V; ++i) {
-                acc.a += vd[i];
-                acc.b += vd[i] * ((vx[i] - mu) * invstd);
+                bwd_push(acc, vx[i], vd[i], hi);
                 vd[i] *= a;
             }
             if (frozen) dxu[off] = io<T>::pack(vd);
         });
         walk_edges(cv, c, S, ok, [&](long long e) {
-            const float vx = io<T>::load(x + e), vd = io<T>::load(dy + e);
-            acc.a += vd;
-            acc.b += vd * ((vx - mu) * invstd);
+            const float vd = io<T>::load(dy + e);
+            bwd_push(acc, io<T>::load(x + e), vd, hi);
             if (frozen) io<T>::store(dx + e, a * vd);
         });
     } else {
@@ -439,69 +529,61 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const float* scal
                 cachef[k * nthreads + tid] = vx;
                 cachef[slots + k * nthreads + tid] = vd;
             }
-            acc.a += vd;
-            acc.b += vd * ((vx - mu) * invstd);
+            bwd_push(acc, vx, vd, hi);
             if (frozen) io<T>::store(dx + off, a * vd);
         });
     }
-    Sum2 t = group_reduce(acc);
+    BwdSums t = group_reduce(acc);
+    const float Mf = (float)(N * S);
+    const float4 ab = make_float4(sg_alpha, sg_beta, bg_alpha, bg_beta);
 
     if (gridDim.y > 1) {
-        if (ok && threadIdx.x == 0) {
-            float* p = partials + ((long long)c * gridDim.y + blockIdx.y) * 2;
-            p[0] = t.a;
-            p[1] = t.b;
-        }
+        if (ok && threadIdx.x == 0) store_bwd(partials + ((long long)c * gridDim.y + blockIdx.y) * BWD_PART, t);
         if (!last_cta_of_column(counters)) return;
-        Sum2 m{0.0f, 0.0f};
+        BwdSums m = bwd_empty();
         if (ok)
-            for (int q = threadIdx.x; q < gridDim.y; q += blockDim.x) {
-                const float* p = partials + ((long long)c * gridDim.y + q) * 2;
-                m = merge(m, Sum2{__ldcg(p), __ldcg(p + 1)});
-            }
+            for (int q = threadIdx.x; q < gridDim.y; q += blockDim.x)
+                m = merge(m, load_bwd(partials + ((long long)c * gridDim.y + q) * BWD_PART));
         t = group_reduce(m);
         if (ok && threadIdx.x == 0) {
-            bias_grad[c] = t.a;
-            scale_grad[c] = t.b;
+            const float4 r = bwd_finish(t, invstd, Mf, frozen);
+            store_param_grads(c, r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
+            if (!frozen) store_dx_constants(tail, c, a, r, Mf);
         }
         return;  // dx is the second launch (bn_bwd_dx_spatial) unless frozen (already written)
     }
-    if (ok && threadIdx.x == 0) {
-        bias_grad[c] = t.a;
-        scale_grad[c] = t.b;
-    }
+    const float4 r = bwd_finish(t, invstd, Mf, frozen);
+    if (ok && threadIdx.x == 0) store_param_grads(c, r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
     if (frozen) return;
-    const float Mf = (float)(N * S);
-    const float db = t.a / Mf, ds = t.b / Mf;
+    const float dbm = r.y / Mf, k = r.w, lo = r.z;
     if (vec) {
-        walk_channel(cv.cw, cv.Cw, cv.su, u0, u1, [&](int k, long long off) {
-            const bool hit = k < cache_units;
-            const uint4 ux = hit ? cache[k * nthreads + tid] : xu[off];
-            const uint4 ud = hit ? cache[slots + k * nthreads + tid] : du[off];
+        walk_channel(cv.cw, cv.Cw, cv.su, u0, u1, [&](int kk, long long off) {
+            const bool hit = kk < cache_units;
+            const uint4 ux = hit ? cache[kk * nthreads + tid] : xu[off];
+            const uint4 ud = hit ? cache[slots + kk * nthreads + tid] : du[off];
             float vx[V], vd[V];
             io<T>::unpack(ux, vx);
             io<T>::unpack(ud, vd);
 #pragma unroll
-            for (int i = 0; i < V; ++i) vd[i] = a * (vd[i] - db - (vx[i] - mu) * invstd * ds);
+            for (int i = 0; i < V; ++i) vd[i] = dx1(vx[i], vd[i], hi, lo, a, dbm, k);
             dxu[off] = io<T>::pack(vd);
         });
         walk_edges(cv, c, S, ok, [&](long long e) {
-            io<T>::store(dx + e, a * (io<T>::load(dy + e) - db - (io<T>::load(x + e) - mu) * invstd * ds));
+            io<T>::store(dx + e, dx1(io<T>::load(x + e), io<T>::load(dy + e), hi, lo, a, dbm, k));
         });
     } else {
-        walk_channel(c, C, cv.su, u0, u1, [&](int k, long long off) {
-            const bool hit = k < cache_units;
-            const float vx = hit ? cachef[k * nthreads + tid] : io<T>::load(x + off);
-            const float vd = hit ? cachef[slots + k * nthreads + tid] : io<T>::load(dy + off);
-            io<T>::store(dx + off, a * (vd - db - (vx - mu) * invstd * ds));
+        walk_channel(c, C, cv.su, u0, u1, [&](int kk, long long off) {
+            const bool hit = kk < cache_units;
+            const float vx = hit ? cachef[kk * nthreads + tid] : io<T>::load(x + off);
+            const float vd = hit ? cachef[slots + kk * nthreads + tid] : io<T>::load(dy + off);
+            io<T>::store(dx + off, dx1(vx, vd, hi, lo, a, dbm, k));
         });
     }
 }
 
-// Second launch of the split backward: dx from the reduced scale_grad and bias_grad.
+// Second launch of the split backward: dx from the first launch's constants (workspace tail).
 template <typename T>
-__global__ void bn_bwd_dx_spatial(const T* x, const T* dy, T* dx, const float* scale, const float* mean,
-                                  const float* invstd_, const float* scale_grad, const float* bias_grad, long long N,
+__global__ void bn_bwd_dx_spatial(const T* x, const T* dy, T* dx, const float* mean, const float* tail, long long N,
                                   long long C, long long S, int flags) {
     constexpr int V = io<T>::vec;
     const bool vec = flags & BN_VEC;
@@ -514,24 +596,29 @@ __global__ void bn_bwd_dx_spatial(const T* x, const T* dy, T* dx, const float* s
     split_range(N * cv.su, u0, u1);
     if (!ok) u1 = u0;
     float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (ok && leader<true>()) p = dx_constants(c, scale, mean, invstd_, scale_grad, bias_grad, (float)(N * S), flags);
+    float hi = 0.0f;
+    if (ok && leader<true>()) {
+        p = *reinterpret_cast<const float4*>(tail + c * BWD_TAIL);
+        hi = mean[c];
+    }
     p = share<true>(p);
-    const float a = p.x, db = p.y, mu = p.z, k = p.w;
+    const float a = p.x, dbm = p.y, k = p.z, lo = p.w;
+    hi = share<true>(make_float4(hi, 0.0f, 0.0f, 0.0f)).x;
     if (vec) {
         walk_channel(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) {
             float vx[V], vd[V];
             io<T>::unpack(xu[off], vx);
             io<T>::unpack(du[off], vd);
 #pragma unroll
-            for (int i = 0; i < V; ++i) vd[i] = a * (vd[i] - db - (vx[i] - mu) * k);
+            for (int i = 0; i < V; ++i) vd[i] = dx1(vx[i], vd[i], hi, lo, a, dbm, k);
             dxu[off] = io<T>::pack(vd);
         });
         walk_edges(cv, c, S, ok, [&](long long e) {
-            io<T>::store(dx + e, a * (io<T>::load(dy + e) - db - (io<T>::load(x + e) - mu) * k));
+            io<T>::store(dx + e, dx1(io<T>::load(x + e), io<T>::load(dy + e), hi, lo, a, dbm, k));
         });
     } else {
         walk_channel(c, C, cv.su, u0, u1, [&](int, long long off) {
-            io<T>::store(dx + off, a * (io<T>::load(dy + off) - db - (io<T>::load(x + off) - mu) * k));
+            io<T>::store(dx + off, dx1(io<T>::load(x + off), io<T>::load(dy + off), hi, lo, a, dbm, k));
         });
     }
 }
@@ -553,7 +640,7 @@ __device__ __forceinline__ void walk_feature(long long f, long long F_, long lon
 template <typename T>
 __global__ void bn_fwd_train_pa(const T* x, T* y, const float* scale, const float* bias, float* running_mean,
                                 float* running_var, float* save_mean, float* save_invstd, float* partials,
-                                unsigned* counters, float* mean_shift, long long N, long long C, long long S, float eps,
+                                unsigned* counters, float* stat_tail, long long N, long long C, long long S, float eps,
                                 float factor, int flags, int cache_units) {
     const long long F = C * S;
     extern __shared__ float cachef[];
@@ -564,61 +651,64 @@ __global__ void bn_fwd_train_pa(const T* x, T* y, const float* scale, const floa
     float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (ok && leader<false>()) p = make_float4(io<T>::load(x + f), affine ? scale[f] : 1.0f, affine ? bias[f] : 0.0f, 0.0f);
     p = share<false>(p);
-    const float shift = p.x;
+    const float shift = p.x, ws = welford_scale(shift);
     Welford w = welford_empty();
     walk_feature(f, F, N, ok, [&](int k, long long off) {
         const float v = io<T>::load(x + off);
         if (k < cache_units) cachef[k * nthreads + tid] = v;
-        welford_push(w, v - shift);
+        welford_push(w, v, shift, ws);
     });
     Welford t = column_reduce(w);
 
     if (gridDim.y > 1) {
-        if (ok && threadIdx.y == 0) store_welford(partials + (f * gridDim.y + blockIdx.y) * 3, t);
+        if (ok && threadIdx.y == 0) store_welford(partials + (f * gridDim.y + blockIdx.y) * FWD_PART, t);
         if (!last_cta_of_column(counters)) return;
         Welford m = welford_empty();
         if (ok)
             for (int q = threadIdx.y; q < gridDim.y; q += blockDim.y)
-                m = welford_merge(m, load_welford(partials + (f * gridDim.y + q) * 3));
+                m = welford_merge(m, load_welford(partials + (f * gridDim.y + q) * FWD_PART));
         t = column_reduce(m);
         if (ok && threadIdx.y == 0)
-            finish_statistics(f, t, shift, N, eps, factor, running_mean, running_var, save_mean, save_invstd,
-                              mean_shift);
+            finish_statistics(f, t, shift, N, eps, factor, p.y, running_mean, running_var, save_mean, save_invstd,
+                              stat_tail);
         return;  // the normalisation is the second launch (bn_normalize_pa)
     }
     if (ok && threadIdx.y == 0)
-        finish_statistics(f, t, shift, N, eps, factor, running_mean, running_var, save_mean, save_invstd, nullptr);
+        finish_statistics(f, t, shift, N, eps, factor, p.y, running_mean, running_var, save_mean, save_invstd,
+                          nullptr);
     if (!ok) return;
-    const float invstd = 1.0f / sqrtf(t.m2 / (float)N + eps);
-    const float a = p.y * invstd, b = p.z;
-    const float m = t.mean;
+    const float a = (float)(p.y * inv_std(welford_variance(t, ws), eps)), b = p.z;
+    const float2 m = welford_mean_hi_lo(t, shift, ws, N);
     walk_feature(f, F, N, ok, [&](int k, long long off) {
         const float v = k < cache_units ? cachef[k * nthreads + tid] : io<T>::load(x + off);
-        io<T>::store(y + off, ((v - shift) - m) * a + b);
+        io<T>::store(y + off, normalize1(v, m.x, m.y, a, b));
     });
 }
 
 template <typename T>
 __global__ void bn_normalize_pa(const T* x, T* y, const float* mean, const float* stat, const float* scale,
-                                const float* bias, const float* mean_shift, long long N, long long C, long long S, float eps,
+                                const float* bias, const float* stat_tail, long long N, long long C, long long S, float eps,
                                 int flags) {
     const long long F = C * S;
     const long long f = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const bool ok = f < F;
     float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (ok && leader<false>()) p = normalize_constants(f, mean, stat, scale, bias, mean_shift, eps, flags);
+    if (ok && leader<false>()) p = normalize_constants(f, mean, stat, scale, bias, stat_tail, eps, flags);
     p = share<false>(p);
-    const float a = p.x, b = p.y, shift = p.z, m = p.w;
+    const float a = p.x, b = p.y, hi = p.z, lo = p.w;
     walk_feature(f, F, N, ok, [&](int, long long off) {
-        io<T>::store(y + off, ((io<T>::load(x + off) - shift) - m) * a + b);
+        io<T>::store(y + off, normalize1(io<T>::load(x + off), hi, lo, a, b));
     });
 }
 
 // ---------------------------------------------------------------- per-activation backward
+// As the spatial backward, one statistic per feature column.
 template <typename T>
 __global__ void bn_bwd_pa(const T* x, const T* dy, T* dx, const float* scale, const float* mean, const float* stat,
-                          float* scale_grad, float* bias_grad, float* partials, unsigned* counters, long long N,
-                          long long C, long long S, float eps, int flags, int cache_units) {
+                          float* scale_grad, float* bias_grad, float* batch_scale_grad, float* batch_bias_grad,
+                          float* partials, unsigned* counters, float* tail, long long N, long long C, long long S,
+                          float eps, float sg_alpha, float sg_beta, float bg_alpha, float bg_beta, int flags,
+                          int cache_units) {
     const long long F = C * S;
     extern __shared__ float cachef[];
     const bool frozen = flags & BN_STAT_IS_VAR, affine = flags & BN_AFFINE;
@@ -628,70 +718,69 @@ __global__ void bn_bwd_pa(const T* x, const T* dy, T* dx, const float* scale, co
     const int slots = cache_units * nthreads;
     float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (ok && leader<false>()) {
-        const float st = stat[f], is = frozen ? 1.0f / sqrtf(st + eps) : st;
-        p = make_float4(is, mean[f], (affine ? scale[f] : 1.0f) * is, 0.0f);
+        const float st = stat[f], sc = affine ? scale[f] : 1.0f;
+        const double isd = frozen ? inv_std(st, eps) : (double)st;
+        p = make_float4((float)isd, mean[f], (float)(sc * isd), 0.0f);
     }
     p = share<false>(p);
-    const float invstd = p.x, mu = p.y, a = p.z;
-    Sum2 acc{0.0f, 0.0f};
+    const float invstd = p.x, hi = p.y, a = p.z;
+    BwdSums acc = bwd_empty();
     walk_feature(f, F, N, ok, [&](int k, long long off) {
         const float vx = io<T>::load(x + off), vd = io<T>::load(dy + off);
         if (k < cache_units) {
             cachef[k * nthreads + tid] = vx;
             cachef[slots + k * nthreads + tid] = vd;
         }
-        acc.a += vd;
-        acc.b += vd * ((vx - mu) * invstd);
+        bwd_push(acc, vx, vd, hi);
         if (frozen) io<T>::store(dx + off, a * vd);
     });
-    Sum2 t = column_reduce(acc);
+    BwdSums t = column_reduce(acc);
+    const float Mf = (float)N;
+    const float4 ab = make_float4(sg_alpha, sg_beta, bg_alpha, bg_beta);
 
     if (gridDim.y > 1) {
-        if (ok && threadIdx.y == 0) {
-            float* p = partials + (f * gridDim.y + blockIdx.y) * 2;
-            p[0] = t.a;
-            p[1] = t.b;
-        }
+        if (ok && threadIdx.y == 0) store_bwd(partials + (f * gridDim.y + blockIdx.y) * BWD_PART, t);
         if (!last_cta_of_column(counters)) return;
-        Sum2 m{0.0f, 0.0f};
+        BwdSums m = bwd_empty();
         if (ok)
-            for (int q = threadIdx.y; q < gridDim.y; q += blockDim.y) {
-                const float* p = partials + (f * gridDim.y + q) * 2;
-                m = merge(m, Sum2{__ldcg(p), __ldcg(p + 1)});
-            }
+            for (int q = threadIdx.y; q < gridDim.y; q += blockDim.y)
+                m = merge(m, load_bwd(partials + (f * gridDim.y + q) * BWD_PART));
         t = column_reduce(m);
         if (ok && threadIdx.y == 0) {
-            bias_grad[f] = t.a;
-            scale_grad[f] = t.b;
+            const float4 r = bwd_finish(t, invstd, Mf, frozen);
+            store_param_grads(f, r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
+            if (!frozen) store_dx_constants(tail, f, a, r, Mf);
         }
         return;  // dx is the second launch (bn_bwd_dx_pa) unless frozen (already written)
     }
-    if (ok && threadIdx.y == 0) {
-        bias_grad[f] = t.a;
-        scale_grad[f] = t.b;
-    }
+    const float4 r = bwd_finish(t, invstd, Mf, frozen);
+    if (ok && threadIdx.y == 0) store_param_grads(f, r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
     if (frozen || !ok) return;
-    const float db = t.a / (float)N, ds = t.b / (float)N;
-    walk_feature(f, F, N, ok, [&](int k, long long off) {
-        const bool hit = k < cache_units;
-        const float vx = hit ? cachef[k * nthreads + tid] : io<T>::load(x + off);
-        const float vd = hit ? cachef[slots + k * nthreads + tid] : io<T>::load(dy + off);
-        io<T>::store(dx + off, a * (vd - db - (vx - mu) * invstd * ds));
+    const float dbm = r.y / Mf, k = r.w, lo = r.z;
+    walk_feature(f, F, N, ok, [&](int kk, long long off) {
+        const bool hit = kk < cache_units;
+        const float vx = hit ? cachef[kk * nthreads + tid] : io<T>::load(x + off);
+        const float vd = hit ? cachef[slots + kk * nthreads + tid] : io<T>::load(dy + off);
+        io<T>::store(dx + off, dx1(vx, vd, hi, lo, a, dbm, k));
     });
 }
 
 template <typename T>
-__global__ void bn_bwd_dx_pa(const T* x, const T* dy, T* dx, const float* scale, const float* mean,
-                             const float* invstd_, const float* scale_grad, const float* bias_grad, long long N,
+__global__ void bn_bwd_dx_pa(const T* x, const T* dy, T* dx, const float* mean, const float* tail, long long N,
                              long long C, long long S, int flags) {
     const long long F = C * S;
     const long long f = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const bool ok = f < F;
     float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (ok && leader<false>()) p = dx_constants(f, scale, mean, invstd_, scale_grad, bias_grad, (float)N, flags);
+    float hi = 0.0f;
+    if (ok && leader<false>()) {
+        p = *reinterpret_cast<const float4*>(tail + f * BWD_TAIL);
+        hi = mean[f];
+    }
     p = share<false>(p);
-    const float a = p.x, db = p.y, mu = p.z, k = p.w;
+    const float a = p.x, dbm = p.y, k = p.z, lo = p.w;
+    hi = share<false>(make_float4(hi, 0.0f, 0.0f, 0.0f)).x;
     walk_feature(f, F, N, ok, [&](int, long long off) {
-        io<T>::store(dx + off, a * (io<T>::load(dy + off) - db - (io<T>::load(x + off) - mu) * k));
+        io<T>::store(dx + off, dx1(io<T>::load(x + off), io<T>::load(dy + off), hi, lo, a, dbm, k));
     });
 }

@@ -1,4 +1,5 @@
-// Elementwise kernels the Modules need: fill, cast between float16/float32/float64, axpby.
+// Elementwise kernels of GPUArray and the Modules: fill, cast between float16/float32/float64, axpby,
+// arithmetic (+ - * / with arrays and scalars) and strided copies.
 //
 // No CUDA headers on purpose: NVRTC compiles this with no include path in a fraction of the time
 // cuda_fp16.h would take. float16 values travel as their 16-bit patterns and convert with the same
@@ -90,3 +91,77 @@ extern "C" __global__ void cybn_axpby_f64(const double* x, const double* y, doub
 extern "C" __global__ void cybn_axpby_f16(const h16* x, const h16* y, h16* out, float alpha, float beta, u64 n) {
     GRID_STRIDE(i, 0, n) out[i] = f32_to_h(axpby1(alpha, to_f32(x[i]), beta, to_f32(y[i])));
 }
+
+// ------------------------------------------------------------------------------------------- arithmetic
+// out = a OP b (two arrays of n elements) or a OP s / s OP a (a scalar s); out may be a or b (in place:
+// each element is read before it is written, by the same thread). float16 is computed in float32 and
+// rounded once: for + - * / that is the correctly rounded float16 result (float32 carries more than
+// 2 * 11 + 2 significand bits), which is what numpy computes. The _rn intrinsics forbid contraction.
+enum { OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_RSUB, OP_RDIV };
+
+template <int OP> __device__ __forceinline__ float op1(float a, float b) {
+    return OP == OP_ADD ? __fadd_rn(a, b) : OP == OP_SUB ? __fsub_rn(a, b) : OP == OP_MUL ? __fmul_rn(a, b)
+         : OP == OP_DIV ? __fdiv_rn(a, b) : OP == OP_RSUB ? __fsub_rn(b, a) : __fdiv_rn(b, a);
+}
+template <int OP> __device__ __forceinline__ double op1(double a, double b) {
+    return OP == OP_ADD ? __dadd_rn(a, b) : OP == OP_SUB ? __dsub_rn(a, b) : OP == OP_MUL ? __dmul_rn(a, b)
+         : OP == OP_DIV ? __ddiv_rn(a, b) : OP == OP_RSUB ? __dsub_rn(b, a) : __ddiv_rn(b, a);
+}
+
+__device__ __forceinline__ float load(h16 v) { return to_f32(v); }
+__device__ __forceinline__ float load(float v) { return v; }
+__device__ __forceinline__ double load(double v) { return v; }
+__device__ __forceinline__ void store(h16& d, float v) { d = f32_to_h(v); }
+__device__ __forceinline__ void store(float& d, float v) { d = v; }
+__device__ __forceinline__ void store(double& d, double v) { d = v; }
+
+template <int OP, typename T>
+__device__ void binary(const T* a, const T* b, T* out, u64 n) {
+    GRID_STRIDE(i, 0, n) store(out[i], op1<OP>(load(a[i]), load(b[i])));
+}
+
+template <int OP, typename T, typename C>
+__device__ void with_scalar(const T* a, C s, T* out, u64 n) {
+    GRID_STRIDE(i, 0, n) store(out[i], op1<OP>(load(a[i]), s));
+}
+
+#define BINARY(NAME, OP, T) \
+    extern "C" __global__ void NAME(const T* a, const T* b, T* out, u64 n) { binary<OP, T>(a, b, out, n); }
+#define SCALAR(NAME, OP, T, C) \
+    extern "C" __global__ void NAME(const T* a, C s, T* out, u64 n) { with_scalar<OP, T, C>(a, s, out, n); }
+#define ARITHMETIC(SUFFIX, T, C)                                                                   \
+    BINARY(cybn_add_##SUFFIX, OP_ADD, T) BINARY(cybn_sub_##SUFFIX, OP_SUB, T)                       \
+    BINARY(cybn_mul_##SUFFIX, OP_MUL, T) BINARY(cybn_div_##SUFFIX, OP_DIV, T)                       \
+    SCALAR(cybn_adds_##SUFFIX, OP_ADD, T, C) SCALAR(cybn_subs_##SUFFIX, OP_SUB, T, C)               \
+    SCALAR(cybn_muls_##SUFFIX, OP_MUL, T, C) SCALAR(cybn_divs_##SUFFIX, OP_DIV, T, C)               \
+    SCALAR(cybn_rsubs_##SUFFIX, OP_RSUB, T, C) SCALAR(cybn_rdivs_##SUFFIX, OP_RDIV, T, C)
+ARITHMETIC(f16, h16, float)
+ARITHMETIC(f32, float, float)
+ARITHMETIC(f64, double, double)
+
+// ------------------------------------------------------------------------------------------- strided copy
+// dst[j] = src[j] for the n elements of an ndim-dimensional index space, each side with its own strides:
+// meta = shape[ndim], src strides[ndim], dst strides[ndim], in elements (signed: negative steps work).
+// Used for the copies a GPUArray cannot express as a view (non-contiguous slices, transposes).
+template <typename T>
+__device__ void strided_copy(const T* src, T* dst, const long long* __restrict__ meta, int ndim, u64 n) {
+    GRID_STRIDE(i, 0, n) {
+        u64 rest = i;
+        long long so = 0, d = 0;
+        for (int k = ndim - 1; k >= 0; --k) {
+            const u64 extent = (u64)meta[k];
+            const long long idx = (long long)(rest % extent);
+            rest /= extent;
+            so += idx * meta[ndim + k];
+            d += idx * meta[2 * ndim + k];
+        }
+        dst[d] = src[so];
+    }
+}
+
+#define STRIDED(NAME, T) \
+    extern "C" __global__ void NAME(const T* src, T* dst, const long long* meta, int ndim, u64 n) { strided_copy<T>(src, dst, meta, ndim, n); }
+STRIDED(cybn_strided_b8, unsigned char)
+STRIDED(cybn_strided_b16, unsigned short)
+STRIDED(cybn_strided_b32, unsigned int)
+STRIDED(cybn_strided_b64, u64)

@@ -22,8 +22,10 @@
 
 #include <stdint.h>
 
-/* Bumped on any change of the table or the descriptor. */
-#define CYBN_C_API_VERSION 1
+/* Bumped on any change of the table or the descriptor. Version 2: the descriptor's parameter-gradient
+ * alpha/beta (CYBN_ACCUMULATE_GRADS; taken from version 1's reserved zero tail). An extension built
+ * against version 1 gets cybn_import()'s version error and is rebuilt unchanged. */
+#define CYBN_C_API_VERSION 2
 
 /* Layouts (cybn_desc.mode). */
 #define CYBN_SPATIAL 0          /* x is (N, C, S) with S = prod(spatial): one statistic per channel */
@@ -35,6 +37,10 @@
 
 /* cybn_desc.flags */
 #define CYBN_AFFINE 1           /* scale and bias are given; without it they are 1 and 0 (pointers may be 0) */
+#define CYBN_ACCUMULATE_GRADS 2 /* backward, backward_infer: scale_grad = scale_grad_alpha * dscale +
+                                 * scale_grad_beta * scale_grad, bias_grad likewise (cuDNN's alpha/beta), in
+                                 * the same launch; beta == 0 never reads the array. Without the flag the four
+                                 * fields are ignored and the gradients overwritten (alpha 1, beta 0). */
 
 /* Status codes; positive values are CUresult codes of a failed launch. */
 #define CYBN_OK 0
@@ -64,7 +70,11 @@ typedef struct cybn_desc {
     float factor;                /* running = (1 - factor) * running + factor * batch; in [0, 1] */
     cybn_deviceptr workspace;
     uint64_t workspace_bytes;
-    uint64_t reserved[8];        /* zero: room for future fields */
+    float scale_grad_alpha;      /* with CYBN_ACCUMULATE_GRADS (finite); desc_init sets 1, 0, 1, 0 */
+    float scale_grad_beta;
+    float bias_grad_alpha;
+    float bias_grad_beta;
+    uint64_t reserved[6];        /* zero: room for future fields */
 } cybn_desc;
 
 /* The layout is ABI: 128 bytes on every platform. */
@@ -99,7 +109,9 @@ typedef struct cybn_api {
     int (*forward_infer)(const cybn_desc *d, cybn_deviceptr x, cybn_deviceptr y, cybn_deviceptr scale,
                          cybn_deviceptr bias, cybn_deviceptr running_mean, cybn_deviceptr running_var,
                          void *stream);
-    /* Backward of forward_train from its saved statistics: dx, scale_grad, bias_grad (overwritten). */
+    /* Backward of forward_train from its saved statistics: dx, scale_grad, bias_grad (overwritten, or
+     * accumulated with CYBN_ACCUMULATE_GRADS). The exact batch mean is save_mean + mean(x - save_mean),
+     * recomputed in the same reduction: nothing beyond the saved statistics is needed. */
     int (*backward)(const cybn_desc *d, cybn_deviceptr x, cybn_deviceptr dy, cybn_deviceptr dx,
                     cybn_deviceptr scale, cybn_deviceptr save_mean, cybn_deviceptr save_invstd,
                     cybn_deviceptr scale_grad, cybn_deviceptr bias_grad, void *stream);

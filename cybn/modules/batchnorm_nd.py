@@ -5,7 +5,7 @@ import numbers
 import numpy as np
 
 from cybn.modules import config as Config
-from cybn.modules.dnn import BatchNormMode, batchNormNd, batchNormNdBackward
+from cybn.modules.dnn import BatchNormMode, batchNormNd, batchNormNdBackward, batchNormNdBackwardFrozen
 from cybn.modules.module import Module, ModuleError
 from cybn.modules.variable import Variable
 
@@ -36,6 +36,7 @@ class BatchNormND(Module):
 
     declaredVars = ("scale", "bias")
     declaredAttrs = ("mean", "var")
+    calcTypes = (np.float32, np.float16)
     mode = BatchNormMode.spatial
 
     def __init__(self, nd, maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1, sscale=0.01, affine=True, name=None,
@@ -67,6 +68,9 @@ class BatchNormND(Module):
 
         self.scale, self.bias, self.mean, self.var = None, None, None, None
         self.savemean, self.saveinvvar, self.scalegrad, self.biasgrad = None, None, None, None
+        # backward(): the (scale, momentum) accGradParams will apply, so updateGrad fuses the accumulation
+        # into its launch; True once it did (accGradParams then has nothing left to do).
+        self.pendingAcc, self.accumulatedInKernel = None, False
         # True when the last forward ran in eval mode (backward then differentiates the eval-mode function).
         self.evalForward = False
 
@@ -93,6 +97,13 @@ class BatchNormND(Module):
         if self.train:
             if self.inplace:
                 raise ModuleError("%s: using inplace flag in train mode is prohibited" % self)
+            perStatistic = data.shape[0] * (1 if self.mode == BatchNormMode.perActivation
+                                            else int(np.prod(data.shape[2:])))
+            if perStatistic == 1:
+                raise ModuleError("%s: training needs more than one value per statistic, but data of shape %s has "
+                                  "one (the batch variance is undefined; PuzzleLib/cuDNN refuse it too): use a "
+                                  "larger batch, or evalMode() to normalise with the running statistics"
+                                  % (self, tuple(data.shape)))
             # numOfProps counts only forwards that ran: it is incremented after the call succeeds.
             factor = max(self.initFactor / (self.numOfProps + 1), self.minFactor)
             result, savemean, saveinvvar = batchNormNd(
@@ -105,38 +116,52 @@ class BatchNormND(Module):
                                     mode=self.mode, out=data if self.inplace else None)
             self.evalForward = True
 
+    def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
+        """PuzzleLib's backward. When it both computes the gradients and accumulates the parameter gradients
+        (a train-mode module with gradient buffers), the accumulation ``grad = scale * batch + momentum * grad``
+        runs inside the backward kernel: one launch when a channel fits one CTA, two when split, never an
+        extra launch for the accumulation."""
+        fuse = updGrad and updParamGrads and self.train and self.affine and \
+            all(self.vars[n].grad is not None for n in ("scale", "bias"))
+        self.pendingAcc, self.accumulatedInKernel = ((scale, momentum) if fuse else None), False
+        try:
+            return super().backward(grad, updParamGrads, updGrad, scale, momentum)
+        finally:
+            self.pendingAcc, self.accumulatedInKernel = None, False
+
     def updateGrad(self, grad):
         if self.inData is None:
             raise ModuleError("%s: backward called before a forward" % self)
         self.checkInitialised()
 
+        # An in-place eval forward overwrote its input, so the parameter gradients (which need x) are
+        # unavailable; the input gradient does not depend on x there.
+        lost = self.evalForward and self.inplace
+        acc = None
+        if self.pendingAcc is not None and not lost:
+            acc = (self.vars["scale"].grad, self.vars["bias"].grad) + tuple(self.pendingAcc)
         if self.evalForward:
-            ingrad, scalegrad, biasgrad = self.evalBackward(grad)
+            ingrad, scalegrad, biasgrad = batchNormNdBackwardFrozen(
+                self.inData, grad, self.scale, self.mean, self.var, self.epsilon, mode=self.mode, accumulate=acc)
         else:
             if self.savemean is None:
                 raise ModuleError("%s: backward needs the statistics of a training forward" % self)
             ingrad, scalegrad, biasgrad = batchNormNdBackward(
-                self.inData, grad, self.scale, self.savemean, self.saveinvvar, self.epsilon, mode=self.mode)
+                self.inData, grad, self.scale, self.savemean, self.saveinvvar, self.epsilon, mode=self.mode,
+                accumulate=acc)
+        self.accumulatedInKernel = acc is not None
 
         self.grad = ingrad
         if self.affine:
-            # An in-place eval forward overwrote its input, so the parameter gradients (which need x) are
-            # unavailable; the input gradient does not depend on x there.
-            lost = self.evalForward and self.inplace
             self.scalegrad, self.biasgrad = (None, None) if lost else (scalegrad, biasgrad)
 
-    def evalBackward(self, grad):
-        """Gradients of y = scale * (x - mean) / sqrt(var + epsilon) + bias with the running statistics fixed."""
-        from cybn import batchnorm
-
-        shape = self.paramShape()
-        ingrad, scalegrad, biasgrad = batchnorm.backward_infer(
-            self.inData, grad, self.scale.ravel(), self.mean.ravel(), self.var.ravel(), self.epsilon,
-            mode=self.mode.value)
-        return ingrad, scalegrad.reshape(*shape), biasgrad.reshape(*shape)
-
     def accGradParams(self, grad, scale=1.0, momentum=0.0):
-        """Each parameter's grad becomes ``scale * (this batch's gradient) + momentum * grad``."""
+        """Each parameter's grad becomes ``scale * (this batch's gradient) + momentum * grad``. Inside
+        backward() the backward kernel already did it (see backward); called on its own it is one axpby
+        per parameter."""
+        if self.accumulatedInKernel:
+            self.accumulatedInKernel = False
+            return
         if not self.affine or self.scalegrad is None:
             return
         from cybn import elementwise
@@ -154,9 +179,11 @@ class BatchNormND(Module):
 
     def checkDataShape(self, shape):
         self.checkShape(shape, "Data")
+        _require_nonempty(shape, "Data")
 
     def checkGradShape(self, shape):
         self.checkShape(shape, "Grad")
+        _require_nonempty(shape, "Grad")
         if self.inData is not None and tuple(shape) != tuple(self.inData.shape):
             raise ModuleError("Grad has shape %s, the forward's data had shape %s"
                               % (tuple(shape), tuple(self.inData.shape)))
@@ -180,16 +207,12 @@ class BatchNormND(Module):
         if self.affine:
             self.scalegrad, self.biasgrad = None, None
 
-    def _readFile(self, hdf, name, initvars):
-        # Module checks the file's tensors against the module's own; an empty module has none yet, so
-        # check them against paramShape (a file for another number of maps, or float64 data, is refused
-        # here instead of leaving a module whose forward fails).
-        varValues, attrValues = super()._readFile(hdf, name, initvars)
-        target = np.empty(self.paramShape(), dtype=np.float32)
-        for values in (varValues, attrValues):
-            for key, value in values.items():
-                values[key] = self._fitValue(name, key, value, target)
-        return varValues, attrValues
+    nonNegativeAttrs = ("var",)
+
+    def _loadTarget(self, what, current):
+        # An empty module has no tensors to compare the file's with: check them against paramShape (a file for
+        # another number of maps, or float64 data, is refused here instead of leaving a module whose forward fails).
+        return (self.paramShape(), np.dtype(np.float32))
 
     def calcMode(self, T):
         """float32 or float16 data (statistics and parameters stay float32); anything else is refused."""
@@ -197,9 +220,15 @@ class BatchNormND(Module):
             dtype = np.dtype(T)
         except TypeError:
             raise ModuleError("Unsupported dtype %s" % (T,)) from None
-        if dtype not in (np.dtype(np.float16), np.dtype(np.float32)):
+        if dtype.type not in self.calcTypes:
             raise ModuleError("Unsupported dtype %s" % (T,))
         self.calctype = dtype.type
+
+
+def _require_nonempty(shape, what):
+    if 0 in tuple(shape):
+        raise ModuleError("%s has shape %s: batch normalisation needs at least one value per statistic "
+                          "(no dimension may be 0)" % (what, tuple(shape)))
 
 
 def _require_int(what, value, minimum):

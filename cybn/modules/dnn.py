@@ -42,13 +42,39 @@ def batchNormNd(data, scale, bias, mean, var, epsilon, factor, test, mode=BatchN
     return result, savemean.reshape(*shape), saveinvvar.reshape(*shape)
 
 
-def batchNormNdBackward(data, grad, scale, savemean, saveinvvar, epsilon, mode=BatchNormMode.spatial):
+def batchNormNdBackward(data, grad, scale, savemean, saveinvvar, epsilon, mode=BatchNormMode.spatial, accumulate=None):
     """Gradients of a training forward from its saved statistics: (ingrad, scalegrad, biasgrad).
-    epsilon is accepted for PuzzleLib's signature; saveinvvar already includes it."""
+    epsilon is accepted for PuzzleLib's signature; saveinvvar already includes it.
+    accumulate=(scaleGradAcc, biasGradAcc, alpha, beta) (cybn's extension): in the same launch, also
+    ``acc = alpha * (this batch's gradient) + beta * acc`` for both parameters (what PuzzleLib's
+    accGradParams does with two extra launches); scalegrad/biasgrad are still this batch's gradients."""
     from cybn import batchnorm
 
+    return _backward(batchnorm.backward, data, grad, scale, (savemean, "savemean"), (saveinvvar, "saveinvvar"),
+                     mode, accumulate)
+
+
+def batchNormNdBackwardFrozen(data, grad, scale, mean, var, epsilon, mode=BatchNormMode.spatial, accumulate=None):
+    """Gradients of an inference forward (running statistics frozen), with accumulate as batchNormNdBackward's."""
+    from cybn import batchnorm
+
+    def frozen(*args, **kw):
+        return batchnorm.backward_infer(*args, epsilon, **kw)
+    return _backward(frozen, data, grad, scale, (mean, "mean"), (var, "var"), mode, accumulate)
+
+
+def _backward(fn, data, grad, scale, mean, stat, mode, accumulate):
+    from cybn import gpuarray
+
     shape = tuple(scale.shape)
-    ingrad, scalegrad, biasgrad = batchnorm.backward(
-        data, grad, _flat(scale, "scale"), _flat(savemean, "savemean"), _flat(saveinvvar, "saveinvvar"),
-        mode=_mode(mode))
+    kw = {}
+    if accumulate is not None:
+        sacc, bacc, alpha, beta = accumulate
+        batch = (gpuarray.empty(shape, dtype=sacc.dtype), gpuarray.empty(shape, dtype=bacc.dtype))
+        kw = dict(scale_grad=sacc.ravel(), bias_grad=bacc.ravel(), scale_grad_alpha=alpha, scale_grad_beta=beta,
+                  bias_grad_alpha=alpha, bias_grad_beta=beta, batch_grads=(batch[0].ravel(), batch[1].ravel()))
+    ingrad, scalegrad, biasgrad = fn(data, grad, _flat(scale, "scale"), _flat(*mean), _flat(*stat), mode=_mode(mode),
+                                     **kw)
+    if accumulate is not None:
+        return ingrad, batch[0], batch[1]
     return ingrad, scalegrad.reshape(*shape), biasgrad.reshape(*shape)

@@ -1,6 +1,5 @@
 """The Module base class: PuzzleLib's layer protocol (forward/backward, variables, attributes, HDF5 files)."""
 import json
-import warnings
 from enum import Enum
 
 import numpy as np
@@ -31,6 +30,8 @@ class Module:
     declaredAttrs = ()
     # Modules taking several inputs (a list of arrays) set this.
     acceptsLists = False
+    # The dtypes calcMode accepts (messages suggest calcMode for these).
+    calcTypes = (np.float32,)
 
     def __init__(self, name=None):
         self.name = name
@@ -96,7 +97,7 @@ class Module:
     # --- forward / backward --------------------------------------------------------------------------------
 
     def __call__(self, data):
-        self.checkDeviceArrays(data, "data")
+        data = self.checkDeviceArrays(data, "data")
         if not Config.disableDtypeShapeChecks:
             self.checkDataShape(self.acquireShapesFrom(data))
             self.checkDataType(self.acquireDtypesFrom(data))
@@ -112,7 +113,7 @@ class Module:
         return self.data
 
     def backward(self, grad, updParamGrads=True, updGrad=True, scale=1.0, momentum=0.0):
-        self.checkDeviceArrays(grad, "grad")
+        grad = self.checkDeviceArrays(grad, "grad")
         if not Config.disableDtypeShapeChecks:
             self.checkGradShape(self.acquireShapesFrom(grad))
             self.checkGradType(self.acquireDtypesFrom(grad))
@@ -212,18 +213,22 @@ class Module:
             for d in dtype:
                 self.genericCheckDataType(d)
         elif dtype != self.calctype:
-            raise ModuleError("Expected dtype %s, got %s" % (np.dtype(self.calctype), dtype))
+            want, got = np.dtype(self.calctype), np.dtype(dtype)
+            fix = "convert the data with .astype(np.%s)" % want.name
+            if got.type in self.calcTypes:
+                fix = "call calcMode(np.%s) on the module to compute in %s, or %s" % (got.name, got.name, fix)
+            raise ModuleError("Expected dtype %s, got %s: %s" % (want, got, fix))
 
     def checkDeviceArrays(self, data, what):
-        """Modules compute on cybn GPUArrays only (always C-contiguous); anything else is refused by name."""
+        """The data as cybn GPUArrays: a GPUArray as is; any other device array with __cuda_array_interface__
+        or __dlpack__ wrapped without a copy (cybn.from_cuda_array_interface / cybn.from_dlpack, as the
+        functional API does); anything else refused by name, with the fix."""
         if isinstance(data, (tuple, list)) and self.acceptsLists:
-            for d in data:
-                self.checkDeviceArrays(d, what)
-            return
+            return type(data)(self.checkDeviceArrays(d, what) for d in data)
 
-        from cybn.gpuarray import GPUArray
-        if isinstance(data, GPUArray):
-            return
+        from cybn import gpuarray
+        if isinstance(data, gpuarray.GPUArray):
+            return data
         if isinstance(data, np.ndarray):
             raise ModuleError("%s must be a cybn GPUArray, got a host numpy.ndarray (copy it with gpuarray.to_gpu)"
                               % what)
@@ -231,11 +236,19 @@ class Module:
         if isinstance(cai, dict):
             strides = cai.get("strides")
             if strides is not None and tuple(strides) != _cstrides(cai["shape"], np.dtype(cai["typestr"]).itemsize):
-                raise ModuleError("%s is a non-contiguous device array (strides %s); modules need a contiguous "
-                                  "cybn GPUArray" % (what, tuple(strides)))
-            raise ModuleError("%s must be a cybn GPUArray, got the foreign device array %s (wrap it with "
-                              "gpuarray.from_dlpack or GPUArray.from_pointer)" % (what, type(data).__name__))
-        raise ModuleError("%s must be a cybn GPUArray, got %s" % (what, type(data).__name__))
+                raise ModuleError("%s is a non-contiguous device array (strides %s); modules need contiguous "
+                                  "memory: pass a contiguous copy (made in its own library), or cybn.to_gpu(%s) "
+                                  "for a cybn copy" % (what, tuple(strides), what))
+            wrap, how = gpuarray.from_cuda_array_interface, "cybn.from_cuda_array_interface"
+        elif hasattr(data, "__dlpack__"):
+            wrap, how = gpuarray.from_dlpack, "cybn.from_dlpack"
+        else:
+            raise ModuleError("%s must be a cybn GPUArray or a device array with __cuda_array_interface__ or "
+                              "__dlpack__, got %s" % (what, type(data).__name__))
+        try:
+            return wrap(data)
+        except (TypeError, ValueError, BufferError) as e:
+            raise ModuleError("%s: %s cannot wrap this %s: %s" % (what, how, type(data).__name__, e)) from None
 
     @classmethod
     def acquireShapesFrom(cls, data):
@@ -258,73 +271,73 @@ class Module:
              withBlueprint=False, isRoot=True):
         """Writes the module in PuzzleLib's layout: params/<index> (one dataset per Variable, shared variables
         stored once), links/<module name>.<var name> -> index, attrs/<module name>.<attr name>.
-        With hdf=None the file is built in memory and its bytes are returned."""
-        from cybn.modules.hdf5 import open_hdf, require_h5py
+        With hdf=None the file is built in memory and its bytes are returned. A path is written to a temporary
+        file renamed over it when complete (a failed save leaves the old file); a symbolic link or a
+        non-regular file at the path is refused, never followed (cybn.modules.hdf5)."""
+        from cybn.modules import hdf5
         from cybn.gpuarray import GPUArray
 
         serialize = hdf is None
         name = self._fileName(name, assumeUniqueNames)
-        hdf, owned = self._open(open_hdf, hdf, "w", name, "save")
         varlinks = {} if varlinks is None else varlinks
 
         buffer = None
-        try:
-            paramGrp, linkGrp = hdf.require_group("params"), hdf.require_group("links")
-            for paramName, var in self.vars.items():
-                if var in varlinks:
-                    idx = varlinks[var]
-                else:
-                    idx = len(varlinks)
-                    paramGrp.create_dataset(str(idx), data=var.data.get(), compression=compress)
-                    varlinks[var] = idx
-                linkGrp["%s.%s" % (name, paramName)] = idx
+        with hdf5.opened(hdf, "w", name, "save") as hdf:
+            try:
+                paramGrp, linkGrp = hdf.require_group("params"), hdf.require_group("links")
+                for paramName, var in self.vars.items():
+                    if var in varlinks:
+                        idx = varlinks[var]
+                    else:
+                        idx = len(varlinks)
+                        paramGrp.create_dataset(str(idx), data=var.data.get(), compression=compress)
+                        varlinks[var] = idx
+                    linkGrp["%s.%s" % (name, paramName)] = idx
 
-            if self.attrs:
-                attrGrp = hdf.require_group("attrs")
-                for attrName, attr in self.attrs.items():
-                    value = attr.get() if isinstance(attr, GPUArray) else attr
-                    attrGrp.create_dataset("%s.%s" % (name, attrName), data=value, compression=compress)
+                if self.attrs:
+                    attrGrp = hdf.require_group("attrs")
+                    for attrName, attr in self.attrs.items():
+                        value = attr.get() if isinstance(attr, GPUArray) else attr
+                        attrGrp.create_dataset("%s.%s" % (name, attrName), data=value, compression=compress)
 
-            if withBlueprint:
-                h5py = require_h5py()
-                hdf.create_dataset("blueprint", (), dtype=h5py.string_dtype(),
-                                   data=json.dumps(self.getBlueprint(), indent=4, sort_keys=True))
+                if withBlueprint:
+                    h5py = hdf5.require_h5py()
+                    hdf.create_dataset("blueprint", (), dtype=h5py.string_dtype(),
+                                       data=json.dumps(self.getBlueprint(), indent=4, sort_keys=True))
 
-            if isRoot and serialize:
-                hdf.flush()
-                buffer = hdf.id.get_file_image()
-        except ModuleError:
-            raise
-        except Exception as e:
-            raise ModuleError("Module %s save error: %s" % (name, e)) from e
-        finally:
-            if owned:  # only files this call opened; the caller closes its own
-                hdf.close()
+                if isRoot and serialize:
+                    hdf.flush()
+                    buffer = hdf.id.get_file_image()
+            except ModuleError:
+                raise
+            except Exception as e:
+                raise ModuleError("Module %s save error: %s" % (name, e)) from e
         return buffer
 
-    def load(self, hdf, initvars=None, name=None, assumeUniqueNames=False, isRoot=True):
+    def load(self, hdf, initvars=None, name=None, assumeUniqueNames=False, isRoot=True, checkValues=True):
         """Reads a file in PuzzleLib's layout (written by PuzzleLib or by save()). Everything is read and
         checked first, then copied to the device: a failing load changes nothing. Variables and attributes
-        the module declares but has not allocated (empty=True) are created from the file."""
-        from cybn.modules.hdf5 import open_hdf
+        the module declares but has not allocated (empty=True) are created from the file.
+
+        The file is untrusted (cybn.modules.hdf5): links other than hard links, external or virtual storage,
+        and datasets whose declared shape or dtype does not fit are refused before any data is read. Values
+        that make the module unusable (NaN/Inf anywhere, a negative running variance) are refused unless
+        checkValues=False."""
+        from cybn.modules import hdf5
         from cybn.gpuarray import GPUArray
 
         name = self._fileName(name, assumeUniqueNames)
-        hdf, owned = self._open(open_hdf, hdf, "r", name, "load")
         initvars = {} if initvars is None else initvars
 
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("error")
-                try:
-                    varValues, attrValues = self._readFile(hdf, name, initvars)
-                except ModuleError:
-                    raise
-                except Exception as e:
-                    raise ModuleError("Module %s load error: %s" % (name, e)) from e
-        finally:
-            if owned:  # only files this call opened; the caller closes its own
-                hdf.close()
+        with hdf5.opened(hdf, "r", name, "load") as hdf:
+            try:
+                varValues, attrValues = self._readFile(hdf, name, initvars)
+            except ModuleError:
+                raise
+            except Exception as e:
+                raise ModuleError("Module %s load error: %s" % (name, e)) from e
+        if checkValues:
+            self._checkValues(name, varValues, attrValues)
 
         for paramName, value in varValues.items():
             var = self.vars.get(paramName)
@@ -351,16 +364,6 @@ class Module:
             else:
                 np.copyto(attr, value)
 
-    @staticmethod
-    def _open(open_hdf, hdf, mode, name, what):
-        try:
-            return open_hdf(hdf, mode)
-        except (ModuleError, TypeError):
-            raise
-        except Exception as e:  # h5py's OSError for a missing or malformed file
-            raise ModuleError("Module %s %s error: cannot open %s: %s"
-                              % (name, what, hdf if isinstance(hdf, str) else type(hdf).__name__, e)) from e
-
     def _fileName(self, name, assumeUniqueNames):
         if name is None:
             name = self.name if self.name is not None else ""
@@ -369,55 +372,23 @@ class Module:
             name = "%s.%s" % (tokens[0], tokens[-1])
         return name
 
+    # Attributes whose loaded values must not be negative (a running variance).
+    nonNegativeAttrs = ()
+
+    def _loadTarget(self, what, current):
+        """(shape, dtype) a loaded tensor must fit: the module's own tensor, else None (anything numeric).
+        Modules that know their shapes before allocating (empty=True) override it."""
+        return None if current is None else (tuple(current.shape), np.dtype(current.dtype))
+
     def _readFile(self, hdf, name, initvars):
         """Host copies of every variable/attribute this module takes from the file, checked against the
-        module's own tensors (same number of elements; a dtype that converts without loss)."""
-        varValues, attrValues = {}, {}
-        varNames = list(self.vars) + [n for n in self.declaredVars if n not in self.vars]
-        attrNames = list(self.attrs) + [n for n in self.declaredAttrs if n not in self.attrs]
+        module's own tensors (_loadTarget) from the file's metadata before anything is read."""
+        from cybn.modules.hdf5 import read_module_tensors
+        return read_module_tensors(self, hdf, name, initvars)
 
-        if varNames:
-            if "params" not in hdf or "links" not in hdf:
-                raise ModuleError("Module %s load error: the file has no 'params'/'links' groups" % name)
-            paramGrp, linkGrp = hdf["params"], hdf["links"]
-            for paramName in varNames:
-                var = self.vars.get(paramName)
-                if var is not None and var in initvars:
-                    continue
-                key = "%s.%s" % (name, paramName)
-                if key not in linkGrp:
-                    raise ModuleError("Module %s load error: no link '%s' in the file" % (name, key))
-                idx = str(linkGrp[key][()])
-                value = np.array(paramGrp[idx])
-                varValues[paramName] = self._fitValue(name, paramName, value, None if var is None else var.data)
-
-        if attrNames:
-            if "attrs" not in hdf:
-                raise ModuleError("Module %s load error: the file has no 'attrs' group" % name)
-            attrGrp = hdf["attrs"]
-            for attrName in attrNames:
-                key = "%s.%s" % (name, attrName)
-                if key not in attrGrp:
-                    raise ModuleError("Module %s load error: no attribute '%s' in the file" % (name, key))
-                value = np.array(attrGrp[key])
-                attrValues[attrName] = self._fitValue(name, attrName, value, self.attrs.get(attrName))
-
-        return varValues, attrValues
-
-    @staticmethod
-    def _fitValue(name, what, value, target):
-        if target is None:
-            return np.ascontiguousarray(value)
-        if value.size != target.size:
-            raise ModuleError("Module %s load error: '%s' has shape %s in the file, the module's has shape %s"
-                              % (name, what, value.shape, tuple(target.shape)))
-        try:
-            value = value.astype(target.dtype, casting="safe", copy=False)
-        except TypeError as e:
-            raise ModuleError("Module %s load error: '%s' is %s in the file, cannot convert it to %s without loss"
-                              % (name, what, value.dtype, np.dtype(target.dtype))) from e
-        # Same element count, other shape (e.g. a (1, C, 1) tensor saved as (1, C, 1, 1)): keep the module's.
-        return np.ascontiguousarray(value.reshape(tuple(target.shape)))
+    def _checkValues(self, name, varValues, attrValues):
+        from cybn.modules.hdf5 import check_values
+        check_values(name, varValues, attrValues, self.nonNegativeAttrs)
 
 
 def _cstrides(shape, itemsize):

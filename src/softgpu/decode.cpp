@@ -299,7 +299,19 @@ struct Decoder {
             {"%laneid", S_LANEID}, {"%warpid", S_WARPID}, {"%nwarpid", S_NWARPID}, {"%smid", S_SMID},
             {"%nsmid", S_NSMID}, {"%gridid", S_GRIDID}, {"%dynamic_smem_size", S_DYN_SMEM},
             {"%total_smem_size", S_TOTAL_SMEM}, {"%lanemask_eq", S_LANEMASK_EQ}, {"%lanemask_le", S_LANEMASK_LE},
-            {"%lanemask_lt", S_LANEMASK_LT}, {"%lanemask_ge", S_LANEMASK_GE}, {"%lanemask_gt", S_LANEMASK_GT}};
+            {"%lanemask_lt", S_LANEMASK_LT}, {"%lanemask_ge", S_LANEMASK_GE}, {"%lanemask_gt", S_LANEMASK_GT},
+            {"%envreg1", S_ENVREG1}, {"%envreg2", S_ENVREG2}};
+        static const std::map<std::string, uint32_t> reserved = {
+            {"%reserved_smem_offset_begin", kReservedSmemOffset}, {"%reserved_smem_offset_0", kReservedSmemOffset},
+            {"%reserved_smem_offset_1", kReservedSmemOffset + kReservedSmemBytes / 2},
+            {"%reserved_smem_offset_end", kReservedSmemOffset + kReservedSmemBytes},
+            {"%reserved_smem_offset_cap", kReservedSmemBytes}};
+        auto r = reserved.find(s);
+        if (r != reserved.end()) {
+            this->m->uses_reserved_smem = true;
+            *slot = const_slot(r->second);
+            return true;
+        }
         auto it = m.find(s);
         if (it == m.end()) return false;
         *slot = it->second;
@@ -608,11 +620,13 @@ bool Decoder::decode_instr(const Stmt& s) {
         }
         const Sym* sym = ops[1].t.size() >= 1 ? lookup(name) : nullptr;
         if (sym && (sym->kind == Sym::Local || sym->kind == Sym::KParam || sym->kind == Sym::Func)) {
-            if (sym->kind != Sym::Local) return unsupported("taking the address of a parameter or function");
+            if (sym->kind == Sym::Func) return unsupported("taking the address of a function");
             uint32_t base;
             int64_t off;
             Space sp;
             if (!symbol_address(ops[1].t, 0, ops[1].t.size(), &base, &off, &sp)) return false;
+            // A kernel parameter's address is its offset in the parameter space (cvta.param makes it generic).
+            if (sym->kind == Sym::KParam) base = S_ZERO;
             in.op = OP_ADD;
             set_int(in, T_U64);
             in.a = base;
@@ -675,7 +689,7 @@ bool Decoder::decode_instr(const Stmt& s) {
             return finish(in);
         }
         if (ts.size() != 1 || !nops(2, 2)) return unsupported("");
-        if (sp == SP_GENERIC || sp == SP_KPARAM) return unsupported("state space");
+        if (sp == SP_GENERIC) return unsupported("state space");
         in.op = to ? OP_CVTA_TO : OP_CVTA;
         in.space = sp;
         in.mask = width_mask(type_bits(ts[0]));
@@ -890,6 +904,63 @@ bool Decoder::decode_instr(const Stmt& s) {
         md.types();
         if (!nops(1, 1) || !dst(ops[0], &in.d)) return false;
         in.op = OP_ACTIVEMASK;
+        return finish(in);
+    }
+
+    // -------------------------------------------------- SIMD video instructions, dp4a/dp2a, bmsk
+    if (op == "dp4a" || op == "dp2a" || op == "bmsk" || (op.size() > 2 && op[0] == 'v' && (op.back() == '2' || op.back() == '4'))) {
+        in.op = OP_SIMD;
+        std::vector<Type> ts = md.types();
+        auto int32 = [](Type t) { return t == T_U32 || t == T_S32; };
+        if (op == "bmsk") {
+            if (md.take("clamp")) in.mod = SV_BMSK_CLAMP;
+            else if (md.take("wrap")) in.mod = SV_BMSK_WRAP;
+            else return unsupported("mode");
+            if (ts.size() != 1 || ts[0] != T_B32 || !nops(3, 3)) return unsupported("type");
+            if (!dst(ops[0], &in.d) || !src(ops[1], T_U32, &in.a) || !src(ops[2], T_U32, &in.b)) return false;
+            return finish(in);
+        }
+        if (op == "dp4a" || op == "dp2a") {
+            in.mod = SV_DP4A;
+            if (op == "dp2a") {
+                if (md.take("lo")) in.mod = SV_DP2A_LO;
+                else if (md.take("hi")) in.mod = SV_DP2A_HI;
+                else return unsupported("missing .lo/.hi");
+            }
+            if (ts.size() != 2 || !int32(ts[0]) || !int32(ts[1]) || !nops(4, 4)) return unsupported("type");
+            in.ty2 = ts[0];
+            in.space = ts[1];
+            in.ty = (ts[0] == T_S32 || ts[1] == T_S32) ? T_S32 : T_U32;
+        } else {
+            static const std::pair<const char*, SimdOp> vops[] = {{"vadd", SV_ADD}, {"vsub", SV_SUB}, {"vavrg", SV_AVRG},
+                                                                 {"vabsdiff", SV_ABSDIFF}, {"vmin", SV_MIN}, {"vmax", SV_MAX},
+                                                                 {"vset", SV_SET}};
+            std::string base = op.substr(0, op.size() - 1);
+            bool found = false;
+            for (auto& v : vops)
+                if (base == v.first) in.mod = v.second, found = true;
+            if (!found) return unsupported("");
+            in.nvec = op.back() == '2' ? 2 : 4;
+            in.size = uint8_t((1u << in.nvec) - 1);  // default destination mask: every lane
+            if (in.mod == SV_SET) {
+                static const std::pair<const char*, Cmp> vc[] = {{"eq", C_EQ}, {"ne", C_NE}, {"lt", C_LT},
+                                                                 {"le", C_LE}, {"gt", C_GT}, {"ge", C_GE}};
+                bool cmp = false;
+                for (auto& p : vc)
+                    if (md.take(p.first)) in.mod2 = p.second, cmp = true;
+                if (!cmp || ts.size() != 2) return unsupported("comparison");
+                ts.insert(ts.begin(), T_U32);
+            }
+            if (ts.size() != 3 || !int32(ts[0]) || !int32(ts[1]) || !int32(ts[2]) || !nops(4, 4)) return unsupported("type");
+            in.ty = ts[0];
+            in.ty2 = ts[1];
+            in.space = ts[2];
+            if (md.take("add")) in.pad = 1;
+            else if (md.take("sat")) in.flags |= F_SAT;
+            if (in.mod == SV_SET && (in.flags & F_SAT)) return unsupported("modifier .sat");
+        }
+        if (!dst(ops[0], &in.d) || !src(ops[1], T_U32, &in.a) || !src(ops[2], T_U32, &in.b) || !src(ops[3], T_U32, &in.c))
+            return false;
         return finish(in);
     }
 
@@ -1250,6 +1321,11 @@ std::unique_ptr<Module> load_module(const char* ptx, size_t len, std::string* er
     for (auto& cs : m->calls) {
         Function& callee = m->functions[cs.callee];
         if (!callee.defined) {
+            static const std::pair<const char*, Builtin> builtins[] = {
+                {"vprintf", BI_VPRINTF}, {"malloc", BI_MALLOC}, {"free", BI_FREE}, {"__assertfail", BI_ASSERTFAIL}};
+            for (auto& b : builtins)
+                if (callee.name == b.first) cs.builtin = b.second;
+            if (cs.builtin) continue;  // arguments stay at the caller's offsets
             *error = "call to function " + callee.name + " which has no body in this module";
             return nullptr;
         }

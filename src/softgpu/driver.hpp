@@ -11,8 +11,12 @@
 #pragma GCC visibility pop
 
 #include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "softgpu.hpp"
@@ -21,12 +25,15 @@
 #define SG_EXPORT extern "C" __attribute__((visibility("default")))
 
 // Handle types: cuda.h leaves these structs incomplete; the driver defines them.
+namespace softgpu { struct Queue; }  // stream_queue.hpp: a stream's work and its pending error
 struct CUctx_st {
     CUdevice device = 0;
     unsigned flags = 0;
     bool primary = false;
     unsigned long long id = 0;
-    CUresult pending = CUDA_SUCCESS;  // a failed launch, returned by the next synchronize
+    CUresult sticky = CUDA_SUCCESS;  // CYBN_SOFTGPU_STICKY: a kernel fault every later call returns
+    std::shared_ptr<softgpu::Queue> legacy;  // the legacy default stream (created on first use)
+    std::map<std::thread::id, std::shared_ptr<softgpu::Queue>> per_thread;  // per-thread default streams
     size_t stack_size = 1024, printf_fifo = 1 << 20, malloc_heap = 8 << 20;
     CUfunc_cache cache_config = CU_FUNC_CACHE_PREFER_NONE;
 };
@@ -35,12 +42,17 @@ struct CUstream_st {
     unsigned flags = 0;
     int priority = 0;
     unsigned long long id = 0;
+    std::shared_ptr<softgpu::Queue> queue;
 };
 struct CUevent_st {
     CUctx_st* ctx = nullptr;
     unsigned flags = 0;
-    bool recorded = false;
+    bool recorded = false;  // cuEventRecord was called
+    bool timed = false;     // the last record has executed: `when` is its time
     std::chrono::steady_clock::time_point when;
+    std::shared_ptr<softgpu::Queue> queue;  // where it was last recorded, and its position there
+    uint64_t seq = 0;
+    std::vector<uint64_t> clock;  // streamcheck: the vector clock of the recorded position
 };
 struct CUfunc_st;
 struct CUmod_st {
@@ -85,10 +97,17 @@ const DeviceProfile& device_profile();
 const std::string& profile_error();  // non-empty when CYBN_SOFTGPU_PROFILE names no profile
 std::string profile_names();         // "small, a100, ..." for messages
 
-// One lock around the whole driver: the interpreter is single-threaded. Recursive because a
-// host function run by cuLaunchHostFunc may call back into the driver.
+// One lock around the whole driver: the interpreter is single-threaded, and in async mode the
+// stream worker (stream_queue.cpp) holds it while it runs an operation. Recursive because entry
+// points call each other; BigLock counts the depth so a wait can release every level.
 std::recursive_mutex& big_lock();
-#define SG_LOCK std::lock_guard<std::recursive_mutex> sg_guard_(::softgpu::big_lock())
+struct BigLock {
+    BigLock();
+    ~BigLock();
+};
+#define SG_LOCK ::softgpu::BigLock sg_guard_
+// Releases the lock (all levels this thread holds) around fn: host functions, delays.
+void without_lock(const std::function<void()>& fn);
 
 bool initialized();
 // CUDA_ERROR_NOT_INITIALIZED before cuInit, else CUDA_SUCCESS.

@@ -1,7 +1,7 @@
 // driver_context.cpp: contexts, the primary context and the per-thread current-context stack.
 #include <set>
 
-#include "driver.hpp"
+#include "stream_queue.hpp"
 
 using namespace softgpu;
 
@@ -131,13 +131,11 @@ CUresult cuCtxGetDevice_v2(CUdevice* device, CUcontext ctx) {
     return CUDA_SUCCESS;
 }
 
-// Work runs at enqueue time, so synchronising only reports (and clears) a failed launch.
+// Waits for every stream of the context; returns (and clears) the first failure among them.
 CUresult cuCtxSynchronize_v2(CUcontext ctx) {
     SG_LOCK;
     if (CUresult r = resolve(&ctx)) return r;
-    CUresult r = ctx->pending;
-    ctx->pending = CUDA_SUCCESS;
-    return r;
+    return sync_context(ctx);
 }
 
 CUresult cuCtxSynchronize(void) {

@@ -3,7 +3,7 @@
 #include <set>
 #include <sstream>
 
-#include "driver.hpp"
+#include "stream_queue.hpp"
 
 namespace softgpu {
 
@@ -18,8 +18,8 @@ std::set<CUfunction> g_functions;
 }  // namespace
 
 std::recursive_mutex& big_lock() {
-    static std::recursive_mutex m;
-    return m;
+    static auto* m = new std::recursive_mutex;  // never destroyed: the async worker may outlive exit
+    return *m;
 }
 
 bool initialized() { return g_initialized; }
@@ -28,7 +28,8 @@ CUresult check_init() { return g_initialized ? CUDA_SUCCESS : CUDA_ERROR_NOT_INI
 CUresult require_ctx(CUctx_st** ctx) {
     if (!g_initialized) return CUDA_ERROR_NOT_INITIALIZED;
     *ctx = current_ctx();
-    return *ctx ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+    if (!*ctx) return CUDA_ERROR_INVALID_CONTEXT;
+    return (*ctx)->sticky;  // CUDA_SUCCESS unless a sticky kernel fault poisoned the context
 }
 
 bool valid_stream(CUstream s) {
@@ -47,6 +48,7 @@ void unregister_handle(CUmodule m) { g_modules.erase(m); }
 void unregister_handle(CUfunction f) { g_functions.erase(f); }
 
 void release_context_resources(CUctx_st* ctx) {
+    drain_context(ctx);  // queued work may still use the modules and memory released below
     for (auto it = g_modules.begin(); it != g_modules.end();) {
         CUmodule m = *it++;
         if (m->ctx == ctx) unload_module(m);
@@ -60,7 +62,9 @@ void release_context_resources(CUctx_st* ctx) {
         if (e->ctx == ctx) g_events.erase(e), delete e;
     }
     free_context_allocations(ctx);
-    ctx->pending = CUDA_SUCCESS;
+    ctx->legacy.reset();
+    ctx->per_thread.clear();
+    ctx->sticky = CUDA_SUCCESS;
 }
 
 void set_last_report(const std::string& text, bool print) {
@@ -181,7 +185,10 @@ CUresult cuInit(unsigned int Flags) {
     SG_LOCK;
     if (Flags != 0) return CUDA_ERROR_INVALID_VALUE;
     config();  // read the environment once, now
-    if (!config_error().empty()) return CUDA_ERROR_INVALID_VALUE;
+    if (!config_error().empty()) {  // bad CYBN_SOFTGPU_* values: say which, through cuInit's report
+        set_last_report("software GPU configuration: " + config_error(), false);
+        return CUDA_ERROR_INVALID_VALUE;
+    }
     if (!profile_error().empty()) return set_last_report(profile_error(), true), CUDA_ERROR_INVALID_VALUE;
     g_initialized = true;
     return CUDA_SUCCESS;

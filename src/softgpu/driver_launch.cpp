@@ -2,7 +2,7 @@
 // cuOccupancy* entry points over occupancy.cpp's calculator.
 #include <cstring>
 
-#include "driver.hpp"
+#include "stream_queue.hpp"
 
 using namespace softgpu;
 
@@ -85,7 +85,7 @@ bool pack_params(const KernelInfo& info, void** kernelParams, void** extra, std:
 }
 
 CUresult launch_kernel(CUfunction f, const uint32_t* grid, const uint32_t* block, uint32_t smem, CUstream s,
-                       void** kernelParams, void** extra, bool cooperative) {
+                       void** kernelParams, void** extra, bool cooperative, bool ptds) {
     SG_LOCK;
     CUctx_st* ctx;
     if (CUresult r = require_ctx(&ctx)) return r;
@@ -112,24 +112,17 @@ CUresult launch_kernel(CUfunction f, const uint32_t* grid, const uint32_t* block
     cfg.params = params.data();
     uint32_t threads = block[0] * block[1] * block[2];
     cfg.resident_blocks = std::max(1u, occupancy(info, threads, smem)) * uint32_t(device_profile().sm_count);
-    LaunchCounts counts;
-    std::string report;
-    int rc = launch(f->kernel, cfg, &counts, &report);
-    record_launch(info, cfg, counts);
-    if (rc != 0) {
-        set_last_report(report.empty() ? "launch of " + info.name + " failed" : report, true);
-        ctx->pending = CUresult(rc);  // also reported by the next synchronize
-    }
-    return CUresult(rc);
+    // Runs now (returning a failure, also kept for the stream's next synchronize) or on the async worker.
+    return submit_launch(queue_of(s, ctx, ptds), f->kernel, cfg, std::move(params));
 }
 
 CUresult launch_plain(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                      unsigned smem, CUstream s, void** params, void** extra, bool cooperative) {
+                      unsigned smem, CUstream s, void** params, void** extra, bool cooperative, bool ptds) {
     const uint32_t grid[3] = {gx, gy, gz}, block[3] = {bx, by, bz};
-    return launch_kernel(f, grid, block, smem, s, params, extra, cooperative);
+    return launch_kernel(f, grid, block, smem, s, params, extra, cooperative, ptds);
 }
 
-CUresult launch_ex(const CUlaunchConfig* config, CUfunction f, void** params, void** extra) {
+CUresult launch_ex(const CUlaunchConfig* config, CUfunction f, void** params, void** extra, bool ptds) {
     if (!config || (config->numAttrs && !config->attrs)) return CUDA_ERROR_INVALID_VALUE;
     bool cooperative = false;
     for (unsigned i = 0; i < config->numAttrs; ++i) {
@@ -141,34 +134,34 @@ CUresult launch_ex(const CUlaunchConfig* config, CUfunction f, void** params, vo
     }
     const uint32_t grid[3] = {config->gridDimX, config->gridDimY, config->gridDimZ};
     const uint32_t block[3] = {config->blockDimX, config->blockDimY, config->blockDimZ};
-    return launch_kernel(f, grid, block, config->sharedMemBytes, config->hStream, params, extra, cooperative);
+    return launch_kernel(f, grid, block, config->sharedMemBytes, config->hStream, params, extra, cooperative, ptds);
 }
 
 }  // namespace
 
 CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
                         unsigned int by, unsigned int bz, unsigned int smem, CUstream s, void** params, void** extra) {
-    return launch_plain(f, gx, gy, gz, bx, by, bz, smem, s, params, extra, false);
+    return launch_plain(f, gx, gy, gz, bx, by, bz, smem, s, params, extra, false, false);
 }
 CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
                              unsigned int by, unsigned int bz, unsigned int smem, CUstream s, void** params,
                              void** extra) {
-    return launch_plain(f, gx, gy, gz, bx, by, bz, smem, s, params, extra, false);
+    return launch_plain(f, gx, gy, gz, bx, by, bz, smem, s, params, extra, false, true);
 }
 CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
                                    unsigned int by, unsigned int bz, unsigned int smem, CUstream s, void** params) {
-    return launch_plain(f, gx, gy, gz, bx, by, bz, smem, s, params, nullptr, true);
+    return launch_plain(f, gx, gy, gz, bx, by, bz, smem, s, params, nullptr, true, false);
 }
 CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
                                         unsigned int bx, unsigned int by, unsigned int bz, unsigned int smem,
                                         CUstream s, void** params) {
-    return launch_plain(f, gx, gy, gz, bx, by, bz, smem, s, params, nullptr, true);
+    return launch_plain(f, gx, gy, gz, bx, by, bz, smem, s, params, nullptr, true, true);
 }
 CUresult cuLaunchKernelEx(const CUlaunchConfig* c, CUfunction f, void** params, void** extra) {
-    return launch_ex(c, f, params, extra);
+    return launch_ex(c, f, params, extra, false);
 }
 CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig* c, CUfunction f, void** params, void** extra) {
-    return launch_ex(c, f, params, extra);
+    return launch_ex(c, f, params, extra, true);
 }
 
 // ---------------------------------------------------------------- occupancy
@@ -237,4 +230,9 @@ CUresult cuOccupancyAvailableDynamicSMemPerBlock(size_t* dynamicSmemSize, CUfunc
     if (occupancy(info, uint32_t(blockSize), 0) < uint32_t(numBlocks)) avail = 0;  // not even without dynamic smem
     *dynamicSmemSize = std::min<uint64_t>(avail, std::min<uint64_t>(info.max_dynamic_smem, p.smem_optin_per_block - info.static_smem));
     return CUDA_SUCCESS;
+}
+
+// The executor's resident-block count (softgpu.hpp) comes from the same occupancy calculation.
+Residency softgpu::residency(const KernelInfo& info, uint32_t threads, uint64_t dynamic_smem) {
+    return Residency{std::max(occupancy(info, threads, dynamic_smem), 1u), uint32_t(device_profile().sm_count)};
 }

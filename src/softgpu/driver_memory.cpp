@@ -1,8 +1,8 @@
-// driver_memory.cpp: cuMem* and cuPointer* entry points. Copies and memsets run at once in the
-// calling thread (the Async forms too: stream order is trivially kept).
+// driver_memory.cpp: cuMem* and cuPointer* entry points. Copies and memsets are stream
+// operations (stream_queue.cpp): run at once, or on the async worker in stream order.
 #include <cstring>
 
-#include "driver.hpp"
+#include "stream_queue.hpp"
 
 using namespace softgpu;
 
@@ -13,55 +13,97 @@ bool is_device(const Allocation* a) { return a && a->kind != AllocKind::Pinned; 
 // A device-side range must lie wholly inside one live allocation (device, pinned or module global).
 const Allocation* device_range(CUdeviceptr p, size_t n) { return find_range(uint64_t(p), n); }
 
-CUresult begin(CUstream s) {
+// How the call waits: Sync (cuMemcpyHtoD...): returns after the copy, with the errors of the work it
+// waited for, as a synchronize would; Async: returns at once, except into pageable host memory.
+enum class Call { Sync, Async };
+
+CUresult begin(CUstream s, bool ptds, Queue** q) {
     CUctx_st* ctx;
     if (CUresult r = require_ctx(&ctx)) return r;
-    return valid_stream(s) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
-}
-
-CUresult htod(CUdeviceptr dst, const void* src, size_t n, CUstream s) {
-    SG_LOCK;
-    if (CUresult r = begin(s)) return r;
-    if (n == 0) return CUDA_SUCCESS;
-    const Allocation* d = device_range(dst, n);
-    if (!d || !src) return CUDA_ERROR_INVALID_VALUE;
-    memmove(reinterpret_cast<void*>(dst), src, n);
-    mark_initialized(*d, dst, n);
-    traffic().htod_bytes += n;
-    traffic().memcpy_calls++;
+    if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    *q = queue_of(s, s == nullptr || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD ? ctx : s->ctx, ptds);
     return CUDA_SUCCESS;
 }
 
-CUresult dtoh(void* dst, CUdeviceptr src, size_t n, CUstream s) {
+// Enqueues one operation on q and waits as `call` and `host_wait` say.
+CUresult enqueue(Queue* q, std::unique_ptr<Op> op, Call call, bool host_wait) {
+    uint64_t seq = q->enqueued + 1;
+    auto outcome = op->outcome = std::make_shared<CUresult>(CUDA_SUCCESS);
+    CUresult r = submit(q, std::move(op));
+    if (call == Call::Sync && host_wait) {
+        CUresult w = sync_queue(q);
+        return r ? r : w;
+    }
+    if (host_wait) {
+        wait_seq(q, seq);
+        return r ? r : *outcome;
+    }
+    return r;
+}
+
+// A copy of n bytes; the caller has validated both sides. Bytes read from pageable host memory are
+// staged at the call (the caller may reuse its buffer at once, as with the real driver); a copy into
+// pageable host memory returns after the copy.
+CUresult copy(Queue* q, const char* dir, uint64_t dst, uint64_t src, size_t n, uint64_t Traffic::*counter, Call call,
+              bool host_wait) {
+    auto op = std::make_unique<Op>();
+    op->what = std::string("memcpy ") + dir + " of " + std::to_string(n) + " bytes";
+    bool src_known = find_range(src, n) != nullptr, dst_known = find_range(dst, n) != nullptr;
+    if (dst_known) op->touches.push_back(Touch{dst, dst + n, true});
+    if (src_known) op->touches.push_back(Touch{src, src + n, false});
+    std::shared_ptr<std::vector<uint8_t>> staged;
+    if (!src_known && config().async) {
+        const uint8_t* p = reinterpret_cast<const uint8_t*>(src);
+        staged = std::make_shared<std::vector<uint8_t>>(p, p + n);
+    }
+    op->run = [=](Op&) {
+        memmove(reinterpret_cast<void*>(dst), staged ? staged->data() : reinterpret_cast<const void*>(src), n);
+        const Allocation* d = find_range(dst, n);
+        const Allocation* sa = find_range(src, n);
+        // initcheck shadow: device bytes copied from unwritten device bytes stay unwritten.
+        if (d && sa) copy_initialized(*d, dst, *sa, src, n);
+        else if (d) mark_initialized(*d, dst, n);
+        traffic().*counter += n;
+        traffic().memcpy_calls++;
+        return CUDA_SUCCESS;
+    };
+    return enqueue(q, std::move(op), call, host_wait || !dst_known);
+}
+
+CUresult htod(CUdeviceptr dst, const void* src, size_t n, CUstream s, Call call, bool ptds) {
     SG_LOCK;
-    if (CUresult r = begin(s)) return r;
+    Queue* q;
+    if (CUresult r = begin(s, ptds, &q)) return r;
+    if (n == 0) return CUDA_SUCCESS;
+    if (!device_range(dst, n) || !src) return CUDA_ERROR_INVALID_VALUE;
+    return copy(q, "HtoD", dst, reinterpret_cast<uint64_t>(src), n, &Traffic::htod_bytes, call, call == Call::Sync);
+}
+
+// Copying unwritten bytes out is not a finding: only a kernel that reads them is.
+CUresult dtoh(void* dst, CUdeviceptr src, size_t n, CUstream s, Call call, bool ptds) {
+    SG_LOCK;
+    Queue* q;
+    if (CUresult r = begin(s, ptds, &q)) return r;
     if (n == 0) return CUDA_SUCCESS;
     if (!dst || !device_range(src, n)) return CUDA_ERROR_INVALID_VALUE;
-    // Copying unwritten bytes out is not a finding: only a kernel that reads them is.
-    memmove(dst, reinterpret_cast<const void*>(src), n);
-    traffic().dtoh_bytes += n;
-    traffic().memcpy_calls++;
-    return CUDA_SUCCESS;
+    return copy(q, "DtoH", reinterpret_cast<uint64_t>(dst), src, n, &Traffic::dtoh_bytes, call, call == Call::Sync);
 }
 
-CUresult dtod(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) {
+// Device to device: asynchronous to the host even in its synchronous form, as on hardware.
+CUresult dtod(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s, Call call, bool ptds) {
     SG_LOCK;
-    if (CUresult r = begin(s)) return r;
+    Queue* q;
+    if (CUresult r = begin(s, ptds, &q)) return r;
     if (n == 0) return CUDA_SUCCESS;
-    const Allocation* d = device_range(dst, n);
-    const Allocation* sa = device_range(src, n);
-    if (!d || !sa) return CUDA_ERROR_INVALID_VALUE;
-    memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
-    copy_initialized(*d, dst, *sa, src, n);
-    traffic().dtod_bytes += n;
-    traffic().memcpy_calls++;
-    return CUDA_SUCCESS;
+    if (!device_range(dst, n) || !device_range(src, n)) return CUDA_ERROR_INVALID_VALUE;
+    return copy(q, "DtoD", dst, src, n, &Traffic::dtod_bytes, call, false);
 }
 
 // cuMemcpy with unified addressing: the direction follows from where each pointer lives.
-CUresult unified(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) {
+CUresult unified(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s, Call call, bool ptds) {
     SG_LOCK;
-    if (CUresult r = begin(s)) return r;
+    Queue* q;
+    if (CUresult r = begin(s, ptds, &q)) return r;
     if (n == 0) return CUDA_SUCCESS;
     if (!dst || !src) return CUDA_ERROR_INVALID_VALUE;
     const Allocation* d = find_allocation(dst);
@@ -69,32 +111,37 @@ CUresult unified(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) {
     // A pointer inside an allocation must not run past its end.
     if ((d && !device_range(dst, n)) || (sa && !device_range(src, n))) return CUDA_ERROR_INVALID_VALUE;
     bool dd = is_device(d), sd = is_device(sa);
-    if (dd && sd) return dtod(dst, src, n, s);
-    if (dd) return htod(dst, reinterpret_cast<const void*>(src), n, s);
-    if (sd) return dtoh(reinterpret_cast<void*>(dst), src, n, s);
-    memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
-    traffic().htoh_bytes += n;
-    traffic().memcpy_calls++;
-    return CUDA_SUCCESS;
+    if (dd && sd) return dtod(dst, src, n, s, call, ptds);
+    if (dd) return htod(dst, reinterpret_cast<const void*>(src), n, s, call, ptds);
+    if (sd) return dtoh(reinterpret_cast<void*>(dst), src, n, s, call, ptds);
+    return copy(q, "HtoH", dst, src, n, &Traffic::htoh_bytes, call, call == Call::Sync);
 }
 
-CUresult memset_n(CUdeviceptr dst, unsigned value, size_t width, size_t count, CUstream s) {
+CUresult memset_n(CUdeviceptr dst, unsigned value, size_t width, size_t count, CUstream s, bool ptds) {
     SG_LOCK;
-    if (CUresult r = begin(s)) return r;
+    Queue* q;
+    if (CUresult r = begin(s, ptds, &q)) return r;
     if (count == 0) return CUDA_SUCCESS;
     if (dst % width) return CUDA_ERROR_INVALID_VALUE;  // D16/D32 need an aligned destination
     size_t n = count * width;
     if (count > SIZE_MAX / width) return CUDA_ERROR_INVALID_VALUE;
+    if (!device_range(dst, n)) return CUDA_ERROR_INVALID_VALUE;
+    auto op = std::make_unique<Op>();
+    op->what = "memset of " + std::to_string(n) + " bytes";
+    op->touches.push_back(Touch{dst, dst + n, true});
+    op->run = [=](Op&) {
+        uint8_t* p = reinterpret_cast<uint8_t*>(dst);
+        if (width == 1) memset(p, int(value & 0xff), n);
+        else if (width == 2) for (size_t i = 0; i < count; ++i) reinterpret_cast<uint16_t*>(p)[i] = uint16_t(value);
+        else for (size_t i = 0; i < count; ++i) reinterpret_cast<uint32_t*>(p)[i] = uint32_t(value);
+        if (const Allocation* d = find_range(dst, n)) mark_initialized(*d, dst, n);
+        traffic().memset_bytes += n;
+        traffic().memset_calls++;
+        return CUDA_SUCCESS;
+    };
+    // Asynchronous to the host (device memory), as on hardware; into pinned memory it waits.
     const Allocation* d = device_range(dst, n);
-    if (!d) return CUDA_ERROR_INVALID_VALUE;
-    uint8_t* p = reinterpret_cast<uint8_t*>(dst);
-    if (width == 1) memset(p, int(value & 0xff), n);
-    else if (width == 2) for (size_t i = 0; i < count; ++i) reinterpret_cast<uint16_t*>(p)[i] = uint16_t(value);
-    else for (size_t i = 0; i < count; ++i) reinterpret_cast<uint32_t*>(p)[i] = uint32_t(value);
-    mark_initialized(*d, dst, n);
-    traffic().memset_bytes += n;
-    traffic().memset_calls++;
-    return CUDA_SUCCESS;
+    return enqueue(q, std::move(op), Call::Async, d->kind == AllocKind::Pinned);
 }
 
 CUresult alloc_device(CUdeviceptr* dptr, size_t bytesize, CUstream s) {
@@ -115,6 +162,7 @@ CUresult free_device(CUdeviceptr dptr, CUstream s) {
     if (CUresult r = require_ctx(&ctx)) return r;
     if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
     if (dptr == 0) return CUDA_SUCCESS;  // freeing null is a no-op, as on hardware
+    drain_all();  // freeing synchronises: queued work may still use the memory
     return mem_free(dptr, AllocKind::Device);
 }
 
@@ -176,6 +224,7 @@ CUresult cuMemFreeHost(void* p) {
     CUctx_st* ctx;
     if (CUresult r = require_ctx(&ctx)) return r;
     if (!p) return CUDA_ERROR_INVALID_VALUE;
+    drain_all();
     return mem_free(reinterpret_cast<uint64_t>(p), AllocKind::Pinned);
 }
 
@@ -217,40 +266,42 @@ CUresult cuMemHostUnregister(void* p) {
     CUctx_st* ctx;
     if (CUresult r = require_ctx(&ctx)) return r;
     if (!p) return CUDA_ERROR_INVALID_VALUE;
+    drain_all();
     return mem_unregister(p);
 }
 
 // ---------------------------------------------------------------- copies and memsets
-CUresult cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t n) { return unified(dst, src, n, nullptr); }
-CUresult cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) { return unified(dst, src, n, s); }
-CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) { return htod(dst, src, n, nullptr); }
-CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) { return dtoh(dst, src, n, nullptr); }
-CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) { return dtod(dst, src, n, nullptr); }
-CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, CUstream s) { return htod(dst, src, n, s); }
-CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, CUstream s) { return dtoh(dst, src, n, s); }
-CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) { return dtod(dst, src, n, s); }
-CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) { return memset_n(d, v, 1, n, nullptr); }
-CUresult cuMemsetD16_v2(CUdeviceptr d, unsigned short v, size_t n) { return memset_n(d, v, 2, n, nullptr); }
-CUresult cuMemsetD32_v2(CUdeviceptr d, unsigned int v, size_t n) { return memset_n(d, v, 4, n, nullptr); }
-CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, CUstream s) { return memset_n(d, v, 1, n, s); }
-CUresult cuMemsetD16Async(CUdeviceptr d, unsigned short v, size_t n, CUstream s) { return memset_n(d, v, 2, n, s); }
-CUresult cuMemsetD32Async(CUdeviceptr d, unsigned int v, size_t n, CUstream s) { return memset_n(d, v, 4, n, s); }
+constexpr Call S = Call::Sync, A = Call::Async;
+CUresult cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t n) { return unified(dst, src, n, nullptr, S, false); }
+CUresult cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) { return unified(dst, src, n, s, A, false); }
+CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) { return htod(dst, src, n, nullptr, S, false); }
+CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) { return dtoh(dst, src, n, nullptr, S, false); }
+CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) { return dtod(dst, src, n, nullptr, S, false); }
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, CUstream s) { return htod(dst, src, n, s, A, false); }
+CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, CUstream s) { return dtoh(dst, src, n, s, A, false); }
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) { return dtod(dst, src, n, s, A, false); }
+CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) { return memset_n(d, v, 1, n, nullptr, false); }
+CUresult cuMemsetD16_v2(CUdeviceptr d, unsigned short v, size_t n) { return memset_n(d, v, 2, n, nullptr, false); }
+CUresult cuMemsetD32_v2(CUdeviceptr d, unsigned int v, size_t n) { return memset_n(d, v, 4, n, nullptr, false); }
+CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, CUstream s) { return memset_n(d, v, 1, n, s, false); }
+CUresult cuMemsetD16Async(CUdeviceptr d, unsigned short v, size_t n, CUstream s) { return memset_n(d, v, 2, n, s, false); }
+CUresult cuMemsetD32Async(CUdeviceptr d, unsigned int v, size_t n, CUstream s) { return memset_n(d, v, 4, n, s, false); }
 
-// Per-thread-default-stream variants: the per-thread stream behaves as the legacy stream here.
-CUresult cuMemcpy_ptds(CUdeviceptr dst, CUdeviceptr src, size_t n) { return unified(dst, src, n, nullptr); }
-CUresult cuMemcpyAsync_ptsz(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) { return unified(dst, src, n, s); }
-CUresult cuMemcpyHtoD_v2_ptds(CUdeviceptr dst, const void* src, size_t n) { return htod(dst, src, n, nullptr); }
-CUresult cuMemcpyDtoH_v2_ptds(void* dst, CUdeviceptr src, size_t n) { return dtoh(dst, src, n, nullptr); }
-CUresult cuMemcpyDtoD_v2_ptds(CUdeviceptr dst, CUdeviceptr src, size_t n) { return dtod(dst, src, n, nullptr); }
-CUresult cuMemcpyHtoDAsync_v2_ptsz(CUdeviceptr dst, const void* src, size_t n, CUstream s) { return htod(dst, src, n, s); }
-CUresult cuMemcpyDtoHAsync_v2_ptsz(void* dst, CUdeviceptr src, size_t n, CUstream s) { return dtoh(dst, src, n, s); }
-CUresult cuMemcpyDtoDAsync_v2_ptsz(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) { return dtod(dst, src, n, s); }
-CUresult cuMemsetD8_v2_ptds(CUdeviceptr d, unsigned char v, size_t n) { return memset_n(d, v, 1, n, nullptr); }
-CUresult cuMemsetD16_v2_ptds(CUdeviceptr d, unsigned short v, size_t n) { return memset_n(d, v, 2, n, nullptr); }
-CUresult cuMemsetD32_v2_ptds(CUdeviceptr d, unsigned int v, size_t n) { return memset_n(d, v, 4, n, nullptr); }
-CUresult cuMemsetD8Async_ptsz(CUdeviceptr d, unsigned char v, size_t n, CUstream s) { return memset_n(d, v, 1, n, s); }
-CUresult cuMemsetD16Async_ptsz(CUdeviceptr d, unsigned short v, size_t n, CUstream s) { return memset_n(d, v, 2, n, s); }
-CUresult cuMemsetD32Async_ptsz(CUdeviceptr d, unsigned int v, size_t n, CUstream s) { return memset_n(d, v, 4, n, s); }
+// Per-thread-default-stream variants: a null stream is the calling thread's default stream.
+CUresult cuMemcpy_ptds(CUdeviceptr dst, CUdeviceptr src, size_t n) { return unified(dst, src, n, nullptr, S, true); }
+CUresult cuMemcpyAsync_ptsz(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) { return unified(dst, src, n, s, A, true); }
+CUresult cuMemcpyHtoD_v2_ptds(CUdeviceptr dst, const void* src, size_t n) { return htod(dst, src, n, nullptr, S, true); }
+CUresult cuMemcpyDtoH_v2_ptds(void* dst, CUdeviceptr src, size_t n) { return dtoh(dst, src, n, nullptr, S, true); }
+CUresult cuMemcpyDtoD_v2_ptds(CUdeviceptr dst, CUdeviceptr src, size_t n) { return dtod(dst, src, n, nullptr, S, true); }
+CUresult cuMemcpyHtoDAsync_v2_ptsz(CUdeviceptr dst, const void* src, size_t n, CUstream s) { return htod(dst, src, n, s, A, true); }
+CUresult cuMemcpyDtoHAsync_v2_ptsz(void* dst, CUdeviceptr src, size_t n, CUstream s) { return dtoh(dst, src, n, s, A, true); }
+CUresult cuMemcpyDtoDAsync_v2_ptsz(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) { return dtod(dst, src, n, s, A, true); }
+CUresult cuMemsetD8_v2_ptds(CUdeviceptr d, unsigned char v, size_t n) { return memset_n(d, v, 1, n, nullptr, true); }
+CUresult cuMemsetD16_v2_ptds(CUdeviceptr d, unsigned short v, size_t n) { return memset_n(d, v, 2, n, nullptr, true); }
+CUresult cuMemsetD32_v2_ptds(CUdeviceptr d, unsigned int v, size_t n) { return memset_n(d, v, 4, n, nullptr, true); }
+CUresult cuMemsetD8Async_ptsz(CUdeviceptr d, unsigned char v, size_t n, CUstream s) { return memset_n(d, v, 1, n, s, true); }
+CUresult cuMemsetD16Async_ptsz(CUdeviceptr d, unsigned short v, size_t n, CUstream s) { return memset_n(d, v, 2, n, s, true); }
+CUresult cuMemsetD32Async_ptsz(CUdeviceptr d, unsigned int v, size_t n, CUstream s) { return memset_n(d, v, 4, n, s, true); }
 
 // ---------------------------------------------------------------- pointer attributes
 namespace {

@@ -1,7 +1,7 @@
 // driver_module.cpp: modules (PTX text only), functions and their attributes.
 #include <cstring>
 
-#include "driver.hpp"
+#include "stream_queue.hpp"
 
 using namespace softgpu;
 
@@ -109,6 +109,7 @@ CUresult cuModuleUnload(CUmodule hmod) {
     SG_LOCK;
     if (CUresult r = check_init()) return r;
     if (!valid_module(hmod)) return CUDA_ERROR_INVALID_HANDLE;
+    drain_all();  // async mode: queued launches of its kernels run first
     unload_module(hmod);
     return CUDA_SUCCESS;
 }

@@ -1,6 +1,7 @@
 // driver_softgpu.cpp: the software GPU's own C API (used by cybn/softgpu.py through ctypes):
-// identification, counters, checks, seed, fault injection, reports, leak counts.
-#include "driver.hpp"
+// identification, counters, checks, seed, async and sticky modes, fault injection, reports, leak
+// counts, and the sub-allocator extents of pool-aware memcheck.
+#include "stream_queue.hpp"
 
 using namespace softgpu;
 
@@ -25,7 +26,7 @@ SG_EXPORT void softgpuResetCounters(void) {
 SG_EXPORT unsigned softgpuGetChecks(void) {
     SG_LOCK;
     const Config& c = config();
-    return (c.memcheck ? 1u : 0u) | (c.racecheck ? 2u : 0u) | (c.initcheck ? 4u : 0u);
+    return (c.memcheck ? 1u : 0u) | (c.racecheck ? 2u : 0u) | (c.initcheck ? 4u : 0u) | (c.streamcheck ? 8u : 0u);
 }
 
 SG_EXPORT void softgpuSetChecks(unsigned mask) {
@@ -34,6 +35,30 @@ SG_EXPORT void softgpuSetChecks(unsigned mask) {
     c.memcheck = mask & 1u;
     c.racecheck = mask & 2u;
     c.initcheck = mask & 4u;
+    c.streamcheck = mask & 8u;
+}
+
+// Async mode: stream work runs on the worker thread. Switching it off first waits for all work.
+SG_EXPORT int softgpuSetAsync(int on) {
+    SG_LOCK;
+    return set_async(on != 0) ? 1 : 0;
+}
+
+SG_EXPORT int softgpuGetAsync(void) {
+    SG_LOCK;
+    return config().async ? 1 : 0;
+}
+
+SG_EXPORT void softgpuSetAsyncSeed(unsigned long long seed) {
+    SG_LOCK;
+    config().async_seed = seed;
+}
+
+SG_EXPORT int softgpuSetSticky(int on) {
+    SG_LOCK;
+    bool was = config().sticky;
+    config().sticky = on != 0;
+    return was ? 1 : 0;
 }
 
 SG_EXPORT void softgpuSetSeed(unsigned long long seed) {

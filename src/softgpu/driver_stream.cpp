@@ -1,20 +1,12 @@
-// driver_stream.cpp: streams, events and host functions. All work runs at enqueue time, so a
-// stream is bookkeeping only and an event's timestamp is taken when it is recorded.
-#include "driver.hpp"
+// driver_stream.cpp: streams, events and host functions over the operation queues of
+// stream_queue.cpp (work runs at enqueue time, or on the async worker in stream order).
+#include "stream_queue.hpp"
 
 using namespace softgpu;
 
 namespace {
 
 unsigned long long g_next_stream_id = 1;
-
-// The pending failed launch of the stream's context: a synchronize reports it once, then clears it.
-CUresult take_pending(CUctx_st* ctx) {
-    if (!ctx) return CUDA_SUCCESS;
-    CUresult r = ctx->pending;
-    ctx->pending = CUDA_SUCCESS;
-    return r;
-}
 
 CUctx_st* stream_ctx(CUstream s, CUctx_st* current) {
     return s == nullptr || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD ? current : s->ctx;
@@ -30,6 +22,7 @@ CUresult create_stream(CUstream* ph, unsigned flags, int priority) {
     // Priorities outside [greatest, least] = [-5, 0] are clamped, as the driver documents.
     s->priority = priority > 0 ? 0 : priority < -5 ? -5 : priority;
     s->id = g_next_stream_id++;
+    s->queue = new_queue(ctx, false, !(flags & CU_STREAM_NON_BLOCKING), "stream " + std::to_string(s->id));
     register_handle(s);
     *ph = s;
     return CUDA_SUCCESS;
@@ -37,28 +30,43 @@ CUresult create_stream(CUstream* ph, unsigned flags, int priority) {
 
 bool is_default(CUstream s) { return s == nullptr || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD; }
 
-CUresult stream_sync(CUstream s) {
-    SG_LOCK;
+// The stream's queue after the usual checks (ptds: the _ptsz entry point, where null is per-thread).
+CUresult stream_queue(CUstream s, bool ptds, Queue** q) {
     CUctx_st* ctx;
     if (CUresult r = require_ctx(&ctx)) return r;
     if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
-    return take_pending(stream_ctx(s, ctx));
+    *q = queue_of(s, stream_ctx(s, ctx), ptds);
+    return CUDA_SUCCESS;
 }
 
-CUresult stream_query(CUstream s) {
+CUresult stream_sync(CUstream s, bool ptds) {
     SG_LOCK;
-    CUctx_st* ctx;
-    if (CUresult r = require_ctx(&ctx)) return r;
-    return valid_stream(s) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    Queue* q;
+    if (CUresult r = stream_queue(s, ptds, &q)) return r;
+    return sync_queue(q);
 }
 
-CUresult stream_wait_event(CUstream s, CUevent e, unsigned flags) {
+CUresult stream_query(CUstream s, bool ptds) {
     SG_LOCK;
-    CUctx_st* ctx;
-    if (CUresult r = require_ctx(&ctx)) return r;
-    if (!valid_stream(s) || !valid_event(e)) return CUDA_ERROR_INVALID_HANDLE;
+    Queue* q;
+    if (CUresult r = stream_queue(s, ptds, &q)) return r;
+    return queue_busy(q) ? CUDA_ERROR_NOT_READY : CUDA_SUCCESS;
+}
+
+// Later work on s waits for the event's recorded work (an operation that does nothing itself).
+CUresult stream_wait_event(CUstream s, CUevent e, unsigned flags, bool ptds) {
+    SG_LOCK;
+    Queue* q;
+    if (CUresult r = stream_queue(s, ptds, &q)) return r;
+    if (!valid_event(e)) return CUDA_ERROR_INVALID_HANDLE;
     if (flags & ~unsigned(CU_EVENT_WAIT_EXTERNAL)) return CUDA_ERROR_INVALID_VALUE;
-    return CUDA_SUCCESS;  // the recorded work is already done
+    if (!e->queue) return CUDA_SUCCESS;  // never recorded: nothing to wait for, as on hardware
+    auto op = std::make_unique<Op>();
+    op->what = "a wait for an event";
+    op->deps.push_back({e->queue, e->seq});
+    op->clock = e->clock;
+    op->run = [](Op&) { return CUDA_SUCCESS; };
+    return submit(q, std::move(op));
 }
 
 CUresult stream_get_priority(CUstream s, int* priority) {
@@ -101,27 +109,41 @@ CUresult stream_get_id(CUstream s, unsigned long long* id) {
     return CUDA_SUCCESS;
 }
 
-CUresult event_record(CUevent e, CUstream s, unsigned flags) {
+CUresult event_record(CUevent e, CUstream s, unsigned flags, bool ptds) {
     SG_LOCK;
-    CUctx_st* ctx;
-    if (CUresult r = require_ctx(&ctx)) return r;
-    if (!valid_event(e) || !valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    Queue* q;
+    if (CUresult r = stream_queue(s, ptds, &q)) return r;
+    if (!valid_event(e)) return CUDA_ERROR_INVALID_HANDLE;
     if (flags & ~unsigned(CU_EVENT_RECORD_EXTERNAL)) return CUDA_ERROR_INVALID_VALUE;
+    auto op = std::make_unique<Op>();
+    op->what = "an event record";
+    // The timestamp is taken when the stream reaches the record; a later record supersedes it.
+    op->run = [e](Op& self) {
+        if (e->seq == self.seq) e->when = std::chrono::steady_clock::now(), e->timed = true;
+        return CUDA_SUCCESS;
+    };
     e->recorded = true;
-    e->when = std::chrono::steady_clock::now();
-    return CUDA_SUCCESS;
+    e->timed = false;
+    e->queue = q->shared_from_this();
+    e->seq = q->enqueued + 1;  // the position submit gives the record
+    CUresult r = submit(q, std::move(op));
+    e->clock = q->clock;
+    return r;
 }
 
-CUresult launch_host_func(CUstream s, CUhostFn fn, void* userData) {
-    {
-        SG_LOCK;
-        CUctx_st* ctx;
-        if (CUresult r = require_ctx(&ctx)) return r;
-        if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
-        if (!fn) return CUDA_ERROR_INVALID_VALUE;
-    }
-    fn(userData);  // outside the lock: the preceding work is complete, nothing else to wait for
-    return CUDA_SUCCESS;
+CUresult launch_host_func(CUstream s, CUhostFn fn, void* userData, bool ptds) {
+    SG_LOCK;
+    Queue* q;
+    if (CUresult r = stream_queue(s, ptds, &q)) return r;
+    if (!fn) return CUDA_ERROR_INVALID_VALUE;
+    auto op = std::make_unique<Op>();
+    op->what = "a host function";
+    op->host_fn = true;  // runs without the driver lock (on the worker in async mode)
+    op->run = [fn, userData](Op&) {
+        fn(userData);
+        return CUDA_SUCCESS;
+    };
+    return submit(q, std::move(op));
 }
 
 }  // namespace
@@ -136,23 +158,25 @@ CUresult cuStreamCreateWithPriority(CUstream* ph, unsigned int flags, int priori
     return create_stream(ph, flags, priority);
 }
 
+// Waits for the stream's work (as the driver's deferred destroy would let it finish) first.
 CUresult cuStreamDestroy_v2(CUstream s) {
     SG_LOCK;
     CUctx_st* ctx;
     if (CUresult r = require_ctx(&ctx)) return r;
     if (is_default(s) || !valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
     unregister_handle(s);
+    wait_seq(s->queue.get(), s->queue->enqueued);
     delete s;
     return CUDA_SUCCESS;
 }
 CUresult cuStreamDestroy(CUstream s) { return cuStreamDestroy_v2(s); }
 
-CUresult cuStreamSynchronize(CUstream s) { return stream_sync(s); }
-CUresult cuStreamSynchronize_ptsz(CUstream s) { return stream_sync(s); }
-CUresult cuStreamQuery(CUstream s) { return stream_query(s); }
-CUresult cuStreamQuery_ptsz(CUstream s) { return stream_query(s); }
-CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned int f) { return stream_wait_event(s, e, f); }
-CUresult cuStreamWaitEvent_ptsz(CUstream s, CUevent e, unsigned int f) { return stream_wait_event(s, e, f); }
+CUresult cuStreamSynchronize(CUstream s) { return stream_sync(s, false); }
+CUresult cuStreamSynchronize_ptsz(CUstream s) { return stream_sync(s, true); }
+CUresult cuStreamQuery(CUstream s) { return stream_query(s, false); }
+CUresult cuStreamQuery_ptsz(CUstream s) { return stream_query(s, true); }
+CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned int f) { return stream_wait_event(s, e, f, false); }
+CUresult cuStreamWaitEvent_ptsz(CUstream s, CUevent e, unsigned int f) { return stream_wait_event(s, e, f, true); }
 CUresult cuStreamGetPriority(CUstream s, int* p) { return stream_get_priority(s, p); }
 CUresult cuStreamGetPriority_ptsz(CUstream s, int* p) { return stream_get_priority(s, p); }
 CUresult cuStreamGetFlags(CUstream s, unsigned int* f) { return stream_get_flags(s, f); }
@@ -161,12 +185,12 @@ CUresult cuStreamGetCtx(CUstream s, CUcontext* c) { return stream_get_ctx(s, c);
 CUresult cuStreamGetCtx_ptsz(CUstream s, CUcontext* c) { return stream_get_ctx(s, c); }
 CUresult cuStreamGetId(CUstream s, unsigned long long* id) { return stream_get_id(s, id); }
 CUresult cuStreamGetId_ptsz(CUstream s, unsigned long long* id) { return stream_get_id(s, id); }
-CUresult cuLaunchHostFunc(CUstream s, CUhostFn fn, void* u) { return launch_host_func(s, fn, u); }
-CUresult cuLaunchHostFunc_ptsz(CUstream s, CUhostFn fn, void* u) { return launch_host_func(s, fn, u); }
-// _v2 adds a sync mode for the host-task thread; host functions run inline here, so it is only validated.
+CUresult cuLaunchHostFunc(CUstream s, CUhostFn fn, void* u) { return launch_host_func(s, fn, u, false); }
+CUresult cuLaunchHostFunc_ptsz(CUstream s, CUhostFn fn, void* u) { return launch_host_func(s, fn, u, true); }
+// _v2 adds a sync mode for the host-task thread; host functions run on one thread here, so it is only validated.
 CUresult cuLaunchHostFunc_v2(CUstream s, CUhostFn fn, void* u, unsigned int syncMode) {
     if (syncMode != CU_HOST_TASK_BLOCKING && syncMode != CU_HOST_TASK_SPINWAIT) return CUDA_ERROR_INVALID_VALUE;
-    return launch_host_func(s, fn, u);
+    return launch_host_func(s, fn, u, false);
 }
 
 // ---------------------------------------------------------------- events
@@ -192,29 +216,36 @@ CUresult cuEventDestroy_v2(CUevent e) {
     if (CUresult r = require_ctx(&ctx)) return r;
     if (!valid_event(e)) return CUDA_ERROR_INVALID_HANDLE;
     unregister_handle(e);
+    if (e->queue) wait_seq(e->queue.get(), e->seq);  // its pending record writes into it
     delete e;
     return CUDA_SUCCESS;
 }
 CUresult cuEventDestroy(CUevent e) { return cuEventDestroy_v2(e); }
 
-CUresult cuEventRecord(CUevent e, CUstream s) { return event_record(e, s, 0); }
-CUresult cuEventRecord_ptsz(CUevent e, CUstream s) { return event_record(e, s, 0); }
-CUresult cuEventRecordWithFlags(CUevent e, CUstream s, unsigned int f) { return event_record(e, s, f); }
-CUresult cuEventRecordWithFlags_ptsz(CUevent e, CUstream s, unsigned int f) { return event_record(e, s, f); }
+CUresult cuEventRecord(CUevent e, CUstream s) { return event_record(e, s, 0, false); }
+CUresult cuEventRecord_ptsz(CUevent e, CUstream s) { return event_record(e, s, 0, true); }
+CUresult cuEventRecordWithFlags(CUevent e, CUstream s, unsigned int f) { return event_record(e, s, f, false); }
+CUresult cuEventRecordWithFlags_ptsz(CUevent e, CUstream s, unsigned int f) { return event_record(e, s, f, true); }
 
 CUresult cuEventQuery(CUevent e) {
     SG_LOCK;
     CUctx_st* ctx;
     if (CUresult r = require_ctx(&ctx)) return r;
-    return valid_event(e) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    if (!valid_event(e)) return CUDA_ERROR_INVALID_HANDLE;
+    return !e->queue || e->queue->completed >= e->seq ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
 }
 
+// Waits for the recorded work; returns (and clears) a failure of the stream it was recorded on.
 CUresult cuEventSynchronize(CUevent e) {
     SG_LOCK;
     CUctx_st* ctx;
     if (CUresult r = require_ctx(&ctx)) return r;
     if (!valid_event(e)) return CUDA_ERROR_INVALID_HANDLE;
-    return take_pending(e->ctx);
+    if (!e->queue) return CUDA_SUCCESS;
+    std::shared_ptr<Queue> q = e->queue;
+    wait_seq(q.get(), e->seq);
+    note_host_sync(e->clock);
+    return take_pending(q.get());
 }
 
 CUresult cuEventElapsedTime_v2(float* pMilliseconds, CUevent hStart, CUevent hEnd) {
@@ -225,6 +256,7 @@ CUresult cuEventElapsedTime_v2(float* pMilliseconds, CUevent hStart, CUevent hEn
     if (!valid_event(hStart) || !valid_event(hEnd)) return CUDA_ERROR_INVALID_HANDLE;
     if ((hStart->flags | hEnd->flags) & CU_EVENT_DISABLE_TIMING) return CUDA_ERROR_INVALID_HANDLE;
     if (!hStart->recorded || !hEnd->recorded) return CUDA_ERROR_INVALID_HANDLE;
+    if (!hStart->timed || !hEnd->timed) return CUDA_ERROR_NOT_READY;  // recorded, not reached yet
     *pMilliseconds = std::chrono::duration<float, std::milli>(hEnd->when - hStart->when).count();
     return CUDA_SUCCESS;
 }

@@ -1,6 +1,7 @@
 // engine_collective.cpp: CTA barriers (bar/barrier .sync/.arrive/.red) and warp collectives
 // (shfl, vote, redux, match, bar.warp.sync). A thread that reaches one blocks with its pc on the
 // instruction; the last participant to arrive completes it for everyone and advances their pcs.
+#include <algorithm>
 #include <cstring>
 
 #include "engine_exec.hpp"
@@ -129,6 +130,10 @@ bool Exec::complete_collective(Cta& cta, Thread& t) {
         }
         if (o.state != TS_COLLECTIVE) return false;  // still on its way
         if (instr_of(*this, o).op != in.op) {
+            // Another kind of collective is fine while its member mask leaves this lane out (it
+            // completes without us, then the lane comes on here); if it waits for this lane, neither can.
+            const Instr& oi = instr_of(*this, o);
+            if (!(uint32_t(regs_of(o)[oi.op == OP_BAR_WARP ? oi.c : oi.e]) >> t.lane & 1)) return false;
             finding(719, CK_OTHER, t, in, "lanes of one member mask wait at different kinds of warp collective (line " +
                                               std::to_string(instr_of(*this, o).line) + ")");
             abort = true;
@@ -227,6 +232,37 @@ bool Exec::complete_collective(Cta& cta, Thread& t) {
         ++m.pc;
     }
     return true;
+}
+
+
+// activemask: the lanes of the warp that execute this activemask together. A lane that reaches
+// one waits; the mask is settled once no lane of the warp is still running towards it (each has
+// exited or blocked somewhere), or as soon as a lane of the warp uses up its time slice elsewhere
+// (`diverged`: it is on another path now). Lanes waiting at the same instruction in the same call
+// depth form one group and each gets the group's mask; lanes on the other side of a branch are 0.
+void Exec::settle_activemask(Cta& cta, uint32_t warp, bool diverged) {
+    uint32_t base = warp * 32, end = std::min<uint32_t>(base + 32, uint32_t(cta.threads.size()));
+    if (!diverged)
+        for (uint32_t i = base; i < end; ++i)
+            if (cta.threads[i].state == TS_READY) return;
+    uint32_t left = 0;
+    for (uint32_t i = base; i < end; ++i) left |= uint32_t(cta.threads[i].state == TS_ACTIVEMASK) << (i - base);
+    while (left) {
+        Thread& lead = cta.threads[base + __builtin_ctz(left)];
+        uint32_t group = 0;
+        for (uint32_t m = left; m; m &= m - 1) {
+            Thread& o = cta.threads[base + __builtin_ctz(m)];
+            if (o.fn == lead.fn && o.pc == lead.pc && o.stack.size() == lead.stack.size()) group |= 1u << o.lane;
+        }
+        for (uint32_t m = group; m; m &= m - 1) {
+            Thread& o = cta.threads[base + __builtin_ctz(m)];
+            regs_of(o)[instr_of(*this, o).d] = group;
+            o.state = TS_READY;
+            ++o.pc;
+        }
+        left &= ~group;
+    }
+    cta.at_activemask[warp] = 0;
 }
 
 }  // namespace softgpu

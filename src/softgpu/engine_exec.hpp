@@ -11,7 +11,9 @@
 
 namespace softgpu {
 
-enum ThreadState : uint8_t { TS_READY, TS_BARRIER, TS_COLLECTIVE, TS_EXITED };
+// TS_ACTIVEMASK: at activemask, waiting until the rest of its warp has gone its own way (see
+// Exec::settle_activemask).
+enum ThreadState : uint8_t { TS_READY, TS_BARRIER, TS_COLLECTIVE, TS_ACTIVEMASK, TS_EXITED };
 
 struct CallFrame { uint32_t fn, ret_pc, fp, lp, call; };
 
@@ -40,12 +42,14 @@ struct Cta {
     uint32_t idx[3] = {0, 0, 0};
     std::vector<Thread> threads;
     std::vector<uint8_t> smem;
+    std::vector<uint8_t> reserved_smem;  // kReservedSmemBytes when the module uses it
     std::vector<Shadow> shadow;
     uint32_t live = 0;  // threads not exited
     struct Barrier { uint32_t arrived = 0, waiting = 0, expected = 0; uint32_t popc = 0; bool all = true, any = false; };
     Barrier bars[16];
     uint32_t epoch = 0;                 // racecheck barrier epoch (unique over the launch)
     std::vector<uint32_t> warp_epoch;   // racecheck warp-synchronisation epoch per warp
+    std::vector<uint8_t> at_activemask; // per warp: lanes waiting at activemask
 };
 
 enum RunStatus { RUN_YIELD, RUN_BLOCKED, RUN_EXITED, RUN_FAULT };
@@ -65,6 +69,7 @@ struct Exec {
     uint32_t block_threads = 0, block_warps = 0;
     uint32_t smem_size = 0;
     uint64_t rng = 0;
+    uint64_t grid_workspace = 0;  // %envreg1:2
     std::set<std::pair<int, uint32_t>> reported;  // (check, line): one finding per check and line
     // Allocation cache of the global load/store path.
     uint64_t cache_base = 1, cache_size = 0;
@@ -82,11 +87,20 @@ struct Exec {
     void on_exit(Thread& t);
     void release_barrier(Cta& cta, uint32_t id);
     bool complete_collective(Cta& cta, Thread& t);
+    void settle_activemask(Cta& cta, uint32_t warp, bool diverged);
+    // vprintf, malloc, free, __assertfail (engine_builtins.cpp); false when the launch must stop.
+    bool call_builtin(Thread& t, const Instr& in, const CallSite& cs);
     // Findings (executor.cpp).
     void finding(int code, int check, const Thread& t, const Instr& in, const std::string& what);
     std::string where(const Thread& t) const;
     uint64_t next_random();
 };
+
+// Memory access resolution with the checks (engine_interp.cpp): a host pointer, or null after a finding.
+enum Access { AC_LOAD, AC_STORE, AC_ATOMIC };
+uint8_t* resolve(Exec& x, Thread& t, const Instr& in, int sp, uint64_t a, uint32_t size, int kind, int* real_space);
+
+uint32_t simd_instr(const Instr& in, uint32_t a, uint32_t b, uint32_t c);  // engine_video.cpp
 
 enum Check { CK_MEMCHECK, CK_RACECHECK, CK_INITCHECK, CK_OTHER };
 

@@ -14,6 +14,9 @@ namespace softgpu {
 inline float as_f32(uint64_t v) { float f; uint32_t u = uint32_t(v); memcpy(&f, &u, 4); return f; }
 inline double as_f64(uint64_t v) { double d; memcpy(&d, &v, 8); return d; }
 inline uint64_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+// A computed f32 result: NVIDIA GPUs return the canonical NaN 0x7fffffff for every NaN an
+// arithmetic operation produces (x86 would give 0xffc00000 or propagate an operand's payload).
+inline uint64_t f32_result(float f) { return f != f ? 0x7fffffffu : f32_bits(f); }
 inline uint64_t f64_bits(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
 
 inline float ftz32(float f) { return std::fpclassify(f) == FP_SUBNORMAL ? std::copysign(0.0f, f) : f; }

@@ -11,8 +11,6 @@ namespace softgpu {
 
 namespace {
 
-enum Access { AC_LOAD, AC_STORE, AC_ATOMIC };
-
 const char* space_name(int sp) {
     switch (sp) {
         case SP_GLOBAL: return "global";
@@ -139,7 +137,7 @@ uint64_t float_instr(const Instr& in, uint64_t a, uint64_t b, uint64_t c) {
             if (in.flags & F_FTZ) r = ftz32(r);
             if (in.flags & F_SAT) r = std::isnan(r) ? 0.0f : r < 0 ? 0.0f : r > 1 ? 1.0f : r;
             if (in.flags & F_RELU) r = std::isnan(r) ? r : r < 0 ? 0.0f : r;
-            return f32_bits(r);
+            return in.mod == FO_COPYSIGN ? f32_bits(r) : f32_result(r);
         }
         case T_F64: {
             if (in.mod == FO_NEG) return a ^ 0x8000000000000000ull;
@@ -295,8 +293,6 @@ uint64_t cvt(const Instr& in, uint64_t v) {
 
 static inline bool misaligned(uint64_t a, uint32_t size) { return a & (size - 1); }
 
-uint8_t* resolve(Exec& x, Thread& t, const Instr& in, int sp, uint64_t a, uint32_t size, int kind, int* real_space);
-
 RunStatus Exec::run(Thread& t, uint32_t budget) {
     const Function* fn = &module->functions[t.fn];
     const Instr* code = fn->code.data();
@@ -393,6 +389,7 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 R[in.d] = (diff + R[in.c]) & in.mask;
                 break;
             }
+            case OP_SIMD: R[in.d] = simd_instr(in, uint32_t(R[in.a]), uint32_t(R[in.b]), uint32_t(R[in.c])); break;
             case OP_ADD_SAT:
             case OP_SUB_SAT: {
                 int64_t a = sext(R[in.a], in.sh), b = sext(R[in.b], in.sh);
@@ -487,10 +484,10 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 R[in.d] = r;
                 break;
             }
-            case OP_FADD32: R[in.d] = f32_bits(as_f32(R[in.a]) + as_f32(R[in.b])); break;
-            case OP_FSUB32: R[in.d] = f32_bits(as_f32(R[in.a]) - as_f32(R[in.b])); break;
-            case OP_FMUL32: R[in.d] = f32_bits(as_f32(R[in.a]) * as_f32(R[in.b])); break;
-            case OP_FFMA32: R[in.d] = f32_bits(std::fma(as_f32(R[in.a]), as_f32(R[in.b]), as_f32(R[in.c]))); break;
+            case OP_FADD32: R[in.d] = f32_result(as_f32(R[in.a]) + as_f32(R[in.b])); break;
+            case OP_FSUB32: R[in.d] = f32_result(as_f32(R[in.a]) - as_f32(R[in.b])); break;
+            case OP_FMUL32: R[in.d] = f32_result(as_f32(R[in.a]) * as_f32(R[in.b])); break;
+            case OP_FFMA32: R[in.d] = f32_result(std::fma(as_f32(R[in.a]), as_f32(R[in.b]), as_f32(R[in.c]))); break;
             case OP_FLOAT: R[in.d] = float_instr(in, R[in.a], R[in.b], R[in.c]); break;
             case OP_SETP: {
                 uint64_t a = R[in.a], b = R[in.b];
@@ -578,6 +575,7 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 uint64_t a = R[in.a];
                 if (in.space == SP_SHARED) a = (a & 0xffffffffu) + kSharedWindow;
                 else if (in.space == SP_LOCAL) a = (a & 0xffffffffu) + kLocalWindow;
+                else if (in.space == SP_KPARAM) a = (a & 0xffffffffu) + kParamWindow;
                 R[in.d] = a & in.mask;
                 break;
             }
@@ -585,13 +583,16 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 uint64_t a = R[in.a];
                 if (in.space == SP_SHARED) a -= kSharedWindow;
                 else if (in.space == SP_LOCAL) a -= kLocalWindow;
+                else if (in.space == SP_KPARAM) a -= kParamWindow;
                 R[in.d] = a & in.mask;
                 break;
             }
             case OP_ISSPACEP: {
                 uint64_t a = R[in.a];
                 bool sh = a - kSharedWindow < kWindowSize, lo = a - kLocalWindow < kWindowSize;
-                R[in.d] = in.space == SP_SHARED ? sh : in.space == SP_LOCAL ? lo : in.space == SP_GLOBAL ? !sh && !lo : 0;
+                bool pa = a - kParamWindow < kWindowSize;
+                R[in.d] = in.space == SP_SHARED ? sh : in.space == SP_LOCAL ? lo : in.space == SP_KPARAM ? pa
+                        : in.space == SP_GLOBAL ? !sh && !lo && !pa : 0;
                 break;
             }
             case OP_CLOCK: R[in.d] = ((instructions + executed) >> (in.mod ? 32 : 0)) & in.mask; break;
@@ -646,7 +647,7 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 int sh = 64 - bits;
                 switch (in.mod) {
                     case A_ADD:
-                        if (in.ty == T_F32) nv = f32_bits(ftz32(ftz32(as_f32(old)) + ftz32(as_f32(b))));
+                        if (in.ty == T_F32) nv = f32_result(ftz32(ftz32(as_f32(old)) + ftz32(as_f32(b))));
                         else if (in.ty == T_F64) nv = f64_bits(as_f64(old) + as_f64(b));
                         else if (type_float(Type(in.ty))) {
                             Instr f = in;
@@ -663,7 +664,7 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                         if (in.ty == T_F32 || in.ty == T_F64) {
                             double x = float_value(old, in.ty, false), y = float_value(b, in.ty, false);
                             double r = in.mod == A_MIN ? ptx_min(x, y, false) : ptx_max(x, y, false);
-                            nv = in.ty == T_F32 ? f32_bits(float(r)) : f64_bits(r);
+                            nv = in.ty == T_F32 ? f32_result(float(r)) : f64_bits(r);
                             break;
                         }
                         lt = s ? sext(old, sh) < sext(b, sh) : (old & m) < (b & m);
@@ -687,6 +688,11 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
             case OP_BRX: pc = module->branch_tables[in.imm][R[in.a] & 0xffffffffu]; continue;
             case OP_CALL: {
                 const CallSite& cs = module->calls[in.imm];
+                if (cs.builtin) {
+                    SAVE();
+                    if (!call_builtin(t, in, cs)) { status = RUN_FAULT; goto out; }
+                    break;
+                }
                 if (t.stack.size() >= 512) {
                     SAVE();
                     finding(719, CK_OTHER, t, in, "call stack overflow (more than 512 nested calls)");
@@ -726,18 +732,9 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
             case OP_NOP: break;
             case OP_YIELD: ++pc; goto out;
             case OP_BAR: case OP_BAR_ARRIVE: case OP_BAR_RED: case OP_BAR_WARP:
-            case OP_SHFL: case OP_VOTE: case OP_REDUX: case OP_MATCH:
+            case OP_SHFL: case OP_VOTE: case OP_REDUX: case OP_MATCH: case OP_ACTIVEMASK:
                 status = RUN_BLOCKED;
                 goto out;
-            case OP_ACTIVEMASK: {
-                uint32_t m = 0;
-                Cta& cta = *t.cta;
-                uint32_t base = t.warp * 32;
-                for (uint32_t l = 0; l < 32 && base + l < cta.threads.size(); ++l)
-                    if (cta.threads[base + l].state != TS_EXITED) m |= 1u << l;
-                R[in.d] = m;
-                break;
-            }
             default:
                 SAVE();
                 finding(719, CK_OTHER, t, in, "internal error: opcode not executable");
@@ -817,6 +814,7 @@ uint8_t* resolve(Exec& x, Thread& t, const Instr& in, int sp, uint64_t a, uint32
     if (sp == SP_GENERIC) {
         if (a - kSharedWindow < kWindowSize) sp = SP_SHARED, a -= kSharedWindow;
         else if (a - kLocalWindow < kWindowSize) sp = SP_LOCAL, a -= kLocalWindow;
+        else if (a - kParamWindow < kWindowSize) sp = SP_KPARAM, a -= kParamWindow;
         else sp = SP_GLOBAL;
     }
     *real = sp;
@@ -859,9 +857,18 @@ uint8_t* resolve(Exec& x, Thread& t, const Instr& in, int sp, uint64_t a, uint32
                 }
                 if (kind != AC_LOAD) mark_initialized(al, a, size);
             }
+            if (x.cfg.access) x.cfg.access->note(al, a, size, kind != AC_STORE, kind != AC_LOAD);  // streamcheck
             return reinterpret_cast<uint8_t*>(a);
         }
         case SP_SHARED: {
+            if (a - kReservedSmemOffset < kReservedSmemBytes && !t.cta->reserved_smem.empty()) {
+                if (kReservedSmemBytes - (a - kReservedSmemOffset) < size || (align_bad)) {
+                    x.finding(700, CK_MEMCHECK, t, in, what("out-of-bounds or misaligned") + " in the reserved shared memory");
+                    x.abort = true;
+                    return nullptr;
+                }
+                return t.cta->reserved_smem.data() + (a - kReservedSmemOffset);
+            }
             if (a >= x.smem_size || x.smem_size - a < size) {
                 x.finding(700, CK_MEMCHECK, t, in, what("out-of-bounds") + ": the block has " + std::to_string(x.smem_size) +
                                                         " bytes of shared memory");
@@ -894,6 +901,11 @@ uint8_t* resolve(Exec& x, Thread& t, const Instr& in, int sp, uint64_t a, uint32
             uint32_t pb = x.kernel->info.param_bytes;
             if (a >= pb || pb - a < size) {
                 x.finding(700, CK_MEMCHECK, t, in, what("out-of-bounds") + ": the parameters are " + std::to_string(pb) + " bytes");
+                x.abort = true;
+                return nullptr;
+            }
+            if (kind != AC_LOAD) {
+                x.finding(700, CK_MEMCHECK, t, in, what("invalid") + ": kernel parameters are read-only");
                 x.abort = true;
                 return nullptr;
             }

@@ -1,10 +1,13 @@
-// executor.cpp: runs a grid. Ordinary launches run CTAs one after another, each to completion;
-// cooperative launches keep every CTA resident and interleave them. Within a set of resident
-// threads the scheduler gives each ready thread a time slice in turn (deterministic order, or a
-// seeded random order and slice length when config().seed != 0), so spin-waits make progress.
+// executor.cpp: runs a grid. An ordinary launch keeps up to (occupancy x SMs) CTAs resident, made
+// resident in launch order as earlier ones exit, as on hardware; a cooperative launch keeps every
+// CTA resident. The scheduler gives each ready thread of every resident CTA a time slice in turn
+// (deterministic order, or a seeded random order and slice length when config().seed != 0), so a
+// block spinning on another resident block's flag makes progress. The seed permutes the
+// interleaving, never which blocks are resident.
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <memory>
 
 #include "engine_exec.hpp"
 
@@ -115,6 +118,8 @@ void Exec::init_thread(Thread& t, Cta& cta, uint32_t tid) {
     s[S_LANEMASK_LE] = (1u << t.lane) | ((1u << t.lane) - 1);
     s[S_LANEMASK_GT] = ~uint32_t((1u << t.lane) | ((1u << t.lane) - 1));
     s[S_LANEMASK_GE] = ~uint32_t((1u << t.lane) - 1);
+    s[S_ENVREG1] = grid_workspace >> 32;
+    s[S_ENVREG2] = grid_workspace & 0xffffffffu;
     if (t.local.size() < kernel->info.local_bytes) t.local.resize(kernel->info.local_bytes);
     // Local memory is uninitialised on hardware; zero it so results never depend on stale data.
     std::fill(t.local.begin(), t.local.end(), 0);
@@ -130,6 +135,8 @@ void setup_cta(Exec& x, Cta& cta, uint64_t linear) {
     cta.idx[2] = uint32_t(linear / (uint64_t(g[0]) * g[1]));
     if (cta.threads.size() != x.block_threads) cta.threads.resize(x.block_threads);
     cta.smem.assign(x.smem_size, 0);
+    if (x.module->uses_reserved_smem) cta.reserved_smem.assign(kReservedSmemBytes, 0);
+    else cta.reserved_smem.clear();
     if (x.conf.racecheck) {
         if (cta.shadow.size() != x.smem_size) cta.shadow.assign(x.smem_size, Shadow{});
     }
@@ -137,11 +144,12 @@ void setup_cta(Exec& x, Cta& cta, uint64_t linear) {
     for (auto& b : cta.bars) b = Cta::Barrier();
     cta.epoch = uint32_t(x.epoch_counter++);
     cta.warp_epoch.assign(x.block_warps, 0);
+    cta.at_activemask.assign(x.block_warps, 0);
     for (uint32_t w = 0; w < x.block_warps; ++w) cta.warp_epoch[w] = uint32_t(x.epoch_counter++);
     for (uint32_t i = 0; i < x.block_threads; ++i) x.init_thread(cta.threads[i], cta, i);
 }
 
-std::string deadlock_report(Exec& x, std::vector<Cta*>& ctas) {
+std::string deadlock_report(Exec& x, const std::vector<Cta*>& ctas) {
     std::string r;
     int lines = 0;
     for (Cta* c : ctas) {
@@ -163,54 +171,139 @@ std::string deadlock_report(Exec& x, std::vector<Cta*>& ctas) {
 
 }  // namespace
 
-// Runs the threads of the given resident CTAs until all exit; false on failure.
-static bool run_resident(Exec& x, std::vector<Cta*>& ctas) {
+// The resident blocks of a launch: up to `limit` CTAs at once, made resident in launch order as
+// earlier ones exit; every round gives each ready thread of every resident CTA one time slice.
+// CTA storage kept from launch to launch (the engine runs under the driver's lock), so the threads'
+// register and local arrays are allocated once, not per launch; trimmed after a launch that needed
+// more than kKeptThreads threads.
+std::vector<std::unique_ptr<Cta>> g_slots;
+constexpr size_t kKeptThreads = 1 << 16;
+
+struct Scheduler {
+    Exec& x;
+    uint64_t nctas, next = 0, limit;
+    Residency res;
+    std::vector<std::unique_ptr<Cta>>& slots = g_slots;
+    std::vector<Cta*> resident, free;
     std::vector<Thread*> order;
-    for (Cta* c : ctas)
-        for (Thread& t : c->threads) order.push_back(&t);
-    bool random = x.conf.seed != 0;
-    uint32_t slice = x.conf.time_slice ? x.conf.time_slice : 4096;
-    while (true) {
-        bool progress = false, all_done = true;
-        if (random)
-            for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[x.next_random() % i]);
-        for (Thread* tp : order) {
-            Thread& t = *tp;
-            if (t.state == TS_EXITED) continue;
-            all_done = false;
-            if (t.state != TS_READY) continue;
-            progress = true;
-            uint32_t budget = random ? 1 + uint32_t(x.next_random() % slice) : slice;
-            RunStatus s = x.run(t, budget);
-            if (x.abort) return false;
-            switch (s) {
-                case RUN_EXITED: x.on_exit(t); break;
-                case RUN_BLOCKED: {
-                    const Instr& in = x.module->functions[t.fn].code[t.pc];
-                    if (in.op == OP_BAR || in.op == OP_BAR_ARRIVE || in.op == OP_BAR_RED) x.arrive_barrier(t);
-                    else x.arrive_collective(t);
+    bool random;
+    uint32_t slice;
+
+    Scheduler(Exec& e, uint64_t n, uint64_t lim, Residency r)
+        : x(e), nctas(n), limit(lim), res(r), random(e.conf.seed != 0),
+          slice(e.conf.time_slice ? e.conf.time_slice : 4096) {
+        for (auto& c : slots) {
+            c->shadow.clear();  // racecheck epochs restart with each launch: no stale shadow
+            free.push_back(c.get());
+        }
+    }
+    ~Scheduler() {
+        size_t threads = 0, keep = 0;
+        while (keep < slots.size() && (threads += slots[keep]->threads.size()) <= kKeptThreads) ++keep;
+        slots.resize(keep);
+    }
+
+    // Retires exited CTAs and makes the next ones resident; true if the resident set changed.
+    bool refill() {
+        bool changed = false;
+        for (size_t i = 0; i < resident.size();)
+            if (resident[i]->live == 0) {
+                free.push_back(resident[i]);
+                resident.erase(resident.begin() + i);
+                changed = true;
+            } else {
+                ++i;
+            }
+        while (resident.size() < limit && next < nctas) {
+            if (free.empty()) {
+                slots.push_back(std::make_unique<Cta>());
+                free.push_back(slots.back().get());
+            }
+            Cta* c = free.back();
+            free.pop_back();
+            setup_cta(x, *c, next);
+            for (Thread& t : c->threads) t.spec[S_SMID] = uint32_t(next % res.sms);
+            ++next;
+            resident.push_back(c);
+            changed = true;
+        }
+        if (changed) {
+            order.clear();
+            for (Cta* c : resident)
+                for (Thread& t : c->threads) order.push_back(&t);
+        }
+        return changed;
+    }
+
+    std::string watchdog_report(const Thread& t) {
+        std::string r = "error: kernel " + x.kernel->info.name + ": watchdog: the launch exceeded " +
+                        std::to_string(x.conf.watchdog) + " thread-instructions (CYBN_SOFTGPU_WATCHDOG); last at PTX line " +
+                        std::to_string(x.module->functions[t.fn].code[t.pc].line) + ", " + x.where(t) + "\n";
+        r += "error: kernel " + x.kernel->info.name + ": " + std::to_string(resident.size()) + " resident block(s) still running:";
+        int n = 0;
+        for (Cta* c : resident) {
+            if (++n > 8) { r += " ..."; break; }
+            for (const Thread& o : c->threads)
+                if (o.state != TS_EXITED) {
+                    r += " " + triple(c->idx) + " at PTX line " + std::to_string(x.module->functions[o.fn].code[o.pc].line) + ";";
                     break;
                 }
-                case RUN_FAULT: return false;
-                case RUN_YIELD: break;
+        }
+        r += "\n";
+        if (next < nctas) {
+            const uint32_t* g = x.cfg.grid;
+            uint32_t idx[3] = {uint32_t(next % g[0]), uint32_t(next / g[0] % g[1]), uint32_t(next / (uint64_t(g[0]) * g[1]))};
+            r += "error: kernel " + x.kernel->info.name + ": " + std::to_string(nctas - next) + " block(s) from " + triple(idx) +
+                 " on never became resident: at most " + std::to_string(limit) + " blocks are resident at once (" +
+                 std::to_string(res.blocks_per_sm) + " per SM x " + std::to_string(res.sms) +
+                 " SMs); a block that waits for a later block deadlocks\n";
+        }
+        return r;
+    }
+
+    bool run() {
+        refill();
+        while (true) {
+            bool progress = false;
+            if (random)
+                for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[x.next_random() % i]);
+            for (Thread* tp : order) {
+                Thread& t = *tp;
+                if (t.state != TS_READY) continue;
+                progress = true;
+                uint32_t budget = random ? 1 + uint32_t(x.next_random() % slice) : slice;
+                RunStatus s = x.run(t, budget);
+                if (x.abort) return false;
+                switch (s) {
+                    case RUN_EXITED: x.on_exit(t); break;
+                    case RUN_BLOCKED: {
+                        const Instr& in = x.module->functions[t.fn].code[t.pc];
+                        if (in.op == OP_BAR || in.op == OP_BAR_ARRIVE || in.op == OP_BAR_RED) x.arrive_barrier(t);
+                        else if (in.op == OP_ACTIVEMASK) t.state = TS_ACTIVEMASK, t.cta->at_activemask[t.warp]++;
+                        else x.arrive_collective(t);
+                        break;
+                    }
+                    case RUN_FAULT: return false;
+                    case RUN_YIELD: break;
+                }
+                if (x.abort) return false;
+                if (t.cta->at_activemask[t.warp]) x.settle_activemask(*t.cta, t.warp, s == RUN_YIELD);
+                if (x.instructions > x.conf.watchdog) {
+                    *x.report += watchdog_report(t);
+                    x.result = 719;
+                    return false;
+                }
             }
-            if (x.abort) return false;
-            if (x.instructions > x.conf.watchdog) {
-                *x.report += "error: kernel " + x.kernel->info.name + ": watchdog: the launch exceeded " +
-                             std::to_string(x.conf.watchdog) + " thread-instructions (CYBN_SOFTGPU_WATCHDOG); last at PTX line " +
-                             std::to_string(x.module->functions[t.fn].code[t.pc].line) + ", " + x.where(t) + "\n";
+            bool changed = refill();
+            if (resident.empty()) return true;
+            if (!progress && !changed) {
+                *x.report += deadlock_report(x, resident);
                 x.result = 719;
                 return false;
             }
         }
-        if (all_done) return true;
-        if (!progress) {
-            *x.report += deadlock_report(x, ctas);
-            x.result = 719;
-            return false;
-        }
     }
-}
+};
 
 int launch(Kernel* k, const LaunchConfig& cfg, LaunchCounts* counts, std::string* report) {
     *counts = LaunchCounts();
@@ -226,31 +319,18 @@ int launch(Kernel* k, const LaunchConfig& cfg, LaunchCounts* counts, std::string
     x.smem_size = k->static_smem_end + cfg.dynamic_smem;
     uint64_t nctas = uint64_t(cfg.grid[0]) * cfg.grid[1] * cfg.grid[2];
     if (x.block_threads == 0 || nctas == 0) return 0;
-    bool ok = true;
-    if (cfg.cooperative) {
-        std::vector<Cta> all(nctas);
-        std::vector<Cta*> ctas;
-        for (uint64_t i = 0; i < nctas; ++i) {
-            setup_cta(x, all[i], i);
-            ctas.push_back(&all[i]);
+    if (cfg.cooperative) {  // the workspace this_grid().sync() counts arrivals in
+        if (!k->grid_workspace) {
+            k->grid_workspace = alloc_module_global(16, 16);
+            k->module->globals.push_back(GlobalVar{"(grid sync workspace of " + k->info.name + ")", k->grid_workspace, 16});
         }
-        ok = run_resident(x, ctas);
-    } else {
-        std::vector<uint64_t> order;
-        bool random = x.conf.seed != 0;
-        if (random) {
-            order.resize(nctas);
-            for (uint64_t i = 0; i < nctas; ++i) order[i] = i;
-            for (uint64_t i = nctas; i > 1; --i) std::swap(order[i - 1], order[x.next_random() % i]);
-        }
-        Cta cta;
-        std::vector<Cta*> one{&cta};
-        for (uint64_t i = 0; i < nctas && ok; ++i) {
-            setup_cta(x, cta, random ? order[i] : i);
-            ok = run_resident(x, one);
-            if (x.abort) ok = false;
-        }
+        memset(reinterpret_cast<void*>(k->grid_workspace), 0, 16);
+        x.grid_workspace = k->grid_workspace;
     }
+    Residency res = residency(k->info, x.block_threads, cfg.dynamic_smem);
+    uint64_t limit = cfg.cooperative ? nctas : uint64_t(res.blocks_per_sm) * res.sms;
+    Scheduler sched(x, nctas, limit, res);
+    bool ok = sched.run();
     if (!ok && x.result == 0) x.result = 719;
     return x.result;
 }

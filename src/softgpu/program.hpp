@@ -28,13 +28,20 @@ enum Slot : uint32_t {
     S_LANEID, S_WARPID, S_NWARPID, S_SMID, S_NSMID, S_GRIDID,
     S_DYN_SMEM, S_TOTAL_SMEM,
     S_LANEMASK_EQ, S_LANEMASK_LE, S_LANEMASK_LT, S_LANEMASK_GE, S_LANEMASK_GT,
+    S_ENVREG1, S_ENVREG2,  // high and low halves of the grid-sync workspace address (cooperative launches; else 0)
     kNumFixed
 };
 
 // Generic-address windows of the shared and local spaces (outside any user-space host address).
 constexpr uint64_t kSharedWindow = 0xFFFF000000000000ull;
 constexpr uint64_t kLocalWindow = 0xFFFE000000000000ull;
+constexpr uint64_t kParamWindow = 0xFFFD000000000000ull;  // kernel parameters (cvta.param)
 constexpr uint64_t kWindowSize = 1ull << 32;
+// The reserved shared memory of every CTA (%reserved_smem_offset_*: cooperative_groups' multi-warp
+// tile scratch) lies at this fixed offset of the shared window, apart from the kernel's own shared
+// memory so memcheck still bounds that exactly.
+constexpr uint32_t kReservedSmemOffset = 0x80000000u;
+constexpr uint32_t kReservedSmemBytes = 1024;
 
 enum Type : uint8_t {
     T_NONE, T_B8, T_B16, T_B32, T_B64, T_U8, T_U16, T_U32, T_U64, T_S8, T_S16, T_S32, T_S64,
@@ -82,6 +89,7 @@ enum Op : uint16_t {
     OP_AND, OP_OR, OP_XOR, OP_NOT, OP_CNOT, OP_SHL, OP_SHR, OP_LOP3, OP_SHF,
     OP_BFE, OP_BFI, OP_PRMT, OP_POPC, OP_CLZ, OP_BREV, OP_BFIND, OP_FNS,
     OP_ADD_SAT, OP_SUB_SAT,
+    OP_SIMD,  // video instructions, dp4a, dp2a, bmsk (engine_video.cpp): in.mod is the SimdOp
     // f32 fast paths (round-to-nearest, no ftz)
     OP_FADD32, OP_FSUB32, OP_FMUL32, OP_FFMA32,
     // generic float (f32/f64/f16/bf16 and the x2 forms) arithmetic: in.mod is the float op
@@ -101,6 +109,13 @@ enum Op : uint16_t {
 enum FloatOp : uint8_t {
     FO_ADD, FO_SUB, FO_MUL, FO_FMA, FO_DIV, FO_MIN, FO_MAX, FO_NEG, FO_ABS, FO_RCP, FO_SQRT, FO_RSQRT,
     FO_EX2, FO_LG2, FO_SIN, FO_COS, FO_TANH, FO_COPYSIGN
+};
+
+// SIMD operations for OP_SIMD (in.mod). vop2/vop4 and vset use in.nvec lanes, in.ty/ty2/space
+// as d/a/b types, in.size as the destination lane mask, in.pad = 1 for the .add accumulate.
+enum SimdOp : uint8_t {
+    SV_ADD, SV_SUB, SV_AVRG, SV_ABSDIFF, SV_MIN, SV_MAX, SV_SET, SV_DP4A, SV_DP2A_LO, SV_DP2A_HI,
+    SV_BMSK_CLAMP, SV_BMSK_WRAP
 };
 
 struct Instr {
@@ -125,8 +140,11 @@ struct Instr {
 };
 
 struct CallArg { uint32_t caller_off, callee_off, size; };
+// Undefined functions the engine implements itself (engine_builtins.cpp).
+enum Builtin : uint8_t { BI_NONE, BI_VPRINTF, BI_MALLOC, BI_FREE, BI_ASSERTFAIL };
 struct CallSite {
     uint32_t callee;                 // function index
+    uint8_t builtin = BI_NONE;       // when the callee is one of the engine's builtins
     std::vector<CallArg> args;       // copied caller -> callee at the call
     std::vector<CallArg> rets;       // copied callee -> caller at ret
 };
@@ -167,6 +185,7 @@ public:
     std::vector<Kernel*> kernels;
     uint32_t module_shared_bytes = 0;                   // module-scope .shared, start of the window
     uint32_t dyn_shared_align = 16;
+    bool uses_reserved_smem = false;                    // some function reads %reserved_smem_offset_*
     ~Module();
 };
 
@@ -175,6 +194,7 @@ public:
     Module* module = nullptr;
     uint32_t fn = 0;       // index of the entry in module->functions
     uint32_t static_smem_end = 0;  // shared window offset where dynamic shared memory starts
+    uint64_t grid_workspace = 0;   // %envreg1:2 of its cooperative launches (a module global, zeroed per launch)
     KernelInfo info;
 };
 

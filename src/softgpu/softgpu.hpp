@@ -9,7 +9,8 @@
 // virtual region reserved by memory.cpp, so the executor dereferences an address after checking it
 // and never translates. Addresses are never reused, so a use after free is always detectable.
 //
-// Everything here is called with the driver's global lock held: the software GPU is single-threaded.
+// Everything here is called with the driver's global lock held: one operation executes at a time
+// (in async mode on the stream worker thread).
 #pragma once
 
 #include <cstddef>
@@ -23,20 +24,28 @@ namespace softgpu {
 
 // ---------------------------------------------------------------- configuration
 // Read from the environment at first use (memory.cpp), changeable through the softgpu* C API.
-//   CYBN_SOFTGPU_CHECKS   "all" (default) | "none" | comma list of memcheck,racecheck,initcheck
+//   CYBN_SOFTGPU_CHECKS   "all"/1/on/true (default) | "none"/0/off/false | comma list of memcheck,racecheck,initcheck
 //   CYBN_SOFTGPU_SEED     0 (default): deterministic schedule; otherwise seeds a randomised order
 //   CYBN_SOFTGPU_MEMORY   device memory size in bytes, suffixes K/M/G allowed (default 4G)
-//   CYBN_SOFTGPU_WATCHDOG thread-instructions one launch may execute before it fails (default 2^40)
+//   CYBN_SOFTGPU_WATCHDOG thread-instructions one launch may execute before it fails (default 2^31,
+//                         about 10 s of interpreting: a deadlocked spin-wait is reported in seconds)
 //   CYBN_SOFTGPU_PROFILE  the device modelled: small (default) | a100 | h100 | h200 | l4 | t4 | rtx4090
 //                         (profiles.cpp; read by the driver side, not part of Config)
 //   CYBN_SOFTGPU_NVJITLINK libnvJitLink path for exact register counts (jitlink.cpp); unset or 0: estimate
+//   CYBN_SOFTGPU_ASYNC    1: streams run on a worker thread, asynchronously to the host (stream_queue.cpp)
+//   CYBN_SOFTGPU_ASYNC_SEED  non-zero (async mode): random choice among ready streams and random delays
+//   CYBN_SOFTGPU_STICKY   1: a kernel fault makes every later call on its context return the error
 struct Config {
     bool memcheck = true;
     bool racecheck = true;
     bool initcheck = true;
+    bool streamcheck = false;  // cross-stream ordering of global memory (on by default in async mode)
+    bool async = false;
+    bool sticky = false;
+    uint64_t async_seed = 0;
     uint64_t seed = 0;
     uint32_t time_slice = 4096;  // instructions a thread runs before it yields to the others
-    uint64_t watchdog = 1ull << 40;
+    uint64_t watchdog = 1ull << 31;
     uint64_t memory_bytes = 4ull << 30;
 };
 Config& config();
@@ -131,6 +140,26 @@ KernelInfo& kernel_info(Kernel* k);
 // A module-scope .global or .const variable: its device address and size.
 bool find_global(Module* m, const char* name, uint64_t* addr, uint64_t* size);
 
+// streamcheck: the global bytes one launch touched, as one read and one write interval per
+// allocation (coarse: bytes between two touched ones count as touched).
+struct AccessSpan {
+    uint64_t serial, base;
+    uint64_t rlo = ~0ull, rhi = 0, wlo = ~0ull, whi = 0;
+};
+struct AccessLog {
+    std::vector<AccessSpan> spans;
+    size_t last = 0;
+    void note(const Allocation& al, uint64_t a, uint64_t n, bool read, bool write) {
+        if (last >= spans.size() || spans[last].serial != al.serial) {
+            for (last = 0; last < spans.size() && spans[last].serial != al.serial; ++last) {}
+            if (last == spans.size()) spans.push_back(AccessSpan{al.serial, al.base});
+        }
+        AccessSpan& s = spans[last];
+        if (read) s.rlo = a < s.rlo ? a : s.rlo, s.rhi = a + n > s.rhi ? a + n : s.rhi;
+        if (write) s.wlo = a < s.wlo ? a : s.wlo, s.whi = a + n > s.whi ? a + n : s.whi;
+    }
+};
+
 struct LaunchConfig {
     uint32_t grid[3];
     uint32_t block[3];
@@ -138,7 +167,21 @@ struct LaunchConfig {
     bool cooperative;            // all CTAs co-resident and interleaved
     const uint8_t* params;       // packed parameter buffer of kernel_info(k).param_bytes bytes
     uint32_t resident_blocks = 0;  // blocks the device holds at once: occupancy x SMs (driver sets it)
+    AccessLog* access = nullptr; // streamcheck: global accesses are noted here when set
 };
+
+// How many blocks of a launch are resident at once: blocks per SM by the driver's occupancy
+// calculation (driver_launch.cpp; at least 1) and the SM count. An ordinary launch keeps
+// blocks_per_sm x sms blocks resident (executor.cpp), a cooperative one all of them.
+struct Residency { uint32_t blocks_per_sm = 1, sms = 1; };
+Residency residency(const KernelInfo& info, uint32_t threads, uint64_t dynamic_smem);
+
+// Device-side runtime (engine_builtins.cpp): the malloc heap and printf FIFO sizes of the current
+// context (driver_limits.cpp), and the FIFO's flush, which every synchronize calls, as the driver
+// writes device printf output to stdout at synchronisation points.
+struct DeviceLimits { uint64_t malloc_heap = 8 << 20, printf_fifo = 1 << 20; };
+DeviceLimits device_limits();
+void flush_device_printf();
 
 // Runs the whole grid to completion (the driver has already validated the launch limits).
 // Returns 0 (CUDA_SUCCESS) or a CUresult: CUDA_ERROR_ILLEGAL_ADDRESS (700) for memcheck findings,

@@ -61,3 +61,9 @@ def batch_stats(x, mode, eps):
     """float32 (mean, invstd) of x computed by numpy in float64: inputs for the backward tests."""
     _, _, _, mean, invstd = ref.forward_train(x, None, None, 0.0, 0.0, eps, 0.0, mode)
     return mean.astype(np.float32), invstd.astype(np.float32)
+
+
+def exact_mean(x, mode="spatial"):
+    """The float64 batch mean: what the backward differentiates with. It is handed save_mean (the float32
+    rounding) and recovers the exact mean as save_mean + mean(x - save_mean) in its own reduction."""
+    return ref.forward_train(x, None, None, 0.0, 0.0, 1.0, 0.0, mode)[3]

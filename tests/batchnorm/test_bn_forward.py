@@ -9,7 +9,7 @@ from cybn import batchnorm
 
 SPATIAL_SHAPES = [
     (2, 3, 4, 5),        # small: several channels per CTA, one launch
-    (1, 1, 1),           # C=1, a single element (M = 1: running var uses the biased 0)
+    (1, 1, 2),           # C=1, two elements (M = 1 is refused: test_batch_of_one_value_per_statistic)
     (3, 5, 1),           # one spatial element
     (2, 3, 7, 9),        # S not a multiple of 4 (scalar path)
     (4, 2, 33),          # S odd, not a multiple of 32
@@ -24,7 +24,7 @@ def test_spatial_train_fp32(rng, shape):
     check_forward_train(rng, shape, "spatial")
 
 
-@pytest.mark.parametrize("shape", [(5, 6), (1, 6), (3, 4, 5), (7, 33), (2, 1000), (64, 3, 3)])
+@pytest.mark.parametrize("shape", [(5, 6), (2, 6), (3, 4, 5), (7, 33), (2, 1000), (64, 3, 3)])
 def test_per_activation_train_fp32(rng, shape):
     check_forward_train(rng, shape, "per_activation")
 
@@ -52,16 +52,16 @@ def test_puzzlelib_example():
     np.testing.assert_allclose(y[2], np.full(6, np.sqrt(1.5)), rtol=1e-5)
 
 
-def test_per_activation_batch_of_one(rng):
-    """N=1 per-activation: variance 0, the output is exactly the bias; no NaN in any statistic."""
-    x = rng.standard_normal((1, 7)).astype(np.float32)
-    scale, bias, rm, rv = params(rng, 7)
-    y, nrm, nrv, sm, si = run_forward_train(x, scale, bias, rm, rv, 1e-5, 0.3, "per_activation")
-    np.testing.assert_array_equal(y[0], bias)
-    np.testing.assert_array_equal(sm, x[0])
-    np.testing.assert_allclose(si, np.full(7, 1 / np.sqrt(1e-5)), rtol=1e-6)
-    np.testing.assert_allclose(nrv, 0.7 * rv, rtol=1e-6)  # the batch contributes var 0 (M == 1)
-    np.testing.assert_allclose(nrm, 0.7 * rm + 0.3 * x[0], rtol=1e-6)
+def test_batch_of_one_value_per_statistic(rng):
+    """M = 1 (per-activation N = 1, or spatial N * S = 1): the batch variance is undefined (cuDNN and PuzzleLib
+    refuse it); refused with a ValueError before anything runs."""
+    for shape, mode in (((1, 7), "per_activation"), ((1, 7, 1), "spatial")):
+        scale, bias, rm, rv = params(rng, 7)
+        g = [gpu(a) for a in (rng.standard_normal(shape).astype(np.float32), scale, bias, rm, rv)]
+        with pytest.raises(ValueError, match="more than one value per statistic"):
+            batchnorm.forward_train(*g, 1e-5, 0.3, mode=mode)
+        np.testing.assert_array_equal(g[3].get(), rm)
+        np.testing.assert_array_equal(g[4].get(), rv)
 
 
 def test_constant_channel_at_1e7(rng):

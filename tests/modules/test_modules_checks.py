@@ -17,8 +17,11 @@ class ForeignStrided:
 
 
 class ForeignContiguous(ForeignStrided):
-    def __init__(self, base, shape):
+    """Contiguous ones are accepted without a copy (tests/modules/test_modules_foreign.py); read-only ones are not."""
+
+    def __init__(self, base, shape, readonly=False):
         super().__init__(base, shape, None)
+        self.__cuda_array_interface__["data"] = (base.ptr, readonly)
 
 
 def bad_inputs(shape):
@@ -39,7 +42,7 @@ def bad_inputs(shape):
         ("list", lambda: [to_gpu(np.zeros(shape))], "GPUArray"),
         ("None", lambda: None, "GPUArray"),
         ("non-contiguous", lambda: ForeignStrided(base, shape, strides), "non-contiguous"),
-        ("foreign", lambda: ForeignContiguous(base, shape), "foreign device array"),
+        ("read-only foreign", lambda: ForeignContiguous(base, shape, readonly=True), "read-only"),
     ]
 
 

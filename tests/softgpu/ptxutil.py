@@ -3,6 +3,9 @@ PTX with cuModuleLoadData and launch with cuLaunchKernel / cuLaunchCooperativeKe
 engine would. Device buffers are freed by the `Device` context manager."""
 import functools
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 from cuda.bindings import driver as cu
@@ -17,6 +20,12 @@ SUCCESS = cu.CUresult.CUDA_SUCCESS
 def include_dir():
     import nvidia.cu13
     return os.path.join(list(nvidia.cu13.__path__)[0], "include")
+
+
+def cccl_include_dir():
+    """CCCL's headers (CUB, libcu++, nv/target) from the nvidia-cuda-cccl wheel, or None without it."""
+    d = os.path.join(include_dir(), "cccl")
+    return d if os.path.isdir(os.path.join(d, "cub")) else None
 
 
 def ok(result):
@@ -34,6 +43,8 @@ def compile_ptx(source, options=()):
     err, prog = nvrtc.nvrtcCreateProgram(source.encode(), b"kernel.cu", 0, [], [])
     assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS
     opts = [b"--gpu-architecture=compute_80", b"-std=c++17", ("-I" + include_dir()).encode()]
+    if cccl_include_dir():
+        opts.append(("-I" + cccl_include_dir()).encode())
     opts += [o.encode() for o in options]
     (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
     if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
@@ -147,3 +158,14 @@ def run(f, grid, block, *args, smem=0, cooperative=False):
     r = launch(f, grid, block, *args, smem=smem, cooperative=cooperative)
     assert r == SUCCESS, f"launch failed with {r!r}:\n{softgpu.last_report()}"
     ok(cu.cuCtxSynchronize())
+
+
+def run_python(script, source, **env_extra):
+    """Runs script in a fresh interpreter (the library reads its environment when it loads) with
+    SOURCE = source defined and this directory importable; returns the CompletedProcess."""
+    env = dict(os.environ, **env_extra)
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(softgpu.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([here, root, env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-c", "SOURCE = %r\n" % source + textwrap.dedent(script)], env=env,
+                          capture_output=True, text=True, timeout=120)

@@ -56,6 +56,7 @@ def test_reading_unwritten_memory_fails(kernels, bufs):
     ok(cu.cuMemcpyHtoD(x, np.ones(N // 2, np.float32), N * 2))
     assert twice(kernels, x, out, N // 2) == R.CUDA_SUCCESS
     assert twice(kernels, x, out, N // 2 + 1) == R.CUDA_ERROR_LAUNCH_FAILED
+    assert code(cu.cuCtxSynchronize()) == R.CUDA_ERROR_LAUNCH_FAILED  # else the next synchronous copy returns it
     ok(cu.cuMemsetD32(int(x) + N * 2, 0x40000000, N // 2))  # memset writes the rest (2.0f)
     assert twice(kernels, x, out) == R.CUDA_SUCCESS
     expect = np.r_[np.full(N // 2, 2.0), np.full(N // 2, 4.0)].astype(np.float32)

@@ -132,6 +132,7 @@ def test_memcheck_off_does_not_crash_on_out_of_allocation_access():
         k = du.Kernels(SOURCE)
         x = du.to_device(np.zeros(16, np.int32))
         r1 = du.launch(k.fn("past_end"), (1,), (1,), du.Params((x, np.uint64), (16, np.int32)))
+        cu.cuCtxSynchronize()  # takes r1's failure (a synchronous copy would return it)
         y = du.to_device(np.zeros(16, np.int32)); out = du.to_device(np.zeros(32, np.int32))
         du.ok(cu.cuMemFree(y))
         r2 = du.launch(k.fn("reader"), (1,), (32,), du.Params((y, np.uint64), (out, np.uint64)))

@@ -80,9 +80,11 @@ def test_refuses_when_another_libcuda_is_loaded(tmp_path):
 
 def test_checks_setters_restore():
     before = softgpu.checks()
-    assert before == {"memcheck": True, "racecheck": True, "initcheck": True}  # tests run with all checks
-    with softgpu.checks_set(memcheck=False, initcheck=False):
-        assert softgpu.checks() == {"memcheck": False, "racecheck": True, "initcheck": False}
+    # Tests run with all checks; streamcheck is on by default in async mode only.
+    on = softgpu.async_mode()
+    assert before == {"memcheck": True, "racecheck": True, "initcheck": True, "streamcheck": on}
+    with softgpu.checks_set(memcheck=False, initcheck=False, streamcheck=not on):
+        assert softgpu.checks() == {"memcheck": False, "racecheck": True, "initcheck": False, "streamcheck": not on}
     assert softgpu.checks() == before
     previous = softgpu.set_checks(racecheck=False)
     assert previous == before and not softgpu.checks()["racecheck"]

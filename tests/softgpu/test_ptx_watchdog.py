@@ -1,13 +1,8 @@
 """The watchdog: a launch that runs past CYBN_SOFTGPU_WATCHDOG thread-instructions fails with a report
 instead of hanging. In a subprocess, because the limit is read when the library loads."""
-import os
-import subprocess
-import sys
-import textwrap
-
 from cuda.bindings import driver as cu
 
-from cybn import softgpu
+from ptxutil import run_python
 
 SOURCE = r'''
 extern "C" __global__ void spin(volatile int* flag) { while (*flag == 0) { } }
@@ -16,12 +11,7 @@ extern "C" __global__ void store(int* out) { out[threadIdx.x] = 7; }
 
 
 def run(script, **env_extra):
-    env = dict(os.environ, **env_extra)
-    here = os.path.dirname(os.path.abspath(__file__))
-    root = os.path.dirname(os.path.dirname(os.path.abspath(softgpu.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([here, root, env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-c", "SOURCE = %r\n" % SOURCE + textwrap.dedent(script)], env=env,
-                          capture_output=True, text=True, timeout=120)
+    return run_python(script, SOURCE, **env_extra)
 
 
 def test_runaway_kernel_is_stopped_by_the_watchdog_and_the_library_stays_usable():

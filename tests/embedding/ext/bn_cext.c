@@ -223,7 +223,8 @@ release:
     return result;
 }
 
-/* call(op, (mode, dtype, flags, N, C, S, epsilon, factor, workspace, workspace_bytes, reserved_value),
+/* call(op, (mode, dtype, flags, N, C, S, epsilon, factor, workspace, workspace_bytes, reserved_value
+ *           [, scale_grad_alpha, scale_grad_beta, bias_grad_alpha, bias_grad_beta]),
  *      (pointers...), stream, own_context) -> (status, last_error)
  * The descriptor is written field by field (no desc_init), so tests can hand cybn impossible ones.
  * own_context: run the call with a fresh non-primary context current (one nothing was prepared for). */
@@ -241,8 +242,9 @@ static PyObject *call(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "sO!O!Kp", &op, &PyTuple_Type, &fields, &PyTuple_Type, &ptrs, &stream, &own_context))
         return NULL;
     memset(&d, 0, sizeof(d));
-    if (!PyArg_ParseTuple(fields, "iiiLLLffKKK", &d.mode, &d.dtype, &d.flags, &d.N, &d.C, &d.S, &d.epsilon,
-                          &d.factor, &d.workspace, &d.workspace_bytes, &d.reserved[3]))
+    if (!PyArg_ParseTuple(fields, "iiiLLLffKKK|ffff", &d.mode, &d.dtype, &d.flags, &d.N, &d.C, &d.S, &d.epsilon,
+                          &d.factor, &d.workspace, &d.workspace_bytes, &d.reserved[3], &d.scale_grad_alpha,
+                          &d.scale_grad_beta, &d.bias_grad_alpha, &d.bias_grad_beta))
         return NULL;
     n = (int)PyTuple_GET_SIZE(ptrs);
     if (n > 9)
@@ -306,7 +308,10 @@ static PyObject *desc_init(PyObject *self, PyObject *args)
                              memcmp(&d, &before, sizeof(d)) == 0 ? Py_True : Py_False);
     {
         int zero = d.reserved0 == 0 && d.workspace == 0 && d.workspace_bytes == 0;
-        for (int i = 0; i < 8; i++) zero = zero && d.reserved[i] == 0;
+        for (int i = 0; i < 6; i++) zero = zero && d.reserved[i] == 0;
+        /* version 2's parameter-gradient coefficients default to overwrite (alpha 1, beta 0) */
+        zero = zero && d.scale_grad_alpha == 1.0f && d.scale_grad_beta == 0.0f && d.bias_grad_alpha == 1.0f &&
+               d.bias_grad_beta == 0.0f;
         return Py_BuildValue("is(iiiLLLff)O", st, cybn_last_error(), d.mode, d.dtype, d.flags, (long long)d.N,
                              (long long)d.C, (long long)d.S, d.epsilon, d.factor, zero ? Py_True : Py_False);
     }

@@ -1,0 +1,259 @@
+"""Registers, spills and bytes in flight per thread of the BatchNorm kernels, from a CUBIN that NVRTC builds
+for a real architecture (sm_80, sm_90) with ptxas -v.
+
+Bytes in flight per thread: in each innermost loop of a kernel's SASS (nvdisasm from the nvidia-cuda-nvdisasm
+wheel), the most global-load bytes outstanding at once over two passes of the loop body in address order
+(a load is outstanding from its LDG until the first instruction that reads one of its destination
+registers), so loads the compiler hoists across the back edge count too. Branches inside the body are read
+as if every instruction ran. A kernel's figure for its 16-byte path ("vec") is the smallest over its
+loops that issue 128-bit loads, for its scalar path ("scalar") the smallest over loops that issue only
+narrower ones: the streaming passes dominate, and the slowest of them is what the model charges. Without
+nvdisasm the same count runs on the PTX (before ptxas schedules it: it can only undercount hoisting), and
+the report says which."""
+import functools
+import glob
+import os
+import re
+import subprocess
+import tempfile
+
+from cybn import batchnorm, cache
+
+KERNELS = ("bn_fwd_train", "bn_normalize", "bn_bwd", "bn_bwd_dx")
+
+
+def nvdisasm_path():
+    """The nvdisasm of the nvidia-cuda-nvdisasm wheel, or None (a system CUDA is never used)."""
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    for base in nvidia.__path__:
+        for found in sorted(glob.glob(os.path.join(base, "*", "bin", "nvdisasm"))):
+            if os.access(found, os.X_OK):
+                return found
+    return None
+
+
+def ptxas_report(log):
+    """{mangled function: {"registers", "spill_stores", "spill_loads", "smem"}} from ptxas -v output."""
+    out, current = {}, None
+    for line in log.splitlines():
+        m = re.search(r"Function properties for (\S+)", line)
+        if m:
+            current = out.setdefault(m.group(1), {"registers": 0, "spill_stores": 0, "spill_loads": 0, "smem": 0})
+            continue
+        if current is None:
+            continue
+        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            current["spill_stores"], current["spill_loads"] = int(m.group(1)), int(m.group(2))
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            current["registers"] = int(m.group(1))
+            m = re.search(r"(\d+) bytes smem", line)
+            current["smem"] = int(m.group(1)) if m else 0
+    return out
+
+
+_LOAD_BYTES = {"128": 16, "64": 8, "U16": 2, "S16": 2, "U8": 1, "S8": 1}
+
+
+def _sass_instructions(text):
+    """Per function: a list of ("label", name) and ("op", opcode, operands) in address order."""
+    funcs, cur = {}, None
+    for line in text.splitlines():
+        m = re.match(r"^\.text\.(\S+):", line)
+        if m:
+            cur = funcs.setdefault(m.group(1), [])
+            continue
+        if cur is None:
+            continue
+        m = re.match(r"^(\.L\w+):", line)
+        if m:
+            cur.append(("label", m.group(1)))
+            continue
+        m = re.match(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);", line)
+        if m:
+            cur.append(("op", m.group(1), m.group(2)))
+    return funcs
+
+
+def _regs(operand):
+    """Register numbers an operand names (R4, R4.64 -> R4 R5, [R2.64+0x4])."""
+    regs = set()
+    for r, wide in re.findall(r"\bR(\d+)(\.64)?", operand):
+        regs.add(int(r))
+        if wide:
+            regs.add(int(r) + 1)
+    return regs
+
+
+def _sass_load(opcode):
+    """Bytes an LDG loads (None: not a global load)."""
+    if not opcode.startswith("LDG"):
+        return None
+    for part in opcode.split(".")[1:]:
+        if part in _LOAD_BYTES:
+            return _LOAD_BYTES[part]
+    return 4
+
+
+def _max_outstanding(body, load_bytes, dest_and_sources):
+    """Most load bytes outstanding at once over two passes of a loop body, and whether it loads 16 bytes."""
+    pending, best, wide = {}, 0, False
+    for _ in range(2):
+        for ins in body:
+            nbytes = load_bytes(ins)
+            dests, sources = dest_and_sources(ins)
+            hit = {pending[s] for s in sources if s in pending}
+            if hit:
+                pending = {r: k for r, k in pending.items() if k not in hit}
+            if nbytes:
+                wide = wide or nbytes == 16
+                key = (object(), nbytes)
+                for r in dests:
+                    pending[r] = key
+                best = max(best, sum(b for _, b in set(pending.values())))
+    return best, wide
+
+
+def _innermost_loops(items):
+    """Bodies (lists of items) of backward branches that contain no other backward branch."""
+    where = {it[1]: i for i, it in enumerate(items) if it[0] == "label"}
+    loops = []
+    for i, it in enumerate(items):
+        if it[0] == "op" and it[1].startswith("BRA"):
+            m = re.search(r"\((\.L\w+)\)", it[2])
+            if m and m.group(1) in where and where[m.group(1)] < i:
+                loops.append((where[m.group(1)], i))
+    inner = [(a, b) for a, b in loops if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in loops)]
+    return [items[a:b + 1] for a, b in inner]
+
+
+def _sass_dest_sources(ins):
+    if ins[0] != "op":
+        return set(), set()
+    ops = [o.strip() for o in ins[2].split(",")] if ins[2].strip() else []
+    if ins[1].startswith(("ST", "RED", "BRA", "EXIT", "BAR", "CALL", "RET")) or not ops:
+        return set(), set().union(*map(_regs, ops))
+    dests, sources = _regs(ops[0]), set().union(*map(_regs, ops[1:]))
+    nbytes = _sass_load(ins[1])
+    if nbytes and dests:  # a vector load fills consecutive registers
+        dests = set(range(min(dests), min(dests) + max(1, nbytes // 4)))
+    return dests, sources
+
+
+def sass_inflight(cubin_bytes):
+    """{mangled function: {"vec": bytes or None, "scalar": bytes or None}} from nvdisasm of a CUBIN."""
+    tool = nvdisasm_path()
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin_bytes)
+        f.flush()
+        text = subprocess.run([tool, "-c", f.name], check=True, capture_output=True, text=True).stdout
+    out = {}
+    for fn, items in _sass_instructions(text).items():
+        res = {"vec": None, "scalar": None}
+        for body in _innermost_loops(items):
+            if not any(it[0] == "op" and _sass_load(it[1]) for it in body):
+                continue
+            best, wide = _max_outstanding(body, lambda ins: _sass_load(ins[1]) if ins[0] == "op" else None,
+                                          _sass_dest_sources)
+            k = "vec" if wide else "scalar"
+            res[k] = best if res[k] is None else min(res[k], best)
+        out[fn] = res
+    return out
+
+
+def ptx_inflight(ptx_text):
+    """The same count on PTX (before ptxas schedules it), for when nvdisasm is not installed."""
+    out, cur, items = {}, None, None
+    for line in ptx_text.splitlines():
+        m = re.match(r"^\s*(?:\.visible\s+|\.weak\s+)?\.entry\s+(\w+)", line)
+        if m:
+            cur, items = m.group(1), []
+            out[cur] = items
+            continue
+        if items is None:
+            continue
+        m = re.match(r"^\$(\w+):", line.strip())
+        if m:
+            items.append(("label", "." + m.group(1)))
+            continue
+        m = re.match(r"^\s*(?:@!?%p\d+\s+)?([a-z][\w.]*)\s+([^;]*);", line)
+        if m:
+            op, args = m.group(1), m.group(2).replace("$", ".")
+            if op.startswith("bra"):
+                op, args = "BRA", "(" + args.strip() + ")"
+            items.append(("op", op, args))
+
+    def load(ins):
+        if ins[0] != "op" or not ins[1].startswith("ld.global"):
+            return None
+        width = int(re.search(r"\.[bfsu](\d+)", ins[1]).group(1)) // 8 if re.search(r"\.[bfsu](\d+)", ins[1]) else 4
+        return width * (4 if ".v4" in ins[1] else 2 if ".v2" in ins[1] else 1)
+
+    def regs(operand):
+        return set(re.findall(r"%\w+", operand)) - {"%tid", "%ctaid", "%ntid", "%nctaid"}
+
+    def dest_sources(ins):
+        if ins[0] != "op":
+            return set(), set()
+        ops = [o.strip() for o in re.split(r",(?![^{]*})", ins[2])]
+        if ins[1].startswith(("st", "red", "BRA", "bar", "ret")):
+            return set(), set().union(*map(regs, ops))
+        return regs(ops[0]), set().union(*map(regs, ops[1:])) if len(ops) > 1 else set()
+
+    result = {}
+    for fn, items in out.items():
+        res = {"vec": None, "scalar": None}
+        for body in _innermost_loops(items):
+            if not any(load(it) for it in body):
+                continue
+            best, wide = _max_outstanding(body, load, dest_sources)
+            k = "vec" if wide else "scalar"
+            res[k] = best if res[k] is None else min(res[k], best)
+        result[fn] = res
+    return result
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_report(arch):
+    """{(kernel base name, ctype, mode suffix): {"registers", "spill_stores", "spill_loads", "smem",
+    "inflight": {"vec", "scalar"}}} for every BatchNorm kernel on `arch` (e.g. "sm_90"), and the method
+    used for the in-flight count ("SASS (nvdisasm)" or "PTX")."""
+    text, name, directory = cache.resolve_source("batchnorm.cu")
+    exprs = batchnorm.kernel_expressions()
+    # Through the kernel cache (its entries keep NVRTC's log, i.e. the ptxas report): compiled once per machine.
+    img = cache.compile_cached(text, name, batchnorm.compile_options() + ("--ptxas-options=-v",), exprs, "cubin",
+                               arch, source_dir=directory)
+    facts = ptxas_report(img.log)
+    if nvdisasm_path():
+        inflight, method = sass_inflight(img.image), "SASS (nvdisasm)"
+    else:
+        ptx = cache.compile_cached(text, name, batchnorm.compile_options(), exprs, "ptx",
+                                   "compute_" + arch.split("_")[1], source_dir=directory)
+        inflight, method = ptx_inflight(ptx.image.rstrip(b"\0").decode()), "PTX (nvdisasm not installed)"
+    report = {}
+    for expr in exprs:
+        m = re.match(r"(\w+?)_(spatial|pa)<(\w+)>", expr)
+        mangled = img.lowered[expr]
+        report[(m.group(1), m.group(3), m.group(2))] = dict(facts[mangled], inflight=inflight.get(mangled, {}))
+    return report, method
+
+
+def kernel_facts(arch, dtype, mode):
+    """{kernel base name: facts} for one dtype ("float32"/"float16") and mode, from kernel_report, with
+    each missing in-flight class filled by the other (a kernel without a 16-byte loop has one path)."""
+    report, _ = kernel_report(arch)
+    ctype = {"float32": "float", "float16": "__half"}[str(dtype)]
+    suffix = "spatial" if mode == "spatial" else "pa"
+    out = {}
+    for k in KERNELS:
+        f = dict(report[(k, ctype, suffix)])
+        fl = dict(f["inflight"])
+        fl["vec"] = fl.get("vec") or fl.get("scalar") or 4
+        fl["scalar"] = fl.get("scalar") or fl["vec"]
+        f["inflight"] = fl
+        out[k] = f
+    return out

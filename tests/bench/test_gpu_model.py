@@ -1,0 +1,188 @@
+"""The performance model's parts checked against what can be measured here: its bytes against the software
+GPU's exact counters, its re-derived split against the engine's own plan, its CUBIN reader against ptxas'
+report and against kernels whose loads in flight are known by construction, its occupancy and latency
+curve against hand-worked values; and bench/gpu_model.py end to end."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bn_traffic import PER_STAT_CTA, measure_call
+from cybn import batchnorm, nvrtc
+from cybn.testing import cubin_report, perfmodel
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+CASES = [
+    ((4, 8, 16, 16), "spatial", {}),                      # fused, 16-byte units, x replayed from shared memory
+    ((3, 5, 40), "spatial", {"cache": 0}),                # fused, x read twice
+    ((4, 2, 64), "spatial", {"cache": 1}),                # fused, the cache holds part of x
+    ((2, 3, 5, 7), "spatial", {}),                        # scalar units
+    ((1, 3, 37), "spatial", {}),                          # N == 1 row vectors between scalar edges
+    ((4, 3, 16, 8), "spatial", {"split": 4}),             # split: partials, last-CTA combine, second launch
+    ((4, 3, 5, 7), "spatial", {"split": 3, "group": 64}),
+    ((300, 5), "per_activation", {"split": 6}),
+    ((37, 70), "per_activation", {"cache": 0}),
+    ((40, 3, 2), "per_activation", {}),
+]
+
+
+@pytest.mark.parametrize("shape,mode,override", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("op", ["forward_train", "backward", "forward_infer"])
+def test_bytes_from_the_plan_match_the_counters(shape, mode, override, dtype, op):
+    """The model's bytes (element streams from the plan's walk + a per-statistic allowance) equal the
+    counters' within 64 B per statistic, CTA and launch, and its launch count is the engine's."""
+    with batchnorm.plan_override(**override):
+        plan = batchnorm.plan(shape, dtype, mode, op)
+        per_element, launches = measure_call(shape, dtype, mode, op)
+    model = perfmodel.launches(shape, dtype, mode, op, plan)
+    elements = int(np.prod(shape))
+    K = shape[1] if mode == "spatial" else elements // shape[0]
+    measured = per_element * elements
+    assert len(model) == launches
+    modelled = sum(ln["bytes"] for ln in model)
+    assert abs(modelled - measured) <= PER_STAT_CTA * K * plan["split"] * launches, (modelled, measured)
+
+
+def test_the_comparison_sees_a_re_read():
+    """With the replay cache off, x is read twice: the difference is far above the allowance above."""
+    shape = (3, 5, 40)
+    full = perfmodel.launches(shape, np.float32, "spatial", "forward_train", batchnorm.plan(shape))
+    with batchnorm.plan_override(cache=0):
+        none = perfmodel.launches(shape, np.float32, "spatial", "forward_train", batchnorm.plan(shape))
+    assert none[0]["bytes"] - full[0]["bytes"] == pytest.approx(np.prod(shape) * 4)
+    assert np.prod(shape) * 4 > PER_STAT_CTA * 5 * 3
+
+
+SPLIT_SHAPES = [(1, 1, 1 << 20), (2, 3, 4096), (8, 1, 64, 64), (32, 64, 28, 28), (1, 2, 9000), (4, 2, 4097),
+                (2, 64, 256), (16, 1, 1000), (131072, 3), (4096, 2), (65536, 1, 1), (300, 5)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("op", ["forward_train", "backward", "forward_infer"])
+def test_split_rule_matches_the_engine(dtype, op):
+    """perfmodel.split_for on the software GPU's SM count gives the engine's own split (so the re-derived
+    plans for 132 SMs follow the engine's heuristic; a change to it fails here)."""
+    from cybn.device import Device
+    sms = Device(0).sm_count
+    for shape in SPLIT_SHAPES:
+        mode = "spatial" if len(shape) > 2 else "per_activation"
+        p = batchnorm.plan(shape, dtype, mode, op)
+        assert perfmodel.split_for(shape, dtype, mode, p, sms) == p["split"], shape
+    p = batchnorm.plan((32, 64, 56, 56), dtype, "spatial", op)
+    assert perfmodel.plan_on((32, 64, 56, 56), dtype, "spatial", op, 132, p)["split"] >= p["split"]
+
+
+def test_occupancy_hand_worked():
+    h100 = perfmodel.DEVICES["h100"]
+    assert perfmodel.occupancy(256, 72, 1296, h100) == 3   # 72 regs: 2304/warp -> 7 warps per sub-partition
+    assert perfmodel.occupancy(256, 64, 0, h100) == 4      # 64 regs: 8 warps per sub-partition
+    assert perfmodel.occupancy(256, 32, 0, h100) == 8      # 2048 threads per SM
+    assert perfmodel.occupancy(32, 16, 0, h100) == 32      # max CTAs per SM
+    assert perfmodel.occupancy(256, 32, 48 * 1024, h100) == 4  # (48 + 1) KiB per CTA in 228 KiB
+
+
+def test_latency_curve():
+    dev = perfmodel.DEVICES["h100"]
+    peak = dev.hbm_gbs * 1e9
+    bws = [perfmodel.bandwidth(f, dev) for f in (1e3, 1e5, 1e6, 1e7, 1e9)]
+    assert all(a < b for a, b in zip(bws, bws[1:])) and bws[-1] < peak
+    assert bws[0] == pytest.approx(1e3 / (dev.latency_ns * 1e-9), rel=1e-3)  # light load: F / L0
+    need = perfmodel.needed_inflight_per_sm(dev, 0.9) * dev.sms
+    assert perfmodel.bandwidth(need, dev) == pytest.approx(0.9 * peak, rel=1e-6)
+    # waves: twice the resident slots take twice as long as one full wave
+    one = perfmodel.launch_seconds(1e8, 132 * 3, 256, 16, 3, dev)
+    assert perfmodel.launch_seconds(2e8, 2 * 132 * 3, 256, 16, 3, dev) == pytest.approx(2 * one)
+    # a half-empty device is slower than a full one for the same bytes
+    assert perfmodel.launch_seconds(1e8, 66, 256, 16, 3, dev) > perfmodel.launch_seconds(1e8, 396, 256, 16, 3, dev)
+
+
+def test_ptxas_report_parser():
+    log = """ptxas info    : Function properties for _Z1kv
+ptxas         .     0 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads
+ptxas info    : Used 72 registers, used 1 barriers, 1296 bytes smem
+"""
+    assert cubin_report.ptxas_report(log) == {"_Z1kv": {"registers": 72, "spill_stores": 8, "spill_loads": 4,
+                                                         "smem": 1296}}
+
+
+_LOADS = r"""
+extern "C" __global__ void loads(const float4* __restrict__ x, float* __restrict__ out, int n, int step) {
+    float s = 0.0f;
+#if INDEPENDENT
+    for (int i = threadIdx.x; i < n; i += step) {  // four 16-byte loads, none waiting for another
+        const float4 a = x[i], b = x[i + n], c = x[i + 2 * n], d = x[i + 3 * n];
+        s += (a.x + a.y + a.z + a.w) * (b.x + b.y + b.z + b.w) + (c.x + c.y + c.z + c.w) * (d.x + d.y + d.z + d.w);
+    }
+#else
+    for (int i = threadIdx.x, k = 0; k < n; ++k) {  // pointer chase: each load's address is the last load's value
+        const float4 a = x[i];
+        s += a.x + a.y + a.z;
+        i = __float_as_int(a.w);
+    }
+#endif
+    out[threadIdx.x] = s;
+}
+"""
+
+
+@pytest.mark.parametrize("independent,at_least,at_most", [(0, 16, 16), (1, 64, 64)])
+def test_inflight_count_on_known_loops(independent, at_least, at_most):
+    """The SASS reader (nvdisasm from the test extra nvidia-cuda-nvdisasm) counts one 16-byte load in flight
+    in a dependent loop and four in a loop of four independent loads; the PTX fallback agrees."""
+    assert cubin_report.nvdisasm_path(), "nvdisasm missing: pip install -e '.[test]' (nvidia-cuda-nvdisasm)"
+    opts = (f"-DINDEPENDENT={independent}", "--ptxas-options=-v")
+    img = nvrtc.compile(_LOADS, "loads.cu", opts, target="cubin", arch="sm_90")
+    sass = cubin_report.sass_inflight(img.image)["loads"]
+    assert at_least <= sass["vec"] <= at_most, sass
+    ptx = nvrtc.compile(_LOADS, "loads.cu", opts[:1], target="ptx", arch="compute_90")
+    assert at_least <= cubin_report.ptx_inflight(ptx.image.rstrip(b"\0").decode())["loads"]["vec"] <= at_most
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_engine_kernel_report(arch):
+    """Every BatchNorm kernel is in the report with its ptxas registers (no spills: the build check's bar)
+    and an in-flight figure for each of its paths."""
+    report, method = cubin_report.kernel_report(arch)
+    assert method.startswith("SASS")
+    assert len(report) == len(batchnorm.kernel_expressions())
+    for key, facts in report.items():
+        assert 0 < facts["registers"] <= 255 and facts["spill_stores"] == facts["spill_loads"] == 0, key
+        assert facts["inflight"]["scalar"] >= 2, key
+        if key[2] == "spatial":
+            assert facts["inflight"]["vec"] >= 16, key
+
+
+def test_gpu_model_script_runs_and_labels_its_figures():
+    env = dict(os.environ, CYBN_DEVICE="softgpu")
+    out = subprocess.run([sys.executable, os.path.join(REPO, "bench", "gpu_model.py"), "--shape", "8,16,7,7",
+                          "--shape", "64,12:per_activation"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("MODEL, not a measurement")
+    header = next(i for i, line in enumerate(lines) if line.strip().startswith("shape"))
+    assert "MODEL us" in lines[header] and "MODEL xlim" in lines[header]
+    rows = lines[header + 1:header + 1 + 2 * 2 * 3]
+    assert len(rows) == 12 and all("float" in r for r in rows)
+    assert all(line.startswith("MODEL:") for line in lines[header + 13:header + 18])
+    assert "channels_last (all shapes): not supported by the engine yet" in lines
+
+
+def test_ptx_fallback_when_nvdisasm_is_missing(monkeypatch):
+    """Without nvdisasm the report counts on the PTX and says so: the same registers, never more in flight
+    than the scheduled SASS (ptxas only hoists loads), and the same one load in the forward kernels."""
+    sass, _ = cubin_report.kernel_report("sm_90")
+    monkeypatch.setattr(cubin_report, "nvdisasm_path", lambda: None)
+    report, method = cubin_report.kernel_report.__wrapped__("sm_90")
+    assert method.startswith("PTX")
+    assert report.keys() == sass.keys()
+    for key, facts in report.items():
+        assert facts["registers"] == sass[key]["registers"]
+        for path in ("vec", "scalar"):
+            if sass[key]["inflight"][path] is not None:
+                assert 0 < facts["inflight"][path] <= sass[key]["inflight"][path], key
+        if key[0] in ("bn_fwd_train", "bn_normalize"):
+            assert facts["inflight"] == sass[key]["inflight"], key
