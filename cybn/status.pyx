@@ -33,7 +33,8 @@ def make_error(int code, str call):
 _REPORTED = {cydriver.CUDA_ERROR_INVALID_IMAGE, cydriver.CUDA_ERROR_INVALID_PTX, cydriver.CUDA_ERROR_NO_BINARY_FOR_GPU,
              cydriver.CUDA_ERROR_ILLEGAL_ADDRESS, cydriver.CUDA_ERROR_LAUNCH_FAILED,
              cydriver.CUDA_ERROR_ILLEGAL_INSTRUCTION, cydriver.CUDA_ERROR_MISALIGNED_ADDRESS,
-             cydriver.CUDA_ERROR_LAUNCH_TIMEOUT, cydriver.CUDA_ERROR_NOT_SUPPORTED}
+             cydriver.CUDA_ERROR_LAUNCH_TIMEOUT, cydriver.CUDA_ERROR_NOT_SUPPORTED,
+             cydriver.CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, cydriver.CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE}
 
 
 def _softgpu_report(int code, str call=""):

@@ -77,7 +77,7 @@ void record_launch(const KernelInfo& info, const LaunchConfig& cfg, const Launch
     Counters& c = counters();
     KernelCounters one = counts;
     one.launches = 1;
-    one.registers = info.num_regs;
+    one.registers = int(kernel_registers(info));  // as ptxas allocates (CU_FUNC_ATTRIBUTE_NUM_REGS)
     one.static_smem = info.static_smem;
     one.dynamic_smem = cfg.dynamic_smem;
     add(c.total, one);

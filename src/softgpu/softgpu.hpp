@@ -58,7 +58,7 @@ struct KernelCounters {
     uint64_t global_store_bytes = 0;
     uint64_t atomics = 0;
     uint64_t shared_bytes = 0;
-    int registers = 0;          // registers the PTX declares (sum over .reg declarations, 32-bit units)
+    int registers = 0;          // per thread, as ptxas allocates them (CU_FUNC_ATTRIBUTE_NUM_REGS)
     uint32_t static_smem = 0;   // bytes
     uint32_t dynamic_smem = 0;  // bytes, of the last launch
 };

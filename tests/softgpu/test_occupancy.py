@@ -174,6 +174,9 @@ def test_launch_out_of_resources_when_registers_do_not_fit(fn):
         before = softgpu.counters()["total"]
         assert launch(fn, 1, 800, buf=buf) == R.CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES
         assert "registers" in softgpu.last_report()
+        from cybn.status import make_error  # what cybn raises for it carries the reason
+        err = make_error(int(R.CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES), "cuLaunchKernel")
+        assert "800 threads of 80 registers each" in str(err) and "at most 768 threads" in err.detail
         assert softgpu.counters()["total"] == before  # nothing ran
         ok(cu.cuCtxSynchronize())
     finally:
@@ -262,3 +265,16 @@ def test_a100_cooperative_grid_of_a_kernel_with_many_virtual_registers():
     assert per_sm == blocks_by_hand(regs, 64) and int(nb) == per_sm * 108
     assert ok_sums == "True"
     assert int(too_large) == int(R.CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE)
+
+
+def test_available_dynamic_shared_memory(fn):
+    softgpu.set_function_registers(fn, 32)
+    # 4 blocks per SM: 167936 // 4 = 41984 (328 * 128), less the 1 KiB reserve: 40960; and indeed
+    # (40960 + 1024) * 4 = 167936 fits. The 48 KiB default attribute does not cap it.
+    assert ok(cu.cuOccupancyAvailableDynamicSMemPerBlock(fn, 4, 256)) == 40960
+    assert ok(cu.cuOccupancyMaxActiveBlocksPerMultiprocessor(fn, 256, 40960)) == 4
+    assert ok(cu.cuOccupancyMaxActiveBlocksPerMultiprocessor(fn, 256, 40960 + 128)) == 3
+    # 2 blocks: 83968 - 1024 = 82944, capped by the kernel's 48 KiB dynamic limit until it opts in.
+    assert ok(cu.cuOccupancyAvailableDynamicSMemPerBlock(fn, 2, 256)) == 48 * 1024
+    # 32 registers and 256 threads: 8 blocks per SM at most, so 9 cannot be had with any shared memory.
+    assert ok(cu.cuOccupancyAvailableDynamicSMemPerBlock(fn, 9, 256)) == 0

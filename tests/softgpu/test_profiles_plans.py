@@ -1,11 +1,9 @@
-"""The engine's launch-plan tests under the a100 (108 SMs) and h100 (132 SMs) profiles, so the grids
-the heuristic sizes from the SM count for those GPUs are the grids CI runs (the profile is fixed per
-process: one pytest subprocess per profile). Two heavy cases whose plans do not depend on the SM
-count (a forced 65535-CTA split; one huge channel, whose split is capped at 1024 either way) run
-only under the default profile. tests/batchnorm/test_bn_traffic.py also passes under both profiles
-(run it with CYBN_SOFTGPU_PROFILE set); it is not repeated here to keep CI short."""
+"""The engine's launch-plan and traffic-bar tests under the a100 (108 SMs) and h100 (132 SMs)
+profiles, so the grids the heuristic sizes from the SM count for those GPUs are the grids CI runs
+(the profile is fixed per process: one pytest subprocess per profile). Two heavy plan cases whose
+plans do not depend on the SM count (a forced 65535-CTA split; one huge channel, whose split is
+capped at 1024 either way) run only under the default profile."""
 import os
-import sys
 
 import pytest
 
@@ -16,9 +14,9 @@ HEAVY = ["test_grid_y_limit", "test_honest_large_channel"]
 
 
 @pytest.mark.parametrize("profile", ["a100", "h100"])
-def test_plan_tests_under_profile(profile):
-    plans = os.path.join(ROOT, "tests", "batchnorm", "test_bn_plans.py")
-    args = [plans, "-q", "-p", "no:cacheprovider", "-k", " and ".join("not " + t for t in HEAVY)]
+def test_plan_and_traffic_tests_under_profile(profile):
+    files = [os.path.join(ROOT, "tests", "batchnorm", f) for f in ("test_bn_plans.py", "test_bn_traffic.py")]
+    args = files + ["-q", "-p", "no:cacheprovider", "-k", " and ".join("not " + t for t in HEAVY)]
     proc = run_fresh("import sys, pytest; sys.exit(pytest.main(%r))" % args, CYBN_SOFTGPU_PROFILE=profile)
     tail = (proc.stdout + proc.stderr)[-3000:]
     assert proc.returncode == 0, tail

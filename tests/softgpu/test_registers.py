@@ -149,3 +149,24 @@ def test_without_nvjitlink_the_estimate_is_used(value, warns):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["estimate", "None", "True", "True"]
     assert ("CYBN_SOFTGPU_NVJITLINK: cannot load /nonexistent" in proc.stderr) == warns
+
+
+def test_counters_report_allocated_registers(ctx):
+    text = compile_ptx(kernel_source("basic.cu"), ())
+    mod = ok(cu.cuModuleLoadData(text))
+    bufs = [ok(cu.cuMemAlloc(64 * 4)) for _ in range(2)]
+    try:
+        f = ok(cu.cuModuleGetFunction(mod, b"dyn_reverse"))
+        ok(cu.cuMemsetD32(bufs[0], 0, 64))
+        args = [ctypes.c_uint64(int(b)) for b in bufs]
+        params = (ctypes.c_void_p * 2)(*[ctypes.addressof(a) for a in args])
+        with softgpu.measure() as m:
+            ok(cu.cuLaunchKernel(f, 1, 1, 1, 64, 1, 1, 64 * 4, 0, ctypes.addressof(params), 0))
+            ok(cu.cuCtxSynchronize())
+        regs = ok(cu.cuFuncGetAttribute(FA.CU_FUNC_ATTRIBUTE_NUM_REGS, f))
+        assert m.per_kernel["dyn_reverse"]["registers"] == regs
+        assert regs == (softgpu.function_registers(f)["estimate"] if ESTIMATING else ptxas_registers(text)["dyn_reverse"])
+    finally:
+        for b in bufs:
+            ok(cu.cuMemFree(b))
+        ok(cu.cuModuleUnload(mod))
