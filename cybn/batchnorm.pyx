@@ -303,6 +303,16 @@ cdef inline unsigned long long _stat_bytes(const bn_desc* d) noexcept nogil:
     return <unsigned long long>(d.C if d.mode == BN_SPATIAL else d.C * d.S) * 4
 
 
+cdef int _check_limits(const bn_plan* p) noexcept nogil:
+    """Launch limits every GPU has, checked for every launch of a call before the first one is enqueued."""
+    if (p.grid[0] < 1 or p.grid[0] > <unsigned int>2147483647 or p.grid[1] < 1 or p.grid[1] > 65535 or p.grid[2] < 1
+            or p.grid[2] > 65535 or p.block[0] * p.block[1] * p.block[2] > 1024 or p.block[2] > 64):
+        snprintf(cybn_bn_error, sizeof(cybn_bn_error), "launch plan grid (%u, %u, %u) block (%u, %u, %u) exceeds "
+                 "the device's launch limits", p.grid[0], p.grid[1], p.grid[2], p.block[0], p.block[1], p.block[2])
+        return BN_EINVAL
+    return BN_OK
+
+
 cdef int _launch(const bn_desc* d, int kernel, const bn_plan* p, cydriver.CUstream stream, void** args) noexcept nogil:
     cdef cydriver.CUresult r = cydriver.cuLaunchKernel(
         d.kernels[kernel], p.grid[0], p.grid[1], p.grid[2], p.block[0], p.block[1], p.block[2],
@@ -369,9 +379,14 @@ cdef int bn_forward_train_core(const bn_desc* d, cydriver.CUdeviceptr x, cydrive
     st = _no_overlap(outs, 5, ins, 3, d, 1)
     if st != BN_OK:
         return st
-    cdef bn_plan p
+    cdef bn_plan p, q
     bn_make_plan(d, BN_K_FWD_TRAIN, _vec_ok(d, x, y, x), &p)
     st = _check_workspace(d, &p, BN_K_FWD_TRAIN)
+    if st == BN_OK:
+        st = _check_limits(&p)
+    if st == BN_OK and p.split > 1:  # the second launch too, before the first updates the statistics
+        bn_make_plan(d, BN_K_NORMALIZE, p.vec, &q)
+        st = _check_limits(&q)
     if st != BN_OK:
         return st
     cdef cydriver.CUdeviceptr counters = d.workspace
@@ -396,9 +411,7 @@ cdef int bn_forward_train_core(const bn_desc* d, cydriver.CUdeviceptr x, cydrive
     st = _launch(d, BN_K_FWD_TRAIN, &p, stream, args)
     if st != BN_OK or p.split == 1:
         return st
-    # Second launch of the split plan: normalise with the combined statistics.
-    cdef bn_plan q
-    bn_make_plan(d, BN_K_NORMALIZE, p.vec, &q)
+    # Second launch of the split plan (q, planned above): normalise with the combined statistics.
     flags = flags | K_SHIFTED
     cdef void* nargs[12]
     nargs[0] = &x; nargs[1] = &y; nargs[2] = &save_mean; nargs[3] = &save_invstd; nargs[4] = &scale
@@ -429,6 +442,9 @@ cdef int bn_forward_infer_core(const bn_desc* d, cydriver.CUdeviceptr x, cydrive
         return st
     cdef bn_plan p
     bn_make_plan(d, BN_K_NORMALIZE, _vec_ok(d, x, y, x), &p)
+    st = _check_limits(&p)
+    if st != BN_OK:
+        return st
     cdef long long N = d.N, C = d.C, S = d.S
     cdef float eps = d.epsilon
     cdef int flags = (K_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec) | K_STAT_IS_VAR
@@ -472,9 +488,14 @@ cdef int bn_backward_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUd
         ab[0] = d.scale_grad_alpha; ab[1] = d.scale_grad_beta; ab[2] = d.bias_grad_alpha; ab[3] = d.bias_grad_beta
     else:
         ab[0] = 1; ab[1] = 0; ab[2] = 1; ab[3] = 0
-    cdef bn_plan p
+    cdef bn_plan p, q
     bn_make_plan(d, BN_K_BWD, _vec_ok(d, x, dy, dx), &p)
     st = _check_workspace(d, &p, BN_K_BWD)
+    if st == BN_OK:
+        st = _check_limits(&p)
+    if st == BN_OK and p.split > 1 and not frozen:  # the dx launch too, before the first writes the gradients
+        bn_make_plan(d, BN_K_BWD_DX, p.vec, &q)
+        st = _check_limits(&q)
     if st != BN_OK:
         return st
     cdef cydriver.CUdeviceptr counters = d.workspace if p.split > 1 else 0
@@ -498,9 +519,7 @@ cdef int bn_backward_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUd
     st = _launch(d, BN_K_BWD, &p, stream, args)
     if st != BN_OK or p.split == 1 or frozen:
         return st
-    # Second launch of the split plan: dx from the constants the first launch's last CTAs wrote.
-    cdef bn_plan q
-    bn_make_plan(d, BN_K_BWD_DX, p.vec, &q)
+    # Second launch of the split plan (q, planned above): dx from the constants the first launch's last CTAs wrote.
     cdef void* dargs[9]
     dargs[0] = &x; dargs[1] = &dy; dargs[2] = &dx; dargs[3] = &mean; dargs[4] = &tail; dargs[5] = &N
     dargs[6] = &C; dargs[7] = &S; dargs[8] = &flags
