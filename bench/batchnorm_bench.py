@@ -1,5 +1,8 @@
 """BatchNorm traffic figures on the software GPU: global-memory bytes per element and launches per call,
 from the exact counters (cybn.softgpu.measure), beside the ideal. These are not timings.
+backward_acc: the backward accumulating its parameter gradients (grad = 0.5 * batch + 0.9 * grad) in its
+own launches; then the launches of a PuzzleLib module backward(grad, scale, momentum), which used to add
+two axpby launches for the accumulation.
 
     python bench/batchnorm_bench.py            # the issue's shapes (a minute or two on the interpreter)
     python bench/batchnorm_bench.py --quick    # smaller shapes
@@ -30,13 +33,33 @@ def main():
     for shape, mode in shapes:
         for dtype in (np.float32, np.float16):
             size = np.dtype(dtype).itemsize
-            for op in ("forward_train", "backward", "forward_infer"):
+            for op in ("forward_train", "backward", "backward_acc", "forward_infer"):
                 per_element, launches = measure_call(shape, dtype, mode, op)
-                p = batchnorm.plan(shape, dtype, mode, op)
+                p = batchnorm.plan(shape, dtype, mode, op.replace("_acc", ""))
                 ok = per_element <= allowance(shape, mode, dtype, op, launches) and launches <= MAX_LAUNCHES[op]
                 print(f"{str(shape):>20} {mode:>15} {np.dtype(dtype).name:>8} {op:>14} {per_element:8.3f} "
                       f"{IDEAL[op] * size:6d} {BAR[op] * size:6d} {launches:8d} "
                       f"{str((p['grid'][:2], p['block'][:2], p['split'])):>30}{'' if ok else '  OVER BAR'}")
+    print()
+    print(f"{'PuzzleLib module':>20} {'shape':>20} {'backward(grad, scale=0.5, momentum=0.9) launches':>50}")
+    for shape, mode in shapes:
+        print(f"{module_name(shape, mode):>20} {str(shape):>20} {module_backward_launches(shape, mode):>50d}")
+
+
+def module_name(shape, mode):
+    return "BatchNorm" if mode == "per_activation" else "BatchNorm%dD" % (len(shape) - 2)
+
+
+def module_backward_launches(shape, mode):
+    """Launches of one accumulating PuzzleLib backward (forward outside the measurement)."""
+    from cybn import gpuarray, modules, softgpu
+    module = getattr(modules, module_name(shape, mode))(shape[1])
+    rng = np.random.default_rng(0)
+    module(gpuarray.to_gpu(rng.standard_normal(shape).astype(np.float32)))
+    grad = gpuarray.to_gpu(rng.standard_normal(shape).astype(np.float32))
+    with softgpu.measure() as m:
+        module.backward(grad, scale=0.5, momentum=0.9)
+    return m.launches_count
 
 
 if __name__ == "__main__":

@@ -175,8 +175,8 @@ cdef inline size_t _round256(size_t n) noexcept nogil:
 
 
 cdef enum:
-    FWD_PART = 3    # floats per (statistic, CTA) partial: Welford n, mean, variance
-    FWD_TAIL = 2    # floats per statistic for the second launch: the mean's (hi, lo)
+    FWD_PART = 5    # floats per (statistic, CTA) partial: Welford n, mean, variance, compensated sum (2)
+    FWD_TAIL = 4    # floats per statistic for the second launch: the mean (hi, lo), scale * invstd, pad
     BWD_PART = 6    # the backward's compensated sums (dy, dy * (x - hi), x - hi), 2 floats each
     BWD_TAIL = 4    # dx constants (a, dbias / M, k, lo) for the second launch
 

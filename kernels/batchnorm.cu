@@ -17,8 +17,8 @@
 // (deterministic); the element-wise second half is then a second launch.
 // All offsets are 64-bit; loops are grid-stride so any size fits the grid limits.
 //
-// Numerics. The batch mean is carried as an unevaluated float pair hi + lo (TwoSum of the shift and
-// the shifted Welford mean; save_mean holds hi) and every kernel forms x - mean as (x - hi) - lo: exact
+// Numerics. The batch mean is carried as an unevaluated float pair hi + lo (from the statistics'
+// float-float sum of x - shift, welford.cuh; save_mean holds hi) and every kernel forms x - mean as (x - hi) - lo: exact
 // (Sterbenz) for x near the mean, one rounding relative to the result elsewhere, so outputs near the
 // bias keep their own precision at any offset. The backward does not need the forward's lo: its
 // reduction also sums x - hi (compensated) and recovers lo = mean(x - hi) exactly enough, so
@@ -94,11 +94,16 @@ __device__ __forceinline__ CSum shfl_down(CSum v, int o) {
 __device__ __forceinline__ BwdSums shfl_down(BwdSums v, int o) {
     return BwdSums{shfl_down(v.dy, o), shfl_down(v.dyx, o), shfl_down(v.x, o)};
 }
+// x - hi == d + e exactly (TwoSum): both sums see the exact difference (e matters where x is far from
+// hi, e.g. data centred near 0).
 __device__ __forceinline__ void bwd_push(BwdSums& s, float vx, float vd, float hi) {
-    const float d = __fsub_rn(vx, hi);
+    float e;
+    const float d = two_sum(vx, -hi, e);
     csum_add(s.dy, vd);
     csum_add_product(s.dyx, vd, d);
+    s.dyx.c = fmaf(vd, e, s.dyx.c);
     csum_add(s.x, d);
+    s.x.c = __fadd_rn(s.x.c, e);
 }
 enum : int { BWD_PART = 6 };  // floats of one BwdSums partial in the workspace
 __device__ __forceinline__ void store_bwd(float* p, BwdSums t) {
@@ -108,40 +113,47 @@ __device__ __forceinline__ BwdSums load_bwd(const float* p) {
     return BwdSums{CSum{__ldcg(p), __ldcg(p + 1)}, CSum{__ldcg(p + 2), __ldcg(p + 3)}, CSum{__ldcg(p + 4), __ldcg(p + 5)}};
 }
 
+// Shared scratch is kept small because the replay cache gets what is left of 48 KiB (and the software
+// GPU counts a module's static shared memory for each of its kernels).
+
 // Total of v over the G threads (whole warps) of each threadIdx.y group, returned to all of them.
 // Every thread of the CTA must call it. Fixed combination order: deterministic.
 template <typename R>
 __device__ R group_reduce(R v) {
     __shared__ R warp_part[32];
-    __shared__ R group_total[32];
     const int G = blockDim.x;
     const int tid = threadIdx.y * G + threadIdx.x;
     for (int o = 16; o > 0; o >>= 1) v = merge(v, shfl_down(v, o));
     if ((tid & 31) == 0) warp_part[tid >> 5] = v;
     __syncthreads();
-    if (threadIdx.x == 0) {
-        const int w0 = threadIdx.y * (G >> 5);
+    const int w0 = threadIdx.y * (G >> 5);
+    if (threadIdx.x == 0) {  // the group's leader folds its warps into its first slot
         R t = warp_part[w0];
         for (int w = 1; w < (G >> 5); ++w) t = merge(t, warp_part[w0 + w]);
-        group_total[threadIdx.y] = t;
+        warp_part[w0] = t;
     }
     __syncthreads();
-    return group_total[threadIdx.y];
+    const R t = warp_part[w0];
+    __syncthreads();  // warp_part is reused by the next call
+    return t;
 }
 
 // Total of v over the R = blockDim.y row lanes of each threadIdx.x column (per-activation kernels),
-// returned to all of them. Every thread must call it. Tree in a fixed order: deterministic.
+// returned to all of them. Every thread must call it. Tree in a fixed order (lane y merges lane y + s):
+// deterministic. The upper half of the active lanes hands its values over, so 128 slots suffice.
 template <typename R>
 __device__ R column_reduce(R v) {
-    __shared__ R part[256];  // per-activation CTAs have at most 256 threads
-    const int bx = blockDim.x, i = threadIdx.y * bx + threadIdx.x;
-    part[i] = v;
-    __syncthreads();
+    __shared__ R part[128];  // per-activation CTAs have at most 256 threads
+    const int bx = blockDim.x, y = threadIdx.y;
     for (int s = blockDim.y >> 1; s > 0; s >>= 1) {
-        if (threadIdx.y < s) part[i] = merge(part[i], part[i + s * bx]);
+        if (y >= s && y < 2 * s) part[(y - s) * bx + threadIdx.x] = v;
+        __syncthreads();
+        if (y < s) v = merge(v, part[y * bx + threadIdx.x]);
         __syncthreads();
     }
-    R t = part[threadIdx.x];
+    if (y == 0) part[threadIdx.x] = v;
+    __syncthreads();
+    const R t = part[threadIdx.x];
     __syncthreads();  // part is reused by the next call
     return t;
 }
@@ -161,16 +173,12 @@ __device__ __forceinline__ bool last_cta_of_column(unsigned* counters) {
     return last;
 }
 
+enum : int { FWD_PART = 5 };  // floats of one Welford partial in the workspace
 __device__ __forceinline__ Welford load_welford(const float* p) {
-    return Welford{__ldcg(p), __ldcg(p + 1), __ldcg(p + 2)};
+    return Welford{__ldcg(p), __ldcg(p + 1), __ldcg(p + 2), CSum{__ldcg(p + 3), __ldcg(p + 4)}};
 }
-__device__ __forceinline__ void store_welford(float* p, Welford w) { p[0] = w.n; p[1] = w.mean; p[2] = w.var; }
-
-// The batch mean shift + shifted mean as hi + lo, exactly (TwoSum); hi is the float32 mean.
-__device__ __forceinline__ float2 mean_hi_lo(float shift, float shifted_mean) {
-    float lo;
-    const float hi = two_sum(shift, shifted_mean, lo);
-    return make_float2(hi, lo);
+__device__ __forceinline__ void store_welford(float* p, Welford w) {
+    p[0] = w.n; p[1] = w.mean; p[2] = w.var; p[3] = w.sum.s; p[4] = w.sum.c;
 }
 
 // y = ((x - hi) - lo) * a + b: x - mean in two exact-or-once-rounded steps.
@@ -178,24 +186,29 @@ __device__ __forceinline__ float normalize1(float v, float hi, float lo, float a
     return fmaf(__fsub_rn(__fsub_rn(v, hi), lo), a, b);
 }
 
+// 1 / sqrt(var + eps) in double, once per statistic, so invstd and scale * invstd each round once.
+// A variance beyond FLT_MAX is inf: invstd 0, y = bias (honest, never NaN).
+__device__ __forceinline__ double inv_std(double var, float eps) { return 1.0 / sqrt(var + (double)eps); }
+
+// The split forward's per-statistic tail for its second launch: (hi, lo, scale * invstd, 0).
+enum : int { FWD_TAIL = 4 };
+
 // Batch mean/invstd from the combined statistics; saved statistics and running-average update.
-// M == 1: the unbiased variance is undefined; the biased one (0) is used, never NaN or inf. A variance
-// beyond FLT_MAX is inf: invstd 0, y = bias (honest, never NaN).
+// M == 1: the unbiased variance is undefined; the biased one (0) is used, never NaN or inf.
 __device__ __forceinline__ void finish_statistics(long long c, Welford t, float shift, long long M, float eps, float factor,
-                                                  float* running_mean, float* running_var, float* save_mean,
-                                                  float* save_invstd, float* mean_shift) {
-    const float Mf = (float)M;
-    const float2 m = mean_hi_lo(shift, t.mean);
-    const float var = t.var;
+                                                  float sc, float* running_mean, float* running_var,
+                                                  float* save_mean, float* save_invstd, float* tail) {
+    const float ws = welford_scale(shift);
+    const float2 m = welford_mean_hi_lo(t, shift, ws, M);
+    const double var = welford_variance(t, ws);
+    const double is = inv_std(var, eps);
     save_mean[c] = m.x;
-    save_invstd[c] = 1.0f / sqrtf(var + eps);
-    const float unbiased = M > 1 ? var * (Mf / (Mf - 1.0f)) : var;
+    save_invstd[c] = (float)is;
+    const float unbiased = (float)(M > 1 ? var * ((double)M / (double)(M - 1)) : var);
     running_mean[c] = (1.0f - factor) * running_mean[c] + factor * m.x;
     running_var[c] = (1.0f - factor) * running_var[c] + factor * unbiased;
-    if (mean_shift) {  // (hi, lo) for the second launch: it must not re-read x, which y may be
-        mean_shift[2 * c] = m.x;
-        mean_shift[2 * c + 1] = m.y;
-    }
+    if (tail)  // for the second launch: it must not re-read x, which y may be
+        *reinterpret_cast<float4*>(tail + c * FWD_TAIL) = make_float4(m.x, m.y, (float)(sc * is), 0.0f);
 }
 
 // The parameter gradients of one statistic: cuDNN's grad = alpha * this + beta * grad (beta == 0 does
@@ -302,15 +315,18 @@ __device__ __forceinline__ float4 share(float4 v) {
 }
 
 // The normalisation's per-statistic constants (a, b, hi, lo): y = ((x - hi) - lo) * a + b. SHIFTED: the
-// training mean's (hi, lo) from the workspace; else the given (running) mean, lo = 0.
+// training statistics from the workspace tail (finish_statistics); else the given (running) mean, lo = 0.
 __device__ __forceinline__ float4 normalize_constants(long long i, const float* mean, const float* stat,
                                                       const float* scale, const float* bias,
-                                                      const float* mean_shift, float eps, int flags) {
-    const float st = stat[i];
-    const float invstd = (flags & BN_STAT_IS_VAR) ? 1.0f / sqrtf(st + eps) : st;
+                                                      const float* tail, float eps, int flags) {
     const bool affine = flags & BN_AFFINE;
-    const float a = (affine ? scale[i] : 1.0f) * invstd, b = affine ? bias[i] : 0.0f;
-    if (flags & BN_SHIFTED) return make_float4(a, b, mean_shift[2 * i], mean_shift[2 * i + 1]);
+    const float sc = affine ? scale[i] : 1.0f, b = affine ? bias[i] : 0.0f;
+    if (flags & BN_SHIFTED) {
+        const float4 t = *reinterpret_cast<const float4*>(tail + i * FWD_TAIL);
+        return make_float4(t.z, b, t.x, t.y);
+    }
+    const float st = stat[i];
+    const float a = (flags & BN_STAT_IS_VAR) ? (float)(sc * inv_std(st, eps)) : sc * st;
     return make_float4(a, b, mean[i], 0.0f);
 }
 
@@ -327,7 +343,7 @@ __device__ __forceinline__ void store_dx_constants(float* tail, long long i, flo
 template <typename T>
 __global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const float* bias, float* running_mean,
                                      float* running_var, float* save_mean, float* save_invstd, float* partials,
-                                     unsigned* counters, float* mean_shift, long long N, long long C, long long S,
+                                     unsigned* counters, float* stat_tail, long long N, long long C, long long S,
                                      float eps, float factor, int flags, int cache_units) {
     extern __shared__ uint4 cache[];
     constexpr int V = io<T>::vec;
@@ -347,7 +363,8 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const
     float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (ok && leader<true>()) p = make_float4(io<T>::load(x + c * S), affine ? scale[c] : 1.0f, affine ? bias[c] : 0.0f, 0.0f);
     p = share<true>(p);
-    const float shift = p.x;  // one sample of the channel: Welford runs on x - shift
+    const float shift = p.x;  // one sample of the channel: Welford runs on (x - shift) * ws
+    const float ws = welford_scale(shift);
     Welford w = welford_empty();
     if (vec) {
         walk_channel(cv.cw, cv.Cw, cv.su, u0, u1, [&](int k, long long off) {
@@ -356,39 +373,39 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const
             float v[V];
             io<T>::unpack(u, v);
 #pragma unroll
-            for (int i = 0; i < V; ++i) welford_push(w, v[i] - shift);
+            for (int i = 0; i < V; ++i) welford_push(w, v[i], shift, ws);
         });
-        walk_edges(cv, c, S, ok, [&](long long e) { welford_push(w, io<T>::load(x + e) - shift); });
+        walk_edges(cv, c, S, ok, [&](long long e) { welford_push(w, io<T>::load(x + e), shift, ws); });
     } else {
         walk_channel(c, C, cv.su, u0, u1, [&](int k, long long off) {
             const float v = io<T>::load(x + off);
             if (k < cache_units) cachef[k * nthreads + tid] = v;
-            welford_push(w, v - shift);
+            welford_push(w, v, shift, ws);
         });
     }
     Welford t = group_reduce(w);
     const long long M = N * S;
 
     if (gridDim.y > 1) {
-        if (ok && threadIdx.x == 0) store_welford(partials + ((long long)c * gridDim.y + blockIdx.y) * 3, t);
+        if (ok && threadIdx.x == 0) store_welford(partials + ((long long)c * gridDim.y + blockIdx.y) * FWD_PART, t);
         if (!last_cta_of_column(counters)) return;
         Welford m = welford_empty();
         if (ok)
             for (int q = threadIdx.x; q < gridDim.y; q += blockDim.x)
-                m = welford_merge(m, load_welford(partials + ((long long)c * gridDim.y + q) * 3));
+                m = welford_merge(m, load_welford(partials + ((long long)c * gridDim.y + q) * FWD_PART));
         t = group_reduce(m);
         if (ok && threadIdx.x == 0)
-            finish_statistics(c, t, shift, M, eps, factor, running_mean, running_var, save_mean, save_invstd,
-                              mean_shift);
+            finish_statistics(c, t, shift, M, eps, factor, p.y, running_mean, running_var, save_mean, save_invstd,
+                              stat_tail);
         return;  // the normalisation is the second launch (bn_normalize_spatial)
     }
 
     if (ok && threadIdx.x == 0)
-        finish_statistics(c, t, shift, M, eps, factor, running_mean, running_var, save_mean, save_invstd, nullptr);
+        finish_statistics(c, t, shift, M, eps, factor, p.y, running_mean, running_var, save_mean, save_invstd,
+                          nullptr);
     // ((x - hi) - lo): exact near the mean at any offset, and exactly 0 for a constant channel.
-    const float invstd = 1.0f / sqrtf(t.var + eps);
-    const float a = p.y * invstd, b = p.z;
-    const float2 m = mean_hi_lo(shift, t.mean);
+    const float a = (float)(p.y * inv_std(welford_variance(t, ws), eps)), b = p.z;
+    const float2 m = welford_mean_hi_lo(t, shift, ws, M);
     if (vec) {
         walk_channel(cv.cw, cv.Cw, cv.su, u0, u1, [&](int k, long long off) {
             const uint4 u = k < cache_units ? cache[k * nthreads + tid] : xu[off];
@@ -413,7 +430,7 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const
 // workspace's float pair, as the fused path does. y may be x (in place: each thread reads a unit, then writes it).
 template <typename T>
 __global__ void bn_normalize_spatial(const T* x, T* y, const float* mean, const float* stat, const float* scale,
-                                     const float* bias, const float* mean_shift, long long N, long long C, long long S,
+                                     const float* bias, const float* stat_tail, long long N, long long C, long long S,
                                      float eps, int flags) {
     constexpr int V = io<T>::vec;
     const bool vec = flags & BN_VEC;
@@ -426,7 +443,7 @@ __global__ void bn_normalize_spatial(const T* x, T* y, const float* mean, const 
     split_range(N * cv.su, u0, u1);
     if (!ok) u1 = u0;
     float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (ok && leader<true>()) p = normalize_constants(c, mean, stat, scale, bias, mean_shift, eps, flags);
+    if (ok && leader<true>()) p = normalize_constants(c, mean, stat, scale, bias, stat_tail, eps, flags);
     p = share<true>(p);
     const float a = p.x, b = p.y, hi = p.z, lo = p.w;
     if (vec) {
@@ -476,8 +493,9 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const float* scal
 
     float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (ok && leader<true>()) {
-        const float st = stat[c], is = frozen ? 1.0f / sqrtf(st + eps) : st;
-        p = make_float4(is, mean[c], (affine ? scale[c] : 1.0f) * is, 0.0f);
+        const float st = stat[c], sc = affine ? scale[c] : 1.0f;
+        const double isd = frozen ? inv_std(st, eps) : (double)st;
+        p = make_float4((float)isd, mean[c], (float)(sc * isd), 0.0f);
     }
     p = share<true>(p);
     const float invstd = p.x, hi = p.y, a = p.z;
@@ -622,7 +640,7 @@ __device__ __forceinline__ void walk_feature(long long f, long long F_, long lon
 template <typename T>
 __global__ void bn_fwd_train_pa(const T* x, T* y, const float* scale, const float* bias, float* running_mean,
                                 float* running_var, float* save_mean, float* save_invstd, float* partials,
-                                unsigned* counters, float* mean_shift, long long N, long long C, long long S, float eps,
+                                unsigned* counters, float* stat_tail, long long N, long long C, long long S, float eps,
                                 float factor, int flags, int cache_units) {
     const long long F = C * S;
     extern __shared__ float cachef[];
@@ -633,34 +651,34 @@ __global__ void bn_fwd_train_pa(const T* x, T* y, const float* scale, const floa
     float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (ok && leader<false>()) p = make_float4(io<T>::load(x + f), affine ? scale[f] : 1.0f, affine ? bias[f] : 0.0f, 0.0f);
     p = share<false>(p);
-    const float shift = p.x;
+    const float shift = p.x, ws = welford_scale(shift);
     Welford w = welford_empty();
     walk_feature(f, F, N, ok, [&](int k, long long off) {
         const float v = io<T>::load(x + off);
         if (k < cache_units) cachef[k * nthreads + tid] = v;
-        welford_push(w, v - shift);
+        welford_push(w, v, shift, ws);
     });
     Welford t = column_reduce(w);
 
     if (gridDim.y > 1) {
-        if (ok && threadIdx.y == 0) store_welford(partials + (f * gridDim.y + blockIdx.y) * 3, t);
+        if (ok && threadIdx.y == 0) store_welford(partials + (f * gridDim.y + blockIdx.y) * FWD_PART, t);
         if (!last_cta_of_column(counters)) return;
         Welford m = welford_empty();
         if (ok)
             for (int q = threadIdx.y; q < gridDim.y; q += blockDim.y)
-                m = welford_merge(m, load_welford(partials + (f * gridDim.y + q) * 3));
+                m = welford_merge(m, load_welford(partials + (f * gridDim.y + q) * FWD_PART));
         t = column_reduce(m);
         if (ok && threadIdx.y == 0)
-            finish_statistics(f, t, shift, N, eps, factor, running_mean, running_var, save_mean, save_invstd,
-                              mean_shift);
+            finish_statistics(f, t, shift, N, eps, factor, p.y, running_mean, running_var, save_mean, save_invstd,
+                              stat_tail);
         return;  // the normalisation is the second launch (bn_normalize_pa)
     }
     if (ok && threadIdx.y == 0)
-        finish_statistics(f, t, shift, N, eps, factor, running_mean, running_var, save_mean, save_invstd, nullptr);
+        finish_statistics(f, t, shift, N, eps, factor, p.y, running_mean, running_var, save_mean, save_invstd,
+                          nullptr);
     if (!ok) return;
-    const float invstd = 1.0f / sqrtf(t.var + eps);
-    const float a = p.y * invstd, b = p.z;
-    const float2 m = mean_hi_lo(shift, t.mean);
+    const float a = (float)(p.y * inv_std(welford_variance(t, ws), eps)), b = p.z;
+    const float2 m = welford_mean_hi_lo(t, shift, ws, N);
     walk_feature(f, F, N, ok, [&](int k, long long off) {
         const float v = k < cache_units ? cachef[k * nthreads + tid] : io<T>::load(x + off);
         io<T>::store(y + off, normalize1(v, m.x, m.y, a, b));
@@ -669,13 +687,13 @@ __global__ void bn_fwd_train_pa(const T* x, T* y, const float* scale, const floa
 
 template <typename T>
 __global__ void bn_normalize_pa(const T* x, T* y, const float* mean, const float* stat, const float* scale,
-                                const float* bias, const float* mean_shift, long long N, long long C, long long S, float eps,
+                                const float* bias, const float* stat_tail, long long N, long long C, long long S, float eps,
                                 int flags) {
     const long long F = C * S;
     const long long f = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const bool ok = f < F;
     float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (ok && leader<false>()) p = normalize_constants(f, mean, stat, scale, bias, mean_shift, eps, flags);
+    if (ok && leader<false>()) p = normalize_constants(f, mean, stat, scale, bias, stat_tail, eps, flags);
     p = share<false>(p);
     const float a = p.x, b = p.y, hi = p.z, lo = p.w;
     walk_feature(f, F, N, ok, [&](int, long long off) {
@@ -700,8 +718,9 @@ __global__ void bn_bwd_pa(const T* x, const T* dy, T* dx, const float* scale, co
     const int slots = cache_units * nthreads;
     float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (ok && leader<false>()) {
-        const float st = stat[f], is = frozen ? 1.0f / sqrtf(st + eps) : st;
-        p = make_float4(is, mean[f], (affine ? scale[f] : 1.0f) * is, 0.0f);
+        const float st = stat[f], sc = affine ? scale[f] : 1.0f;
+        const double isd = frozen ? inv_std(st, eps) : (double)st;
+        p = make_float4((float)isd, mean[f], (float)(sc * isd), 0.0f);
     }
     p = share<false>(p);
     const float invstd = p.x, hi = p.y, a = p.z;

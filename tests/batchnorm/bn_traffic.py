@@ -5,9 +5,10 @@ from cybn import batchnorm, gpuarray, softgpu
 
 # Ideal bytes per element in units of the element size: forward reads x and writes y (2); backward
 # reads x and dy and writes dx (3); inference reads x and writes y (2).
-IDEAL = {"forward_train": 2, "backward": 3, "forward_infer": 2}
-BAR = {"forward_train": 3, "backward": 5, "forward_infer": 2}   # the issue's bars (12, 20, 8 B for fp32)
-MAX_LAUNCHES = {"forward_train": 2, "backward": 2, "forward_infer": 1}
+# "backward_acc": the backward accumulating its parameter gradients (alpha 0.5, beta 0.9): same bars.
+IDEAL = {"forward_train": 2, "backward": 3, "backward_acc": 3, "forward_infer": 2}
+BAR = {"forward_train": 3, "backward": 5, "backward_acc": 5, "forward_infer": 2}  # 12, 20, 8 B for fp32
+MAX_LAUNCHES = {"forward_train": 2, "backward": 2, "backward_acc": 2, "forward_infer": 1}
 
 
 # Besides the element streams, each (statistic, CTA, launch) of the plan moves a few dozen bytes: its
@@ -19,7 +20,7 @@ PER_STAT_CTA = 64
 def allowance(shape, mode="spatial", dtype=np.float32, op="forward_train", launches=1):
     """Bytes per element allowed: the bar plus the per-(statistic, CTA, launch) allowance."""
     K = shape[1] if mode == "spatial" else int(np.prod(shape[1:]))
-    split = batchnorm.plan(shape, dtype, mode, op)["split"]
+    split = batchnorm.plan(shape, dtype, mode, op.replace("_acc", ""))["split"]
     elements = int(np.prod(shape))
     return BAR[op] * np.dtype(dtype).itemsize + PER_STAT_CTA * K * split * launches / elements
 
@@ -34,6 +35,7 @@ def measure_call(shape, dtype=np.float32, mode="spatial", op="forward_train", se
     scale, bias, rm = (gpuarray.to_gpu(rng.standard_normal(K).astype(np.float32)) for _ in range(3))
     rv = gpuarray.to_gpu(rng.uniform(0.5, 2, K).astype(np.float32))
     outs = [gpuarray.empty(shape, dtype)] + [gpuarray.empty((K,), np.float32) for _ in range(2)]
+    acc = [gpuarray.to_gpu(rng.standard_normal(K).astype(np.float32)) for _ in range(2)]  # gradients to accumulate into
     batchnorm.prepare(dtype, mode)  # compile/load outside the measurement
     with softgpu.measure() as m:
         if op == "forward_train":
@@ -41,6 +43,9 @@ def measure_call(shape, dtype=np.float32, mode="spatial", op="forward_train", se
                                     save_invstd=outs[2], mode=mode)
         elif op == "backward":
             batchnorm.backward(x, dy, scale, rm, rv, out=outs[0], scale_grad=outs[1], bias_grad=outs[2], mode=mode)
+        elif op == "backward_acc":
+            batchnorm.backward(x, dy, scale, rm, rv, out=outs[0], scale_grad=acc[0], bias_grad=acc[1], mode=mode,
+                               scale_grad_alpha=0.5, scale_grad_beta=0.9, bias_grad_alpha=0.5, bias_grad_beta=0.9)
         else:
             batchnorm.forward_infer(x, scale, bias, rm, rv, 1e-5, out=outs[0], mode=mode)
     elements = int(np.prod(shape))

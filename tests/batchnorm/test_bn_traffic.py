@@ -12,7 +12,7 @@ from bn_traffic import MAX_LAUNCHES, allowance, measure_call
 @pytest.mark.parametrize("shape,mode", [((8, 16, 14, 14), "spatial"), ((2, 2, 64, 48), "spatial"),
                                         ((2048, 24), "per_activation")])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-@pytest.mark.parametrize("op", ["forward_train", "backward", "forward_infer"])
+@pytest.mark.parametrize("op", ["forward_train", "backward", "backward_acc", "forward_infer"])
 def test_traffic_bars(shape, mode, dtype, op):
     per_element, launches = measure_call(shape, dtype, mode, op)
     assert launches <= MAX_LAUNCHES[op]

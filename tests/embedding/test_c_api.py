@@ -102,8 +102,11 @@ def buffers(cext):
     bufs.clear()
 
 
-def fields(mode=SPATIAL, dtype=FLOAT32, flags=1, N=4, C=3, S=2, eps=1e-5, factor=0.1, ws=0, ws_bytes=0, reserved=0):
-    return (mode, dtype, flags, N, C, S, eps, factor, ws, ws_bytes, reserved)
+def fields(mode=SPATIAL, dtype=FLOAT32, flags=1, N=4, C=3, S=2, eps=1e-5, factor=0.1, ws=0, ws_bytes=0, reserved=0,
+           alphas=()):
+    """The descriptor field by field; alphas: (scale_grad_alpha, scale_grad_beta, bias_grad_alpha,
+    bias_grad_beta), else they stay 0 (as a version-1 descriptor's reserved tail)."""
+    return (mode, dtype, flags, N, C, S, eps, factor, ws, ws_bytes, reserved) + tuple(alphas)
 
 
 def ptrs(b, op):
@@ -242,3 +245,50 @@ def test_missing_workspace_is_refused(cext, buffers):
     ws = cybn.zeros((need // 4 - 1,), np.float32)   # one float short
     refused(cext, "forward_train", fields(mode=PER_ACTIVATION, N=N, C=1, S=1, ws=ws.ptr, ws_bytes=ws.nbytes), p,
             status=EWORKSPACE, match="smaller than")
+
+
+# ------------------------------------------------------------------------------------------ accumulation
+ACCUMULATE = 2  # CYBN_ACCUMULATE_GRADS
+
+
+@pytest.mark.parametrize("mode,shape", [(SPATIAL, (4, 3, 5)), (PER_ACTIVATION, (6, 3, 2))])
+@pytest.mark.parametrize("op", ["backward", "backward_infer"])
+def test_backward_accumulates_parameter_gradients(cext, mode, shape, op):
+    """CYBN_ACCUMULATE_GRADS: scale_grad = alpha * dscale + beta * scale_grad (bias_grad likewise) in the
+    backward's own launch; without the flag the four fields are ignored and the gradients overwritten."""
+    cext.prepare(FLOAT32, mode)
+    rng = np.random.default_rng(5)
+    N, C, S = shape
+    axes = (0, 2) if mode == SPATIAL else (0,)
+    K = C if mode == SPATIAL else C * S
+    kshape = (1, C, 1) if mode == SPATIAL else (1, C, S)
+    x, dy = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    scale = rng.uniform(0.5, 1.5, K).astype(np.float32)
+    old_s, old_b = rng.standard_normal(K).astype(np.float32), rng.standard_normal(K).astype(np.float32)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    mean = x64.mean(axis=axes, keepdims=True)
+    if op == "backward":
+        stats = (mean.ravel().astype(np.float32), (1 / np.sqrt(x64.var(axis=axes) + 1e-5)).ravel().astype(np.float32))
+        xhat = (x64 - mean) * stats[1].reshape(kshape)
+    else:
+        stats = (rng.standard_normal(K).astype(np.float32), rng.uniform(0.5, 2, K).astype(np.float32))
+        xhat = (x64 - stats[0].reshape(kshape)) / np.sqrt(stats[1].astype(np.float64).reshape(kshape) + 1e-5)
+    ds, db = (dy64 * xhat).sum(axis=axes).ravel(), dy64.sum(axis=axes).ravel()
+    alphas = (0.5, 0.25, 2.0, -1.0)
+    for flags, want in ((1 | ACCUMULATE, (0.5 * ds + 0.25 * old_s, 2.0 * db - old_b)), (1, (ds, db))):
+        b = {"x": cybn.to_gpu(x), "dy": cybn.to_gpu(dy), "dx": cybn.empty(shape, np.float32),
+             "scale": cybn.to_gpu(scale), "sg": cybn.to_gpu(old_s), "bg": cybn.to_gpu(old_b)}
+        b["sm" if op == "backward" else "rm"], b["si" if op == "backward" else "rv"] = map(cybn.to_gpu, stats)
+        before = launches()
+        st, msg = cext.call(op, fields(mode, FLOAT32, flags, N, C, S, 1e-5, alphas=alphas), tuple(ptrs(b, op)), 0,
+                            False)
+        assert st == 0, msg
+        assert launches() - before == 1
+        np.testing.assert_allclose(b["sg"].get(), want[0], rtol=1e-5, atol=1e-5, err_msg=f"scale_grad {flags}")
+        np.testing.assert_allclose(b["bg"].get(), want[1], rtol=1e-5, atol=1e-5, err_msg=f"bias_grad {flags}")
+
+
+def test_accumulation_coefficients_must_be_finite(cext, buffers):
+    p = ptrs(buffers, "backward")
+    refused(cext, "backward", fields(flags=1 | ACCUMULATE, alphas=(1.0, float("inf"), 1.0, 0.0)), p,
+            match="must be finite")
