@@ -13,6 +13,12 @@ y = scale * (x - mean) * invstd + bias; running_mean = (1 - factor) * running_me
 running_var = (1 - factor) * running_var + factor * var_b * M / (M - 1) (M values per statistic; when
 M == 1 the unbiased variance is undefined and var_b, i.e. 0, is used: never NaN or inf).
 
+Numerics (kernels/batchnorm.cu, welford.cuh): the batch mean is a float pair hi + lo (save_mean is hi)
+and x - mean is formed as (x - hi) - lo everywhere; the backward recovers lo from x itself in its
+compensated reduction (no reserve travels beside the saved statistics). Welford's state carries the
+variance (M2 / n) on power-of-two-scaled samples, finished in double: no overflow while the variance
+fits float32. Parameter gradients take cuDNN's alpha/beta in the backward's own launch.
+
 Workspace: the split plan (several CTAs per channel) needs per-column counters and scratch for the
 partial statistics. It is plain scratch: each split call zeroes its counters on the stream first
 (an async memset, not a launch), so its earlier content never matters. Allocated on first need per

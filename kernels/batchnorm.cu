@@ -18,10 +18,10 @@
 // All offsets are 64-bit; loops are grid-stride so any size fits the grid limits.
 //
 // Numerics. The batch mean is carried as an unevaluated float pair hi + lo (from the statistics'
-// float-float sum of x - shift, welford.cuh; save_mean holds hi) and every kernel forms x - mean as (x - hi) - lo: exact
-// (Sterbenz) for x near the mean, one rounding relative to the result elsewhere, so outputs near the
+// float-float sum of x - shift, welford.cuh; save_mean holds hi) and every kernel forms x - mean as
+// (x - hi) - lo: exact (Sterbenz) for x near the mean, one rounding relative to the result elsewhere, so outputs near the
 // bias keep their own precision at any offset. The backward does not need the forward's lo: its
-// reduction also sums x - hi (compensated) and recovers lo = mean(x - hi) exactly enough, so
+// reduction also sums x - hi (exact by TwoSum, compensated) and recovers lo = mean(x - hi), so
 // save_mean stays a plain float32 array and the faces carry nothing extra. The backward's sums
 // (dy, dy * (x - hi), x - hi) are compensated per thread (CSum, welford.cuh) and merged pairwise.
 // Parameter gradients are written cuDNN-style: grad = alpha * this_batch + beta * grad (beta == 0:
