@@ -54,6 +54,7 @@ cdef enum:
     K_STAT_IS_VAR = 4
     K_SHIFTED = 8
     K_ROWVEC = 16
+    K_BIASED_RUNVAR = 32
     SMEM_LIMIT = 48 * 1024   # shared memory per CTA without opt-in
     MAX_SPLIT = 1024         # CTAs per channel at most (bounds the last CTA's combine)
     TARGET_THREADS = 256
@@ -407,7 +408,8 @@ cdef int bn_forward_train_core(const bn_desc* d, cydriver.CUdeviceptr x, cydrive
         counters = partials = 0
     cdef long long N = d.N, C = d.C, S = d.S
     cdef float eps = d.epsilon, factor = d.factor
-    cdef int flags = (K_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec)
+    cdef int flags = ((K_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec)
+                      | (K_BIASED_RUNVAR if d.flags & BN_DESC_BIASED_RUNNING_VAR else 0))
     cdef int cache = p.cache_units
     cdef void* args[18]
     args[0] = &x; args[1] = &y; args[2] = &scale; args[3] = &bias; args[4] = &running_mean
@@ -943,9 +945,11 @@ def _new(shape, dtype, stream):
 
 # ------------------------------------------------------------------------------------------ public API
 def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, out=None, save_mean=None,
-                  save_invstd=None, mode="spatial", stream=None):
+                  save_invstd=None, mode="spatial", stream=None, running_var_unbiased=True):
     """Training forward. Updates running_mean/running_var in place; returns (y, save_mean, save_invstd).
-    scale and bias may both be None (non-affine: 1 and 0). out may be x (in place)."""
+    scale and bias may both be None (non-affine: 1 and 0). out may be x (in place).
+    running_var_unbiased=False: the biased batch variance var_b (no M / (M - 1)) goes into running_var,
+    as MXNet and Paddle do (a kernel flag, same launches)."""
     cdef bn_desc d
     cdef GPUArray gx = _array(x, "x")
     cdef long long K = _fill_desc(&d, gx, mode, "x")
@@ -965,7 +969,7 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
                  [("x", gx), ("scale", gs), ("bias", gb)], (("out", "x"),))
     d.epsilon = _epsilon(epsilon)
     d.factor = _factor(factor)
-    d.flags = BN_DESC_AFFINE if gs is not None else 0
+    d.flags = (BN_DESC_AFFINE if gs is not None else 0) | (0 if running_var_unbiased else BN_DESC_BIASED_RUNNING_VAR)
     cdef cydriver.CUstream s = resolve_stream(stream)
     if gy is None:
         gy = _new(gx.shape, gx.dtype, stream)
