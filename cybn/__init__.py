@@ -24,7 +24,7 @@ _EXPORTS = {
 }
 _SUBMODULES = {"backend", "errors", "status", "device", "stream", "event", "memory", "module", "gpuarray",
                "kernels", "elementwise", "softgpu", "nvrtc", "cache", "paths", "warmup", "variants",
-               "batchnorm", "modules", "capi"}
+               "batchnorm", "modules", "capi", "distributed"}
 
 __all__ = sorted(_EXPORTS) + ["get_include", "__version__"]
 _EXPORTS["_C_API"] = "capi"  # the C API capsule (cybn/include/cybn.h's cybn_import()), not in __all__
