@@ -11,7 +11,7 @@ _EXPORTS = {
     "Communicator": "communicator",
     "MPICommunicator": "mpi", "TorchCommunicator": "torch_comm", "NCCLCommunicator": "nccl",
     "DistributedError": "errors", "CommunicatorTimeout": "errors", "RankMismatchError": "errors",
-    "combine_moments": "stats", "sync_moments": "stats", "call_header": "stats",
+    "combine_moments": "stats", "sync_moments": "stats", "sync_sums": "stats", "call_header": "stats",
 }
 
 __all__ = sorted(_EXPORTS)

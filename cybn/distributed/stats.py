@@ -1,4 +1,5 @@
-"""The exact cross-process combination of per-channel batch statistics (SyncBatchNorm's forward).
+"""The exact cross-process combination of per-channel batch statistics (SyncBatchNorm's forward) and
+of the backward's per-channel sums.
 
 Each rank brings per-channel partials (count, mean, variance = M2 / count) from one pass over its own
 slice. One header exchange checks that every rank makes the same call (C, dtype, layout, op); one
@@ -101,3 +102,15 @@ def sync_moments(comm, count, mean, variance, *, dtype, layout, op="moments", st
     row[1] = host[0].ravel()
     row[2] = host[1].ravel()
     return combine_moments(comm.allgather(row))
+
+
+def sync_sums(comm, sums, *, dtype, layout, op="gradients", stream=None):
+    """Sum per-channel partial sums over the ranks: `sums` is (k, C) (numpy or GPUArray; the backward's
+    k = 2 rows sum(dy), sum(dy * xhat)). The same header check as sync_moments comes first; the sum is
+    float64 in rank order (deterministic, identical on every rank). Returns a float64 (k, C) array."""
+    from cybn.distributed.communicator import _is_device
+    local = np.asarray(sums.get(stream=stream) if _is_device(sums) else sums, dtype=np.float64)
+    if local.ndim != 2:
+        raise ValueError(f"sync_sums: sums must have shape (k, C), got {local.shape}")
+    check_headers(comm.exchange_header(call_header(local.shape[1], dtype, layout, op)))
+    return comm.allreduce(np.ascontiguousarray(local))

@@ -16,7 +16,7 @@ from cybn import softgpu  # noqa: E402
 softgpu.load()
 import cybn  # noqa: E402
 from cybn.distributed import (CommunicatorTimeout, MPICommunicator, RankMismatchError,  # noqa: E402
-                              call_header, sync_moments)
+                              call_header, sync_moments, sync_sums)
 from dist_cases import C, CASES, local_moments, rank_rows  # noqa: E402
 
 out_dir = sys.argv[1]
@@ -47,6 +47,9 @@ dg = comm.allgather(cybn.to_gpu(mine, stream=s), stream=s)
 res["allgather"] = dg.get(stream=s)
 res["allreduce"] = comm.allreduce(cybn.to_gpu(mine, stream=s), stream=s).get(stream=s)
 res["allreduce_host"] = comm.allreduce(mine.copy())
+x = rank_rows(size, rank, "plain")  # the backward's 2 x C sums, from the device
+res["sums"] = sync_sums(comm, cybn.to_gpu(np.stack([x.sum(0), (x * x).sum(0)])), dtype=np.float16,
+                        layout="spatial")
 
 # 4. a mismatched call: the last rank has one more channel; from 3 ranks on, rank 1 passes float16
 n, m, v = local_moments(rank_rows(size, rank, "plain"))

@@ -85,6 +85,20 @@ def test_device_allgather_and_rank_ordered_allreduce(ranks):
         np.testing.assert_array_equal(res["allreduce_host"], total)
 
 
+def test_backward_sums_in_rank_order(ranks):
+    size, results = ranks
+    parts = [rank_rows(size, r, "plain") for r in range(size)]
+    rows = [np.stack([x.sum(0), (x * x).sum(0)]) for x in parts]
+    total = rows[0].copy()
+    for r in range(1, size):
+        total += rows[r]
+    x = np.concatenate(parts)
+    np.testing.assert_allclose(total, np.stack([x.sum(0), (x * x).sum(0)]), rtol=1e-13, atol=1e-13)
+    for res in results:
+        assert res["sums"].dtype == np.float64
+        np.testing.assert_array_equal(res["sums"], total)
+
+
 def test_mismatch_raises_the_same_error_on_every_rank(ranks):
     size, results = ranks
     messages = {res["mismatch"] for res in results}
@@ -110,3 +124,24 @@ def test_a_rank_that_never_joins_makes_the_others_time_out(ranks):
         assert 1.0 <= res["timeout_s"] < 30.0, res["timeout_s"]
         assert res["after_timeout"].startswith("DistributedError: MPICommunicator: this communicator cannot be "
                                                "used again"), res["after_timeout"]
+
+
+def test_readme_example_runs_as_shown():
+    example = os.path.join(HERE, "sync_example.py")
+    with open(example) as f:
+        source = f.read().rstrip("\n")
+    with open(os.path.join(HERE, "..", "..", "README.md")) as f:
+        assert source in f.read(), "README.md does not show tests/distributed/sync_example.py as tested"
+    proc = subprocess.run([_mpiexec(), "-n", "3", sys.executable, example], capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL)
+    seen = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, seen
+    x = np.concatenate([np.random.default_rng(r).standard_normal((r, 4)) for r in range(3)])
+    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
+    assert len(lines) == 3, seen
+    for r, line in enumerate(lines):
+        assert line.startswith(f"rank {r}: n=3 mean="), seen
+        mean = np.array(eval(line.split("mean=")[1].split(" var=")[0]))
+        var = np.array(eval(line.split("var=")[1]))
+        np.testing.assert_allclose(mean, x.mean(0), rtol=1e-13)
+        np.testing.assert_allclose(var, x.var(0), rtol=1e-13)
