@@ -24,7 +24,7 @@ _EXPORTS = {
 }
 _SUBMODULES = {"backend", "errors", "status", "device", "stream", "event", "memory", "module", "gpuarray",
                "kernels", "elementwise", "softgpu", "nvrtc", "cache", "paths", "warmup", "variants",
-               "batchnorm", "modules", "capi", "frameworks"}
+               "batchnorm", "modules", "capi", "frameworks", "distributed"}
 # short names of submodules: `cybn.mxnet` is cybn.frameworks.mxnet (cybn/mxnet.py makes `import cybn.mxnet` work)
 _ALIASES = {"mxnet": "frameworks.mxnet", "paddle": "frameworks.paddle"}
 
