@@ -934,6 +934,15 @@ cdef int _status(int st, const char* call) except -1:
     raise RuntimeError(f"{call.decode()}: {bn_last_error().decode()}")
 
 
+cdef int _used_on(cydriver.CUstream s, tuple arrays) except -1:
+    """Arrays whose pooled blocks were taken on another stream: the pool must wait for s before reusing them."""
+    cdef GPUArray a
+    for a in arrays:
+        if a is not None and a.gpudata is not None:
+            a.gpudata._used_on(<size_t>s)
+    return 0
+
+
 cdef inline cydriver.CUdeviceptr _ptr(GPUArray a) noexcept:
     return 0 if a is None else a.ptr_
 
@@ -986,6 +995,7 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
         st = bn_forward_train_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], s)
     _release(ws)
     _status(st, "cuLaunchKernel")
+    _used_on(s, (gx, gy, gs, gb, rm, rv, sm, si))
     return gy, sm, si
 
 
@@ -1015,6 +1025,7 @@ def forward_infer(x, scale, bias, running_mean, running_var, epsilon, out=None, 
         st = bn_forward_infer_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], s)
     _release(ws)
     _status(st, "cuLaunchKernel")
+    _used_on(s, (gx, gy, gs, gb, rm, rv))
     return gy
 
 
@@ -1078,6 +1089,7 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
         st = bn_backward_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], frozen, s)
     _release(ws)
     _status(st, "cuLaunchKernel")
+    _used_on(s, (gx, gdy, gdx, gs, m, v, sg, bg))
     return gdx, sg, bg
 
 
