@@ -24,7 +24,9 @@ _EXPORTS = {
 }
 _SUBMODULES = {"backend", "errors", "status", "device", "stream", "event", "memory", "module", "gpuarray",
                "kernels", "elementwise", "softgpu", "nvrtc", "cache", "paths", "warmup", "variants",
-               "batchnorm", "modules", "capi"}
+               "batchnorm", "modules", "capi", "frameworks", "distributed"}
+# short names of submodules: `cybn.mxnet` is cybn.frameworks.mxnet (cybn/mxnet.py makes `import cybn.mxnet` work)
+_ALIASES = {"mxnet": "frameworks.mxnet", "paddle": "frameworks.paddle"}
 
 __all__ = sorted(_EXPORTS) + ["get_include", "__version__"]
 _EXPORTS["_C_API"] = "capi"  # the C API capsule (cybn/include/cybn.h's cybn_import()), not in __all__
@@ -41,6 +43,8 @@ def __getattr__(name):
         value = getattr(importlib.import_module(f"{__name__}.{sub}"), name)
         globals()[name] = value
         return value
+    if name in _ALIASES:
+        return importlib.import_module(f"{__name__}.{_ALIASES[name]}")
     if name in _SUBMODULES:
         # `cybn.stream` is both the module and `with cybn.stream(s):` (the module is callable).
         return importlib.import_module(f"{__name__}.{name}")
@@ -48,4 +52,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS) | _SUBMODULES)
+    return sorted(set(globals()) | set(_EXPORTS) | _SUBMODULES | set(_ALIASES))

@@ -15,6 +15,7 @@ cdef enum:
     BN_DESC_AFFINE = 1      # scale and bias are given; else they are 1 and 0 (pointers may be 0)
     BN_DESC_ACCUMULATE = 2  # backward: grad = alpha * this batch + beta * grad with the desc's alphas/betas;
                             # without it alpha 1 and beta 0 (the gradients are overwritten)
+    BN_DESC_BIASED_RUNNING_VAR = 4  # forward train: the biased batch variance into running_var (MXNet, Paddle)
 
 # Status codes of the cores: 0, a negative BN_E* (message: bn_last_error()), or a positive CUresult
 # from cuLaunchKernel.

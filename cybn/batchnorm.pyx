@@ -13,6 +13,12 @@ y = scale * (x - mean) * invstd + bias; running_mean = (1 - factor) * running_me
 running_var = (1 - factor) * running_var + factor * var_b * M / (M - 1) (M values per statistic; when
 M == 1 the unbiased variance is undefined and var_b, i.e. 0, is used: never NaN or inf).
 
+Numerics (kernels/batchnorm.cu, welford.cuh): the batch mean is a float pair hi + lo (save_mean is hi)
+and x - mean is formed as (x - hi) - lo everywhere; the backward recovers lo from x itself in its
+compensated reduction (no reserve travels beside the saved statistics). Welford's state carries the
+variance (M2 / n) on power-of-two-scaled samples, finished in double: no overflow while the variance
+fits float32. Parameter gradients take cuDNN's alpha/beta in the backward's own launch.
+
 Workspace: the split plan (several CTAs per channel) needs per-column counters and scratch for the
 partial statistics. It is plain scratch: each split call zeroes its counters on the stream first
 (an async memset, not a launch), so its earlier content never matters. Allocated on first need per
@@ -48,6 +54,7 @@ cdef enum:
     K_STAT_IS_VAR = 4
     K_SHIFTED = 8
     K_ROWVEC = 16
+    K_BIASED_RUNVAR = 32
     SMEM_LIMIT = 48 * 1024   # shared memory per CTA without opt-in
     MAX_SPLIT = 1024         # CTAs per channel at most (bounds the last CTA's combine)
     TARGET_THREADS = 256
@@ -303,6 +310,16 @@ cdef inline unsigned long long _stat_bytes(const bn_desc* d) noexcept nogil:
     return <unsigned long long>(d.C if d.mode == BN_SPATIAL else d.C * d.S) * 4
 
 
+cdef int _check_limits(const bn_plan* p) noexcept nogil:
+    """Launch limits every GPU has, checked for every launch of a call before the first one is enqueued."""
+    if (p.grid[0] < 1 or p.grid[0] > <unsigned int>2147483647 or p.grid[1] < 1 or p.grid[1] > 65535 or p.grid[2] < 1
+            or p.grid[2] > 65535 or p.block[0] * p.block[1] * p.block[2] > 1024 or p.block[2] > 64):
+        snprintf(cybn_bn_error, sizeof(cybn_bn_error), "launch plan grid (%u, %u, %u) block (%u, %u, %u) exceeds "
+                 "the device's launch limits", p.grid[0], p.grid[1], p.grid[2], p.block[0], p.block[1], p.block[2])
+        return BN_EINVAL
+    return BN_OK
+
+
 cdef int _launch(const bn_desc* d, int kernel, const bn_plan* p, cydriver.CUstream stream, void** args) noexcept nogil:
     cdef cydriver.CUresult r = cydriver.cuLaunchKernel(
         d.kernels[kernel], p.grid[0], p.grid[1], p.grid[2], p.block[0], p.block[1], p.block[2],
@@ -369,9 +386,14 @@ cdef int bn_forward_train_core(const bn_desc* d, cydriver.CUdeviceptr x, cydrive
     st = _no_overlap(outs, 5, ins, 3, d, 1)
     if st != BN_OK:
         return st
-    cdef bn_plan p
+    cdef bn_plan p, q
     bn_make_plan(d, BN_K_FWD_TRAIN, _vec_ok(d, x, y, x), &p)
     st = _check_workspace(d, &p, BN_K_FWD_TRAIN)
+    if st == BN_OK:
+        st = _check_limits(&p)
+    if st == BN_OK and p.split > 1:  # the second launch too, before the first updates the statistics
+        bn_make_plan(d, BN_K_NORMALIZE, p.vec, &q)
+        st = _check_limits(&q)
     if st != BN_OK:
         return st
     cdef cydriver.CUdeviceptr counters = d.workspace
@@ -386,7 +408,8 @@ cdef int bn_forward_train_core(const bn_desc* d, cydriver.CUdeviceptr x, cydrive
         counters = partials = 0
     cdef long long N = d.N, C = d.C, S = d.S
     cdef float eps = d.epsilon, factor = d.factor
-    cdef int flags = (K_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec)
+    cdef int flags = ((K_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec)
+                      | (K_BIASED_RUNVAR if d.flags & BN_DESC_BIASED_RUNNING_VAR else 0))
     cdef int cache = p.cache_units
     cdef void* args[18]
     args[0] = &x; args[1] = &y; args[2] = &scale; args[3] = &bias; args[4] = &running_mean
@@ -396,9 +419,7 @@ cdef int bn_forward_train_core(const bn_desc* d, cydriver.CUdeviceptr x, cydrive
     st = _launch(d, BN_K_FWD_TRAIN, &p, stream, args)
     if st != BN_OK or p.split == 1:
         return st
-    # Second launch of the split plan: normalise with the combined statistics.
-    cdef bn_plan q
-    bn_make_plan(d, BN_K_NORMALIZE, p.vec, &q)
+    # Second launch of the split plan (q, planned above): normalise with the combined statistics.
     flags = flags | K_SHIFTED
     cdef void* nargs[12]
     nargs[0] = &x; nargs[1] = &y; nargs[2] = &save_mean; nargs[3] = &save_invstd; nargs[4] = &scale
@@ -429,6 +450,9 @@ cdef int bn_forward_infer_core(const bn_desc* d, cydriver.CUdeviceptr x, cydrive
         return st
     cdef bn_plan p
     bn_make_plan(d, BN_K_NORMALIZE, _vec_ok(d, x, y, x), &p)
+    st = _check_limits(&p)
+    if st != BN_OK:
+        return st
     cdef long long N = d.N, C = d.C, S = d.S
     cdef float eps = d.epsilon
     cdef int flags = (K_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec) | K_STAT_IS_VAR
@@ -472,9 +496,14 @@ cdef int bn_backward_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUd
         ab[0] = d.scale_grad_alpha; ab[1] = d.scale_grad_beta; ab[2] = d.bias_grad_alpha; ab[3] = d.bias_grad_beta
     else:
         ab[0] = 1; ab[1] = 0; ab[2] = 1; ab[3] = 0
-    cdef bn_plan p
+    cdef bn_plan p, q
     bn_make_plan(d, BN_K_BWD, _vec_ok(d, x, dy, dx), &p)
     st = _check_workspace(d, &p, BN_K_BWD)
+    if st == BN_OK:
+        st = _check_limits(&p)
+    if st == BN_OK and p.split > 1 and not frozen:  # the dx launch too, before the first writes the gradients
+        bn_make_plan(d, BN_K_BWD_DX, p.vec, &q)
+        st = _check_limits(&q)
     if st != BN_OK:
         return st
     cdef cydriver.CUdeviceptr counters = d.workspace if p.split > 1 else 0
@@ -498,9 +527,7 @@ cdef int bn_backward_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUd
     st = _launch(d, BN_K_BWD, &p, stream, args)
     if st != BN_OK or p.split == 1 or frozen:
         return st
-    # Second launch of the split plan: dx from the constants the first launch's last CTAs wrote.
-    cdef bn_plan q
-    bn_make_plan(d, BN_K_BWD_DX, p.vec, &q)
+    # Second launch of the split plan (q, planned above): dx from the constants the first launch's last CTAs wrote.
     cdef void* dargs[9]
     dargs[0] = &x; dargs[1] = &dy; dargs[2] = &dx; dargs[3] = &mean; dargs[4] = &tail; dargs[5] = &N
     dargs[6] = &C; dargs[7] = &S; dargs[8] = &flags
@@ -566,9 +593,17 @@ cdef int bn_prepare_desc(bn_desc* d) except -1:
 
 
 # ------------------------------------------------------------------------------------------ workspace
-# (context, stream, thread) -> DeviceBuffer. Plain scratch: the cores zero a split call's counters on
-# the stream themselves (_zero_counters), so no content needs to survive between calls.
+# (context, stream, thread) -> DeviceBuffer, least recently used first. Plain scratch: the cores zero a split
+# call's counters on the stream themselves (_zero_counters), so no content needs to survive between calls.
+# Lifetime: a cybn Stream's entries go when it is destroyed (cybn.stream's destroy hook), a thread's when the
+# thread exits (_ThreadWorkspaces), and at most MAX_WORKSPACES stay (foreign handles cannot grow the table).
+# A call holds its buffer (_busy) from _finish_desc to the end of its launches; nothing frees a held buffer.
 cdef dict _workspaces = {}
+cdef dict _busy = {}  # id(buffer) -> calls in flight using it
+cdef list _retired = []  # replaced by a larger one: queued work may still use them
+_ws_lock = threading.RLock()  # reentrant: a Stream collected while it is held runs the destroy hook
+_ws_tls = threading.local()
+MAX_WORKSPACES = 32
 
 
 cdef _workspace_key(cydriver.CUcontext ctx, cydriver.CUstream stream):
@@ -579,37 +614,110 @@ cdef _workspace_key(cydriver.CUcontext ctx, cydriver.CUstream stream):
     return (<size_t>ctx, <size_t>stream, threading.get_ident())
 
 
+class _ThreadWorkspaces:
+    """Kept in each calling thread's local storage: collected when the thread exits, it drops the thread's
+    workspaces."""
+
+    def __init__(self, ident):
+        self.ident = ident
+
+    def __del__(self):
+        try:
+            _drop_workspaces(lambda key, ident=self.ident: key[2] == ident, 0)
+        except Exception:  # interpreter shutdown: nothing to report to
+            pass
+
+
 cdef DeviceBuffer _workspace(cydriver.CUcontext ctx, cydriver.CUstream stream, size_t nbytes):
-    """The stream's (and thread's) workspace of at least nbytes."""
+    """The stream's (and thread's) workspace of at least nbytes, held (_busy) until _release."""
+    if getattr(_ws_tls, "owner", None) is None:
+        _ws_tls.owner = _ThreadWorkspaces(threading.get_ident())
     key = _workspace_key(ctx, stream)
-    cdef DeviceBuffer buf = _workspaces.get(key)
-    if buf is not None and buf.nbytes >= nbytes:
-        return buf
+    cdef DeviceBuffer buf
+    with _ws_lock:
+        buf = _workspaces.pop(key, None)
+        if buf is not None and buf.nbytes >= nbytes:
+            _workspaces[key] = buf  # now the most recently used
+            _busy[id(buf)] = _busy.get(id(buf), 0) + 1
+            return buf
+        if buf is not None:
+            _retired.append(buf)
     cdef size_t size = 1 << 16
     while size < nbytes:
         size *= 2
-    # A larger size class replaces the old one for future calls; the old buffer stays referenced in
-    # _retired so work still queued on the stream never sees it freed.
-    if buf is not None:
-        _retired.append(buf)
     buf = DeviceBuffer(size)
-    _workspaces[key] = buf
+    with _ws_lock:
+        _workspaces[key] = buf
+        _busy[id(buf)] = _busy.get(id(buf), 0) + 1
+        over = len(_workspaces) - MAX_WORKSPACES
+    if over > 0:
+        _evict_oldest(over)
     return buf
 
 
-cdef list _retired = []
+cdef void _release(DeviceBuffer buf):
+    if buf is None:
+        return
+    with _ws_lock:
+        n = _busy.pop(id(buf)) - 1
+        if n:
+            _busy[id(buf)] = n
+
+
+def _evict_oldest(n):
+    oldest = list(_workspaces)[:n]
+    _drop_workspaces(lambda key: key in oldest, 0)
+
+
+def _drop_workspaces(predicate, size_t stream):
+    """Drop the idle entries whose key matches, after their work is done (that stream synchronised, or the
+    whole context when stream is 0)."""
+    with _ws_lock:
+        keys = [k for k, b in _workspaces.items() if predicate(k) and id(b) not in _busy]
+        if not keys:
+            return
+        ensure_context()
+        with nogil:
+            if stream:
+                cydriver.cuStreamSynchronize(<cydriver.CUstream>stream)
+            else:
+                cydriver.cuCtxSynchronize()
+        dropped = [_workspaces.pop(k) for k in keys]
+    del dropped
+
+
+def _on_stream_destroyed(size_t handle):
+    """cybn.stream calls it before destroying a stream it owns."""
+    _drop_workspaces(lambda key: key[1] == handle, handle)
+
+
+def workspace_count():
+    """(workspaces kept, retired ones): for tests of their lifetime."""
+    with _ws_lock:
+        return len(_workspaces), len(_retired)
 
 
 def free_workspaces():
     """Free the kept workspaces (after synchronising the context, so no queued launch still uses them);
-    the next split launch allocates fresh ones. For leak accounting in tests and at shutdown."""
-    if not _workspaces and not _retired:
-        return
-    ensure_context()
-    with nogil:
-        check(cydriver.cuCtxSynchronize(), "cuCtxSynchronize")
-    _workspaces.clear()
-    del _retired[:]
+    the next split launch allocates fresh ones. A workspace a call in another thread is using right now is
+    kept (freed by a later call). For leak accounting in tests and at shutdown."""
+    with _ws_lock:
+        if not _workspaces and not _retired:
+            return
+        ensure_context()
+        with nogil:
+            check(cydriver.cuCtxSynchronize(), "cuCtxSynchronize")
+        keep = {k: b for k, b in _workspaces.items() if id(b) in _busy}
+        dropped = list(_workspaces.values()) + _retired[:]
+        _workspaces.clear()
+        _workspaces.update(keep)
+        _retired[:] = [b for b in dropped if id(b) in _busy and b not in keep.values()]
+    del dropped
+
+
+import sys as _sys
+import cybn.stream  # noqa: E402 - registers the destroy hook (cybn.stream is a callable module)
+_sys.modules["cybn.stream"]._destroy_hooks.append(_on_stream_destroyed)
 
 
 # ------------------------------------------------------------------------------------------ overrides
@@ -801,16 +909,17 @@ cdef long long _fill_desc(bn_desc* d, GPUArray x, mode, str what) except -1:
     return d.C if d.mode == BN_SPATIAL else d.C * d.S
 
 
-cdef int _finish_desc(bn_desc* d, cydriver.CUstream stream) except -1:
-    """Kernels and workspace: after every argument is validated."""
+cdef DeviceBuffer _finish_desc(bn_desc* d, cydriver.CUstream stream):
+    """Kernels and workspace, after every argument is validated and the outputs exist; returns the workspace
+    (or None), held until the caller's _release right after its core call."""
     bn_prepare_desc(d)
     cdef size_t need = bn_workspace_size(d)
-    cdef DeviceBuffer ws
+    cdef DeviceBuffer ws = None
     if need:
         ws = _workspace(ensure_context(), stream, need)
         d.workspace = ws.ptr
         d.workspace_bytes = ws.nbytes
-    return 0
+    return ws
 
 
 cdef int _status(int st, const char* call) except -1:
@@ -836,9 +945,11 @@ def _new(shape, dtype, stream):
 
 # ------------------------------------------------------------------------------------------ public API
 def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, out=None, save_mean=None,
-                  save_invstd=None, mode="spatial", stream=None):
+                  save_invstd=None, mode="spatial", stream=None, running_var_unbiased=True):
     """Training forward. Updates running_mean/running_var in place; returns (y, save_mean, save_invstd).
-    scale and bias may both be None (non-affine: 1 and 0). out may be x (in place)."""
+    scale and bias may both be None (non-affine: 1 and 0). out may be x (in place).
+    running_var_unbiased=False: the biased batch variance var_b (no M / (M - 1)) goes into running_var,
+    as MXNet and Paddle do (a kernel flag, same launches)."""
     cdef bn_desc d
     cdef GPUArray gx = _array(x, "x")
     cdef long long K = _fill_desc(&d, gx, mode, "x")
@@ -858,9 +969,8 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
                  [("x", gx), ("scale", gs), ("bias", gb)], (("out", "x"),))
     d.epsilon = _epsilon(epsilon)
     d.factor = _factor(factor)
-    d.flags = BN_DESC_AFFINE if gs is not None else 0
+    d.flags = (BN_DESC_AFFINE if gs is not None else 0) | (0 if running_var_unbiased else BN_DESC_BIASED_RUNNING_VAR)
     cdef cydriver.CUstream s = resolve_stream(stream)
-    _finish_desc(&d, s)
     if gy is None:
         gy = _new(gx.shape, gx.dtype, stream)
     if sm is None:
@@ -871,8 +981,10 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
     p[0] = gx.ptr_; p[1] = gy.ptr_; p[2] = _ptr(gs); p[3] = _ptr(gb); p[4] = rm.ptr_; p[5] = rv.ptr_
     p[6] = sm.ptr_; p[7] = si.ptr_
     cdef int st
+    cdef DeviceBuffer ws = _finish_desc(&d, s)
     with nogil:
         st = bn_forward_train_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], s)
+    _release(ws)
     _status(st, "cuLaunchKernel")
     return gy, sm, si
 
@@ -893,14 +1005,15 @@ def forward_infer(x, scale, bias, running_mean, running_var, epsilon, out=None, 
     d.factor = 0
     d.flags = BN_DESC_AFFINE if gs is not None else 0
     cdef cydriver.CUstream s = resolve_stream(stream)
-    _finish_desc(&d, s)
     if gy is None:
         gy = _new(gx.shape, gx.dtype, stream)
     cdef cydriver.CUdeviceptr p[6]
     p[0] = gx.ptr_; p[1] = gy.ptr_; p[2] = _ptr(gs); p[3] = _ptr(gb); p[4] = rm.ptr_; p[5] = rv.ptr_
     cdef int st
+    cdef DeviceBuffer ws = _finish_desc(&d, s)
     with nogil:
         st = bn_forward_infer_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], s)
+    _release(ws)
     _status(st, "cuLaunchKernel")
     return gy
 
@@ -950,7 +1063,6 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
         d.flags |= BN_DESC_ACCUMULATE
         d.scale_grad_alpha, d.scale_grad_beta, d.bias_grad_alpha, d.bias_grad_beta = ab[0], ab[1], ab[2], ab[3]
     cdef cydriver.CUstream s = resolve_stream(stream)
-    _finish_desc(&d, s)
     if gdx is None:
         gdx = _new(gx.shape, gx.dtype, stream)
     if sg is None:
@@ -961,8 +1073,10 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
     p[0] = gx.ptr_; p[1] = gdy.ptr_; p[2] = gdx.ptr_; p[3] = _ptr(gs); p[4] = m.ptr_; p[5] = v.ptr_
     p[6] = sg.ptr_; p[7] = bg.ptr_; p[8] = _ptr(bsg); p[9] = _ptr(bbg)
     cdef int st
+    cdef DeviceBuffer ws = _finish_desc(&d, s)
     with nogil:
         st = bn_backward_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], frozen, s)
+    _release(ws)
     _status(st, "cuLaunchKernel")
     return gdx, sg, bg
 

@@ -54,16 +54,20 @@ def _warn_once(tag, msg):
 def usable_dir():
     """The cache directory if it is safe to use (created 0700 if missing), else None (warned once)."""
     path = paths.cache_dir()
+    if os.environ.get("CYBN_CACHE_DIR"):  # say where the path came from, and what would be accepted
+        path_label = f"CYBN_CACHE_DIR={path!r} (accepted: a directory you own, mode 0700, or a path to create)"
+    else:
+        path_label = path
     try:
         if not os.path.isdir(path):
             os.makedirs(path, mode=0o700, exist_ok=True)
             os.chmod(path, 0o700)  # the umask may have taken bits away; never adds any
         st = os.stat(path)
     except OSError as exc:
-        _warn_once(("mkdir", path), f"cybn: kernel disk cache disabled: cannot create {path}: {exc}")
+        _warn_once(("mkdir", path), f"cybn: kernel disk cache disabled: cannot create {path_label}: {exc}")
         return None
     if not stat.S_ISDIR(st.st_mode):
-        _warn_once(("notdir", path), f"cybn: kernel disk cache disabled: {path} is not a directory")
+        _warn_once(("notdir", path), f"cybn: kernel disk cache disabled: {path_label} is not a directory")
         return None
     if st.st_uid != os.getuid():
         _warn_once(("owner", path), f"cybn: kernel disk cache disabled: {path} is owned by uid {st.st_uid}, "

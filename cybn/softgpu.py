@@ -79,6 +79,10 @@ def load(path=None):
             raise RuntimeError(
                 "a real CUDA driver (%s) is already loaded in this process; the software GPU must be "
                 "loaded before anything initialises CUDA (import cybn.softgpu and call load() first)" % other)
+    if not os.path.exists(path) and os.environ.get("CYBN_SOFTGPU_LIBRARY") and path == os.path.abspath(library_path()):
+        raise FileNotFoundError("software GPU library not found: CYBN_SOFTGPU_LIBRARY=%r does not exist (accepted: "
+                                "the path of a built software GPU libcuda.so.1, or unset for the packaged one)"
+                                % os.environ["CYBN_SOFTGPU_LIBRARY"])
     if not os.path.exists(path):
         raise FileNotFoundError(
             "software GPU library not found at %s: build it (pip install . builds src/softgpu into "

@@ -11,6 +11,8 @@ from cybn.status cimport check
 
 _tls = threading.local()
 cdef Stream _legacy = None
+# Called with the handle before a stream cybn owns is destroyed (layers above keep per-stream resources).
+_destroy_hooks = []
 
 
 cdef class Stream:
@@ -31,6 +33,11 @@ cdef class Stream:
         if self.owned and self.stream != NULL:
             try:
                 ensure_context()
+                for hook in _destroy_hooks:  # e.g. BatchNorm drops this stream's workspaces
+                    try:
+                        hook(<size_t>self.stream)
+                    except Exception:  # a hook's failure must not leak the stream
+                        pass
                 cydriver.cuStreamDestroy(self.stream)
             except Exception:  # interpreter shutdown: the context may be gone; nothing to report to
                 pass

@@ -18,10 +18,10 @@
 // All offsets are 64-bit; loops are grid-stride so any size fits the grid limits.
 //
 // Numerics. The batch mean is carried as an unevaluated float pair hi + lo (from the statistics'
-// float-float sum of x - shift, welford.cuh; save_mean holds hi) and every kernel forms x - mean as (x - hi) - lo: exact
-// (Sterbenz) for x near the mean, one rounding relative to the result elsewhere, so outputs near the
+// float-float sum of x - shift, welford.cuh; save_mean holds hi) and every kernel forms x - mean as
+// (x - hi) - lo: exact (Sterbenz) for x near the mean, one rounding relative to the result elsewhere, so outputs near the
 // bias keep their own precision at any offset. The backward does not need the forward's lo: its
-// reduction also sums x - hi (compensated) and recovers lo = mean(x - hi) exactly enough, so
+// reduction also sums x - hi (exact by TwoSum, compensated) and recovers lo = mean(x - hi), so
 // save_mean stays a plain float32 array and the faces carry nothing extra. The backward's sums
 // (dy, dy * (x - hi), x - hi) are compensated per thread (CSum, welford.cuh) and merged pairwise.
 // Parameter gradients are written cuDNN-style: grad = alpha * this_batch + beta * grad (beta == 0:
@@ -37,6 +37,7 @@ enum : int {
     BN_SHIFTED = 8,       // normalize: the training mean as the workspace's (hi, lo) pair
     BN_ROWVEC = 16,       // spatial, N == 1 (with VEC): 16-byte units of each channel's aligned middle,
                           // scalar head and tail (S odd or the channel start not 16-byte aligned)
+    BN_BIASED_RUNVAR = 32,  // forward train: the biased batch variance (M) into running_var (MXNet, Paddle)
 };
 
 // ---------------------------------------------------------------- element types
@@ -195,7 +196,9 @@ enum : int { FWD_TAIL = 4 };
 
 // Batch mean/invstd from the combined statistics; saved statistics and running-average update.
 // M == 1: the unbiased variance is undefined; the biased one (0) is used, never NaN or inf.
+// flags & BN_BIASED_RUNVAR: the biased variance goes into running_var (no M / (M - 1)).
 __device__ __forceinline__ void finish_statistics(long long c, Welford t, float shift, long long M, float eps, float factor,
+                                                  int flags,
                                                   float sc, float* running_mean, float* running_var,
                                                   float* save_mean, float* save_invstd, float* tail) {
     const float ws = welford_scale(shift);
@@ -204,7 +207,7 @@ __device__ __forceinline__ void finish_statistics(long long c, Welford t, float 
     const double is = inv_std(var, eps);
     save_mean[c] = m.x;
     save_invstd[c] = (float)is;
-    const float unbiased = (float)(M > 1 ? var * ((double)M / (double)(M - 1)) : var);
+    const float unbiased = (float)(M > 1 && !(flags & BN_BIASED_RUNVAR) ? var * ((double)M / (double)(M - 1)) : var);
     running_mean[c] = (1.0f - factor) * running_mean[c] + factor * m.x;
     running_var[c] = (1.0f - factor) * running_var[c] + factor * unbiased;
     if (tail)  // for the second launch: it must not re-read x, which y may be
@@ -395,13 +398,13 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const
                 m = welford_merge(m, load_welford(partials + ((long long)c * gridDim.y + q) * FWD_PART));
         t = group_reduce(m);
         if (ok && threadIdx.x == 0)
-            finish_statistics(c, t, shift, M, eps, factor, p.y, running_mean, running_var, save_mean, save_invstd,
+            finish_statistics(c, t, shift, M, eps, factor, flags, p.y, running_mean, running_var, save_mean, save_invstd,
                               stat_tail);
         return;  // the normalisation is the second launch (bn_normalize_spatial)
     }
 
     if (ok && threadIdx.x == 0)
-        finish_statistics(c, t, shift, M, eps, factor, p.y, running_mean, running_var, save_mean, save_invstd,
+        finish_statistics(c, t, shift, M, eps, factor, flags, p.y, running_mean, running_var, save_mean, save_invstd,
                           nullptr);
     // ((x - hi) - lo): exact near the mean at any offset, and exactly 0 for a constant channel.
     const float a = (float)(p.y * inv_std(welford_variance(t, ws), eps)), b = p.z;
@@ -669,12 +672,12 @@ __global__ void bn_fwd_train_pa(const T* x, T* y, const float* scale, const floa
                 m = welford_merge(m, load_welford(partials + (f * gridDim.y + q) * FWD_PART));
         t = column_reduce(m);
         if (ok && threadIdx.y == 0)
-            finish_statistics(f, t, shift, N, eps, factor, p.y, running_mean, running_var, save_mean, save_invstd,
+            finish_statistics(f, t, shift, N, eps, factor, flags, p.y, running_mean, running_var, save_mean, save_invstd,
                               stat_tail);
         return;  // the normalisation is the second launch (bn_normalize_pa)
     }
     if (ok && threadIdx.y == 0)
-        finish_statistics(f, t, shift, N, eps, factor, p.y, running_mean, running_var, save_mean, save_invstd,
+        finish_statistics(f, t, shift, N, eps, factor, flags, p.y, running_mean, running_var, save_mean, save_invstd,
                           nullptr);
     if (!ok) return;
     const float a = (float)(p.y * inv_std(welford_variance(t, ws), eps)), b = p.z;

@@ -2,9 +2,11 @@
 // combination, and the error-free float pieces the kernels build on (TwoSum, compensated sums).
 //
 // Never a one-pass sum and sum of squares: at a mean of 1e6 with unit variance those cancel
-// catastrophically in fp32. Callers also subtract a per-channel shift (one sample of the channel)
-// before pushing, so the running mean stays small and each update keeps its low-order bits; a
-// channel constant at 1e7 then gives mean exactly 0 (+ shift) and variance exactly 0.
+// catastrophically in fp32. welford_push subtracts a per-channel shift (one sample of the channel,
+// exactly by TwoSum), so the running mean stays small and each update keeps its low-order bits; a
+// channel constant at 1e7 then gives mean exactly 0 (+ shift) and variance exactly 0. Beside Welford's
+// own mean (which its variance recurrence needs) the state keeps a compensated sum of the exact shifted
+// samples: the mean to float-float accuracy, from which the kernels form hi + lo.
 //
 // The state carries the variance itself (M2 / n), not M2: M2 = variance * count overflows float32 once
 // that product passes FLT_MAX (4096 values of std 3e17) although the variance fits. Every intermediate

@@ -34,3 +34,27 @@ def test_an_out_view_longer_than_its_memory_changes_nothing(split):
             batchnorm.forward_train(x, None, None, rm, rv, 1e-5, 0.5, out=out)
     np.testing.assert_array_equal(rm.get(), np.full(3, 0.25, np.float32))
     np.testing.assert_array_equal(rv.get(), np.full(3, 2.0, np.float32))
+
+
+def test_a_failed_module_backward_commits_nothing():
+    """grad, scalegrad, biasgrad and the parameters' grads move only when every step of backward succeeded
+    (here the output allocations fail: the device is out of memory)."""
+    from cybn import memory, softgpu
+    from cybn.modules import BatchNorm2D
+    rng = np.random.default_rng(6)
+    bn = BatchNorm2D(3)
+    bn(cybn.to_gpu(rng.standard_normal((2, 3, 4, 4)).astype(np.float32)))
+    bn.backward(cybn.to_gpu(rng.standard_normal((2, 3, 4, 4)).astype(np.float32)))
+    before = dict(grad=bn.grad, scalegrad=bn.scalegrad, biasgrad=bn.biasgrad)
+    values = {k: v.get() for k, v in before.items()}
+    pgrads = {n: v.grad.get() for n, v in bn.vars.items()}
+    dy = cybn.to_gpu(rng.standard_normal((2, 3, 4, 4)).astype(np.float32))
+    memory.default_pool().free_all()  # so the next allocation reaches the driver, which refuses it
+    with softgpu.alloc_budget(softgpu.live_allocations()[1]):
+        with pytest.raises(CudaError, match="OUT_OF_MEMORY"):
+            bn.backward(dy)
+    for k, v in before.items():
+        assert getattr(bn, k) is v, k
+        np.testing.assert_array_equal(v.get(), values[k], err_msg=k)
+    for n, v in bn.vars.items():
+        np.testing.assert_array_equal(v.grad.get(), pgrads[n], err_msg=n)

@@ -35,13 +35,15 @@ def probe(**variables):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-OFF = dict(memcheck=False, racecheck=False, initcheck=False)
-ON = dict(memcheck=True, racecheck=True, initcheck=True)
+# streamcheck is off unless CYBN_SOFTGPU_ASYNC=1 turns it on (or the list names it).
+OFF = dict(memcheck=False, racecheck=False, initcheck=False, streamcheck=False)
+ON = dict(memcheck=True, racecheck=True, initcheck=True, streamcheck=False)
 
 
 @pytest.mark.parametrize("value,checks", [
     ("0", OFF), ("off", OFF), ("false", OFF), ("none", OFF), ("1", ON), ("True", ON), ("all", ON),
-    ("memcheck, initcheck", dict(memcheck=True, racecheck=False, initcheck=True)),
+    ("memcheck, initcheck", dict(memcheck=True, racecheck=False, initcheck=True, streamcheck=False)),
+    ("initcheck,streamcheck", dict(memcheck=False, racecheck=False, initcheck=True, streamcheck=True)),
 ])
 def test_softgpu_checks_spellings(value, checks):
     assert probe(CYBN_SOFTGPU_CHECKS=value)["checks"] == checks
@@ -84,3 +86,17 @@ def test_cybn_device_is_validated(monkeypatch):
 def test_env_flag_and_choice_defaults(monkeypatch):
     monkeypatch.delenv("CYBN_TEST_FLAG", raising=False)
     assert env.flag("CYBN_TEST_FLAG", True) is True and env.choice("CYBN_TEST_FLAG", ("a", "b"), "b") == "b"
+
+
+def test_cache_dir_and_softgpu_library_are_named(tmp_path, monkeypatch):
+    from cybn import diskcache, softgpu
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    monkeypatch.setenv("CYBN_CACHE_DIR", str(f))
+    monkeypatch.setattr(diskcache, "_warned", set())
+    with pytest.warns(RuntimeWarning, match=r"CYBN_CACHE_DIR='.*a-file' \(accepted: a directory you own"):
+        assert diskcache.usable_dir() is None
+    monkeypatch.setenv("CYBN_SOFTGPU_LIBRARY", str(tmp_path / "missing.so"))
+    monkeypatch.setattr(softgpu, "_lib", None)
+    with pytest.raises(FileNotFoundError, match=r"CYBN_SOFTGPU_LIBRARY='.*missing.so' does not exist \(accepted:"):
+        softgpu.load()

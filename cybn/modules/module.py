@@ -244,7 +244,9 @@ class Module:
             wrap, how = gpuarray.from_dlpack, "cybn.from_dlpack"
         else:
             raise ModuleError("%s must be a cybn GPUArray or a device array with __cuda_array_interface__ or "
-                              "__dlpack__, got %s" % (what, type(data).__name__))
+                              "__dlpack__ (taken without a copy, as cybn.from_cuda_array_interface / cybn.from_dlpack "
+                              "wrap them; host data: copy it with gpuarray.to_gpu), got %s"
+                              % (what, type(data).__name__))
         try:
             return wrap(data)
         except (TypeError, ValueError, BufferError) as e:

@@ -768,6 +768,56 @@ bool Decoder::decode_instr(const Stmt& s) {
         return finish(in);
     }
 
+    // -------------------------------------------------- mbarrier (engine_mbarrier.cpp)
+    if (op == "mbarrier") {
+        in.op = OP_MBARRIER;
+        Space sp = md.space();
+        if (md.take("shared::cta")) sp = SP_SHARED;
+        for (const char* q : {"release", "acquire", "relaxed", "cta"}) md.take(q);
+        bool drop = false;
+        if (md.take("init")) in.mod = MB_INIT;
+        else if (md.take("inval")) in.mod = MB_INVAL;
+        else if (md.take("arrive")) in.mod = md.take("noComplete") ? MB_ARRIVE_NOCOMPLETE : md.take("expect_tx") ? MB_ARRIVE_EXPECT_TX : MB_ARRIVE;
+        else if (md.take("arrive_drop")) { in.mod = MB_ARRIVE; drop = true; if (md.take("noComplete")) in.mod = MB_ARRIVE_NOCOMPLETE; }
+        else if (md.take("expect_tx")) in.mod = MB_EXPECT_TX;
+        else if (md.take("complete_tx")) in.mod = MB_COMPLETE_TX;
+        else if (md.take("test_wait")) in.mod = MB_TEST_WAIT;
+        else if (md.take("try_wait")) in.mod = MB_TRY_WAIT;
+        else if (md.take("pending_count")) in.mod = MB_PENDING_COUNT;
+        else return unsupported("operation");
+        if (drop) in.mod2 = 1;
+        if ((in.mod == MB_TEST_WAIT || in.mod == MB_TRY_WAIT) && md.take("parity")) in.flags |= F_HI;
+        if (!md.take("b64")) return unsupported("type");
+        if (in.mod == MB_PENDING_COUNT) {
+            if (!nops(2, 2) || !dst(ops[0], &in.d) || !src(ops[1], T_B64, &in.a)) return false;
+            return finish(in);
+        }
+        size_t k = 0;
+        bool has_dst = in.mod == MB_ARRIVE || in.mod == MB_ARRIVE_NOCOMPLETE || in.mod == MB_ARRIVE_EXPECT_TX ||
+                       in.mod == MB_TEST_WAIT || in.mod == MB_TRY_WAIT;
+        if (has_dst && (ops.empty() || !dst(ops[k++], &in.d))) return false;
+        if (k >= ops.size()) return unsupported("operands");
+        uint32_t base;
+        int64_t off;
+        Space sym_sp;
+        if (!address(ops[k++], &base, &off, &sym_sp)) return false;
+        if (sp == SP_GENERIC && sym_sp != SP_GENERIC) sp = sym_sp;
+        if (sp != SP_SHARED && sp != SP_GENERIC) return unsupported("state space");
+        in.a = base;
+        in.imm = off;
+        in.space = sp;
+        in.size = 8;
+        in.b = const_slot(1);  // count / token / tx operand, default 1
+        size_t extra = ops.size() - k;
+        bool needs = in.mod == MB_INIT || in.mod == MB_ARRIVE_NOCOMPLETE || in.mod == MB_ARRIVE_EXPECT_TX ||
+                     in.mod == MB_EXPECT_TX || in.mod == MB_COMPLETE_TX || in.mod == MB_TEST_WAIT || in.mod == MB_TRY_WAIT;
+        size_t most = in.mod == MB_TRY_WAIT ? 2 : (in.mod == MB_ARRIVE || needs) ? 1 : 0;
+        if (extra > most || (needs && extra == 0)) return unsupported("operand count");
+        if (extra >= 1 && !src(ops[k], in.mod == MB_TEST_WAIT || in.mod == MB_TRY_WAIT ? T_B64 : T_U32, &in.b)) return false;
+        if (extra == 2 && !src(ops[k + 1], T_U32, &in.c)) return false;  // try_wait's suspend-time hint: ignored
+        return finish(in);
+    }
+
     // -------------------------------------------------- atomics
     if (op == "atom" || op == "red") {
         Space sp = md.space();

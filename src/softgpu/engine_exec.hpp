@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <set>
 #include <string>
 #include <vector>
@@ -90,6 +91,7 @@ struct Exec {
     void settle_activemask(Cta& cta, uint32_t warp, bool diverged);
     // vprintf, malloc, free, __assertfail (engine_builtins.cpp); false when the launch must stop.
     bool call_builtin(Thread& t, const Instr& in, const CallSite& cs);
+    int mbarrier(Thread& t, const Instr& in, uint64_t* R);  // engine_mbarrier.cpp
     // Findings (executor.cpp).
     void finding(int code, int check, const Thread& t, const Instr& in, const std::string& what);
     std::string where(const Thread& t) const;

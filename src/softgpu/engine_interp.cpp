@@ -684,6 +684,13 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 R[S_SINK] = 0;
                 break;
             }
+            case OP_MBARRIER: {
+                SAVE();
+                int r = mbarrier(t, in, R);
+                if (r < 0) { status = RUN_FAULT; goto out; }
+                if (r > 0) { ++pc; goto out; }  // try_wait not complete: yield the rest of the slice
+                break;
+            }
             case OP_BRA: pc = uint32_t(in.imm); continue;
             case OP_BRX: pc = module->branch_tables[in.imm][R[in.a] & 0xffffffffu]; continue;
             case OP_CALL: {

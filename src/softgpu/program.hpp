@@ -100,6 +100,7 @@ enum Op : uint16_t {
     OP_BRA, OP_BRX, OP_CALL, OP_RET, OP_EXIT, OP_TRAP, OP_NOP, OP_YIELD,
     // memory ordering and atomics
     OP_ATOM, OP_RED,
+    OP_MBARRIER,  // in.mod is the MbarOp (engine_mbarrier.cpp)
     // CTA and warp collectives
     OP_BAR, OP_BAR_ARRIVE, OP_BAR_RED, OP_BAR_WARP, OP_SHFL, OP_VOTE, OP_REDUX, OP_MATCH, OP_ACTIVEMASK,
     OP_COUNT
@@ -140,6 +141,12 @@ struct Instr {
 };
 
 struct CallArg { uint32_t caller_off, callee_off, size; };
+// mbarrier operations for OP_MBARRIER (in.mod); in.flags F_HI marks .parity waits.
+enum MbarOp : uint8_t {
+    MB_INIT, MB_INVAL, MB_ARRIVE, MB_ARRIVE_NOCOMPLETE, MB_ARRIVE_DROP, MB_ARRIVE_EXPECT_TX, MB_EXPECT_TX,
+    MB_COMPLETE_TX, MB_TEST_WAIT, MB_TRY_WAIT, MB_PENDING_COUNT
+};
+
 // Undefined functions the engine implements itself (engine_builtins.cpp).
 enum Builtin : uint8_t { BI_NONE, BI_VPRINTF, BI_MALLOC, BI_FREE, BI_ASSERTFAIL };
 struct CallSite {

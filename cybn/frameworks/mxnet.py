@@ -1,0 +1,162 @@
+"""MXNet's BatchNorm operator (mx.nd.BatchNorm, 1.9.1) on cybn's functional BatchNorm.
+
+    from cybn.mxnet import BatchNorm, autograd
+    with autograd.record() as tape:              # MXNet: with autograd.record():
+        y = BatchNorm(x, gamma, beta, moving_mean, moving_var, fix_gamma=False)
+    dx, dgamma, dbeta = tape.backward(y, dy)      # MXNet: y.backward(dy); x.grad, gamma.grad, beta.grad
+
+Semantics, as measured on MXNet (peer-semantics.md, tests/frameworks/golden/mxnet.npz):
+- training=True: batch mean and biased variance normalise; the moving statistics move as
+  moving = momentum * moving + (1 - momentum) * batch (biased variance), and only in the BACKWARD pass: a
+  training forward with no backward leaves them unchanged. The forward's kernel computes the update into
+  scratch copies of the moving statistics; tape.backward copies them in (two device copies of C floats).
+- fix_gamma=True (the default): the forward uses gamma = 1, the gamma gradient is 0, and the gamma array
+  passed in is overwritten with ones (after the forward succeeded).
+- training=False or use_global_stats=True: the moving statistics normalise and nothing is updated;
+  use_global_stats's backward is dy * gamma * invstd (and dgamma, dbeta from the moving statistics).
+- output_mean_var=True: returns [y, mean, invstd], the batch mean and 1/sqrt(var + eps) in training, the
+  moving mean and 1/sqrt(moving_var + eps) otherwise (that one computed from the C moving variances).
+- data float32, or float16 with float32 gamma/beta/moving statistics; axis any channel axis but the last
+  of data with more than two dimensions. cudnn_off is accepted and has no effect.
+Not supported yet (EngineFeatureMissing, nothing changed): float64 (engine: float64), channel axis -1 of
+3-d+ data (engine: channels-last), and the backward of a training=False forward (MXNet runs the training
+formula around the moving statistics there; the core's training backward centres on the batch mean).
+"""
+import threading
+
+import numpy as np
+
+from cybn.frameworks.common import EngineFeatureMissing, as_device_array, channel_view, errors_as, factor
+
+
+class MXNetError(RuntimeError):
+    """What MXNet raises for bad operator arguments (mxnet.base.MXNetError is a RuntimeError)."""
+
+
+class _Saved:
+    """What one recorded training forward keeps for its backward."""
+    __slots__ = ("x", "gamma", "save_mean", "save_invstd", "moving", "scratch", "fix_gamma", "frozen", "eps")
+
+
+_local = threading.local()
+
+
+class Tape:
+    """The recorded BatchNorm calls of one `autograd.record()` block; backward(y, dy) runs the backward of
+    the call that returned y (once, as MXNet frees the graph) and updates its moving statistics."""
+
+    def __init__(self):
+        self._saved = []
+
+    def _add(self, y, saved):
+        self._saved.append((y, saved))
+
+    def backward(self, y, out_grad):
+        """(data_grad, gamma_grad, beta_grad) of the recorded call that returned y (or [y, mean, invstd])."""
+        from cybn import batchnorm, gpuarray
+        head = y[0] if isinstance(y, list) else y
+        for i, (out, s) in enumerate(self._saved):
+            if out is head:
+                break
+        else:
+            raise MXNetError("backward: this output was not recorded by this tape (run the forward inside "
+                             "`with autograd.record() as tape:`), or its backward already ran")
+        dy = as_device_array(out_grad, "out_grad", MXNetError)
+        if s.frozen is None:
+            raise EngineFeatureMissing("the backward of an inference-mode (training=False) BatchNorm",
+                                       "the training-formula backward around given statistics")
+        if tuple(dy.shape) != tuple(head.shape):
+            raise MXNetError(f"backward: out_grad must have the output's shape {tuple(head.shape)}, got "
+                             f"{tuple(dy.shape)}")
+        with errors_as(MXNetError):
+            dy = dy.reshape(*s.x.shape)  # the channel view of data, as the forward used
+            if s.frozen:
+                dx, dg, db = batchnorm.backward_infer(s.x, dy, s.gamma, s.moving[0], s.moving[1], s.eps)
+            else:
+                dx, dg, db = batchnorm.backward(s.x, dy, s.gamma, s.save_mean, s.save_invstd)
+        del self._saved[i]
+        if s.scratch is not None:  # MXNet moves its statistics in the backward pass
+            s.moving[0].set(s.scratch[0])
+            s.moving[1].set(s.scratch[1])
+        if s.fix_gamma:
+            dg = gpuarray.zeros(dg.shape, np.float32)
+        return dx.reshape(*head.shape), dg, db
+
+
+class autograd:
+    """The part of mxnet.autograd a BatchNorm backward needs: `with autograd.record() as tape:`."""
+
+    @staticmethod
+    def record():
+        return _Recording()
+
+    @staticmethod
+    def is_recording():
+        return getattr(_local, "tape", None) is not None
+
+
+class _Recording:
+    def __enter__(self):
+        if getattr(_local, "tape", None) is not None:
+            raise MXNetError("autograd.record() blocks do not nest here")
+        _local.tape = Tape()
+        return _local.tape
+
+    def __exit__(self, *exc):
+        _local.tape = None
+        return False
+
+
+def _param(obj, what, C):
+    a = as_device_array(obj, what, MXNetError)
+    if a.dtype != np.float32:
+        raise MXNetError(f"BatchNorm: {what} must be float32 (MXNet requires uniform type: float32 parameters for "
+                         f"float32 or float16 data), got {a.dtype}")
+    if a.size != C:
+        raise MXNetError(f"BatchNorm: {what} must have {C} elements (the channel axis' size), got shape "
+                         f"{tuple(a.shape)}")
+    return a.reshape(C)
+
+
+def BatchNorm(data, gamma, beta, moving_mean, moving_var, eps=0.001, momentum=0.9, fix_gamma=True,
+              use_global_stats=False, output_mean_var=False, axis=1, cudnn_off=False, training=True):
+    """mx.nd.BatchNorm: returns y, or [y, mean, invstd] with output_mean_var (see the module docstring)."""
+    from cybn import batchnorm, gpuarray
+    x = as_device_array(data, "data", MXNetError)
+    if x.dtype == np.float64:
+        raise EngineFeatureMissing("BatchNorm on float64 data", "float64 kernels")
+    if x.dtype not in (np.float32, np.float16):
+        raise MXNetError(f"BatchNorm: data must be float32 or float16, got {x.dtype}")
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise MXNetError(f"BatchNorm: axis must be an int, got {axis!r}")
+    xv = channel_view(x, int(axis), "data", MXNetError)
+    C = xv.shape[1]
+    g, b = _param(gamma, "gamma", C), _param(beta, "beta", C)
+    mm, mv = _param(moving_mean, "moving_mean", C), _param(moving_var, "moving_var", C)
+    f = factor(momentum, "momentum", MXNetError)
+    tape = getattr(_local, "tape", None)
+    scale = gpuarray.zeros((C,), np.float32).fill(1.0) if fix_gamma else g
+    with errors_as(MXNetError):
+        if training and not use_global_stats:
+            scratch = (mm.copy(), mv.copy())
+            y, mean, invstd = batchnorm.forward_train(xv, scale, b, scratch[0], scratch[1], eps, f,
+                                                      running_var_unbiased=False)
+            frozen = False
+        else:
+            y = batchnorm.forward_infer(xv, scale, b, mm, mv, eps)
+            scratch, frozen = None, (True if training else None)
+            if output_mean_var:
+                mean = mm.copy()
+                invstd = gpuarray.to_gpu((1.0 / np.sqrt(mv.get().astype(np.float32) + np.float32(eps)))
+                                         .astype(np.float32))
+    if fix_gamma:
+        g.fill(1.0)  # MXNet overwrites the gamma it was given
+    y = y.reshape(*x.shape)
+    if tape is not None:
+        s = _Saved()
+        s.x, s.gamma, s.moving, s.scratch, s.fix_gamma, s.frozen, s.eps = xv, scale, (mm, mv), scratch, \
+            bool(fix_gamma), frozen, eps
+        if frozen is False:
+            s.save_mean, s.save_invstd = mean, invstd
+        tape._add(y, s)
+    return [y, mean, invstd] if output_mean_var else y

@@ -1,0 +1,247 @@
+"""Paddle's BatchNorm layer (paddle.nn.BatchNorm, 3.3.1, dygraph) and paddle.nn.functional.batch_norm on
+cybn's functional BatchNorm.
+
+    from cybn.paddle import BatchNorm
+    bn = BatchNorm(16)                 # weight ones, bias zeros, _mean zeros, _variance ones (float32)
+    y = bn(x)                          # train() by default: batch statistics, running ones updated
+    dx = bn.backward(dy)               # sets (accumulates, as Paddle) bn.weight.grad and bn.bias.grad
+    bn.eval(); y = bn(x)               # running statistics
+
+Semantics, as measured on Paddle (peer-semantics.md, tests/frameworks/golden/paddle.npz):
+- training: running = momentum * running + (1 - momentum) * batch with the BIASED batch variance, in the
+  forward; momentum is a float32 attribute (0.9 acts as 0.89999998).
+- eval(): running statistics, nothing updated; backward dx = dy * weight * invstd(running).
+  trainable_statistics=True in eval(): batch statistics AND the running ones are updated, as in train();
+  its backward is eval's (dy * weight * invstd) with the running statistics as that forward left them.
+  use_global_stats=True: the running statistics in train() too, nothing updated.
+- is_test, moving_mean_name, moving_variance_name, do_model_average_for_mean_and_var: accepted; in dygraph
+  Paddle ignores them (is_test acts only in static graphs), so does this layer.
+- Gradients accumulate into weight.grad/bias.grad across backward calls (in the backward kernel: the
+  core's alpha/beta) until clear_gradients().
+- in_place=True writes y into the input's memory (Paddle 3.3.1's dygraph leaves the input unchanged; the
+  values of y are the same); a backward after an in-place forward is refused (the input is gone).
+- state_dict(): {'weight', 'bias', '_mean', '_variance'} (the layer's own Tensors); set_state_dict()
+  checks every entry before it sets any and returns (missing_keys, unexpected_keys) as Paddle.
+Not supported yet (EngineFeatureMissing, nothing changed): dtype float64 (engine: float64), data_layout
+NHWC for 3-d+ input (engine: channels-last), act (engine: fused activation).
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+from cybn.frameworks.common import EngineFeatureMissing, as_device_array, channel_view, errors_as, factor
+
+# The activations Paddle's layer accepts by name (its legacy op table; leaky_relu and softplus are in it).
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "relu6", "elu", "swish", "gelu", "hard_sigmoid", "hard_swish", "silu",
+               "mish", "selu", "softsign", "tanh_shrink", "leaky_relu", "softplus", "brelu", "softshrink", "celu",
+               "abs", "exp", "square", "sqrt")
+LAYER_LAYOUTS = ("NCHW", "NHWC")  # what the layer takes, for any rank (NCL, NDHWC, ... raise there)
+FUNCTIONAL_FORMATS = {"NC": 1, "NCL": 1, "NCHW": 1, "NCDHW": 1, "NLC": -1, "NHWC": -1, "NDHWC": -1}
+
+
+class Tensor:
+    """A layer's parameter or buffer: a float32 GPUArray with Paddle's Tensor surface (numpy(), set_value(),
+    shape, dtype, stop_gradient, grad, name) and __cuda_array_interface__."""
+
+    def __init__(self, array, name, stop_gradient):
+        self.value, self.name, self.stop_gradient, self.grad = array, name, stop_gradient, None
+
+    shape = property(lambda self: list(self.value.shape))
+    dtype = property(lambda self: self.value.dtype)
+    __cuda_array_interface__ = property(lambda self: self.value.__cuda_array_interface__)
+
+    def numpy(self):
+        return self.value.get()
+
+    def _checked(self, v):
+        a = np.asarray(v.get() if hasattr(v, "get") else v.numpy() if hasattr(v, "numpy") else v)
+        if a.size != self.value.size or (a.ndim and a.shape != tuple(self.value.shape)):
+            raise ValueError(f"{self.name}: the value must have shape {self.shape}, got {list(a.shape)}")
+        if not np.can_cast(a.dtype, np.float32, "same_kind"):
+            raise ValueError(f"{self.name}: the value must be floating point, got {a.dtype}")
+        return a.astype(np.float32).reshape(self.value.shape)
+
+    def set_value(self, v):
+        self.value.set(self._checked(v))
+
+    def __repr__(self):
+        return f"Tensor(name={self.name}, shape={self.shape}, stop_gradient={self.stop_gradient})"
+
+
+def _initial(attr, C, default, what):
+    """The initial value of weight/bias from param_attr/bias_attr: None (Paddle's default), False (no
+    parameter: 1 / 0, frozen), a number (a constant) or an array of C values."""
+    if attr is None or attr is True:
+        return np.full(C, default, np.float32)
+    if np.isscalar(attr) and not isinstance(attr, str):
+        return np.full(C, float(attr), np.float32)
+    a = np.asarray(attr.get() if hasattr(attr, "get") else attr)
+    if a.dtype.kind not in "fiu" or a.size != C:
+        raise ValueError(f"BatchNorm: {what} must be None, False, a number or {C} initial values, got {attr!r}")
+    return a.astype(np.float32).reshape(C)
+
+
+def _data(x, layout_axis, what="input"):
+    a = as_device_array(x, what, ValueError)
+    if a.dtype == np.float64:
+        raise EngineFeatureMissing(f"BatchNorm on float64 {what}", "float64 kernels")
+    if len(a.shape) < 2:
+        raise ValueError(f"(InvalidArgument) the dimension of {what} must be >= 2 (N, C, ...), got shape "
+                         f"{list(a.shape)}")
+    return a, channel_view(a, layout_axis, what, ValueError)
+
+
+class BatchNorm:
+    """paddle.nn.BatchNorm (see the module docstring)."""
+
+    def __init__(self, num_channels, act=None, is_test=False, momentum=0.9, epsilon=1e-05, param_attr=None,
+                 bias_attr=None, dtype="float32", data_layout="NCHW", in_place=False, moving_mean_name=None,
+                 moving_variance_name=None, do_model_average_for_mean_and_var=True, use_global_stats=False,
+                 trainable_statistics=False):
+        from cybn import gpuarray
+        if not isinstance(num_channels, (int, np.integer)) or isinstance(num_channels, bool) or num_channels < 1:
+            raise ValueError(f"BatchNorm: num_channels must be a positive int, got {num_channels!r}")
+        if act is not None and act not in ACTIVATIONS:
+            raise ValueError(f"BatchNorm: unknown act {act!r} (Paddle's names: {', '.join(ACTIVATIONS)})")
+        if data_layout not in LAYER_LAYOUTS:
+            raise ValueError(f"BatchNorm: unknown data layout type string {data_layout!r}: the layer takes NCHW or "
+                             f"NHWC for any rank (NHWC: channel last)")
+        dt = str(np.dtype(dtype)) if not hasattr(dtype, "name") else dtype.name
+        if dt not in ("float32", "float64"):
+            raise ValueError(f"BatchNorm: dtype must be 'float32' or 'float64', got {dtype!r}")
+        if dt == "float64":
+            raise EngineFeatureMissing("BatchNorm(dtype='float64')", "float64 kernels")
+        if act is not None:
+            raise EngineFeatureMissing(f"BatchNorm(act={act!r})", "a fused activation epilogue")
+        self._factor = factor(momentum, "momentum")
+        self._momentum, self._epsilon = float(np.float32(momentum)), float(epsilon)
+        if not self._epsilon > 0:
+            raise ValueError(f"BatchNorm: epsilon must be > 0, got {epsilon!r}")
+        C = int(num_channels)
+        self._num_channels, self._act, self._data_layout, self._in_place = C, act, data_layout, bool(in_place)
+        self._use_global_stats, self._trainable_statistics = bool(use_global_stats), bool(trainable_statistics)
+        self._is_test, self._dtype = bool(is_test), dt
+        w0, b0 = _initial(param_attr, C, 1.0, "param_attr"), _initial(bias_attr, C, 0.0, "bias_attr")
+        self.weight = Tensor(gpuarray.to_gpu(w0), "weight", param_attr is False)
+        self.bias = Tensor(gpuarray.to_gpu(b0), "bias", bias_attr is False)
+        self._mean = Tensor(gpuarray.zeros((C,), np.float32), moving_mean_name or "_mean", True)
+        self._variance = Tensor(gpuarray.to_gpu(np.ones(C, np.float32)), moving_variance_name or "_variance", True)
+        self.training = True
+        self._saved = None
+
+    def train(self):
+        self.training = True
+        return self
+
+    def eval(self):
+        self.training = False
+        return self
+
+    def __call__(self, input):
+        return self.forward(input)
+
+    def forward(self, input):
+        from cybn import batchnorm
+        x, xv = _data(input, -1 if self._data_layout == "NHWC" else 1)
+        if xv.shape[1] != self._num_channels:
+            raise ValueError(f"(InvalidArgument) ShapeError: the input has {xv.shape[1]} channels, the layer "
+                             f"{self._num_channels} (input shape {list(x.shape)}, data_layout {self._data_layout})")
+        if x.dtype != np.float32:
+            raise ValueError(f"(InvalidArgument) the input must be {self._dtype} like the layer, got {x.dtype}")
+        w, b, rm, rv = self.weight.value, self.bias.value, self._mean.value, self._variance.value
+        out = xv if self._in_place else None
+        batch = (self.training or self._trainable_statistics) and not self._use_global_stats
+        with errors_as(ValueError):
+            if batch:
+                y, sm, si = batchnorm.forward_train(xv, w, b, rm, rv, self._epsilon, self._factor, out=out,
+                                                    running_var_unbiased=False)
+            else:
+                y = batchnorm.forward_infer(xv, w, b, rm, rv, self._epsilon, out=out)
+                sm = si = None
+        if not self.training:  # eval with trainable_statistics: Paddle's backward is the frozen one, with
+            sm = si = None     # the running statistics as this forward updated them
+        self._saved = (xv, x.shape, sm, si, self._in_place)
+        return y.reshape(*x.shape)
+
+    def backward(self, grad):
+        """The input gradient of the last forward; weight.grad / bias.grad accumulate (Paddle's rule)."""
+        from cybn import batchnorm
+        if self._saved is None:
+            raise RuntimeError("BatchNorm.backward: no forward to differentiate (call the layer first)")
+        xv, shape, sm, si, in_place = self._saved
+        if in_place:
+            raise RuntimeError("BatchNorm.backward: the forward ran with in_place=True, so its input now holds "
+                               "the output and the gradient (which needs the input) cannot be computed")
+        dy = as_device_array(grad, "grad", ValueError)
+        if tuple(dy.shape) != tuple(shape):
+            raise ValueError(f"BatchNorm.backward: grad must have the input's shape {list(shape)}, got "
+                             f"{list(dy.shape)}")
+        wg, bg = self.weight.grad, self.bias.grad
+        acc = dict(scale_grad=wg, bias_grad=bg, scale_grad_beta=0.0 if wg is None else 1.0,
+                   bias_grad_beta=0.0 if bg is None else 1.0)
+        with errors_as(ValueError):
+            dy = dy.reshape(*xv.shape)
+            if sm is not None:
+                dx, dw, db = batchnorm.backward(xv, dy, self.weight.value, sm, si, **acc)
+            else:
+                dx, dw, db = batchnorm.backward_infer(xv, dy, self.weight.value, self._mean.value,
+                                                      self._variance.value, self._epsilon, **acc)
+        if not self.weight.stop_gradient:
+            self.weight.grad = dw
+        if not self.bias.stop_gradient:
+            self.bias.grad = db
+        return dx.reshape(*shape)
+
+    def clear_gradients(self):
+        self.weight.grad = self.bias.grad = None
+
+    def parameters(self):
+        return [t for t in (self.weight, self.bias) if not t.stop_gradient]
+
+    def state_dict(self):
+        return OrderedDict([("weight", self.weight), ("bias", self.bias), ("_mean", self._mean),
+                            ("_variance", self._variance)])
+
+    def set_state_dict(self, state_dict):
+        """Sets the entries present (numpy, GPUArray or Tensor values), each checked before any is set;
+        returns (missing_keys, unexpected_keys)."""
+        own = self.state_dict()
+        values = {k: own[k]._checked(v) for k, v in state_dict.items() if k in own}
+        for k, v in values.items():
+            own[k].value.set(v)
+        return [k for k in own if k not in state_dict], [k for k in state_dict if k not in own]
+
+    set_dict = load_dict = set_state_dict
+
+    def extra_repr(self):
+        return f"num_channels={self._num_channels}, momentum={self._momentum}, epsilon={self._epsilon}"
+
+
+class functional:
+    """paddle.nn.functional's batch_norm."""
+
+    @staticmethod
+    def batch_norm(x, running_mean, running_var, weight, bias, training=False, momentum=0.9, epsilon=1e-05,
+                   data_format="NCHW", use_global_stats=None, name=None):
+        """y; in training (unless use_global_stats) the running statistics are updated in place with the
+        biased batch variance. use_global_stats None: the running statistics exactly when not training."""
+        from cybn import batchnorm
+        if data_format not in FUNCTIONAL_FORMATS:
+            raise ValueError(f"batch_norm: data_format must be one of {', '.join(FUNCTIONAL_FORMATS)}, got "
+                             f"{data_format!r}")
+        a, xv = _data(x, FUNCTIONAL_FORMATS[data_format], "x")
+        f = factor(momentum, "momentum")
+        params = [as_device_array(t.value if isinstance(t, Tensor) else t, n, ValueError) if t is not None else None
+                  for t, n in ((running_mean, "running_mean"), (running_var, "running_var"), (weight, "weight"),
+                               (bias, "bias"))]
+        rm, rv, w, b = params
+        glob = (not training) if use_global_stats is None else bool(use_global_stats)
+        with errors_as(ValueError):
+            if training and not glob:
+                y = batchnorm.forward_train(xv, w, b, rm, rv, epsilon, f, running_var_unbiased=False)[0]
+            else:
+                y = batchnorm.forward_infer(xv, w, b, rm, rv, epsilon)
+        return y.reshape(*a.shape)
+
+
+batch_norm = functional.batch_norm

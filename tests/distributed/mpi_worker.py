@@ -1,0 +1,86 @@
+"""One rank of the MPI tests (started by test_mpi_sync.py under mpiexec, each rank with its own software
+GPU). Runs every scenario in order and pickles what it saw to OUT/rank<r>.pkl; the test checks it."""
+import os
+import pickle
+import sys
+import time
+
+os.environ.setdefault("CYBN_DEVICE", "softgpu")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+from mpi4py import MPI  # noqa: E402
+
+from cybn import softgpu  # noqa: E402
+
+softgpu.load()
+import cybn  # noqa: E402
+from cybn.distributed import (CommunicatorTimeout, MPICommunicator, RankMismatchError,  # noqa: E402
+                              call_header, sync_moments, sync_sums)
+from dist_cases import C, CASES, local_moments, rank_rows  # noqa: E402
+
+out_dir = sys.argv[1]
+world = MPI.COMM_WORLD
+rank, size = world.rank, world.size
+comm = MPICommunicator(timeout=60.0)
+short = MPICommunicator(world.Dup(), timeout=1.0)  # the timeout scenario's own communicator
+res = {"rank": rank, "size": size}
+
+
+def moments(case, device):
+    n, m, v = local_moments(rank_rows(size, rank, case))
+    if device:
+        m, v = cybn.to_gpu(m), cybn.to_gpu(v)
+    return sync_moments(comm, n, m, v, dtype=np.float32, layout="spatial")
+
+
+# 1. host partials, twice (determinism); 2. device partials staged through pinned memory
+for case, *_ in CASES:
+    res[f"host/{case}"] = moments(case, False)
+    res[f"host2/{case}"] = moments(case, False)
+    res[f"device/{case}"] = moments(case, True)
+
+# 3. raw device collectives on a stream: allgather and allreduce of float32
+s = cybn.Stream()
+mine = (np.arange(7, dtype=np.float32) + 0.1) * (rank + 1) ** 3
+dg = comm.allgather(cybn.to_gpu(mine, stream=s), stream=s)
+res["allgather"] = dg.get(stream=s)
+res["allreduce"] = comm.allreduce(cybn.to_gpu(mine, stream=s), stream=s).get(stream=s)
+res["allreduce_host"] = comm.allreduce(mine.copy())
+x = rank_rows(size, rank, "plain")  # the backward's 2 x C sums, from the device
+res["sums"] = sync_sums(comm, cybn.to_gpu(np.stack([x.sum(0), (x * x).sum(0)])), dtype=np.float16,
+                        layout="spatial")
+
+# 4. a mismatched call: the last rank has one more channel; from 3 ranks on, rank 1 passes float16
+n, m, v = local_moments(rank_rows(size, rank, "plain"))
+if rank == size - 1:
+    m, v = np.append(m, 0.0), np.append(v, 0.0)
+try:
+    sync_moments(comm, n, m, v, dtype=np.float16 if (rank == 1 and size >= 3) else np.float32, layout="spatial")
+    res["mismatch"] = None
+except RankMismatchError as exc:
+    res["mismatch"] = str(exc)
+res["after_mismatch"] = moments("plain", False)  # the communicator is still usable
+
+# 5. the last rank "raises" before the collective: the others must time out, not hang
+t0 = time.monotonic()
+if rank == size - 1:
+    res["timeout"] = "skipped"
+else:
+    try:
+        sync_moments(short, n, m, v, dtype=np.float32, layout="spatial")
+        res["timeout"] = None
+    except CommunicatorTimeout as exc:
+        res["timeout"] = str(exc)
+    try:
+        short.allgather(np.zeros(1))
+    except Exception as exc:  # a timed-out communicator refuses further use
+        res["after_timeout"] = f"{type(exc).__name__}: {exc}"
+res["timeout_s"] = time.monotonic() - t0
+world.Barrier()
+if rank == size - 1:  # join late, so that the others' abandoned header exchange completes before MPI_Finalize
+    short.exchange_header(call_header(C, np.float32, "spatial", "moments"))
+world.Barrier()  # the others' MPI progress (here) completes their side of it
+
+with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
+    pickle.dump(res, f)
