@@ -5,7 +5,9 @@
 // values live at once over any instruction (32-bit units: 64-bit values count 2, 128-bit 4;
 // predicates live in their own 7-entry file and do not count; a value loaded from a kernel
 // parameter and never rewritten costs nothing, as ptxas reads it from the constant bank), plus a
-// fixed overhead for what ptxas always keeps (the overhead that minimised the corpus' error). PTX declares a fresh virtual
+// fixed overhead for what ptxas always keeps, and the temporaries of the operations ptxas expands
+// into instruction sequences (division, IEEE reciprocal and square root); constants fitted to
+// minimise the corpus' error. PTX declares a fresh virtual
 // register for nearly every value, so the declared count (KernelInfo::num_regs) is far too high;
 // the live count is what ptxas' allocator has to fit. The measured error of the estimate against
 // ptxas is stated in tests/softgpu/test_registers.py and the README.
@@ -63,6 +65,17 @@ std::vector<uint32_t> successors(const Module& m, const Function& fn, size_t i) 
 
 int units(uint8_t bits) { return bits <= 1 ? 0 : (bits + 31) / 32; }
 
+// Temporaries of the instruction sequences ptxas expands some PTX operations into (integer
+// division and remainder, IEEE float division, reciprocal and square root): live only there.
+int expansion(const Instr& in) {
+    constexpr int div32 = 4, div64 = 12, f32 = 8, f64 = 8;  // fitted on the corpus (test_registers.py)
+    if (in.op == OP_DIV || in.op == OP_REM) return in.mask == ~0ull ? div64 : div32;
+    if (in.op != OP_FLOAT) return 0;
+    if (in.mod != FO_DIV && in.mod != FO_RCP && in.mod != FO_SQRT && in.mod != FO_RSQRT) return 0;
+    if (in.ty == T_F64) return f64;
+    return in.ty == T_F32 && in.mod2 != R_NONE ? f32 : 0;
+}
+
 // The largest number of 32-bit register units live at once in one function.
 int max_pressure(const Module& m, const Function& fn) {
     size_t n = fn.code.size();
@@ -103,7 +116,7 @@ int max_pressure(const Module& m, const Function& fn) {
     for (size_t i = 0; i < n; ++i) {
         Bits here = live_in[i];
         for (uint32_t d : acc[i].defs) here[d / 64] |= 1ull << (d % 64);
-        int p = 0;
+        int p = expansion(fn.code[i]);
         for (size_t w = 0; w < words; ++w)
             for (uint64_t x = here[w]; x; x &= x - 1) p += weight[w * 64 + size_t(__builtin_ctzll(x))];
         best = std::max(best, p);
