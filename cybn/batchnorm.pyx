@@ -313,9 +313,13 @@ cdef int _no_overlap(_span* outs, int nouts, _span* ins, int nins, const bn_desc
                 continue
             if i == 0 and j >= nouts and j - nouts < in_place and a.p == b.p and a.n == b.n:
                 continue
-            snprintf(cybn_bn_error, sizeof(cybn_bn_error), "%s shares memory with %s (outputs and the workspace "
-                     "must not overlap other arguments%s)", a.name, b.name,
-                     ", except an exact in-place output" if in_place else "")
+            if i == 0 and in_place:  # say which in-place form is allowed
+                snprintf(cybn_bn_error, sizeof(cybn_bn_error), "%s shares memory with %s: outputs and the "
+                         "workspace must not overlap other arguments (%s may be exactly %s%s%s)", a.name, b.name,
+                         a.name, ins[0].name, " or " if in_place == 2 else "", ins[1].name if in_place == 2 else "")
+            else:
+                snprintf(cybn_bn_error, sizeof(cybn_bn_error), "%s shares memory with %s: outputs and the "
+                         "workspace must not overlap other arguments", a.name, b.name)
             return BN_EINVAL
     return BN_OK
 
@@ -915,26 +919,27 @@ cdef float _epsilon(epsilon) except? -1:
 
 
 cdef int _no_aliasing(list outputs, list inputs, tuple in_place) except -1:
-    """No output may share memory with another argument (the kernels would read values they or another
-    CTA already overwrote: silently wrong results), except exactly in place: the (output, input) name
-    pairs of in_place may be the very same memory. outputs/inputs: [(name, GPUArray or None)]."""
-    cdef GPUArray o, a
-    cdef list args = outputs + inputs
+    """The Python face's aliasing check is the core's (_no_overlap), run on the arguments under their Python
+    names before anything is allocated or launched. outputs/inputs: [(name, GPUArray or None)]; in_place:
+    the (output, input) pairs that may be exactly the same memory: outputs[0] with inputs[0] (and inputs[1])."""
+    cdef _span outs[8]
+    cdef _span ins[8]
+    cdef bn_desc d
+    cdef GPUArray a
+    cdef list names = [n.encode() for n, _ in outputs + inputs]  # kept alive while the spans point at them
+    cdef int i, k = len(in_place)
+    assert len(outputs) <= 8 and len(inputs) <= 8 and k <= 2
+    for i, (n, a) in enumerate(in_place):
+        assert n == outputs[0][0] and a == inputs[i][0], in_place
     for i in range(len(outputs)):
-        on, o = outputs[i]
-        if o is None:
-            continue
-        for j in range(len(args)):
-            n, a = args[j]
-            if j == i or a is None:
-                continue
-            if not (o.ptr_ < a.ptr_ + a.nbytes and a.ptr_ < o.ptr_ + o.nbytes):
-                continue
-            if (on, n) in in_place and o.ptr_ == a.ptr_:
-                continue
-            same = [b for a_, b in in_place if a_ == on]
-            raise ValueError(f"{on} shares memory with {n}: outputs must not overlap other arguments"
-                             + (f" ({on} may be exactly {' or '.join(same)})" if same else ""))
+        a = outputs[i][1]
+        _set_span(&outs[i], names[i], 0 if a is None else a.ptr_, 0 if a is None else a.nbytes)
+    for i in range(len(inputs)):
+        a = inputs[i][1]
+        _set_span(&ins[i], names[len(outputs) + i], 0 if a is None else a.ptr_, 0 if a is None else a.nbytes)
+    memset(&d, 0, sizeof(d))  # no workspace yet: the core checks it against the arguments when it runs
+    if _no_overlap(outs, len(outputs), ins, len(inputs), &d, k) != BN_OK:
+        raise ValueError(bn_last_error().decode())
     return 0
 
 
