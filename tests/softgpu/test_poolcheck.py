@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from cuda.bindings import driver as cu
 
+import cybn
 from cybn import softgpu
 from cybn.memory import MemoryPool
 from cybn.stream import Stream
@@ -41,7 +42,8 @@ def use_on_other_stream(k, pool, s1, s2, out, record):
     if record:
         a.record_stream(s2)
     old = a.ptr
-    del a
+    with cybn.stream(s1):  # freed on its own stream: no event for the freeing stream
+        del a
     b = pool.malloc(4 * N, stream=s1)
     r = code(cu.cuMemsetD32Async(b.ptr, 7, N, s1.handle))
     return old, b, r if not softgpu.async_mode() else code(cu.cuStreamSynchronize(s1.handle))
