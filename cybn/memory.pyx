@@ -12,6 +12,18 @@ from cybn.status cimport check
 from cybn.stream cimport resolve_stream
 
 cdef dict _default_pools = {}
+cdef object _pool_block = False  # softgpuPoolBlock when running on the software GPU, None otherwise; False: not looked up
+
+
+cdef int _extent(unsigned long long ptr, size_t nbytes, size_t stream) except -1:
+    """Pool-aware memcheck: tell the software GPU the logical extent of a pooled block (0: free)."""
+    global _pool_block
+    if _pool_block is False:
+        from cybn import softgpu
+        _pool_block = softgpu._pool_block_function()
+    if _pool_block is not None:
+        _pool_block(ptr, nbytes, stream or None)
+    return 0
 
 
 cdef size_t size_class(size_t nbytes) noexcept nogil:
@@ -50,6 +62,7 @@ cdef class DeviceBuffer:
             self.stream_key = <size_t>resolve_stream(None)
             self.ptr = pool._take(block, self.stream_key)
             self.pool = pool
+            _extent(self.ptr, nbytes, self.stream_key)
         else:
             ensure_context()
             block = nbytes
@@ -170,9 +183,13 @@ cdef class MemoryPool:
                 cydriver.cuEventDestroy(<cydriver.CUevent><size_t>e_)
             events = []
             cydriver.cuCtxSynchronize()
-        if events:
+        if events:  # its extent shrinks when the other streams are done with it (_collect)
             self.pending.append([ptr, block, stream_key, events])
             return
+        try:
+            _extent(ptr, 0, stream_key)  # after the work queued on its stream so far
+        except Exception:
+            pass
         key = (stream_key, block)
         blocks = self.free_lists.get(key)
         if blocks is None:
@@ -195,6 +212,10 @@ cdef class MemoryPool:
                 continue
             for e in item[3]:
                 cydriver.cuEventDestroy(<cydriver.CUevent><size_t>e)
+            try:
+                _extent(item[0], 0, item[2])
+            except Exception:
+                pass
             self.free_lists.setdefault((item[2], item[1]), []).append(item[0])
         self.pending = still
 
@@ -209,6 +230,7 @@ cdef class MemoryPool:
         b.pool = self
         b.nbytes = nbytes
         b.owns = True
+        _extent(b.ptr, nbytes, b.stream_key)
         return b
 
     def free_all(self):

@@ -22,7 +22,7 @@ __all__ = [
     "alloc_budget", "fail_module_loads", "last_report", "live_allocations", "live_pinned_allocations",
     "PROFILES", "profile", "profile_info", "nvjitlink_path", "register_source", "function_registers",
     "set_function_registers",
-    "async_mode", "set_async", "async_seed", "sticky",
+    "async_mode", "set_async", "async_seed", "sticky", "pool_block",
 ]
 
 _IDENTITY = 0x53475055  # softgpuIdentify(): "SGPU"
@@ -141,6 +141,7 @@ def _declare(lib):
         "softgpuGetAsync": (ctypes.c_int, []),
         "softgpuSetAsyncSeed": (None, [u64]),
         "softgpuSetSticky": (ctypes.c_int, [ctypes.c_int]),
+        "softgpuPoolBlock": (ctypes.c_int, [u64, u64, ctypes.c_void_p]),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(lib, name)
@@ -342,6 +343,23 @@ def sticky(on):
     _check_bool("on", on)
     previous = bool(_need().softgpuSetSticky(int(on)))
     return _Restorer(lambda: _need().softgpuSetSticky(int(previous)))
+
+
+# ---------------------------------------------------------------- pool-aware memcheck
+def pool_block(ptr, nbytes, stream=0):
+    """Tell memcheck that the device allocation at `ptr` (a sub-allocator's block) now holds an array of
+    `nbytes` (0: free in the pool), in order on `stream` (a CUstream int): accesses past it are reported
+    like any out-of-bounds access. Raises ValueError when ptr does not start a device allocation of at
+    least nbytes. cybn's MemoryPool calls this itself on the software GPU."""
+    r = _need().softgpuPoolBlock(int(ptr), int(nbytes), int(stream) or None)
+    if r:
+        raise ValueError("softgpu.pool_block(%#x, %d): CUresult %d (not the start of a device allocation of "
+                         "at least that many bytes, or no current context)" % (int(ptr), int(nbytes), r))
+
+
+def _pool_block_function():
+    """The raw C function for MemoryPool's hot path, or None when the software GPU is not loaded."""
+    return _lib.softgpuPoolBlock if _lib is not None else None
 
 
 # ---------------------------------------------------------------- fault injection

@@ -156,12 +156,19 @@ CUresult mem_free(uint64_t base, AllocKind kind);
 CUresult mem_register(void* p, uint64_t size, CUctx_st* ctx);
 CUresult mem_unregister(void* p);
 void free_context_allocations(CUctx_st* ctx);
+// Pool-aware memcheck: the device allocation at base now holds an array of `bytes` (<= its size;
+// 0: free in its pool), and accesses past that are out of bounds. INVALID_VALUE for other pointers.
+CUresult pool_extent(uint64_t base, uint64_t bytes);
+CUctx_st* pool_block_context(uint64_t base, uint64_t bytes);  // its context, or null when pool_extent would refuse
 CUctx_st* allocation_context(const Allocation& a);
 uint64_t device_bytes_in_use();
 struct LiveCounts { uint64_t device_count, device_bytes, pinned_count, pinned_bytes; };
 LiveCounts live_allocations();
 // The allocation holding all of [addr, addr + size), or null.
 const Allocation* find_range(uint64_t addr, uint64_t size);
+// As find_range, but over what was really allocated, whatever a pool's logical extent says: copies and
+// memsets are validated when enqueued, before the stream reaches a pool's extent change.
+const Allocation* find_owner(uint64_t addr, uint64_t size);
 // initcheck shadow of a DtoD copy: dst bytes take the src bytes' state (untracked src = written).
 void copy_initialized(const Allocation& dst, uint64_t d, const Allocation& src, uint64_t s, uint64_t n);
 extern long long g_fail_alloc_after;   // the nth device allocation from now fails; <= 0: off

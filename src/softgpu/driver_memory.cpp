@@ -11,7 +11,7 @@ namespace {
 bool is_device(const Allocation* a) { return a && a->kind != AllocKind::Pinned; }
 
 // A device-side range must lie wholly inside one live allocation (device, pinned or module global).
-const Allocation* device_range(CUdeviceptr p, size_t n) { return find_range(uint64_t(p), n); }
+const Allocation* device_range(CUdeviceptr p, size_t n) { return find_owner(uint64_t(p), n); }
 
 // How the call waits: Sync (cuMemcpyHtoD...): returns after the copy, with the errors of the work it
 // waited for, as a synchronize would; Async: returns at once, except into pageable host memory.
@@ -48,7 +48,7 @@ CUresult copy(Queue* q, const char* dir, uint64_t dst, uint64_t src, size_t n, u
               bool host_wait) {
     auto op = std::make_unique<Op>();
     op->what = std::string("memcpy ") + dir + " of " + std::to_string(n) + " bytes";
-    bool src_known = find_range(src, n) != nullptr, dst_known = find_range(dst, n) != nullptr;
+    bool src_known = find_owner(src, n) != nullptr, dst_known = find_owner(dst, n) != nullptr;
     if (dst_known) op->touches.push_back(Touch{dst, dst + n, true});
     if (src_known) op->touches.push_back(Touch{src, src + n, false});
     std::shared_ptr<std::vector<uint8_t>> staged;
@@ -58,8 +58,8 @@ CUresult copy(Queue* q, const char* dir, uint64_t dst, uint64_t src, size_t n, u
     }
     op->run = [=](Op&) {
         memmove(reinterpret_cast<void*>(dst), staged ? staged->data() : reinterpret_cast<const void*>(src), n);
-        const Allocation* d = find_range(dst, n);
-        const Allocation* sa = find_range(src, n);
+        const Allocation* d = find_owner(dst, n);
+        const Allocation* sa = find_owner(src, n);
         // initcheck shadow: device bytes copied from unwritten device bytes stay unwritten.
         if (d && sa) copy_initialized(*d, dst, *sa, src, n);
         else if (d) mark_initialized(*d, dst, n);
@@ -106,8 +106,8 @@ CUresult unified(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s, Call ca
     if (CUresult r = begin(s, ptds, &q)) return r;
     if (n == 0) return CUDA_SUCCESS;
     if (!dst || !src) return CUDA_ERROR_INVALID_VALUE;
-    const Allocation* d = find_allocation(dst);
-    const Allocation* sa = find_allocation(src);
+    const Allocation* d = find_owner(dst, 1);
+    const Allocation* sa = find_owner(src, 1);
     // A pointer inside an allocation must not run past its end.
     if ((d && !device_range(dst, n)) || (sa && !device_range(src, n))) return CUDA_ERROR_INVALID_VALUE;
     bool dd = is_device(d), sd = is_device(sa);
@@ -134,7 +134,7 @@ CUresult memset_n(CUdeviceptr dst, unsigned value, size_t width, size_t count, C
         if (width == 1) memset(p, int(value & 0xff), n);
         else if (width == 2) for (size_t i = 0; i < count; ++i) reinterpret_cast<uint16_t*>(p)[i] = uint16_t(value);
         else for (size_t i = 0; i < count; ++i) reinterpret_cast<uint32_t*>(p)[i] = uint32_t(value);
-        if (const Allocation* d = find_range(dst, n)) mark_initialized(*d, dst, n);
+        if (const Allocation* d = find_owner(dst, n)) mark_initialized(*d, dst, n);
         traffic().memset_bytes += n;
         traffic().memset_calls++;
         return CUDA_SUCCESS;
@@ -209,7 +209,7 @@ CUresult cuMemGetAddressRange_v2(CUdeviceptr* pbase, size_t* psize, CUdeviceptr 
     SG_LOCK;
     CUctx_st* ctx;
     if (CUresult r = require_ctx(&ctx)) return r;
-    const Allocation* a = find_allocation(dptr);
+    const Allocation* a = find_owner(dptr, 1);
     if (!a) return CUDA_ERROR_NOT_FOUND;
     if (pbase) *pbase = a->base;
     if (psize) *psize = a->size;
@@ -308,7 +308,7 @@ namespace {
 
 // Writes one attribute, in the C type the driver API documents (bool attributes are one byte); CUDA_ERROR_INVALID_VALUE when the pointer is unknown to the driver.
 CUresult pointer_attribute(void* data, CUpointer_attribute attr, CUdeviceptr ptr, bool zero_if_unknown) {
-    const Allocation* a = find_allocation(ptr);
+    const Allocation* a = find_owner(ptr, 1);
     if (!a) {
         if (!zero_if_unknown) return CUDA_ERROR_INVALID_VALUE;
     }

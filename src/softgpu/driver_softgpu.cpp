@@ -108,3 +108,24 @@ SG_EXPORT void softgpuLivePinnedAllocations(unsigned long long* count, unsigned 
     if (count) *count = c.pinned_count;
     if (bytes) *bytes = c.pinned_bytes;
 }
+
+// Pool-aware memcheck (cybn's MemoryPool calls it through cybn.softgpu): the logical extent of the
+// block at ptr, a whole device allocation, as its sub-allocator hands it out on `stream` (bytes) or
+// takes it back there (0). The change is a stream operation, so work queued before it still sees the
+// old extent. Returns 0, or CUDA_ERROR_INVALID_VALUE when ptr does not start a device allocation of at
+// least `bytes`.
+SG_EXPORT int softgpuPoolBlock(unsigned long long ptr, unsigned long long bytes, CUstream stream) {
+    SG_LOCK;
+    if (!initialized()) return int(CUDA_ERROR_NOT_INITIALIZED);
+    if (!valid_stream(stream)) return int(CUDA_ERROR_INVALID_HANDLE);
+    // The block's own context (a free-list reuse may happen on a thread with none current).
+    CUctx_st* ctx = pool_block_context(ptr, bytes);
+    if (!ctx) return int(CUDA_ERROR_INVALID_VALUE);
+    auto op = std::make_unique<Op>();
+    op->what = "a pool extent change";
+    op->marker = true;
+    op->run = [ptr, bytes](Op&) { return pool_extent(ptr, bytes); };
+    Queue* q = queue_of(stream, stream == nullptr || stream == CU_STREAM_LEGACY || stream == CU_STREAM_PER_THREAD
+                                    ? ctx : stream->ctx, false);
+    return int(submit(q, std::move(op)));
+}

@@ -129,7 +129,8 @@ constexpr uint64_t kRegionBytes = 1ull << 40;  // reserved, never committed up f
 constexpr uint64_t kGuardBytes = 64 * 1024;    // unmapped gap after every allocation
 
 struct Entry {
-    Allocation a;
+    Allocation a;  // a.size: the bytes accesses may touch (a pooled block's logical extent, softgpuPoolBlock)
+    uint64_t capacity = 0;  // the bytes really allocated
     CUctx_st* ctx = nullptr;
     bool registered = false;  // cuMemHostRegister: user memory we must not unmap
 };
@@ -179,6 +180,7 @@ Entry* insert(uint64_t base, uint64_t size, AllocKind kind, CUctx_st* ctx, bool 
     Entry e;
     e.a.base = base;
     e.a.size = size;
+    e.capacity = size;
     e.a.kind = kind;
     e.a.serial = ++g_serial;
     e.ctx = ctx;
@@ -188,10 +190,10 @@ Entry* insert(uint64_t base, uint64_t size, AllocKind kind, CUctx_st* ctx, bool 
 
 void erase(std::map<uint64_t, Entry>::iterator it) {
     Entry& e = it->second;
-    if (!e.registered) uncarve(e.a.base, e.a.size);
-    if (e.a.kind == AllocKind::Device) g_device_bytes -= e.a.size;
+    if (!e.registered) uncarve(e.a.base, e.capacity);
+    if (e.a.kind == AllocKind::Device) g_device_bytes -= e.capacity;
     free(e.a.init);
-    g_freed[e.a.base] = Freed{e.a.size, e.a.serial, e.a.kind};
+    g_freed[e.a.base] = Freed{e.capacity, e.a.serial, e.a.kind};
     g_live.erase(it);
 }
 
@@ -228,6 +230,14 @@ const Allocation* find_range(uint64_t addr, uint64_t size) {
     return a;
 }
 
+const Allocation* find_owner(uint64_t addr, uint64_t size) {
+    auto it = g_live.upper_bound(addr);
+    if (it == g_live.begin()) return nullptr;
+    --it;
+    uint64_t off = addr - it->first;
+    return off < it->second.capacity && size <= it->second.capacity - off ? &it->second.a : nullptr;
+}
+
 std::string describe_address(uint64_t addr) {
     std::string at = hex(addr);
     if (addr < 65536) return at + " is a null or near-null pointer (no allocation)";
@@ -237,6 +247,15 @@ std::string describe_address(uint64_t addr) {
     };
     if (const Allocation* a = find_allocation(addr))
         return at + " is " + std::to_string(addr - a->base) + " bytes into " + label(a->serial, a->kind, a->size, a->base);
+    // Inside a sub-allocator's block but past what it handed out (softgpuPoolBlock).
+    auto in = g_live.upper_bound(addr);
+    if (in != g_live.begin() && addr - std::prev(in)->first < std::prev(in)->second.capacity) {
+        const Entry& e = std::prev(in)->second;
+        std::string block = std::to_string(e.capacity) + "-byte pool block of device allocation #" + std::to_string(e.a.serial);
+        if (e.a.size == 0) return at + " lies in a " + block + " that its pool holds free (no array uses it)";
+        return at + " is " + std::to_string(addr - e.a.base - e.a.size) + " bytes past the end of the pooled array (" +
+               std::to_string(e.a.size) + " bytes at " + hex(e.a.base) + ", in a " + block + ")";
+    }
     // A freed range holds its whole page span: addresses are never reused.
     auto f = g_freed.upper_bound(addr);
     if (f != g_freed.begin()) {
@@ -343,7 +362,7 @@ CUresult mem_register(void* p, uint64_t size, CUctx_st* ctx) {
     // Any overlap with memory the driver already knows is an error, as on hardware.
     auto it = g_live.lower_bound(base);
     if (it != g_live.end() && it->first < base + size) return CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED;
-    if (it != g_live.begin() && std::prev(it)->first + std::prev(it)->second.a.size > base)
+    if (it != g_live.begin() && std::prev(it)->first + std::prev(it)->second.capacity > base)
         return CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED;
     insert(base, size, AllocKind::Pinned, ctx, false)->registered = true;
     return CUDA_SUCCESS;
@@ -364,6 +383,18 @@ void free_context_allocations(CUctx_st* ctx) {
     }
 }
 
+CUctx_st* pool_block_context(uint64_t base, uint64_t bytes) {
+    auto it = g_live.find(base);
+    bool ok = it != g_live.end() && it->second.a.kind == AllocKind::Device && bytes <= it->second.capacity;
+    return ok ? it->second.ctx : nullptr;
+}
+
+CUresult pool_extent(uint64_t base, uint64_t bytes) {
+    if (!pool_block_context(base, bytes)) return CUDA_ERROR_INVALID_VALUE;
+    g_live.find(base)->second.a.size = bytes;
+    return CUDA_SUCCESS;
+}
+
 CUctx_st* allocation_context(const Allocation& a) {
     auto it = g_live.find(a.base);
     return it == g_live.end() ? nullptr : it->second.ctx;
@@ -374,8 +405,8 @@ uint64_t device_bytes_in_use() { return g_device_bytes; }
 LiveCounts live_allocations() {
     LiveCounts c{0, 0, 0, 0};
     for (auto& kv : g_live) {
-        if (kv.second.a.kind == AllocKind::Device) c.device_count++, c.device_bytes += kv.second.a.size;
-        if (kv.second.a.kind == AllocKind::Pinned) c.pinned_count++, c.pinned_bytes += kv.second.a.size;
+        if (kv.second.a.kind == AllocKind::Device) c.device_count++, c.device_bytes += kv.second.capacity;
+        if (kv.second.a.kind == AllocKind::Pinned) c.pinned_count++, c.pinned_bytes += kv.second.capacity;
     }
     return c;
 }

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from cuda.bindings import driver as cu
 
+import cybn
 from cybn import softgpu
 from cybn.memory import MemoryPool
 from cybn.stream import Stream
@@ -41,7 +42,8 @@ def use_on_other_stream(k, pool, s1, s2, out, record):
     if record:
         a.record_stream(s2)
     old = a.ptr
-    del a
+    with cybn.stream(s1):  # freed on its own stream: no event for the freeing stream
+        del a
     b = pool.malloc(4 * N, stream=s1)
     r = code(cu.cuMemsetD32Async(b.ptr, 7, N, s1.handle))
     return old, b, r if not softgpu.async_mode() else code(cu.cuStreamSynchronize(s1.handle))
@@ -63,3 +65,43 @@ def test_reuse_without_record_stream_is_caught(setup):
     assert report.startswith("streamcheck: memset of %d bytes on stream" % (4 * N)), report
     assert "kernel consume on stream" in report, report
     cu.cuCtxSynchronize()
+
+
+PAST_END = r"""
+extern "C" __global__ void poke(int* x, int i) { x[i] = 1; }
+"""
+
+
+def test_memcheck_catches_an_overrun_inside_a_pooled_block(ctx):
+    k = Kernels(PAST_END)
+    pool = MemoryPool()
+    a = pool.malloc(1000)  # a 1024-byte block: bytes 1000..1023 are not the array's
+    poke = k.fn("poke")
+    assert launch(poke, (1,), (1,), Params((a.ptr, np.uint64), (249, np.int32))) == R.CUDA_SUCCESS  # last int
+    assert launch(poke, (1,), (1,), Params((a.ptr, np.uint64), (250, np.int32))) == R.CUDA_ERROR_ILLEGAL_ADDRESS
+    assert code(cu.cuCtxSynchronize()) == R.CUDA_ERROR_ILLEGAL_ADDRESS
+    report = softgpu.last_report()
+    assert "memcheck" in report and "0 bytes past the end of the pooled array (1000 bytes at 0x%x" % a.ptr in report, \
+        report
+    ptr = a.ptr
+    del a  # back in the pool: any access is out of bounds until it is handed out again
+    assert launch(poke, (1,), (1,), Params((ptr, np.uint64), (0, np.int32))) == R.CUDA_ERROR_ILLEGAL_ADDRESS
+    assert code(cu.cuCtxSynchronize()) == R.CUDA_ERROR_ILLEGAL_ADDRESS
+    assert "that its pool holds free" in softgpu.last_report()
+    b = pool.malloc(1024)
+    assert b.ptr == ptr  # reused, with its new extent: the whole block
+    assert launch(poke, (1,), (1,), Params((b.ptr, np.uint64), (255, np.int32))) == R.CUDA_SUCCESS
+    ok(cu.cuCtxSynchronize())
+    del b
+    pool.free_all()
+    k.close()
+
+
+def test_pool_block_refuses_what_is_not_a_device_allocation(ctx):
+    p = ok(cu.cuMemAlloc(512))
+    with pytest.raises(ValueError, match="pool_block"):
+        softgpu.pool_block(int(p) + 16, 8)  # not the start of an allocation
+    with pytest.raises(ValueError, match="pool_block"):
+        softgpu.pool_block(int(p), 513)  # more than was allocated
+    softgpu.pool_block(int(p), 512)
+    ok(cu.cuMemFree(p))
