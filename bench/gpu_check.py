@@ -252,7 +252,7 @@ def timings(shapes, dtypes, reps, warmup, software, profile):
     dev = perfmodel.DEVICES[profile]
     label = f"  [{MEANINGLESS}]" if software else ""
     print(f"MODEL column: {dev.name} numbers, bytes in flight per thread from {cubin_report.kernel_report(dev.arch)[1]}"
-          + (f", plans re-derived from this device's {sms} SMs for {dev.sms}" if sms != dev.sms else ""))
+          + (f", on this device's own plans ({sms} SMs, not {dev.sms})" if sms != dev.sms else ""))
     print(f"{'shape':>20} {'dtype':>7} {'op':>13} {'impl':>13} {'time us':>9} {'GB/s':>8} {'x copy':>7} "
           f"{'MODEL us (' + profile + ')':>16}")
     for shape, mode in shapes:
@@ -261,8 +261,6 @@ def timings(shapes, dtypes, reps, warmup, software, profile):
             for op in gpu_model.OPS:
                 ideal = perfmodel.IDEAL[op] * dt.itemsize * int(np.prod(shape))
                 plan = batchnorm.plan(shape, dt, mode, op)
-                if sms != dev.sms:  # e.g. the software GPU's 4 SMs: re-plan for the profile, as gpu_model does
-                    plan = perfmodel.plan_on(shape, dt, mode, op, dev.sms, plan)
                 predicted = {"cybn": perfmodel.model_call(shape, dt, mode, op, plan, facts, dev)["seconds"],
                              "torch native": perfmodel.model_torch(shape, dt, op, dev)}
                 copy_ms = _median_ms(copy_call(ideal // 2), reps, warmup, _cybn_events)

@@ -15,10 +15,8 @@ flight per thread (SASS loop structure, cybn.testing.cubin_report), CTAs per SM 
 modelled time, its fraction of HBM peak and its ratio to the 1-read limit (2 x element size per element
 for forward-train and inference, 3 x for backward, over HBM peak), then PyTorch-native's modelled time.
 
-Plans: when the software GPU has device profiles (CYBN_SOFTGPU_PROFILE) the plan comes from the engine
-running under the profile; otherwise from the engine on the software GPU's own SM count, with the split
-(the only part that depends on the SM count) re-derived for the profile's SMs by
-perfmodel.split_for, and the script says so. The model itself (latency curve, occupancy, launch overhead,
+Plans: the engine's own (cybn.batchnorm.plan) on the software GPU under CYBN_SOFTGPU_PROFILE=<profile>,
+so grids come from that profile's SM count and occupancy calculator, as on the real GPU. The model itself (latency curve, occupancy, launch overhead,
 every assumption) is documented in cybn/testing/perfmodel.py and the README.
 """
 import argparse
@@ -74,8 +72,7 @@ def engine_layouts():
 
 
 def select_plans(profile):
-    """Start the software GPU (under the profile if it has profiles); returns a description of where the
-    plans come from and whether they need the split re-derived."""
+    """Start the software GPU under the profile; returns a description of where the plans come from."""
     from cybn import softgpu, backend
     from cybn.testing.perfmodel import DEVICES
     os.environ.setdefault("CYBN_DEVICE", "softgpu")
@@ -84,15 +81,13 @@ def select_plans(profile):
     backend.init()
     from cybn.device import Device
     sms = Device(0).sm_count
-    has_profiles = hasattr(softgpu, "profile") and softgpu.active()
-    if backend.name() == "softgpu" and has_profiles and sms == DEVICES[profile].sms:
-        return f"plans: the engine on the software GPU under CYBN_SOFTGPU_PROFILE={profile} ({sms} SMs)", False
-    return (f"plans: the engine on the {'software GPU' if backend.name() == 'softgpu' else 'device'} ({sms} SMs; "
-            f"no {profile} device profile on this branch), split re-derived for {DEVICES[profile].sms} SMs "
-            f"by perfmodel.split_for"), True
+    if backend.name() != "softgpu" or not softgpu.active() or sms != DEVICES[profile].sms:
+        raise SystemExit(f"gpu_model: needs the software GPU under CYBN_SOFTGPU_PROFILE={profile} "
+                         f"(got {backend.name()} with {sms} SMs); unset CYBN_DEVICE and CYBN_SOFTGPU_PROFILE")
+    return f"plans: the engine on the software GPU under CYBN_SOFTGPU_PROFILE={profile} ({sms} SMs)"
 
 
-def model_rows(shapes, dtypes, profile, rederive):
+def model_rows(shapes, dtypes, profile):
     from cybn import batchnorm
     from cybn.testing import cubin_report, perfmodel
     dev = perfmodel.DEVICES[profile]
@@ -102,8 +97,6 @@ def model_rows(shapes, dtypes, profile, rederive):
             facts = cubin_report.kernel_facts(dev.arch, dt.name, mode)
             for op in OPS:
                 plan = batchnorm.plan(shape, dt, mode, op)
-                if rederive:
-                    plan = perfmodel.plan_on(shape, dt, mode, op, dev.sms, plan)
                 m = perfmodel.model_call(shape, dt, mode, op, plan, facts, dev)
                 limit = perfmodel.ideal_seconds(shape, dt, op, dev)
                 torch_t = perfmodel.model_torch(shape, dt, op, dev)
@@ -180,7 +173,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="three shapes")
     ap.add_argument("--markdown", action="store_true", help="the table as Markdown (for the README)")
     args = ap.parse_args(argv)
-    where, rederive = select_plans(args.profile)
+    where = select_plans(args.profile)
     from cybn.testing import cubin_report
     dev = perfmodel.DEVICES[args.profile]
     dtypes, refused = engine_dtypes()
@@ -195,7 +188,7 @@ def main(argv=None):
           f"this curve")
     print("columns: CTA/SM, regs, B/thr per launch; B/el = bytes moved per element (computed from the plan, "
           "checked against the software GPU's counters by the tests)")
-    rows = model_rows(shapes, dtypes, args.profile, rederive)
+    rows = model_rows(shapes, dtypes, args.profile)
     (print_markdown if args.markdown else print_table)(rows)
     for line in summary(rows):
         print(line)

@@ -40,6 +40,7 @@ ctypedef struct bn_plan:
     int cache_units             # cache slots per thread
     int vec                     # spatial: 16-byte units (1: aligned rows; 2: N == 1, scalar head/tail)
     int split                   # CTAs per channel (grid.y); > 1: partials + last-CTA combine + 2nd launch
+    int ctas_per_sm             # resident CTAs per SM for this launch (the occupancy calculator; 0: cannot run)
 
 ctypedef struct bn_desc:
     int mode                    # BN_SPATIAL / BN_PER_ACTIVATION
@@ -54,7 +55,9 @@ ctypedef struct bn_desc:
     float scale_grad_beta       #   (beta == 0: scale_grad is not read)
     float bias_grad_alpha       # the same for bias_grad
     float bias_grad_beta
-    int sm_count                # of the device: the launch heuristic aims at 2 CTAs per SM
+    int sm_count                # of the device: plans fill sm_count * occ CTA slots in whole waves
+    unsigned char occ[4][32]           # CTAs per SM of kernel k with i + 1 warps (the occupancy calculator)
+    unsigned int smem_budget[4][32]    # dynamic shared bytes per CTA that keep occ (the replay cache's room)
     cydriver.CUfunction kernels[4]     # BN_K_*, filled by prepare() for (dtype, mode)
     unsigned int static_shared[4]      # their static shared memory (the cache gets the rest of 48 KiB)
     cydriver.CUdeviceptr workspace     # scratch: counters (zeroed by each split call) + partials; bn_workspace_size
@@ -66,7 +69,7 @@ ctypedef struct bn_desc:
 cdef const char* bn_last_error() noexcept nogil
 # Shape/value checks of a descriptor (not its kernels or workspace): BN_OK or BN_EINVAL with a message.
 cdef int bn_check_desc(const bn_desc* d) noexcept nogil
-# With the GIL: fills kernels, static_shared and sm_count for d.dtype/d.mode in the current (primary)
+# With the GIL: fills kernels, static_shared, sm_count, occ and smem_budget for d.dtype/d.mode in the current (primary)
 # context, compiling/loading on first use (ValueError for an unknown dtype/mode code).
 cdef int bn_prepare_desc(bn_desc* d) except -1
 cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcept nogil

@@ -57,6 +57,8 @@ cdef enum:
     K_BIASED_RUNVAR = 32
     SMEM_LIMIT = 48 * 1024   # shared memory per CTA without opt-in
     MAX_SPLIT = 1024         # CTAs per channel at most (bounds the last CTA's combine)
+    MIN_WALK = 128           # bytes per thread per array a split keeps: 2 rounds of 4 x 16-byte loads
+    MAX_WALK = 4096          # bytes per thread per array a reduction walks before it is split
     TARGET_THREADS = 256
 
 
@@ -109,17 +111,43 @@ cdef inline long long _pow2_at_least(long long v) noexcept nogil:
     return p
 
 
+cdef inline long long _slots(const bn_desc* d, int kernel, long long threads, bn_plan* p) noexcept nogil:
+    """Resident CTAs of this kernel and block size on the whole device (at least one per SM)."""
+    cdef long long w = min(max(_cdiv(threads, 32), 1), 32)
+    p.ctas_per_sm = d.occ[kernel][w - 1]
+    return max(<long long>p.ctas_per_sm, 1) * max(<long long>d.sm_count, 1)
+
+
+cdef long long _split(const bn_desc* d, int kernel, long long cols, long long walk, long long slots) noexcept nogil:
+    """CTAs per column from the bytes each thread walks per array. Reductions (fwd_train, bwd): split
+    while the columns fill less than one wave of resident CTAs and each thread keeps MIN_WALK bytes
+    (2 rounds of its 4 x 16-byte loads in flight), as many as fit one wave; past MAX_WALK bytes a
+    thread's serial walk is bounded, rounded up to whole waves. Element-wise launches (normalize,
+    bwd_dx) only fill the device: at most one wave, each thread MIN_WALK bytes at least."""
+    cdef long long P = 1, waves
+    if cols < slots and walk >= 2 * MIN_WALK:
+        P = min(slots // cols, walk // MIN_WALK)
+    if (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD) and walk > MAX_WALK * P:
+        waves = _cdiv(cols * _cdiv(walk, MAX_WALK), slots)
+        P = max(_cdiv(walk, MAX_WALK), waves * slots // cols)
+    return min(P, MAX_SPLIT)
+
+
 cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcept nogil:
-    """The launch heuristic. Spatial: a group of G threads (whole warps) per channel, several channels
-    per CTA when channels are small, and P CTAs per channel (the split) when there are too few
-    channels to fill the device or a thread would otherwise walk too many units. Per-activation:
-    BX consecutive features (coalesced) times R row lanes per CTA, the rows split over P CTAs."""
-    cdef long long units = 0, per_thread, cols, G, CPB, P, BX, R, target, slot_bytes, arrays, budget, cap
+    """The launch heuristic, a pure function of the descriptor and the device facts prepare() put in
+    it (SM count, the occupancy calculator's CTAs per SM per kernel and block size). Spatial: a group
+    of G threads (whole warps) per channel, several channels per CTA when channels are small, and P
+    CTAs per channel (the split, _split). Per-activation: BX consecutive features (coalesced) times R
+    row lanes per CTA, the rows split over P CTAs. The replay cache stays within the shared memory that
+    keeps the kernel's occupancy."""
+    cdef long long units = 0, per_thread, cols, G, CPB, P, BX, R, slots, slot_bytes, arrays, budget, cap
     cdef long long stats = d.C if d.mode == BN_SPATIAL else d.C * d.S
     memset(p, 0, sizeof(bn_plan))
     p.vec = vec
+    arrays = 2 if (kernel == BN_K_BWD or kernel == BN_K_BWD_DX) else 1
     if d.mode == BN_SPATIAL:
         units = d.N * (d.S // (8 if d.dtype == BN_FLOAT16 else 4) if vec else d.S)
+        slot_bytes = 16 if vec else (2 if d.dtype == BN_FLOAT16 else 4)
         if d.force_group > 0:  # whole warps, at most 1024 threads
             G = min(max(d.force_group // 32, 1) * 32, 1024)
         else:
@@ -135,6 +163,7 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
         p.block[1] = <unsigned int>CPB
     else:
         stats = d.C * d.S
+        slot_bytes = 2 if d.dtype == BN_FLOAT16 else 4
         BX = _pow2_at_least(stats) if stats < 32 else 32
         R = TARGET_THREADS // BX
         if d.force_group > 0:  # a power of two (the column reduction is a tree), at most 256 threads
@@ -146,16 +175,8 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
         p.block[0] = <unsigned int>BX
         p.block[1] = <unsigned int>R
     p.block[2] = 1
-    if d.force_split > 0:
-        P = d.force_split
-    else:
-        P = 1
-        if per_thread > 256:  # bound each thread's serial walk
-            P = _cdiv(per_thread, 256)
-        target = 2 * (d.sm_count if d.sm_count > 0 else 1)
-        if cols < target and per_thread >= 64:  # too few CTAs to fill the device: split channels
-            P = max(P, min(_cdiv(target, cols), per_thread // 32))
-        P = min(P, MAX_SPLIT)
+    slots = _slots(d, kernel, <long long>p.block[0] * p.block[1], p)
+    P = d.force_split if d.force_split > 0 else _split(d, kernel, cols, per_thread * slot_bytes, slots)
     if P > 65535:
         P = 65535
     p.grid[0] = <unsigned int>cols
@@ -165,8 +186,9 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
     # The replay cache: only the fused one-launch paths (P == 1) read x (and dy) twice.
     if P == 1 and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD):
         slot_bytes = 16 if (d.mode == BN_SPATIAL and vec) else 4
-        arrays = 2 if kernel == BN_K_BWD else 1
         budget = SMEM_LIMIT - <long long>d.static_shared[kernel]
+        if p.ctas_per_sm > 0:
+            budget = min(budget, <long long>d.smem_budget[kernel][min(_cdiv(<long long>p.block[0] * p.block[1], 32), 32) - 1])
         cap = budget // (<long long>p.block[0] * p.block[1] * slot_bytes * arrays)
         if d.force_cache >= 0:
             p.cache_units = <int>min(<long long>d.force_cache, cap)
@@ -541,9 +563,48 @@ cdef class _Prepared:
     cdef unsigned int static_shared[4]
     cdef list functions
     cdef readonly int sm_count
+    cdef unsigned char occ[4][32]
+    cdef unsigned int smem_budget[4][32]
+
+    cdef void fill(self, bn_desc* d) noexcept:
+        """Copy the kernels and the device facts the plans are made from into a descriptor."""
+        d.kernels = self.kernels
+        d.static_shared = self.static_shared
+        d.sm_count = self.sm_count
+        d.occ = self.occ
+        d.smem_budget = self.smem_budget
 
 
 cdef dict _prepared = {}
+
+
+cdef int _occupancy(cydriver.CUfunction f, int threads, size_t smem) except -1:
+    cdef int n = 0
+    check(cydriver.cuOccupancyMaxActiveBlocksPerMultiprocessor(&n, f, threads, smem),
+          "cuOccupancyMaxActiveBlocksPerMultiprocessor")
+    return n
+
+
+cdef int _query_occupancy(_Prepared pr, int k, int max_threads) except -1:
+    """Once per (kernel, whole warps per block): CTAs per SM from the driver's occupancy calculator with no dynamic
+    shared memory (registers, warps, slots), and the most dynamic shared memory (256-byte steps, within
+    the 48 KiB a CTA gets without opt-in) that keeps that many resident, found by bisection on the same
+    calculator: the replay cache may use that room and never lowers occupancy."""
+    cdef int i, threads, occ
+    cdef size_t lo, hi, mid, cap = SMEM_LIMIT - pr.static_shared[k]
+    for i in range(32):
+        threads = 32 * (i + 1)
+        occ = _occupancy(pr.kernels[k], threads, 0) if threads <= max_threads else 0
+        pr.occ[k][i] = <unsigned char>min(occ, 255)
+        lo, hi = 0, cap // 256
+        while occ > 0 and lo < hi:  # largest 256-byte multiple with the same occupancy
+            mid = (lo + hi + 1) // 2
+            if _occupancy(pr.kernels[k], threads, mid * 256) >= occ:
+                lo = mid
+            else:
+                hi = mid - 1
+        pr.smem_budget[k][i] = <unsigned int>(lo * 256)
+    return 0
 
 
 def prepare(dtype, mode="spatial"):
@@ -570,25 +631,22 @@ cdef _Prepared _prepare(int dt, int md):
                                  name_expressions=exprs)
         pr.functions.append(f)
         pr.kernels[i] = f.func
-        pr.static_shared[i] = <unsigned int>f.attributes["shared_size_bytes"]
+        attrs = f.attributes
+        pr.static_shared[i] = <unsigned int>attrs["shared_size_bytes"]
+        _query_occupancy(pr, i, attrs["max_threads_per_block"])
     pr.sm_count = Device(current_ordinal()).sm_count
     _prepared[key] = pr
     return pr
 
 
 cdef int bn_prepare_desc(bn_desc* d) except -1:
-    """Kernel handles, their static shared memory and the SM count of d.dtype/d.mode for the current
+    """Kernel handles, their static shared memory, the SM count and occupancy of d.dtype/d.mode for the current
     (primary) context; compiles/loads on first use. For the Cython/C faces (cybn.capi)."""
     if d.dtype != BN_FLOAT32 and d.dtype != BN_FLOAT16:
         raise ValueError(f"unknown dtype code {d.dtype}")
     if d.mode != BN_SPATIAL and d.mode != BN_PER_ACTIVATION:
         raise ValueError(f"unknown mode code {d.mode}")
-    cdef _Prepared pr = _prepare(d.dtype, d.mode)
-    cdef int i
-    for i in range(BN_NKERNELS):
-        d.kernels[i] = pr.kernels[i]
-        d.static_shared[i] = pr.static_shared[i]
-    d.sm_count = pr.sm_count
+    _prepare(d.dtype, d.mode).fill(d)
     return 0
 
 
@@ -934,6 +992,15 @@ cdef int _status(int st, const char* call) except -1:
     raise RuntimeError(f"{call.decode()}: {bn_last_error().decode()}")
 
 
+cdef int _used_on(cydriver.CUstream s, tuple arrays) except -1:
+    """Arrays whose pooled blocks were taken on another stream: the pool must wait for s before reusing them."""
+    cdef GPUArray a
+    for a in arrays:
+        if a is not None and a.gpudata is not None:
+            a.gpudata._used_on(<size_t>s)
+    return 0
+
+
 cdef inline cydriver.CUdeviceptr _ptr(GPUArray a) noexcept:
     return 0 if a is None else a.ptr_
 
@@ -986,6 +1053,7 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
         st = bn_forward_train_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], s)
     _release(ws)
     _status(st, "cuLaunchKernel")
+    _used_on(s, (gx, gy, gs, gb, rm, rv, sm, si))
     return gy, sm, si
 
 
@@ -1015,6 +1083,7 @@ def forward_infer(x, scale, bias, running_mean, running_var, epsilon, out=None, 
         st = bn_forward_infer_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], s)
     _release(ws)
     _status(st, "cuLaunchKernel")
+    _used_on(s, (gx, gy, gs, gb, rm, rv))
     return gy
 
 
@@ -1078,6 +1147,7 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
         st = bn_backward_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], frozen, s)
     _release(ws)
     _status(st, "cuLaunchKernel")
+    _used_on(s, (gx, gdy, gdx, gs, m, v, sg, bg))
     return gdx, sg, bg
 
 
@@ -1113,7 +1183,10 @@ def backward_infer(x, grad_y, scale, running_mean, running_var, epsilon, out=Non
 def plan(shape, dtype=np.float32, mode="spatial", kernel="forward_train", aligned=True):
     """The launch plan the heuristic picks for x of `shape` (for tests and the benchmark): a dict with
     grid, block, shared_bytes, cache_units, vec (0 elements, 1 16-byte units, 2 16-byte units between
-    a scalar head and tail), split. aligned: whether the data pointers are 16-byte aligned."""
+    a scalar head and tail), split, ctas_per_sm (the occupancy calculator's resident CTAs per SM for
+    that launch), sm_count, and for a split forward_train/backward "second": the plan of its second,
+    element-wise launch. kernel: forward_train, backward, forward_infer, normalize (= forward_infer),
+    backward_dx. aligned: whether the data pointers are 16-byte aligned."""
     cdef bn_desc d
     memset(&d, 0, sizeof(bn_desc))
     d.mode = _mode_code(mode)
@@ -1124,14 +1197,23 @@ def plan(shape, dtype=np.float32, mode="spatial", kernel="forward_train", aligne
     for n in shape[2:]:
         d.S *= n
     d.force_group, d.force_split, d.force_cache = _force_group, _force_split, _force_cache
-    k = {"forward_train": BN_K_FWD_TRAIN, "forward_infer": BN_K_NORMALIZE, "backward": BN_K_BWD}[kernel]
-    cdef _Prepared pr = _prepare(d.dtype, d.mode)
-    for i in range(BN_NKERNELS):
-        d.static_shared[i] = pr.static_shared[i]
-    d.sm_count = pr.sm_count
-    cdef long long V = 8 if d.dtype == BN_FLOAT16 else 4
+    kernels = {"forward_train": BN_K_FWD_TRAIN, "forward_infer": BN_K_NORMALIZE, "normalize": BN_K_NORMALIZE,
+               "backward": BN_K_BWD, "backward_dx": BN_K_BWD_DX}
+    if kernel not in kernels:
+        raise ValueError(f"plan: kernel must be one of {', '.join(kernels)}, not {kernel!r}")
+    cdef int k = kernels[kernel]
+    _prepare(d.dtype, d.mode).fill(&d)
     cdef bn_plan p
     cdef cydriver.CUdeviceptr ptr = 0 if aligned else 4  # a misaligned pointer: 4 bytes past 16
     bn_make_plan(&d, k, _vec_ok(&d, ptr, ptr, ptr), &p)
+    out = _plan_dict(&p, d.sm_count)
+    if p.split > 1 and (k == BN_K_FWD_TRAIN or k == BN_K_BWD):
+        bn_make_plan(&d, BN_K_NORMALIZE if k == BN_K_FWD_TRAIN else BN_K_BWD_DX, p.vec, &p)
+        out["second"] = _plan_dict(&p, d.sm_count)
+    return out
+
+
+cdef dict _plan_dict(bn_plan* p, int sm_count):
     return {"grid": tuple(p.grid), "block": tuple(p.block), "shared_bytes": p.shared_bytes,
-            "cache_units": p.cache_units, "vec": p.vec, "split": p.split}
+            "cache_units": p.cache_units, "vec": p.vec, "split": p.split, "ctas_per_sm": p.ctas_per_sm,
+            "sm_count": sm_count}

@@ -199,6 +199,8 @@ cdef int _resolve(const cybn_desc* c, bn_desc* d, const char* op) noexcept nogil
             d.kernels = _entries[i].kernels.kernels
             d.static_shared = _entries[i].kernels.static_shared
             d.sm_count = _entries[i].kernels.sm_count
+            d.occ = _entries[i].kernels.occ
+            d.smem_budget = _entries[i].kernels.smem_budget
             return CYBN_OK
     return _fail(CYBN_ENOTPREPARED, op, "kernels not prepared for this dtype and mode in the current context: "
                  "call prepare(dtype, mode) first (with the GIL)")

@@ -40,6 +40,7 @@ cdef class DeviceBuffer:
         self.nbytes = 0
         self.block = 0
         self.owns = False
+        self.streams = None
         if _empty or nbytes == 0:
             return
         cdef size_t block = size_class(nbytes)
@@ -63,14 +64,34 @@ cdef class DeviceBuffer:
     def __dealloc__(self):
         if not self.owns or self.ptr == 0:
             return
+        cdef size_t freeing
         if self.pool is not None:
-            self.pool._give_back(self.ptr, self.block, self.stream_key)
+            try:
+                freeing = <size_t>resolve_stream(None)
+            except Exception:  # interpreter shutdown
+                freeing = self.stream_key
+            self.pool._give_back(self.ptr, self.block, self.stream_key, self.streams, freeing)
             return
         try:
             ensure_context()
             cydriver.cuMemFree(self.ptr)
         except Exception:  # interpreter shutdown: the context may already be gone
             pass
+
+    def record_stream(self, stream):
+        """Tell the pool this block is also used on `stream` (a Stream, CUstream int or None for the current
+        one): when it is freed, the pool reuses it only after the work queued on `stream` until then has
+        completed (an event per such stream). No effect on blocks the pool does not own."""
+        self._used_on(<size_t>resolve_stream(stream))
+
+    cdef int _used_on(self, size_t stream) except -1:
+        if self.pool is None or not self.owns or stream == self.stream_key:
+            return 0
+        if self.streams is None:
+            self.streams = [stream]
+        elif stream not in self.streams:
+            self.streams.append(stream)
+        return 0
 
     @staticmethod
     def external(ptr, size_t nbytes, owner=None):
@@ -95,10 +116,13 @@ cdef class DeviceBuffer:
 
 cdef class MemoryPool:
     """Caching allocator: freed blocks go to a free list per (stream, size class) and are handed out
-    again without a driver call. On CUDA_ERROR_OUT_OF_MEMORY it frees its cached blocks and retries once."""
+    again without a driver call. A block used on other streams than its own (record_stream, or freed
+    while another stream is current) waits for an event on each of them before it is reused. On
+    CUDA_ERROR_OUT_OF_MEMORY it frees its cached blocks and retries once."""
 
     def __cinit__(self):
         self.free_lists = {}
+        self.pending = []
         self.used = 0
         self.held = 0
 
@@ -106,6 +130,9 @@ cdef class MemoryPool:
         cdef list blocks = self.free_lists.get((stream_key, block))
         cdef cydriver.CUdeviceptr p = 0
         cdef cydriver.CUresult r
+        if not blocks and self.pending:
+            self._collect()
+            blocks = self.free_lists.get((stream_key, block))
         if blocks:
             p = blocks.pop()
         else:
@@ -121,14 +148,55 @@ cdef class MemoryPool:
         self.used += block
         return p
 
-    cdef void _give_back(self, unsigned long long ptr, size_t block, size_t stream_key) noexcept:
+    cdef void _give_back(self, unsigned long long ptr, size_t block, size_t stream_key, list streams,
+                         size_t freeing_stream) noexcept:
         self.used -= block
+        cdef list others = list(streams) if streams else []
+        if freeing_stream != stream_key and freeing_stream not in others:
+            others.append(freeing_stream)
+        cdef list events = []
+        cdef cydriver.CUevent e
+        cdef cydriver.CUresult r = cydriver.CUDA_SUCCESS
+        for s in others:  # an event after the work queued on each other stream so far
+            e = NULL
+            r = cydriver.cuEventCreate(&e, cydriver.CU_EVENT_DISABLE_TIMING)
+            if r == cydriver.CUDA_SUCCESS:
+                events.append(<size_t>e)
+                r = cydriver.cuEventRecord(e, <cydriver.CUstream><size_t>s)
+            if r != cydriver.CUDA_SUCCESS:
+                break
+        if r != cydriver.CUDA_SUCCESS:  # no event (a destroyed stream, no context): wait for everything
+            for e_ in events:
+                cydriver.cuEventDestroy(<cydriver.CUevent><size_t>e_)
+            events = []
+            cydriver.cuCtxSynchronize()
+        if events:
+            self.pending.append([ptr, block, stream_key, events])
+            return
         key = (stream_key, block)
         blocks = self.free_lists.get(key)
         if blocks is None:
             self.free_lists[key] = [ptr]
         else:
             blocks.append(ptr)
+
+    cdef void _collect(self) noexcept:
+        """Pending blocks whose events have all completed go back to their stream's free list."""
+        cdef list still = []
+        cdef bint done
+        for item in self.pending:
+            done = True
+            for e in item[3]:
+                if cydriver.cuEventQuery(<cydriver.CUevent><size_t>e) != cydriver.CUDA_SUCCESS:
+                    done = False
+                    break
+            if not done:
+                still.append(item)
+                continue
+            for e in item[3]:
+                cydriver.cuEventDestroy(<cydriver.CUevent><size_t>e)
+            self.free_lists.setdefault((item[2], item[1]), []).append(item[0])
+        self.pending = still
 
     cpdef DeviceBuffer malloc(self, size_t nbytes, stream=None):
         """A DeviceBuffer of at least nbytes, reused from the free list of `stream` (default: current)."""
@@ -144,10 +212,15 @@ cdef class MemoryPool:
         return b
 
     def free_all(self):
-        """Return every cached (unused) block to the driver. Blocks in use are not touched."""
-        if not self.free_lists:
+        """Return every cached (unused) block to the driver, after the other-stream work of pending ones.
+        Blocks in use are not touched."""
+        if not self.free_lists and not self.pending:
             return
         ensure_context()
+        for item in self.pending:
+            for e in item[3]:
+                cydriver.cuEventSynchronize(<cydriver.CUevent><size_t>e)
+        self._collect()
         lists, self.free_lists = self.free_lists, {}
         cdef unsigned long long p
         errors = []
@@ -177,7 +250,8 @@ cdef class MemoryPool:
 
     @property
     def free_blocks(self):
-        return sum(len(v) for v in self.free_lists.values())
+        """Cached blocks: reusable now, or once the other streams they were used on reach their events."""
+        return sum(len(v) for v in self.free_lists.values()) + len(self.pending)
 
     def __repr__(self):
         return f"<cybn.MemoryPool used={self.used} held={self.held} free_blocks={self.free_blocks}>"

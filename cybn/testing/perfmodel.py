@@ -92,7 +92,6 @@ def launch_seconds(nbytes, ctas, threads, bytes_per_thread, ctas_per_sm, dev):
     return t
 
 
-# ---------------------------------------------------------------- cybn's plans on another SM count
 def _cdiv(a, b):
     return -(-a // b)
 
@@ -104,31 +103,6 @@ def _units_and_threads(shape, dtype, mode, plan):
         V = 16 // np.dtype(dtype).itemsize
         return N * (S // V if plan["vec"] else S), plan["block"][0]
     return N, plan["block"][1]
-
-
-def split_for(shape, dtype, mode, plan, sm_count):
-    """The split the engine's heuristic (bn_make_plan in cybn/batchnorm.pyx) picks on `sm_count` SMs, from
-    a plan it made on another device (only the split depends on the SM count). A test checks this against
-    batchnorm.plan on the software GPU, so a change of the heuristic shows up there."""
-    units, threads = _units_and_threads(shape, dtype, mode, plan)
-    per_thread, cols = _cdiv(units, threads), plan["grid"][0]
-    P = _cdiv(per_thread, 256) if per_thread > 256 else 1
-    target = 2 * max(sm_count, 1)
-    if cols < target and per_thread >= 64:
-        P = max(P, min(_cdiv(target, cols), per_thread // 32))
-    return min(P, 1024, 65535)
-
-
-def plan_on(shape, dtype, mode, op, sm_count, base):
-    """`base` (batchnorm.plan on the device at hand) re-planned for `sm_count` SMs: with a larger split the
-    fused path's replay cache goes (it exists only when P == 1)."""
-    P = split_for(shape, dtype, mode, base, sm_count)
-    if P == base["split"]:
-        return dict(base)
-    p = dict(base, split=P, grid=(base["grid"][0], P, 1))
-    if P > 1:
-        p.update(cache_units=0, shared_bytes=0)
-    return p
 
 
 # ---------------------------------------------------------------- cybn's bytes per launch, from its plan
@@ -189,8 +163,11 @@ def launches(shape, dtype, mode, op, plan):
                      shared=plan["shared_bytes"])]
     first = dict(kernel=main["bwd" if op == "backward" else "fwd"], bytes=arrays * stream + over + 12 * K * P,
                  ctas=ctas, block=block, shared=0, memset=True)
+    q = plan.get("second", plan)  # the element-wise launch is planned on its own (batchnorm.plan)
+    P2 = q["split"]
     second = dict(kernel="bn_bwd_dx" if op == "backward" else "bn_normalize",
-                  bytes=arrays * stream + E * z + over, ctas=ctas, block=block, shared=0)
+                  bytes=arrays * stream + E * z + OVERHEAD_PER_STAT_CTA * K * P2, ctas=q["grid"][0] * P2,
+                  block=q["block"][:2], shared=0)
     return [first, second]
 
 

@@ -10,6 +10,17 @@ namespace {
 // Context objects are never deleted: a stale handle on some thread's stack must stay
 // recognisably dead rather than alias a new context.
 std::set<CUctx_st*> g_live;
+// g_live has its own lock so that the current-context calls (made constantly, often with Python's
+// GIL held) never wait for the driver lock an async kernel holds.
+std::mutex g_live_mutex;
+void live_insert(CUctx_st* c) {
+    std::lock_guard<std::mutex> g(g_live_mutex);
+    g_live.insert(c);
+}
+void live_erase(CUctx_st* c) {
+    std::lock_guard<std::mutex> g(g_live_mutex);
+    g_live.erase(c);
+}
 CUctx_st g_primary;
 unsigned g_primary_refs = 0;
 unsigned long long g_next_ctx_id = 1;
@@ -25,7 +36,7 @@ CUresult create(CUcontext* pctx, unsigned flags, CUdevice dev) {
     CUctx_st* c = new CUctx_st;
     c->flags = flags;
     c->id = g_next_ctx_id++;
-    g_live.insert(c);
+    live_insert(c);
     t_stack.push_back(c);
     *pctx = c;
     return CUDA_SUCCESS;
@@ -40,9 +51,12 @@ CUresult resolve(CUcontext* ctx) {
 }  // namespace
 
 namespace softgpu {
-bool valid_ctx(CUctx_st* ctx) { return ctx && g_live.count(ctx); }
+bool valid_ctx(CUctx_st* ctx) {
+    std::lock_guard<std::mutex> g(g_live_mutex);
+    return ctx && g_live.count(ctx);
+}
 CUctx_st* current_ctx() {
-    if (t_stack.empty() || !g_live.count(t_stack.back())) return nullptr;
+    if (t_stack.empty() || !valid_ctx(t_stack.back())) return nullptr;
     return t_stack.back();
 }
 }  // namespace softgpu
@@ -71,13 +85,13 @@ CUresult cuCtxDestroy_v2(CUcontext ctx) {
     if (CUresult r = check_init()) return r;
     if (!valid_ctx(ctx) || ctx == &g_primary) return CUDA_ERROR_INVALID_CONTEXT;
     release_context_resources(ctx);
-    g_live.erase(ctx);
+    live_erase(ctx);
     if (!t_stack.empty() && t_stack.back() == ctx) t_stack.pop_back();
     return CUDA_SUCCESS;
 }
 
 CUresult cuCtxPushCurrent_v2(CUcontext ctx) {
-    SG_LOCK;
+    // No driver lock: the thread's own stack and g_live (own lock) only.
     if (CUresult r = check_init()) return r;
     if (!valid_ctx(ctx)) return CUDA_ERROR_INVALID_CONTEXT;
     t_stack.push_back(ctx);
@@ -85,7 +99,7 @@ CUresult cuCtxPushCurrent_v2(CUcontext ctx) {
 }
 
 CUresult cuCtxPopCurrent_v2(CUcontext* pctx) {
-    SG_LOCK;
+    // No driver lock: the thread's own stack and g_live (own lock) only.
     if (CUresult r = check_init()) return r;
     if (t_stack.empty()) return CUDA_ERROR_INVALID_CONTEXT;
     if (pctx) *pctx = t_stack.back();
@@ -94,7 +108,7 @@ CUresult cuCtxPopCurrent_v2(CUcontext* pctx) {
 }
 
 CUresult cuCtxSetCurrent(CUcontext ctx) {
-    SG_LOCK;
+    // No driver lock: the thread's own stack and g_live (own lock) only.
     if (CUresult r = check_init()) return r;
     if (!ctx) {
         if (!t_stack.empty()) t_stack.pop_back();
@@ -107,7 +121,7 @@ CUresult cuCtxSetCurrent(CUcontext ctx) {
 }
 
 CUresult cuCtxGetCurrent(CUcontext* pctx) {
-    SG_LOCK;
+    // No driver lock: the thread's own stack and g_live (own lock) only.
     if (CUresult r = check_init()) return r;
     if (!pctx) return CUDA_ERROR_INVALID_VALUE;
     *pctx = current_ctx();
@@ -248,7 +262,7 @@ CUresult cuDevicePrimaryCtxRetain(CUcontext* pctx, CUdevice dev) {
     if (g_primary_refs++ == 0) {
         g_primary.primary = true;
         g_primary.id = g_next_ctx_id++;
-        g_live.insert(&g_primary);
+        live_insert(&g_primary);
     }
     *pctx = &g_primary;
     return CUDA_SUCCESS;
@@ -261,7 +275,7 @@ CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
     if (g_primary_refs == 0) return CUDA_ERROR_INVALID_CONTEXT;
     if (--g_primary_refs == 0) {
         release_context_resources(&g_primary);
-        g_live.erase(&g_primary);
+        live_erase(&g_primary);
     }
     return CUDA_SUCCESS;
 }

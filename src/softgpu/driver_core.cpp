@@ -1,4 +1,5 @@
 // driver_core.cpp: initialisation, the global lock, handle registries, error names, reports.
+#include <atomic>
 #include <cstdio>
 #include <set>
 #include <sstream>
@@ -8,7 +9,7 @@
 namespace softgpu {
 
 namespace {
-bool g_initialized = false;
+std::atomic<bool> g_initialized{false};  // read without the lock by the current-context calls
 std::string g_last_report;
 // Live handles: a handle not in its set is CUDA_ERROR_INVALID_HANDLE.
 std::set<CUstream> g_streams;

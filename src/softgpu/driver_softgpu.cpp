@@ -12,8 +12,10 @@ std::string g_json;  // keeps the last softgpuCountersJSON result alive for the 
 // "SGPU": lets Python tell the software GPU from a real libcuda.so.1.
 SG_EXPORT int softgpuIdentify(void) { return 0x53475055; }
 
+// Counters and reports cover all work enqueued so far: in async mode they wait for it first.
 SG_EXPORT const char* softgpuCountersJSON(void) {
     SG_LOCK;
+    drain_all();
     g_json = counters_json();
     return g_json.c_str();
 }
@@ -88,6 +90,7 @@ SG_EXPORT void softgpuFailModuleLoads(int n) {
 
 SG_EXPORT const char* softgpuLastReport(void) {
     SG_LOCK;
+    drain_all();
     return last_report().c_str();
 }
 

@@ -50,7 +50,9 @@ CUresult stream_query(CUstream s, bool ptds) {
     SG_LOCK;
     Queue* q;
     if (CUresult r = stream_queue(s, ptds, &q)) return r;
-    return queue_busy(q) ? CUDA_ERROR_NOT_READY : CUDA_SUCCESS;
+    if (queue_busy(q)) return CUDA_ERROR_NOT_READY;
+    note_host_sync(q->clock);
+    return CUDA_SUCCESS;
 }
 
 // Later work on s waits for the event's recorded work (an operation that does nothing itself).
@@ -63,6 +65,7 @@ CUresult stream_wait_event(CUstream s, CUevent e, unsigned flags, bool ptds) {
     if (!e->queue) return CUDA_SUCCESS;  // never recorded: nothing to wait for, as on hardware
     auto op = std::make_unique<Op>();
     op->what = "a wait for an event";
+    op->marker = true;
     op->deps.push_back({e->queue, e->seq});
     op->clock = e->clock;
     op->run = [](Op&) { return CUDA_SUCCESS; };
@@ -117,6 +120,7 @@ CUresult event_record(CUevent e, CUstream s, unsigned flags, bool ptds) {
     if (flags & ~unsigned(CU_EVENT_RECORD_EXTERNAL)) return CUDA_ERROR_INVALID_VALUE;
     auto op = std::make_unique<Op>();
     op->what = "an event record";
+    op->marker = true;
     // The timestamp is taken when the stream reaches the record; a later record supersedes it.
     op->run = [e](Op& self) {
         if (e->seq == self.seq) e->when = std::chrono::steady_clock::now(), e->timed = true;
@@ -232,7 +236,9 @@ CUresult cuEventQuery(CUevent e) {
     CUctx_st* ctx;
     if (CUresult r = require_ctx(&ctx)) return r;
     if (!valid_event(e)) return CUDA_ERROR_INVALID_HANDLE;
-    return !e->queue || e->queue->completed >= e->seq ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
+    if (e->queue && e->queue->completed < e->seq) return CUDA_ERROR_NOT_READY;
+    note_host_sync(e->clock);  // the host saw the recorded work complete: it happens before what follows
+    return CUDA_SUCCESS;
 }
 
 // Waits for the recorded work; returns (and clears) a failure of the stream it was recorded on.

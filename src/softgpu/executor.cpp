@@ -120,9 +120,9 @@ void Exec::init_thread(Thread& t, Cta& cta, uint32_t tid) {
     s[S_LANEMASK_GE] = ~uint32_t((1u << t.lane) - 1);
     s[S_ENVREG1] = grid_workspace >> 32;
     s[S_ENVREG2] = grid_workspace & 0xffffffffu;
-    if (t.local.size() < kernel->info.local_bytes) t.local.resize(kernel->info.local_bytes);
-    // Local memory is uninitialised on hardware; zero it so results never depend on stale data.
-    std::fill(t.local.begin(), t.local.end(), 0);
+    // Exactly this kernel's local memory (thread storage outlives launches; memcheck bounds local
+    // accesses by its size). Uninitialised on hardware; zeroed so results never depend on stale data.
+    t.local.assign(kernel->info.local_bytes, 0);
     push_frame(t, kernel->fn);
 }
 
@@ -187,6 +187,7 @@ struct Scheduler {
     std::vector<Cta*> resident, free;
     std::vector<Thread*> order;
     bool random;
+    bool yielded = false;  // some thread used up its slice (run_ordered's turn ends)
     uint32_t slice;
 
     Scheduler(Exec& e, uint64_t n, uint64_t lim, Residency r)
@@ -205,28 +206,14 @@ struct Scheduler {
 
     // Retires exited CTAs and makes the next ones resident; true if the resident set changed.
     bool refill() {
-        bool changed = false;
-        for (size_t i = 0; i < resident.size();)
-            if (resident[i]->live == 0) {
-                free.push_back(resident[i]);
-                resident.erase(resident.begin() + i);
-                changed = true;
-            } else {
-                ++i;
-            }
-        while (resident.size() < limit && next < nctas) {
-            if (free.empty()) {
-                slots.push_back(std::make_unique<Cta>());
-                free.push_back(slots.back().get());
-            }
-            Cta* c = free.back();
-            free.pop_back();
-            setup_cta(x, *c, next);
-            for (Thread& t : c->threads) t.spec[S_SMID] = uint32_t(next % res.sms);
-            ++next;
-            resident.push_back(c);
-            changed = true;
+        size_t kept = 0;
+        for (Cta* c : resident) {
+            if (c->live == 0) free.push_back(c);
+            else resident[kept++] = c;
         }
+        bool changed = kept != resident.size();
+        resident.resize(kept);
+        while (admit()) changed = true;
         if (changed) {
             order.clear();
             for (Cta* c : resident)
@@ -261,48 +248,110 @@ struct Scheduler {
         return r;
     }
 
-    bool run() {
+    // One time slice of a ready thread; false when the launch must stop.
+    bool step(Thread& t) {
+        uint32_t budget = random ? 1 + uint32_t(x.next_random() % slice) : slice;
+        RunStatus s = x.run(t, budget);
+        yielded = yielded || s == RUN_YIELD;
+        if (x.abort) return false;
+        switch (s) {
+            case RUN_EXITED: x.on_exit(t); break;
+            case RUN_BLOCKED: {
+                const Instr& in = x.module->functions[t.fn].code[t.pc];
+                if (in.op == OP_BAR || in.op == OP_BAR_ARRIVE || in.op == OP_BAR_RED) x.arrive_barrier(t);
+                else if (in.op == OP_ACTIVEMASK) t.state = TS_ACTIVEMASK, t.cta->at_activemask[t.warp]++;
+                else x.arrive_collective(t);
+                break;
+            }
+            case RUN_FAULT: return false;
+            case RUN_YIELD: break;
+        }
+        if (x.abort) return false;
+        if (t.cta->at_activemask[t.warp]) x.settle_activemask(*t.cta, t.warp, s == RUN_YIELD);
+        if (x.instructions > x.conf.watchdog) {
+            *x.report += watchdog_report(t);
+            x.result = 719;
+            return false;
+        }
+        return true;
+    }
+
+    bool deadlock() {
+        *x.report += deadlock_report(x, resident);
+        x.result = 719;
+        return false;
+    }
+
+    // Makes the next block resident (in launch order) if there is room.
+    bool admit() {
+        if (resident.size() >= limit || next >= nctas) return false;
+        if (free.empty()) {
+            slots.push_back(std::make_unique<Cta>());
+            free.push_back(slots.back().get());
+        }
+        Cta* c = free.back();
+        free.pop_back();
+        setup_cta(x, *c, next);
+        for (Thread& t : c->threads) t.spec[S_SMID] = uint32_t(next % res.sms);
+        ++next;
+        resident.push_back(c);
+        return true;
+    }
+
+    // Deterministic schedule: rounds over the resident blocks in residency order, each block's
+    // threads in order. A block that exits leaves at once and the next block becomes resident in
+    // its place, and blocks are admitted as the round reaches them, so a grid of short blocks runs
+    // one block at a time with its state hot in the host's cache, as residency allows.
+    bool run_ordered() {
+        while (true) {
+            bool progress = false, admitted = false;
+            for (size_t ci = 0;;) {
+                if (ci == resident.size()) {
+                    if (!admit()) break;
+                    admitted = true;
+                }
+                // The block's turn: passes over its threads until one uses up a slice (a spin-wait,
+                // a long loop) or none is ready; passes that only reach barriers cost little.
+                Cta* c = resident[ci];
+                for (bool ran = true; ran && c->live;) {
+                    ran = yielded = false;
+                    for (Thread& t : c->threads)
+                        if (t.state == TS_READY) {
+                            ran = progress = true;
+                            if (!step(t)) return false;
+                        }
+                    if (yielded) break;
+                }
+                if (c->live == 0) {
+                    free.push_back(c);
+                    resident.erase(resident.begin() + ci);
+                } else {
+                    ++ci;
+                }
+            }
+            if (resident.empty()) return true;
+            if (!progress && !admitted) return deadlock();
+        }
+    }
+
+    // Seeded schedule: each round shuffles every resident thread's turn and slice length.
+    bool run_random() {
         refill();
         while (true) {
             bool progress = false;
-            if (random)
-                for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[x.next_random() % i]);
-            for (Thread* tp : order) {
-                Thread& t = *tp;
-                if (t.state != TS_READY) continue;
-                progress = true;
-                uint32_t budget = random ? 1 + uint32_t(x.next_random() % slice) : slice;
-                RunStatus s = x.run(t, budget);
-                if (x.abort) return false;
-                switch (s) {
-                    case RUN_EXITED: x.on_exit(t); break;
-                    case RUN_BLOCKED: {
-                        const Instr& in = x.module->functions[t.fn].code[t.pc];
-                        if (in.op == OP_BAR || in.op == OP_BAR_ARRIVE || in.op == OP_BAR_RED) x.arrive_barrier(t);
-                        else if (in.op == OP_ACTIVEMASK) t.state = TS_ACTIVEMASK, t.cta->at_activemask[t.warp]++;
-                        else x.arrive_collective(t);
-                        break;
-                    }
-                    case RUN_FAULT: return false;
-                    case RUN_YIELD: break;
+            for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[x.next_random() % i]);
+            for (Thread* tp : order)
+                if (tp->state == TS_READY) {
+                    progress = true;
+                    if (!step(*tp)) return false;
                 }
-                if (x.abort) return false;
-                if (t.cta->at_activemask[t.warp]) x.settle_activemask(*t.cta, t.warp, s == RUN_YIELD);
-                if (x.instructions > x.conf.watchdog) {
-                    *x.report += watchdog_report(t);
-                    x.result = 719;
-                    return false;
-                }
-            }
             bool changed = refill();
             if (resident.empty()) return true;
-            if (!progress && !changed) {
-                *x.report += deadlock_report(x, resident);
-                x.result = 719;
-                return false;
-            }
+            if (!progress && !changed) return deadlock();
         }
     }
+
+    bool run() { return random ? run_random() : run_ordered(); }
 };
 
 int launch(Kernel* k, const LaunchConfig& cfg, LaunchCounts* counts, std::string* report) {

@@ -66,6 +66,15 @@ CUresult execute(Queue* q, Op& op) {
     return r;
 }
 
+// Runs the queue's head operation and retires it (q->running is set by the caller).
+void finish(Queue* q, Op& op) {
+    execute(q, op);
+    q->completed = op.seq;
+    q->ops.pop_front();
+    q->running = false;
+    cv().notify_all();
+}
+
 Queue* pick_ready(std::mt19937_64& rng) {
     std::vector<Queue*> ready;
     for (Queue* q : g_queues) {
@@ -89,11 +98,14 @@ void worker_main() {
             without_lock([&] { std::this_thread::sleep_for(delay); });
         }
         Op& op = *q->ops.front();
-        execute(q, op);
-        q->completed = op.seq;
-        q->ops.pop_front();
-        q->running = false;
-        cv().notify_all();
+        if (op.host_fn) {  // on its own thread: a blocking host function holds back its stream only
+            std::thread([ref = q->shared_from_this(), &op] {
+                BigLock hold;
+                finish(ref.get(), op);
+            }).detach();
+            continue;
+        }
+        finish(q, op);
     }
 }
 
@@ -209,7 +221,8 @@ CUresult submit(Queue* q, std::unique_ptr<Op> op) {
     op->seq = ++q->enqueued;
     set_clock(op->clock, q->slot, op->seq);
     q->clock = op->clock;
-    if (!config().async) {
+    // Inline mode, or an event record / wait on a queue with nothing left to wait for.
+    if (!config().async || (op->marker && q->ops.empty() && deps_met(*op))) {
         CUresult r = execute(q, *op);
         q->completed = op->seq;
         return r;

@@ -25,6 +25,7 @@ struct Op {
     std::function<CUresult(Op&)> run;  // under the lock, except host functions
     bool host_fn = false;
     bool kernel = false;               // its failure is a kernel fault (sticky mode)
+    bool marker = false;               // no work of its own (event record, wait): runs at once on an idle queue
     std::vector<std::pair<std::shared_ptr<Queue>, uint64_t>> deps;  // (queue, seq) that must complete first
     std::vector<Touch> touches;        // copies and memsets: at enqueue; kernels: filled in by run
     VClock clock;                      // callers may pre-fill it with extra happens-before (event waits)

@@ -1,5 +1,5 @@
 """The performance model's parts checked against what can be measured here: its bytes against the software
-GPU's exact counters, its re-derived split against the engine's own plan, its CUBIN reader against ptxas'
+GPU's exact counters, its second launches against the engine's own plans, its CUBIN reader against ptxas'
 report and against kernels whose loads in flight are known by construction, its occupancy and latency
 curve against hand-worked values; and bench/gpu_model.py end to end."""
 import os
@@ -57,23 +57,19 @@ def test_the_comparison_sees_a_re_read():
     assert np.prod(shape) * 4 > PER_STAT_CTA * 5 * 3
 
 
-SPLIT_SHAPES = [(1, 1, 1 << 20), (2, 3, 4096), (8, 1, 64, 64), (32, 64, 28, 28), (1, 2, 9000), (4, 2, 4097),
-                (2, 64, 256), (16, 1, 1000), (131072, 3), (4096, 2), (65536, 1, 1), (300, 5)]
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])
-@pytest.mark.parametrize("op", ["forward_train", "backward", "forward_infer"])
-def test_split_rule_matches_the_engine(dtype, op):
-    """perfmodel.split_for on the software GPU's SM count gives the engine's own split (so the re-derived
-    plans for 132 SMs follow the engine's heuristic; a change to it fails here)."""
-    from cybn.device import Device
-    sms = Device(0).sm_count
-    for shape in SPLIT_SHAPES:
-        mode = "spatial" if len(shape) > 2 else "per_activation"
-        p = batchnorm.plan(shape, dtype, mode, op)
-        assert perfmodel.split_for(shape, dtype, mode, p, sms) == p["split"], shape
-    p = batchnorm.plan((32, 64, 56, 56), dtype, "spatial", op)
-    assert perfmodel.plan_on((32, 64, 56, 56), dtype, "spatial", op, 132, p)["split"] >= p["split"]
+@pytest.mark.parametrize("op", ["forward_train", "backward"])
+def test_second_launch_follows_its_own_plan(op):
+    """A split call's element-wise second launch is planned on its own (batchnorm.plan's "second"): the
+    model charges that launch's CTAs and per-CTA overhead, not the reduction's."""
+    shape = (2, 3, 4096)
+    with batchnorm.plan_override(split=4):
+        plan = batchnorm.plan(shape, np.float32, "spatial", op)
+    second = dict(plan["second"], split=1, grid=(plan["grid"][0], 1, 1))
+    one = perfmodel.launches(shape, np.float32, "spatial", op, dict(plan, second=second))
+    four = perfmodel.launches(shape, np.float32, "spatial", op, plan)
+    assert [ln["ctas"] for ln in one] == [3 * 4, 3] and [ln["ctas"] for ln in four] == [3 * 4, 3 * 4]
+    assert four[1]["bytes"] - one[1]["bytes"] == perfmodel.OVERHEAD_PER_STAT_CTA * 3 * 3
+    assert one[0] == four[0]
 
 
 def test_occupancy_hand_worked():

@@ -3,6 +3,7 @@ one software GPU each, uneven batches with ranks of 0 and 1 samples. One launch 
 every scenario (mpi_worker.py); these tests check what each rank saw against float64 numpy over the
 concatenated batch, which the test builds itself from the same seeds."""
 import os
+import re
 import pickle
 import shutil
 import subprocess
@@ -137,11 +138,12 @@ def test_readme_example_runs_as_shown():
     seen = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.returncode == 0, seen
     x = np.concatenate([np.random.default_rng(r).standard_normal((r, 4)) for r in range(3)])
-    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
-    assert len(lines) == 3, seen
-    for r, line in enumerate(lines):
-        assert line.startswith(f"rank {r}: n=3 mean="), seen
-        mean = np.array(eval(line.split("mean=")[1].split(" var=")[0]))
-        var = np.array(eval(line.split("var=")[1]))
+    # mpiexec merges the ranks' stdout, and one rank's line can land in the middle of another's
+    # (no newline between them): find the records, not the lines.
+    found = sorted(re.findall(r"rank (\d+): n=(\S+) mean=(\[[^\]]*\]) var=(\[[^\]]*\])", proc.stdout))
+    assert [int(r) for r, *_ in found] == [0, 1, 2], seen
+    for r, n, mean_text, var_text in found:
+        assert n == "3", seen
+        mean, var = np.array(eval(mean_text)), np.array(eval(var_text))
         np.testing.assert_allclose(mean, x.mean(0), rtol=1e-13)
         np.testing.assert_allclose(var, x.var(0), rtol=1e-13)

@@ -28,7 +28,8 @@ README = os.path.join(REPO, "README.md")
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```$", re.M | re.S)
 MARKER = re.compile(r"<!-- readme-test: (\S+) -->\n\Z")
 TESTED = {"command-run", "command-test", "puzzlelib-example", "engine-example", "c-extension", "c-setup",
-          "cython-extension", "cython-setup", "extensions-from-python"}
+          "cython-extension", "cython-setup", "extensions-from-python", "mxnet-example", "paddle-example",
+          "mpi-example"}  # mpi-example: tests/distributed/test_mpi_sync.py runs it under mpiexec -n 3
 
 
 def blocks():
@@ -98,6 +99,57 @@ def test_puzzlelib_example():
     np.testing.assert_allclose(bn.vars["bias"].data.get().ravel(), -0.1 * dbias, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(bn.vars["scale"].data.get().ravel(), scale0 - 0.1 * dscale, rtol=1e-5, atol=1e-6)
     assert "[[[[ 6.]]" in out and "[[[[36.]]" in out and out.count("[[[[") == 3  # mean, var, bias gradient
+    del ns
+    gc.collect()
+
+
+def _batch_moments(x):
+    x = x.astype(np.float64)
+    return x.mean((0, 2, 3)), x.var((0, 2, 3))
+
+
+def _per_channel(v):
+    return v.reshape(1, -1, 1, 1)
+
+
+def test_mxnet_example():
+    ns, out = run_block("mxnet-example")
+    x = ns["x"].get().astype(np.float64)
+    mu, var_b = _batch_moments(x)
+    invstd = 1 / np.sqrt(var_b + 1e-3)  # MXNet's operator default eps
+    np.testing.assert_allclose(ns["y"].get(), (x - _per_channel(mu)) * _per_channel(invstd), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ns["mean"].get().ravel(), mu, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ns["invstd"].get().ravel(), invstd, rtol=1e-5)
+    # dy = 1: dbeta = sum(dy), dgamma = sum(dy * xhat) = 0, dx = invstd * (dy - mean(dy) - xhat mean(dy xhat)) = 0.
+    np.testing.assert_allclose(ns["dbeta"].get().ravel(), x.size / 3, rtol=1e-6)
+    np.testing.assert_allclose(ns["dgamma"].get().ravel(), 0, atol=1e-3)
+    np.testing.assert_allclose(ns["dx"].get(), 0, atol=1e-5)
+    # The backward moved the moving statistics: momentum 0.9 on the old value, the biased variance.
+    mm, mv = 0.1 * mu, 0.9 + 0.1 * var_b
+    np.testing.assert_allclose(ns["moving_mean"].get().ravel(), mm, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ns["moving_var"].get().ravel(), mv, rtol=1e-5)
+    np.testing.assert_allclose(np.array(out.strip().strip("[]").split(), float), mm, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ns["y_eval"].get(), (x - _per_channel(mm)) / np.sqrt(_per_channel(mv) + 1e-3),
+                               rtol=1e-5, atol=1e-5)
+    del ns
+    gc.collect()
+
+
+def test_paddle_example():
+    ns, out = run_block("paddle-example")
+    bn, x = ns["bn"], ns["x"].get().astype(np.float64)
+    mu, var_b = _batch_moments(x)
+    xhat = (x - _per_channel(mu)) / np.sqrt(_per_channel(var_b) + 1e-5)
+    np.testing.assert_allclose(ns["y"].get(), xhat, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ns["dx"].get(), 0, atol=1e-5)  # dy = 1 through a batch norm: 0
+    np.testing.assert_allclose(bn.bias.grad.get().ravel(), x.size / 3, rtol=1e-6)
+    np.testing.assert_allclose(bn.weight.grad.get().ravel(), 0, atol=1e-3)
+    rm, rv = 0.1 * mu, 0.9 + 0.1 * var_b  # momentum 0.9 on the old value, biased variance
+    np.testing.assert_allclose(bn._mean.numpy().ravel(), rm, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(bn._variance.numpy().ravel(), rv, rtol=1e-5)
+    assert "['weight', 'bias', '_mean', '_variance']" in out
+    np.testing.assert_allclose(ns["y_eval"].get(), (x - _per_channel(rm)) / np.sqrt(_per_channel(rv) + 1e-5),
+                               rtol=1e-5, atol=1e-5)
     del ns
     gc.collect()
 

@@ -228,12 +228,12 @@ def test_concurrent_launches_from_threads_pack_independently():
 
 
 def test_call_argument_parsing_both_call_paths():
-    out = cybn.zeros(2 * 8, np.uint32)
-    f = get_function(SRC, "coords", "P")
     s = cybn.Stream()
+    out = cybn.zeros(2 * 8, np.uint32, stream=s)  # on s: the kernels below write it there (streamcheck)
+    f = get_function(SRC, "coords", "P")
     # every argument by keyword, in any order; f(...) takes the vectorcall path, f.__call__ the tp_call one
     for call in (f, f.__call__):
-        out.fill(0)
+        out.fill(0, stream=s)
         call(stream=s, args=(out,), block=8, grid=1, shared_mem=12, cooperative=False)
         s.synchronize()
         np.testing.assert_array_equal(out.get().reshape(8, 2), np.c_[np.arange(8), np.full(8, 12)])

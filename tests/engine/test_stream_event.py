@@ -112,7 +112,7 @@ def test_work_on_a_stream_and_event_ordering():
 def test_launch_uses_the_current_stream():
     n = 256
     s = Stream()
-    x = cybn.zeros(n)
+    x = cybn.zeros(n, stream=s)  # zeroed on s, not the legacy stream (which s, non-blocking, does not wait for)
     with cybn.stream(s):
         kernel("add_one")(1, 256, (x, n))
         e = Event().record()
