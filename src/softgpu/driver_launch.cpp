@@ -110,8 +110,6 @@ CUresult launch_kernel(CUfunction f, const uint32_t* grid, const uint32_t* block
     cfg.dynamic_smem = smem;
     cfg.cooperative = cooperative;
     cfg.params = params.data();
-    uint32_t threads = block[0] * block[1] * block[2];
-    cfg.resident_blocks = std::max(1u, occupancy(info, threads, smem)) * uint32_t(device_profile().sm_count);
     // Runs now (returning a failure, also kept for the stream's next synchronize) or on the async worker.
     return submit_launch(queue_of(s, ctx, ptds), f->kernel, cfg, std::move(params));
 }

@@ -166,7 +166,6 @@ struct LaunchConfig {
     uint32_t dynamic_smem;
     bool cooperative;            // all CTAs co-resident and interleaved
     const uint8_t* params;       // packed parameter buffer of kernel_info(k).param_bytes bytes
-    uint32_t resident_blocks = 0;  // blocks the device holds at once: occupancy x SMs (driver sets it)
     AccessLog* access = nullptr; // streamcheck: global accesses are noted here when set
 };
 
