@@ -1156,7 +1156,7 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
         st = bn_backward_core(&d, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], frozen, s)
     _release(ws)
     _status(st, "cuLaunchKernel")
-    _used_on(s, (gx, gdy, gdx, gs, m, v, sg, bg))
+    _used_on(s, (gx, gdy, gdx, gs, m, v, sg, bg, bsg, bbg))
     return gdx, sg, bg
 
 
