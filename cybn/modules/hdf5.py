@@ -138,6 +138,10 @@ def child(group, path, kind, where):
     return obj
 
 
+# deflate, shuffle, fletcher32, szip, nbit, scaleoffset: HDF5's own filters (H5Zpublic.h)
+_BUILTIN_FILTERS = frozenset(range(1, 7))
+
+
 def read_dataset(dset, where, what, size=None, dtype=None, scalar_int=False):
     """The dataset's values, after checking from its metadata alone that it holds its own raw data (no
     external storage, not virtual) and that its declared shape and dtype are what the caller expects
@@ -146,6 +150,11 @@ def read_dataset(dset, where, what, size=None, dtype=None, scalar_int=False):
     if plist.get_external_count() > 0:
         raise _error("%s: dataset '%s' keeps its data in external files; cybn loads only files that contain "
                      "all their data" % (where, dset.name))
+    for i in range(plist.get_nfilters()):
+        code = plist.get_filter(i)[0]
+        if code not in _BUILTIN_FILTERS:  # HDF5 would search its plugin path and dlopen a library for it
+            raise _error("%s: dataset '%s' declares filter %d, which is not built into HDF5 (a plugin); cybn "
+                         "loads only files readable without loading code from outside them" % (where, dset.name, code))
     if dset.is_virtual:
         raise _error("%s: dataset '%s' is a virtual dataset (data mapped from other files); cybn loads only "
                      "files that contain all their data" % (where, dset.name))
