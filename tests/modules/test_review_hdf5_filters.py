@@ -29,3 +29,13 @@ def test_builtin_filters_still_load(tmp_path):
     bn = BatchNorm2D(C, name="bn")
     bn.load(path)
     np.testing.assert_array_equal(bn.var.get().ravel(), np.full(C, 5, np.float32))
+
+
+def test_chunk_bomb_is_refused_from_metadata(tmp_path):
+    # 4 floats in a 256 MiB gzip chunk: a ~270 KB file whose read decompresses (allocates) the whole chunk
+    def bomb(group, name):
+        d = group.create_dataset(name, (1, C, 1, 1), np.float32, maxshape=(1, None, 1, 1),
+                                 chunks=(1, 1 << 26, 1, 1), compression="gzip")
+        d[...] = 5
+    path = write_model(str(tmp_path / "m.hdf"), {"var": bomb})
+    refused(path, r"bn.var' .*chunks of 268435456 bytes")
