@@ -6,10 +6,12 @@
     dx, dgamma, dbeta = tape.backward(y, dy)      # MXNet: y.backward(dy); x.grad, gamma.grad, beta.grad
 
 Semantics, as measured on MXNet (peer-semantics.md, tests/frameworks/golden/mxnet.npz):
-- training=True: batch mean and biased variance normalise; the moving statistics move as
+- training (default: MXNet's autograd mode, True inside autograd.record(), False outside): batch mean and
+  biased variance normalise; the moving statistics move as
   moving = momentum * moving + (1 - momentum) * batch (biased variance), and only in the BACKWARD pass: a
-  training forward with no backward leaves them unchanged. The forward's kernel computes the update into
-  scratch copies of the moving statistics; tape.backward copies them in (two device copies of C floats).
+  training forward with no backward leaves them unchanged. The forward's kernel writes the batch mean and
+  variance into two scratch arrays; tape.backward folds them into the moving statistics as they are then
+  (two axpby launches of C floats), so two recorded calls sharing the moving arrays compound as in MXNet.
 - fix_gamma=True (the default): the forward uses gamma = 1, the gamma gradient is 0, and the gamma array
   passed in is overwritten with ones (after the forward succeeded).
 - training=False or use_global_stats=True: the moving statistics normalise and nothing is updated;
@@ -35,7 +37,8 @@ class MXNetError(RuntimeError):
 
 class _Saved:
     """What one recorded training forward keeps for its backward."""
-    __slots__ = ("x", "gamma", "save_mean", "save_invstd", "moving", "scratch", "fix_gamma", "frozen", "eps")
+    __slots__ = ("x", "gamma", "save_mean", "save_invstd", "moving", "scratch", "fix_gamma", "frozen", "eps",
+                 "momentum")
 
 
 _local = threading.local()
@@ -53,7 +56,7 @@ class Tape:
 
     def backward(self, y, out_grad):
         """(data_grad, gamma_grad, beta_grad) of the recorded call that returned y (or [y, mean, invstd])."""
-        from cybn import batchnorm, gpuarray
+        from cybn import batchnorm, elementwise, gpuarray
         head = y[0] if isinstance(y, list) else y
         for i, (out, s) in enumerate(self._saved):
             if out is head:
@@ -75,9 +78,10 @@ class Tape:
             else:
                 dx, dg, db = batchnorm.backward(s.x, dy, s.gamma, s.save_mean, s.save_invstd)
         del self._saved[i]
-        if s.scratch is not None:  # MXNet moves its statistics in the backward pass
-            s.moving[0].set(s.scratch[0])
-            s.moving[1].set(s.scratch[1])
+        if s.scratch is not None:  # MXNet moves its statistics in the backward pass, from their value then:
+            m = np.float32(s.momentum)  # moving = m * moving + (1 - m) * batch, in float32 as MXNet
+            for moving, batch_stat in zip(s.moving, s.scratch):
+                elementwise.axpby(batch_stat, moving, float(np.float32(1) - m), float(m))
         if s.fix_gamma:
             dg = gpuarray.zeros(dg.shape, np.float32)
         return dx.reshape(*head.shape), dg, db
@@ -119,9 +123,12 @@ def _param(obj, what, C):
 
 
 def BatchNorm(data, gamma, beta, moving_mean, moving_var, eps=0.001, momentum=0.9, fix_gamma=True,
-              use_global_stats=False, output_mean_var=False, axis=1, cudnn_off=False, training=True):
-    """mx.nd.BatchNorm: returns y, or [y, mean, invstd] with output_mean_var (see the module docstring)."""
+              use_global_stats=False, output_mean_var=False, axis=1, cudnn_off=False, training=None):
+    """mx.nd.BatchNorm: returns y, or [y, mean, invstd] with output_mean_var (see the module docstring).
+    training None: MXNet's mode, taken from autograd (training inside autograd.record(), inference outside)."""
     from cybn import batchnorm, gpuarray
+    if training is None:
+        training = autograd.is_recording()
     x = as_device_array(data, "data", MXNetError)
     if x.dtype == np.float64:
         raise EngineFeatureMissing("BatchNorm on float64 data", "float64 kernels")
@@ -138,8 +145,9 @@ def BatchNorm(data, gamma, beta, moving_mean, moving_var, eps=0.001, momentum=0.
     scale = gpuarray.zeros((C,), np.float32).fill(1.0) if fix_gamma else g
     with errors_as(MXNetError):
         if training and not use_global_stats:
-            scratch = (mm.copy(), mv.copy())
-            y, mean, invstd = batchnorm.forward_train(xv, scale, b, scratch[0], scratch[1], eps, f,
+            # factor 1 from zeros: the scratch pair receives the batch mean and biased variance exactly
+            scratch = (gpuarray.zeros((C,), np.float32), gpuarray.zeros((C,), np.float32))
+            y, mean, invstd = batchnorm.forward_train(xv, scale, b, scratch[0], scratch[1], eps, 1.0,
                                                       running_var_unbiased=False)
             frozen = False
         else:
@@ -156,6 +164,7 @@ def BatchNorm(data, gamma, beta, moving_mean, moving_var, eps=0.001, momentum=0.
         s = _Saved()
         s.x, s.gamma, s.moving, s.scratch, s.fix_gamma, s.frozen, s.eps = xv, scale, (mm, mv), scratch, \
             bool(fix_gamma), frozen, eps
+        s.momentum = float(np.float32(momentum))  # MXNet holds momentum as a float32
         if frozen is False:
             s.save_mean, s.save_invstd = mean, invstd
         tape._add(y, s)

@@ -138,6 +138,11 @@ def child(group, path, kind, where):
     return obj
 
 
+# deflate, shuffle, fletcher32, szip, nbit, scaleoffset: HDF5's own filters (H5Zpublic.h)
+_BUILTIN_FILTERS = frozenset(range(1, 7))
+MAX_CHUNK_BYTES = 1 << 20  # h5py's own chunk guesses stay under 1 MiB
+
+
 def read_dataset(dset, where, what, size=None, dtype=None, scalar_int=False):
     """The dataset's values, after checking from its metadata alone that it holds its own raw data (no
     external storage, not virtual) and that its declared shape and dtype are what the caller expects
@@ -146,6 +151,16 @@ def read_dataset(dset, where, what, size=None, dtype=None, scalar_int=False):
     if plist.get_external_count() > 0:
         raise _error("%s: dataset '%s' keeps its data in external files; cybn loads only files that contain "
                      "all their data" % (where, dset.name))
+    for i in range(plist.get_nfilters()):
+        code = plist.get_filter(i)[0]
+        if code not in _BUILTIN_FILTERS:  # HDF5 would search its plugin path and dlopen a library for it
+            raise _error("%s: dataset '%s' declares filter %d, which is not built into HDF5 (a plugin); cybn "
+                         "loads only files readable without loading code from outside them" % (where, dset.name, code))
+    if dset.chunks is not None:  # a read decompresses whole chunks: their size must fit the data's
+        chunk_bytes = int(np.prod(dset.chunks, dtype=np.uint64)) * dset.dtype.itemsize
+        if chunk_bytes > max(int(np.prod(dset.shape, dtype=np.uint64)) * dset.dtype.itemsize, MAX_CHUNK_BYTES):
+            raise _error("%s: dataset '%s' declares chunks of %d bytes for %s values; cybn loads chunks no larger "
+                         "than the data (or %d bytes)" % (where, dset.name, chunk_bytes, dset.shape, MAX_CHUNK_BYTES))
     if dset.is_virtual:
         raise _error("%s: dataset '%s' is a virtual dataset (data mapped from other files); cybn loads only "
                      "files that contain all their data" % (where, dset.name))
