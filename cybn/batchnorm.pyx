@@ -316,7 +316,8 @@ cdef int _no_overlap(_span* outs, int nouts, _span* ins, int nins, const bn_desc
             if i == 0 and in_place:  # say which in-place form is allowed
                 snprintf(cybn_bn_error, sizeof(cybn_bn_error), "%s shares memory with %s: outputs and the "
                          "workspace must not overlap other arguments (%s may be exactly %s%s%s)", a.name, b.name,
-                         a.name, ins[0].name, " or " if in_place == 2 else "", ins[1].name if in_place == 2 else "")
+                         a.name, ins[0].name, <const char*>" or " if in_place == 2 else <const char*>"",
+                         ins[1].name if in_place == 2 else <const char*>"")
             else:
                 snprintf(cybn_bn_error, sizeof(cybn_bn_error), "%s shares memory with %s: outputs and the "
                          "workspace must not overlap other arguments", a.name, b.name)
@@ -929,8 +930,8 @@ cdef int _no_aliasing(list outputs, list inputs, tuple in_place) except -1:
     cdef list names = [n.encode() for n, _ in outputs + inputs]  # kept alive while the spans point at them
     cdef int i, k = len(in_place)
     assert len(outputs) <= 8 and len(inputs) <= 8 and k <= 2
-    for i, (n, a) in enumerate(in_place):
-        assert n == outputs[0][0] and a == inputs[i][0], in_place
+    for i, (n, m) in enumerate(in_place):
+        assert n == outputs[0][0] and m == inputs[i][0], in_place
     for i in range(len(outputs)):
         a = outputs[i][1]
         _set_span(&outs[i], names[i], 0 if a is None else a.ptr_, 0 if a is None else a.nbytes)
