@@ -249,7 +249,7 @@ CUresult cuEventSynchronize(CUevent e) {
     if (!valid_event(e)) return CUDA_ERROR_INVALID_HANDLE;
     if (!e->queue) return CUDA_SUCCESS;
     std::shared_ptr<Queue> q = e->queue;
-    wait_seq(q.get(), e->seq);
+    if (!wait_seq(q.get(), e->seq)) return CUDA_ERROR_NOT_PERMITTED;
     note_host_sync(e->clock);
     return take_pending(q.get());
 }

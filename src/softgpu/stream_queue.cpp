@@ -37,16 +37,21 @@ bool deps_met(const Op& op) {
 }
 
 thread_local int t_depth = 0;  // levels of the driver lock this thread holds (BigLock)
+thread_local bool t_in_host_fn = false;  // this thread is running a stream's host function
 
-// Waits (releasing every level of the lock this thread holds) until pred holds.
+// Waits (releasing every level of the lock this thread holds) until pred holds. Returns false, without
+// waiting, inside a host function: its own stream cannot complete before it returns (a deadlock), and
+// CUDA forbids driver calls there (cuLaunchHostFunc: "may result in CUDA_ERROR_NOT_PERMITTED").
 template <class Pred>
-void wait_locked(Pred pred) {
-    if (pred()) return;
-    if (g_worker_started && std::this_thread::get_id() == g_worker_id) return;  // a host function: never block the worker
+bool wait_locked(Pred pred) {
+    if (pred()) return true;
+    if (t_in_host_fn) return false;
+    if (g_worker_started && std::this_thread::get_id() == g_worker_id) return false;  // never block the worker
     int depth = t_depth;
     for (int i = 1; i < depth; ++i) big_lock().unlock();
     cv().wait(big_lock(), pred);
     for (int i = 1; i < depth; ++i) big_lock().lock();
+    return true;
 }
 
 CUresult execute(Queue* q, Op& op) {
@@ -55,7 +60,11 @@ CUresult execute(Queue* q, Op& op) {
     const Config& c = config();
     if (!r && c.streamcheck && !op.kernel) r = streamcheck(*q, op);  // a copy is checked before it runs
     if (!r) {
-        if (op.host_fn) without_lock([&] { r = op.run(op); });
+        if (op.host_fn) without_lock([&] {
+            t_in_host_fn = true;
+            r = op.run(op);
+            t_in_host_fn = false;
+        });
         else r = op.run(op);
         if (op.kernel && r && c.sticky) ctx->sticky = r;
         if (!r && c.streamcheck && op.kernel) r = streamcheck(*q, op);  // a kernel's bytes are known after
@@ -128,15 +137,17 @@ std::vector<Queue*> sync_set(Queue* q) {
     return set;
 }
 
-void wait_for(const std::vector<Queue*>& set) {
+bool wait_for(const std::vector<Queue*>& set) {
     std::vector<std::pair<std::shared_ptr<Queue>, uint64_t>> targets;
     for (Queue* o : set) targets.push_back({ref(o), o->enqueued});
-    wait_locked([&] {
-        for (auto& t : targets)
-            if (t.first->completed < t.second) return false;
-        return true;
-    });
+    if (!wait_locked([&] {
+            for (auto& t : targets)
+                if (t.first->completed < t.second) return false;
+            return true;
+        }))
+        return false;
     for (auto& t : targets) note_host_sync(t.first->clock);
+    return true;
 }
 
 }  // namespace
@@ -242,7 +253,7 @@ CUresult take_pending(Queue* q) {
 
 CUresult sync_queue(Queue* q) {
     std::vector<Queue*> set = sync_set(q);
-    wait_for(set);
+    if (!wait_for(set)) return CUDA_ERROR_NOT_PERMITTED;
     CUresult r = CUDA_SUCCESS;
     for (Queue* o : set)
         if (CUresult e = take_pending(o))
@@ -254,7 +265,7 @@ CUresult sync_context(CUctx_st* ctx) {
     std::vector<Queue*> set;
     for (Queue* o : g_queues)
         if (o->ctx == ctx) set.push_back(o);
-    wait_for(set);
+    if (!wait_for(set)) return CUDA_ERROR_NOT_PERMITTED;
     flush_device_printf();
     CUresult r = CUDA_SUCCESS;
     for (Queue* o : set)
@@ -269,8 +280,8 @@ bool queue_busy(Queue* q) {
     return false;
 }
 
-void wait_seq(Queue* q, uint64_t seq) {
-    wait_locked([&] { return q->completed >= seq; });
+bool wait_seq(Queue* q, uint64_t seq) {
+    return wait_locked([&] { return q->completed >= seq; });
 }
 
 void drain_context(CUctx_st* ctx) {

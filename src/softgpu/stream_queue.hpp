@@ -60,7 +60,7 @@ CUresult submit_launch(Queue* q, Kernel* k, const LaunchConfig& cfg, std::vector
 CUresult sync_queue(Queue* q);
 CUresult sync_context(CUctx_st* ctx);
 bool queue_busy(Queue* q);  // cuStreamQuery: work pending (legacy: also the blocking streams)
-void wait_seq(Queue* q, uint64_t seq);
+bool wait_seq(Queue* q, uint64_t seq);  // false: refused inside a host function
 CUresult take_pending(Queue* q);
 // Waits for all work (of ctx, or everywhere) without taking its errors: frees, unloads, destroys.
 void drain_context(CUctx_st* ctx);
