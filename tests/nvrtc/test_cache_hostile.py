@@ -7,21 +7,13 @@ import sys
 import textwrap
 import time
 
-import pytest
 
 from cybn import cache, diskcache, nvrtc
 
 SRC = "__global__ void k(float* x) { x[threadIdx.x] += 1.0f; }\n"
 
 
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    d = tmp_path / "kcache"
-    monkeypatch.setenv("CYBN_CACHE_DIR", str(d))
-    monkeypatch.delenv("CYBN_CACHE", raising=False)
-    cache.clear_memory()
-    yield d
-    cache.clear_memory()
+# cache_dir: tests/nvrtc/conftest.py (a private cache directory and an empty memo per test).
 
 
 def compile_src():
