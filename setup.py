@@ -1,15 +1,13 @@
-"""Build: the Cython extensions in cybn/, the software GPU (src/softgpu -> cybn/_softgpu/libcuda.so.1),
-and the .cu kernels copied into the package as data."""
+"""Build: the Cython extensions in cybn/'s layer subpackages and the software GPU
+(src/softgpu -> cybn/_softgpu/libcuda.so.1); the .cu kernels are package data in cybn/kernels/."""
 import glob
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
-from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -82,19 +80,9 @@ class BuildExt(build_ext):
             raise RuntimeError("software GPU: compiling failed: " + ", ".join(failed))
 
 
-class BuildPy(build_py):
-    """Ships kernels/*.cu (and headers) inside the package as cybn/kernels/."""
-
-    def run(self):
-        super().run()
-        dst = os.path.join(self.build_lib, "cybn", "kernels")
-        os.makedirs(dst, exist_ok=True)
-        for f in glob.glob(os.path.join(HERE, "kernels", "*.cu*")):
-            shutil.copy2(f, dst)
-
-
 def wanted(name):
-    """CYBN_BUILD_ONLY=stream,event,softgpu limits a development build to those parts."""
+    """CYBN_BUILD_ONLY=stream,event,softgpu limits a development build to those parts (the extensions'
+    last name: stream is cybn.driver.stream)."""
     only = os.environ.get("CYBN_BUILD_ONLY")
     return not only or name in only.split(",")
 
@@ -102,8 +90,8 @@ def wanted(name):
 def extensions():
     import numpy
     exts = []
-    for pyx in sorted(glob.glob(os.path.join("cybn", "*.pyx"))):
-        name = "cybn." + os.path.splitext(os.path.basename(pyx))[0]
+    for pyx in sorted(glob.glob(os.path.join("cybn", "*", "*.pyx"))):
+        name = os.path.splitext(pyx)[0].replace(os.sep, ".")
         if not wanted(name.split(".")[-1]):
             continue
         exts.append(Extension(name, [pyx], include_dirs=[numpy.get_include(), os.path.join("cybn", "include"),
@@ -116,4 +104,4 @@ def extensions():
                      compiler_directives={"embedsignature": True})
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt, "build_py": BuildPy})
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

@@ -7,24 +7,30 @@ when the first device call happens."""
 import importlib
 import os
 
+from cybn import _moved
+
+_moved.install()  # the old import paths (cybn.stream, cybn.gpuarray, ...) of before the layer subpackages
+
 __version__ = "0.1.0"
 
 # public name -> submodule defining it
 _EXPORTS = {
     "CudaError": "errors", "CompileError": "errors",
-    "Device": "device", "Context": "device", "get_device": "device", "device_count": "device",
-    "Stream": "stream", "current_stream": "stream",
-    "Event": "event",
-    "DeviceBuffer": "memory", "MemoryPool": "memory", "PinnedBuffer": "memory", "default_pool": "memory",
-    "Module": "module", "Function": "module",
-    "GPUArray": "gpuarray", "to_gpu": "gpuarray", "empty": "gpuarray", "zeros": "gpuarray",
-    "empty_like": "gpuarray", "zeros_like": "gpuarray", "from_dlpack": "gpuarray",
-    "from_cuda_array_interface": "gpuarray",
-    "get_function": "kernels",
+    "Device": "driver.device", "Context": "driver.device", "get_device": "driver.device",
+    "device_count": "driver.device",
+    "Stream": "driver.stream", "current_stream": "driver.stream",
+    "Event": "driver.event",
+    "DeviceBuffer": "driver.memory", "MemoryPool": "driver.memory", "PinnedBuffer": "driver.memory",
+    "default_pool": "driver.memory",
+    "Module": "driver.function", "Function": "driver.function",
+    "GPUArray": "array.gpuarray", "to_gpu": "array.gpuarray", "empty": "array.gpuarray", "zeros": "array.gpuarray",
+    "empty_like": "array.gpuarray", "zeros_like": "array.gpuarray", "from_dlpack": "array.gpuarray",
+    "from_cuda_array_interface": "array.gpuarray",
+    "get_function": "jit.functions",
 }
-_SUBMODULES = {"backend", "errors", "status", "device", "stream", "event", "memory", "module", "gpuarray",
-               "kernels", "elementwise", "softgpu", "nvrtc", "cache", "paths", "warmup", "variants",
-               "batchnorm", "modules", "capi", "frameworks", "distributed"}
+# the layers' subpackages, the packages of the faces, and (cybn._moved) the old module names
+_SUBMODULES = {"backend", "errors", "softgpu", "paths", "env", "driver", "jit", "kernels", "array", "batchnorm",
+               "capi", "modules", "frameworks", "distributed", "testing"} | set(_moved.MOVED)
 # short names of submodules: `cybn.mxnet` is cybn.frameworks.mxnet (cybn/mxnet.py makes `import cybn.mxnet` work)
 _ALIASES = {"mxnet": "frameworks.mxnet", "paddle": "frameworks.paddle"}
 

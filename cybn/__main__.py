@@ -31,7 +31,8 @@ class Report:
 
 @step("device")
 def device_report(report):
-    from cybn import backend, device
+    from cybn import backend
+    from cybn.driver import device
     drv = backend.init()
     dev = device.get_device()
     major, minor = dev.compute_capability
@@ -54,7 +55,8 @@ def _origin(before, after):
 def compile_kernels(report):
     """Every registered program (elementwise.cu, batchnorm.cu, ...): compiled by NVRTC or loaded from the disk
     cache, then loaded into the context; one line per program with where it came from and how long it took."""
-    from cybn import cache, kernels, variants
+    from cybn.jit import cache, variants
+    from cybn.jit import functions as kernels
     variants.load_all()
     target, arch = kernels.target()
     origins = []
@@ -77,7 +79,7 @@ def compile_kernels(report):
 
 @step("gpuarray")
 def gpuarray_check(report):
-    from cybn import elementwise, gpuarray
+    from cybn.array import elementwise, gpuarray
     rng = np.random.default_rng(0)
     x = rng.standard_normal(1000).astype(np.float32)
     y = rng.standard_normal(1000).astype(np.float32)
@@ -106,7 +108,9 @@ def gpuarray_check(report):
 @step("batchnorm")
 def batchnorm_check(report):
     """BatchNorm2D forward (training) and backward on sample data against a float64 numpy reference."""
-    from cybn import batchnorm, cache, gpuarray, softgpu
+    from cybn import batchnorm, softgpu
+    from cybn.array import gpuarray
+    from cybn.jit import cache
     from cybn.modules import BatchNorm2D
     before, t0 = cache.stats(), time.perf_counter()
     batchnorm.prepare(np.float32, "spatial")  # the kernels BatchNorm2D launches, in this context
@@ -204,7 +208,7 @@ def _parser():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "warmup":  # warmup parses its own options (and its own --help)
-        from cybn.warmup import main as warmup_main
+        from cybn.jit.warmup import main as warmup_main
         return warmup_main(argv[1:])
     try:
         _parser().parse_args(argv)

@@ -23,12 +23,8 @@ def package_dir():
 
 
 def kernel_dir():
-    """The directory holding the .cu/.cuh kernel sources: the installed cybn/kernels/, else the repo's
-    kernels/ (development layout, where setup.py has not copied them into the package)."""
-    installed = os.path.join(_PKG_DIR, "kernels")
-    if os.path.isdir(installed):
-        return installed
-    return os.path.join(os.path.dirname(_PKG_DIR), "kernels")
+    """The directory holding the .cu/.cuh kernel sources: cybn/kernels/ (package data)."""
+    return os.path.join(_PKG_DIR, "kernels")
 
 
 def _package_dirs(names):

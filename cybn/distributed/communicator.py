@@ -14,12 +14,12 @@ from cybn.distributed.errors import CommunicatorTimeout, DistributedError
 
 
 def _is_device(a):
-    from cybn.gpuarray import GPUArray
+    from cybn.array.gpuarray import GPUArray
     return isinstance(a, GPUArray)
 
 
 def _stream_object(stream):
-    from cybn.stream import Stream, current_stream
+    from cybn.driver.stream import Stream, current_stream
     if stream is None:
         return current_stream()
     if isinstance(stream, Stream):
@@ -120,7 +120,7 @@ class Communicator:
         shape = (self.size,) + tuple(send.shape)
         if recv is None:
             if device:
-                from cybn.gpuarray import empty
+                from cybn.array.gpuarray import empty
                 return empty(shape, send.dtype)
             return np.empty(shape, send.dtype)
         if _is_device(recv) != device:
@@ -135,7 +135,7 @@ class Communicator:
 
     def _staging(self, nbytes):
         """The pinned staging buffer (at least nbytes), free to rewrite."""
-        from cybn.memory import PinnedBuffer
+        from cybn.driver.memory import PinnedBuffer
         if self._staged is not None:
             self._staged.synchronize()  # the previous upload from it has finished
             self._staged = None
@@ -145,7 +145,7 @@ class Communicator:
 
     def _staged_allgather(self, send, recv, stream):
         # Device -> pinned (on the stream), collective on the host, pinned -> device (on the stream).
-        from cybn.event import Event
+        from cybn.driver.event import Event
         pinned = self._staging(send.nbytes + recv.nbytes)
         hs = pinned.array(np.uint8, send.nbytes).view(send.dtype).reshape(send.shape)
         hr = pinned.array(np.uint8, send.nbytes + recv.nbytes)[send.nbytes:].view(recv.dtype).reshape(recv.shape)
@@ -157,7 +157,7 @@ class Communicator:
 
     def _uploaded_allgather(self, send, recv, stream):
         # A device-only transport given host arrays: through temporary device buffers.
-        from cybn.gpuarray import empty, to_gpu
+        from cybn.array.gpuarray import empty, to_gpu
         dsend = to_gpu(np.ascontiguousarray(send), stream=stream)
         drecv = empty(recv.shape, recv.dtype, stream=stream)
         self._allgather_device(dsend, drecv, stream)

@@ -79,7 +79,7 @@ class NCCLCommunicator(Communicator):
         uid = _UniqueId.from_buffer_copy(ids[0].tobytes())
         super().__init__(bootstrap.rank, bootstrap.size, bootstrap.timeout)
         self.bootstrap = bootstrap
-        from cybn.device import get_device
+        from cybn.driver.device import get_device
         get_device()  # cybn's context is current on this thread: NCCL uses the current device
         self._comm = ctypes.c_void_p()
         self._check(lib.ncclCommInitRank(ctypes.byref(self._comm), ctypes.c_int(self.size), uid,

@@ -17,7 +17,7 @@ class EngineFeatureMissing(NotImplementedError):
 def as_device_array(obj, what, error=TypeError):
     """obj as a GPUArray without a copy: a GPUArray, or a device array with __cuda_array_interface__ or
     __dlpack__."""
-    from cybn import gpuarray
+    from cybn.array import gpuarray
     if isinstance(obj, gpuarray.GPUArray):
         return obj
     try:

@@ -56,7 +56,8 @@ class Tape:
 
     def backward(self, y, out_grad):
         """(data_grad, gamma_grad, beta_grad) of the recorded call that returned y (or [y, mean, invstd])."""
-        from cybn import batchnorm, elementwise, gpuarray
+        from cybn import batchnorm
+        from cybn.array import elementwise, gpuarray
         head = y[0] if isinstance(y, list) else y
         for i, (out, s) in enumerate(self._saved):
             if out is head:
@@ -126,7 +127,8 @@ def BatchNorm(data, gamma, beta, moving_mean, moving_var, eps=0.001, momentum=0.
               use_global_stats=False, output_mean_var=False, axis=1, cudnn_off=False, training=None):
     """mx.nd.BatchNorm: returns y, or [y, mean, invstd] with output_mean_var (see the module docstring).
     training None: MXNet's mode, taken from autograd (training inside autograd.record(), inference outside)."""
-    from cybn import batchnorm, gpuarray
+    from cybn import batchnorm
+    from cybn.array import gpuarray
     if training is None:
         training = autograd.is_recording()
     x = as_device_array(data, "data", MXNetError)

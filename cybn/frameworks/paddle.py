@@ -98,7 +98,7 @@ class BatchNorm:
                  bias_attr=None, dtype="float32", data_layout="NCHW", in_place=False, moving_mean_name=None,
                  moving_variance_name=None, do_model_average_for_mean_and_var=True, use_global_stats=False,
                  trainable_statistics=False):
-        from cybn import gpuarray
+        from cybn.array import gpuarray
         if not isinstance(num_channels, (int, np.integer)) or isinstance(num_channels, bool) or num_channels < 1:
             raise ValueError(f"BatchNorm: num_channels must be a positive int, got {num_channels!r}")
         if act is not None and act not in ACTIVATIONS:

@@ -77,7 +77,7 @@ class BatchNormND(Module):
         if empty:
             return
 
-        from cybn import gpuarray
+        from cybn.array import gpuarray
         shape = self.paramShape()
         scale = np.random.normal(1.0, sscale if self.affine else 0.0, shape).astype(np.float32)
 
@@ -164,7 +164,7 @@ class BatchNormND(Module):
             return
         if not self.affine or self.scalegrad is None:
             return
-        from cybn import elementwise
+        from cybn.array import elementwise
         for var, batchGrad in ((self.vars["scale"], self.scalegrad), (self.vars["bias"], self.biasgrad)):
             if var.grad is not None:
                 elementwise.axpby(batchGrad.ravel(), var.grad.ravel(), scale, momentum, out=var.grad.ravel())

@@ -64,7 +64,7 @@ def batchNormNdBackwardFrozen(data, grad, scale, mean, var, epsilon, mode=BatchN
 
 
 def _backward(fn, data, grad, scale, mean, stat, mode, accumulate):
-    from cybn import gpuarray
+    from cybn.array import gpuarray
 
     shape = tuple(scale.shape)
     kw = {}

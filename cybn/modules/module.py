@@ -149,7 +149,7 @@ class Module:
 
     def updateParams(self, learnRate):
         """data += learnRate * grad for every variable (PuzzleLib's plain SGD step; pass a negative rate to descend)."""
-        from cybn import elementwise
+        from cybn.array import elementwise
         for var in self.vars.values():
             if var.hasUpdater:
                 var.update(learnRate)
@@ -226,7 +226,7 @@ class Module:
         if isinstance(data, (tuple, list)) and self.acceptsLists:
             return type(data)(self.checkDeviceArrays(d, what) for d in data)
 
-        from cybn import gpuarray
+        from cybn.array import gpuarray
         if isinstance(data, gpuarray.GPUArray):
             return data
         if isinstance(data, np.ndarray):
@@ -277,7 +277,7 @@ class Module:
         file renamed over it when complete (a failed save leaves the old file); a symbolic link or a
         non-regular file at the path is refused, never followed (cybn.modules.hdf5)."""
         from cybn.modules import hdf5
-        from cybn.gpuarray import GPUArray
+        from cybn.array.gpuarray import GPUArray
 
         serialize = hdf is None
         name = self._fileName(name, assumeUniqueNames)
@@ -326,7 +326,7 @@ class Module:
         that make the module unusable (NaN/Inf anywhere, a negative running variance) are refused unless
         checkValues=False."""
         from cybn.modules import hdf5
-        from cybn.gpuarray import GPUArray
+        from cybn.array.gpuarray import GPUArray
 
         name = self._fileName(name, assumeUniqueNames)
         initvars = {} if initvars is None else initvars
@@ -346,7 +346,7 @@ class Module:
             if self.varLoader is not None:
                 self.varLoader(paramName, value)
             elif var is None:
-                from cybn import gpuarray
+                from cybn.array import gpuarray
                 from cybn.modules.variable import Variable
                 var = Variable(gpuarray.to_gpu(value))
                 self.setVar(paramName, var)
@@ -359,7 +359,7 @@ class Module:
             if self.attrLoader is not None:
                 self.attrLoader(attrName, value)
             elif attr is None:
-                from cybn import gpuarray
+                from cybn.array import gpuarray
                 self.setAttr(attrName, gpuarray.to_gpu(value))
             elif isinstance(attr, GPUArray):
                 attr.set(value)

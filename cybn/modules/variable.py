@@ -26,7 +26,7 @@ class Variable:
                                      % (self.name, tuple(grad.shape), grad.dtype, tuple(data.shape), data.dtype))
                 self.grad = grad
             elif withgrad and not Config.globalEvalMode:
-                from cybn import gpuarray
+                from cybn.array import gpuarray
                 self.grad = gpuarray.zeros(tuple(data.shape), dtype=data.dtype)
 
         self.learnRate, self.momRate = 1.0, 1.0

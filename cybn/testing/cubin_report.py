@@ -17,7 +17,8 @@ import re
 import subprocess
 import tempfile
 
-from cybn import batchnorm, cache
+from cybn import batchnorm
+from cybn.jit import cache
 
 KERNELS = ("bn_fwd_train", "bn_normalize", "bn_bwd", "bn_bwd_dx")
 

@@ -55,7 +55,7 @@ def test_top_level_reexports():
 def test_import_is_lazy():
     # Importing cybn and cybn.softgpu must not build or load anything driver-related.
     r = run_python("import sys, cybn, cybn.softgpu; "
-                   "bad = [m for m in ('cybn.device', 'cybn.gpuarray', 'cuda.bindings.driver', 'cuda.bindings.cydriver') "
+                   "bad = [m for m in ('cybn.driver.device', 'cybn.array.gpuarray', 'cuda.bindings.driver', 'cuda.bindings.cydriver') "
                    "if m in sys.modules]; print(bad)")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"

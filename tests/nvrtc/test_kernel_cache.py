@@ -30,7 +30,7 @@ CHILD = """
 import hashlib, json, sys
 from cybn import cache
 img = cache.compile_cached(%r, "cache_test.cu", name_expressions=%r)
-nvrtc_imported = "cybn.nvrtc" in sys.modules
+nvrtc_imported = "cybn.jit.nvrtc" in sys.modules
 from cybn import nvrtc
 print(json.dumps(dict(compiles=nvrtc.compile_count(), stats=cache.stats(), nvrtc_imported=nvrtc_imported,
                       sha=hashlib.sha256(img.image).hexdigest(), lowered=img.lowered)))

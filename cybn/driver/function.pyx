@@ -15,11 +15,11 @@ from libc.math cimport isinf
 from libc.string cimport memcpy
 
 from cuda.bindings cimport cydriver
-from cybn.device cimport ensure_context
-from cybn.status cimport check
-from cybn.stream cimport resolve_stream
-from cybn.memory cimport DeviceBuffer
-from cybn.gpuarray cimport GPUArray
+from cybn.driver.device cimport ensure_context
+from cybn.driver.status cimport check
+from cybn.driver.stream cimport resolve_stream
+from cybn.driver.memory cimport DeviceBuffer
+from cybn.array.gpuarray cimport GPUArray
 
 _CODE_NAMES = {"P": "pointer", "i": "int32", "I": "uint32", "q": "int64", "Q": "uint64",
                "f": "float32", "d": "float64"}

@@ -2,9 +2,9 @@
 and scalars, and strided copies (what GPUArray indexing and transpose use when no view can express them)."""
 import numpy as np
 
-from cybn import kernels
-from cybn.gpuarray import GPUArray
-from cybn.variants import register_variants
+from cybn.jit import functions as kernels
+from cybn.array.gpuarray import GPUArray
+from cybn.jit.variants import register_variants
 
 SOURCE = "elementwise.cu"
 _FLOATS = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
@@ -124,7 +124,7 @@ def arithmetic(op, a, b, out=None, stream=None):
         if b.dtype != a.dtype:
             raise TypeError(f"{op}: dtypes {a.dtype} and {b.dtype} differ; convert one with .astype({a.dtype.name!r})")
     if out is None:
-        from cybn.gpuarray import empty
+        from cybn.array.gpuarray import empty
         out = empty(a.shape, a.dtype, stream=stream)
     _require_array(out, f"{op}: out")
     if out.shape != a.shape or out.dtype != a.dtype:
@@ -162,7 +162,7 @@ def strided_copy(src, src_offset, src_strides, dst, dst_offset, dst_strides, sha
         src_strides = tuple(s * scale for s in src_strides) + (1,)
         dst_strides = tuple(s * scale for s in dst_strides) + (1,)
         n *= scale
-    from cybn.gpuarray import to_gpu
+    from cybn.array.gpuarray import to_gpu
     meta = to_gpu(np.array(shape + tuple(src_strides) + tuple(dst_strides), np.int64), stream=stream)
     fn = kernels.get_function(SOURCE, _STRIDED[unit], "PPPiQ")
     fn(_grid(n), _BLOCK, (src.ptr + src_offset * src.itemsize, dst.ptr + dst_offset * dst.itemsize, meta,

@@ -1,10 +1,10 @@
 """The exact NVRTC command line cybn uses, and validation of a compile request.
 
-Kept apart from cybn.nvrtc (which loads NVRTC, ~100 ms) because the disk cache hashes this command line
+Kept apart from cybn.jit.nvrtc (which loads NVRTC, ~100 ms) because the disk cache hashes this command line
 to find an entry without loading NVRTC at all."""
 import re
 
-from . import paths
+from .. import paths
 
 TARGETS = ("ptx", "cubin")
 _ARCH = re.compile(r"^(compute|sm)_(\d{2,3})([af]?)$")

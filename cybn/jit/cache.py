@@ -13,7 +13,8 @@ import os
 import sys
 import threading
 
-from . import diskcache, env, includes, nvrtc_options, paths
+from .. import env, paths
+from . import diskcache, includes, nvrtc_options
 
 _lock = threading.Lock()
 _memo = {}  # request tuple -> CompiledImage

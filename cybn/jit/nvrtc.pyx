@@ -9,8 +9,9 @@ import threading
 from cuda.bindings cimport cynvrtc
 from libc.stdlib cimport calloc, free
 
-from . import nvrtc_options, paths
-from .errors import CompileError
+from .. import paths
+from . import nvrtc_options
+from ..errors import CompileError
 from .image import CompiledImage
 
 _count_lock = threading.Lock()

@@ -18,7 +18,7 @@ import sys
 import threading
 import warnings
 
-from . import paths
+from .. import paths
 from .image import CompiledImage
 
 FORMAT_VERSION = 1

@@ -7,9 +7,9 @@ cimport cython
 
 from cpython.buffer cimport PyBuffer_FillInfo
 from cuda.bindings cimport cydriver
-from cybn.device cimport ensure_context, current_ordinal
-from cybn.status cimport check
-from cybn.stream cimport resolve_stream
+from cybn.driver.device cimport ensure_context, current_ordinal
+from cybn.driver.status cimport check
+from cybn.driver.stream cimport resolve_stream
 
 cdef dict _default_pools = {}
 cdef object _pool_block = False  # softgpuPoolBlock when running on the software GPU, None otherwise; False: not looked up

@@ -10,10 +10,10 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint64_t
 from libc.stdlib cimport malloc, free
 
 from cuda.bindings cimport cydriver
-from cybn.device cimport ensure_context, current_ordinal
-from cybn.memory cimport DeviceBuffer, default_pool_c
-from cybn.status cimport check
-from cybn.stream cimport Stream, resolve_stream, current_stream_c
+from cybn.driver.device cimport ensure_context, current_ordinal
+from cybn.driver.memory cimport DeviceBuffer, default_pool_c
+from cybn.driver.status cimport check
+from cybn.driver.stream cimport Stream, resolve_stream, current_stream_c
 
 _KINDS = "biufc"
 
@@ -202,7 +202,7 @@ cdef class GPUArray:
 
     def fill(self, value, stream=None):
         """Set every element to `value` (converted to the dtype as numpy would). Returns self."""
-        from cybn import elementwise
+        from cybn.array import elementwise
         elementwise.fill(self, value, stream=stream)
         return self
 
@@ -211,7 +211,7 @@ cdef class GPUArray:
         dtype = _as_dtype(dtype)
         if dtype == self.dtype:
             return self.copy(stream)
-        from cybn import elementwise
+        from cybn.array import elementwise
         for what, dt in (("from", self.dtype), ("to", dtype)):
             if dt not in elementwise._FLOATS:  # refused before anything is allocated
                 raise TypeError(f"astype: cannot cast {what} {dt} (float16, float32 and float64 convert; "
@@ -268,7 +268,7 @@ cdef class GPUArray:
         offset, shape, strides = _index(self.shape, key)
         if _is_c_contiguous(shape, strides, 1):
             return wrap(self.gpudata, self.ptr_ + offset * self.itemsize, shape, self.dtype)
-        from cybn import elementwise
+        from cybn.array import elementwise
         out = _alloc(shape, self.dtype, None)
         return elementwise.strided_copy(self, offset, strides, out, 0, _elem_strides(shape), shape)
 
@@ -292,7 +292,7 @@ cdef class GPUArray:
             return
         else:
             src = to_gpu(np.ascontiguousarray(np.broadcast_to(np.asarray(value, dtype=self.dtype), shape)))
-        from cybn import elementwise
+        from cybn.array import elementwise
         elementwise.strided_copy(src, 0, _elem_strides(shape), self, offset, strides, shape)
 
     def transpose(self, *axes):
@@ -307,7 +307,7 @@ cdef class GPUArray:
         shape = tuple(self.shape[a] for a in axes)
         if nd <= 1 or axes == tuple(range(nd)):
             return wrap(self.gpudata, self.ptr_, shape, self.dtype)
-        from cybn import elementwise
+        from cybn.array import elementwise
         src = _elem_strides(self.shape)
         out = _alloc(shape, self.dtype, None)
         return elementwise.strided_copy(self, 0, tuple(src[a] for a in axes), out, 0, _elem_strides(shape), shape)
@@ -394,7 +394,7 @@ cdef class GPUArray:
 def _arith(op, GPUArray a, other, bint in_place):
     if not isinstance(other, (GPUArray, int, float, np.integer, np.floating)) or isinstance(other, (bool, np.bool_)):
         return NotImplemented
-    from cybn import elementwise
+    from cybn.array import elementwise
     return elementwise.arithmetic(op, a, other, out=a if in_place else None)
 
 
@@ -521,7 +521,7 @@ cdef _order_streams(cydriver.CUstream producer, cydriver.CUstream consumer):
     """Make work later queued on `consumer` wait for everything queued so far on `producer`."""
     if producer == consumer:
         return
-    from cybn.event import Event
+    from cybn.driver.event import Event
     ev = Event(timing=False)
     ev.record(<size_t>producer)
     cdef size_t h = ev.handle

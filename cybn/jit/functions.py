@@ -6,8 +6,10 @@ loaded once per context and the Function is memoised, so a repeated get_function
 import re
 import threading
 
-from cybn import backend, cache, device, nvrtc_options
-from cybn.module import Module
+from cybn import backend
+from cybn.driver import device
+from cybn.jit import cache, nvrtc_options
+from cybn.driver.function import Module
 
 _lock = threading.Lock()
 _functions = {}  # (context, source, name, signature, options, name_expressions) -> Function

@@ -1,7 +1,7 @@
 # distutils: language = c++
 """Device and its primary Context; the per-thread "make our context current" rule lives here."""
 from cuda.bindings cimport cydriver
-from cybn.status cimport check
+from cybn.driver.status cimport check
 
 cdef extern from *:
     """

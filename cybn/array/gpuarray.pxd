@@ -1,4 +1,4 @@
-from cybn.memory cimport DeviceBuffer
+from cybn.driver.memory cimport DeviceBuffer
 
 cdef class GPUArray:
     cdef readonly tuple shape

@@ -13,8 +13,9 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import cache, nvrtc_options, paths, variants
-from .errors import CompileError
+from .. import paths
+from . import cache, nvrtc_options, variants
+from ..errors import CompileError
 
 
 def _parse(argv):
@@ -45,11 +46,11 @@ def _targets(args):
         return [nvrtc_options.SOFTGPU_TARGET] + [("cubin", f"sm_{a}") for a in nvrtc.supported_archs()]
     if args.arch:
         return [("cubin" if a.startswith("sm_") else "ptx", a) for a in dict.fromkeys(args.arch)]
-    from . import backend
+    from .. import backend
     backend.init()
     if backend.name() == "softgpu":
         return [nvrtc_options.SOFTGPU_TARGET]
-    from .device import get_device
+    from ..driver.device import get_device
     return [nvrtc_options.target_for(get_device().compute_capability)]
 
 

@@ -14,7 +14,7 @@ from libc.string cimport memset, strlen, strncmp
 from cpython.pycapsule cimport PyCapsule_New
 from cuda.bindings cimport cydriver
 
-from cybn.batchnorm cimport (bn_desc, bn_check_desc, bn_prepare_desc, bn_workspace_size, bn_last_error,
+from cybn.batchnorm.batchnorm cimport (bn_desc, bn_check_desc, bn_prepare_desc, bn_workspace_size, bn_last_error,
                              bn_forward_train_core, bn_forward_infer_core, bn_backward_core, BN_NKERNELS,
                              BN_OK, BN_EINVAL, BN_ENOTPREPARED, BN_EWORKSPACE, BN_SPATIAL,
                              BN_PER_ACTIVATION, BN_FLOAT32, BN_FLOAT16, BN_DESC_AFFINE, BN_DESC_ACCUMULATE)

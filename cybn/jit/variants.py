@@ -4,7 +4,7 @@ every real architecture.
 
 How to register (at import time of the module that launches the kernels, e.g. cybn/batchnorm.pyx):
 
-    from cybn.variants import register_variants
+    from cybn.jit.variants import register_variants
     register_variants("batchnorm.cu", [
         (["bn_forward<float, 4>", "bn_forward<__half, 4>"], ()),      # (name expressions, options)
         (["bn_forward<float, 8>"], ("-DBN_BLOCK=512",)),
@@ -20,7 +20,7 @@ import threading
 from . import nvrtc_options
 
 # Modules whose import registers variants; warmup imports each (skipping only those not written yet).
-REGISTERING_MODULES = ("cybn.elementwise", "cybn.batchnorm")
+REGISTERING_MODULES = ("cybn.array.elementwise", "cybn.batchnorm")
 
 _lock = threading.Lock()
 _registry = {}  # (source file name, options tuple) -> {name expression: None} (insertion-ordered set)

@@ -1,9 +1,9 @@
 # distutils: language = c++
 """CUDA events: ordering between streams and elapsed time between two records."""
 from cuda.bindings cimport cydriver
-from cybn.device cimport ensure_context
-from cybn.status cimport check
-from cybn.stream cimport resolve_stream
+from cybn.driver.device cimport ensure_context
+from cybn.driver.status cimport check
+from cybn.driver.stream cimport resolve_stream
 from cybn.errors import CudaError
 
 

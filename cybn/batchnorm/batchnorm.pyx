@@ -35,12 +35,12 @@ from libc.stdio cimport snprintf
 from libc.string cimport memset
 from cuda.bindings cimport cydriver
 
-from cybn.device cimport ensure_context, current_ordinal
-from cybn.status cimport check, raise_error
-from cybn.stream cimport resolve_stream
-from cybn.memory cimport DeviceBuffer
-from cybn.module cimport Function
-from cybn.gpuarray cimport GPUArray
+from cybn.driver.device cimport ensure_context, current_ordinal
+from cybn.driver.status cimport check, raise_error
+from cybn.driver.stream cimport resolve_stream
+from cybn.driver.memory cimport DeviceBuffer
+from cybn.driver.function cimport Function
+from cybn.array.gpuarray cimport GPUArray
 
 cdef extern from *:
     """
@@ -86,7 +86,7 @@ def compile_options():
 
 
 # `python -m cybn warmup` and the per-architecture build check compile every registered variant.
-from cybn.variants import register_variants
+from cybn.jit.variants import register_variants
 register_variants("batchnorm.cu", [(kernel_expressions(), compile_options())])
 
 
@@ -627,8 +627,8 @@ cdef _Prepared _prepare(int dt, int md):
     cdef _Prepared pr = _prepared.get(key)
     if pr is not None:
         return pr
-    from cybn import kernels
-    from cybn.device import Device
+    from cybn.jit import functions as kernels
+    from cybn.driver.device import Device
     pr = _Prepared.__new__(_Prepared)
     pr.functions = []
     exprs = kernel_expressions()
@@ -782,8 +782,8 @@ def free_workspaces():
 
 
 import sys as _sys
-import cybn.stream  # noqa: E402 - registers the destroy hook (cybn.stream is a callable module)
-_sys.modules["cybn.stream"]._destroy_hooks.append(_on_stream_destroyed)
+import cybn.driver.stream  # noqa: E402 - registers the destroy hook (cybn.stream is a callable module)
+_sys.modules["cybn.driver.stream"]._destroy_hooks.append(_on_stream_destroyed)
 
 
 # ------------------------------------------------------------------------------------------ overrides
@@ -847,7 +847,7 @@ cdef GPUArray _array(obj, str what):
     if isinstance(obj, GPUArray):
         a = obj
     elif hasattr(obj, "__cuda_array_interface__"):
-        from cybn.gpuarray import from_cuda_array_interface
+        from cybn.array.gpuarray import from_cuda_array_interface
         try:
             a = from_cuda_array_interface(obj)
         except (TypeError, ValueError) as e:
@@ -1015,7 +1015,7 @@ cdef inline cydriver.CUdeviceptr _ptr(GPUArray a) noexcept:
 
 
 def _new(shape, dtype, stream):
-    from cybn.gpuarray import empty
+    from cybn.array.gpuarray import empty
     return empty(shape, dtype, stream=stream)
 
 

@@ -6,8 +6,8 @@ import types
 
 from cpython.object cimport PyObject
 from cuda.bindings cimport cydriver
-from cybn.device cimport ensure_context
-from cybn.status cimport check
+from cybn.driver.device cimport ensure_context
+from cybn.driver.status cimport check
 
 _tls = threading.local()
 cdef Stream _legacy = None
@@ -104,7 +104,7 @@ cdef class Stream:
     def record(self, event=None):
         """Record `event` (a new Event if None) on this stream and return it."""
         if event is None:
-            from cybn.event import Event
+            from cybn.driver.event import Event
             event = Event()
         event.record(self)
         return event
