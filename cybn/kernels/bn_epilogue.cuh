@@ -22,6 +22,7 @@
 // relu'(0) = 0, clipped relu' = 1 only for 0 < v < alpha, leaky'(0) = alpha, elu'(0) = alpha.
 // From y these hold for alpha >= 0 (leaky relu, elu) and alpha > 0 (clipped relu): the host checks.
 #pragma once
+#include "welford.cuh"  // add_rn, sub_rn, fma_
 
 #ifndef BN_ACT_NONE
 #define BN_ACT_NONE 0
@@ -88,5 +89,26 @@ __device__ __forceinline__ P act_grad_y(int act, P y, P alpha) {
         case BN_ACT_SIGMOID: return y * (P(1) - y);
         case BN_ACT_TANH: return P(1) - y * y;
         default: return P(1);
+    }
+}
+
+// ---------------------------------------------------------------- the epilogue in the kernels
+// Forward: the output from the normalised value v and the residual's value zv (0 without one).
+template <int EPI, typename P>
+__device__ __forceinline__ P epi_out(P v, P zv, int act, P alpha) {
+    if constexpr (EPI) return act_forward(act, v + zv, alpha);
+    else return v;
+}
+
+// Backward: the gradient of the pre-activation, g = dy * act'(v), from dy (vd) and the second stream's
+// value ev: y's where use_y (act_grad_y), else z's (0 without a residual), with v recomputed from x
+// as ((x - hi) * a + b) + ev, a = scale * invstd, b = bias.
+template <int EPI, typename P>
+__device__ __forceinline__ P epi_grad(P vd, P vx, P ev, bool use_y, P hi, P a, P b, int act, P alpha) {
+    if constexpr (EPI) {
+        const P d = use_y ? act_grad_y(act, ev, alpha) : act_grad_v(act, fma_(sub_rn(vx, hi), a, b) + ev, alpha);
+        return vd * d;
+    } else {
+        return vd;
     }
 }

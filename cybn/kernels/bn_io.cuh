@@ -9,6 +9,20 @@
 
 template <typename T> struct io;
 
+// Vectors of the parameter type P: pv<P>::v2 / v4 (float2 / float4, double2 / dbl4), trio<P>, made by
+// mk2 / mk4 / mk3 (CUDA 13 deprecates double4: dbl4 is 16-byte aligned, two 16-byte accesses).
+struct __align__(16) dbl4 { double x, y, z, w; };
+template <typename P> struct trio { P x, y, z; };
+template <typename P> struct pv;
+template <> struct pv<float> { using v2 = float2; using v4 = float4; };
+template <> struct pv<double> { using v2 = double2; using v4 = dbl4; };
+__device__ __forceinline__ float2 mk2(float a, float b) { return make_float2(a, b); }
+__device__ __forceinline__ double2 mk2(double a, double b) { return make_double2(a, b); }
+__device__ __forceinline__ float4 mk4(float a, float b, float c, float d) { return make_float4(a, b, c, d); }
+__device__ __forceinline__ dbl4 mk4(double a, double b, double c, double d) { return dbl4{a, b, c, d}; }
+template <typename P>
+__device__ __forceinline__ trio<P> mk3(P a, P b, P c) { return trio<P>{a, b, c}; }
+
 template <> struct io<float> {
     using P = float;
     static constexpr int vec = 4;

@@ -5,40 +5,51 @@
 #pragma once
 #include "welford.cuh"
 
-__device__ __forceinline__ Welford merge(Welford x, Welford y) { return welford_merge(x, y); }
-__device__ __forceinline__ Welford shfl_down(Welford v, int o) { return welford_shfl_down(v, o); }
+template <typename P>
+__device__ __forceinline__ Welford<P> merge(Welford<P> x, Welford<P> y) { return welford_merge(x, y); }
+template <typename P>
+__device__ __forceinline__ Welford<P> shfl_down(Welford<P> v, int o) { return welford_shfl_down(v, o); }
 
 // The backward's per-statistic sums: dy, dy * (x - hi), x - hi, each compensated.
+template <typename P>
 struct BwdSums {
-    CSum dy, dyx, x;
+    CSum<P> dy, dyx, x;
 };
-__device__ __forceinline__ BwdSums bwd_empty() { return BwdSums{csum_zero(), csum_zero(), csum_zero()}; }
-__device__ __forceinline__ BwdSums merge(BwdSums a, BwdSums b) {
-    return BwdSums{csum_merge(a.dy, b.dy), csum_merge(a.dyx, b.dyx), csum_merge(a.x, b.x)};
+template <typename P>
+__device__ __forceinline__ BwdSums<P> bwd_empty() { return BwdSums<P>{csum_zero<P>(), csum_zero<P>(), csum_zero<P>()}; }
+template <typename P>
+__device__ __forceinline__ BwdSums<P> merge(BwdSums<P> a, BwdSums<P> b) {
+    return BwdSums<P>{csum_merge(a.dy, b.dy), csum_merge(a.dyx, b.dyx), csum_merge(a.x, b.x)};
 }
-__device__ __forceinline__ CSum shfl_down(CSum v, int o) {
-    return CSum{__shfl_down_sync(0xffffffffu, v.s, o), __shfl_down_sync(0xffffffffu, v.c, o)};
+template <typename P>
+__device__ __forceinline__ CSum<P> shfl_down(CSum<P> v, int o) {
+    return CSum<P>{__shfl_down_sync(0xffffffffu, v.s, o), __shfl_down_sync(0xffffffffu, v.c, o)};
 }
-__device__ __forceinline__ BwdSums shfl_down(BwdSums v, int o) {
-    return BwdSums{shfl_down(v.dy, o), shfl_down(v.dyx, o), shfl_down(v.x, o)};
+template <typename P>
+__device__ __forceinline__ BwdSums<P> shfl_down(BwdSums<P> v, int o) {
+    return BwdSums<P>{shfl_down(v.dy, o), shfl_down(v.dyx, o), shfl_down(v.x, o)};
 }
 // x - hi == d + e exactly (TwoSum): both sums see the exact difference (e matters where x is far from
 // hi, e.g. data centred near 0).
-__device__ __forceinline__ void bwd_push(BwdSums& s, float vx, float vd, float hi) {
-    float e;
-    const float d = two_sum(vx, -hi, e);
+template <typename P>
+__device__ __forceinline__ void bwd_push(BwdSums<P>& s, P vx, P vd, P hi) {
+    P e;
+    const P d = two_sum(vx, -hi, e);
     csum_add(s.dy, vd);
     csum_add_product(s.dyx, vd, d);
-    s.dyx.c = fmaf(vd, e, s.dyx.c);
+    s.dyx.c = fma_(vd, e, s.dyx.c);
     csum_add(s.x, d);
-    s.x.c = __fadd_rn(s.x.c, e);
+    s.x.c = add_rn(s.x.c, e);
 }
-enum : int { BWD_PART = 6 };  // floats of one BwdSums partial in the workspace
-__device__ __forceinline__ void store_bwd(float* p, BwdSums t) {
+enum : int { BWD_PART = 6 };  // P values of one BwdSums partial in the workspace
+template <typename P>
+__device__ __forceinline__ void store_bwd(P* p, BwdSums<P> t) {
     p[0] = t.dy.s; p[1] = t.dy.c; p[2] = t.dyx.s; p[3] = t.dyx.c; p[4] = t.x.s; p[5] = t.x.c;
 }
-__device__ __forceinline__ BwdSums load_bwd(const float* p) {
-    return BwdSums{CSum{__ldcg(p), __ldcg(p + 1)}, CSum{__ldcg(p + 2), __ldcg(p + 3)}, CSum{__ldcg(p + 4), __ldcg(p + 5)}};
+template <typename P>
+__device__ __forceinline__ BwdSums<P> load_bwd(const P* p) {
+    return BwdSums<P>{CSum<P>{__ldcg(p), __ldcg(p + 1)}, CSum<P>{__ldcg(p + 2), __ldcg(p + 3)},
+                      CSum<P>{__ldcg(p + 4), __ldcg(p + 5)}};
 }
 
 // Shared scratch is kept small because the replay cache gets what is left of 48 KiB (and the software
@@ -101,10 +112,12 @@ __device__ __forceinline__ bool last_cta_of_column(unsigned* counters) {
     return last;
 }
 
-enum : int { FWD_PART = 5 };  // floats of one Welford partial in the workspace
-__device__ __forceinline__ Welford load_welford(const float* p) {
-    return Welford{__ldcg(p), __ldcg(p + 1), __ldcg(p + 2), CSum{__ldcg(p + 3), __ldcg(p + 4)}};
+enum : int { FWD_PART = 5 };  // P values of one Welford partial in the workspace
+template <typename P>
+__device__ __forceinline__ Welford<P> load_welford(const P* p) {
+    return Welford<P>{__ldcg(p), __ldcg(p + 1), __ldcg(p + 2), CSum<P>{__ldcg(p + 3), __ldcg(p + 4)}};
 }
-__device__ __forceinline__ void store_welford(float* p, Welford w) {
+template <typename P>
+__device__ __forceinline__ void store_welford(P* p, Welford<P> w) {
     p[0] = w.n; p[1] = w.mean; p[2] = w.var; p[3] = w.sum.s; p[4] = w.sum.c;
 }
