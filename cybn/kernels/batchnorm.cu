@@ -183,7 +183,7 @@ __device__ __forceinline__ typename pv<P>::v4 normalize_constants(long long i, c
 }
 
 // The split backward's dx constants, written by the last CTA of the first launch: (a, dbias / M, k, lo).
-enum : int { BWD_TAIL = 4 };  // P values per statistic
+enum : int { BWD_TAIL = BN_BWD_TAIL };  // P values per statistic
 template <typename P, typename V4>
 __device__ __forceinline__ void store_dx_constants(P* tail, long long i, P a, V4 r, P Mf) {
     P* q = tail + i * BWD_TAIL;

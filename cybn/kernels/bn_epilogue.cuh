@@ -24,16 +24,7 @@
 #pragma once
 #include "welford.cuh"  // add_rn, sub_rn, fma_
 
-#ifndef BN_ACT_NONE
-#define BN_ACT_NONE 0
-#define BN_ACT_RELU 1
-#define BN_ACT_CLIPPED_RELU 2   // min(max(v, 0), alpha); relu6 is alpha = 6
-#define BN_ACT_LEAKY_RELU 3     // v > 0 ? v : alpha * v
-#define BN_ACT_ELU 4            // v > 0 ? v : alpha * (exp(v) - 1)
-#define BN_ACT_SIGMOID 5
-#define BN_ACT_TANH 6
-#define BN_ACT_SWISH 7          // v * sigmoid(v) (silu)
-#endif
+#include "bn_abi.h"  // BN_ACT_* ids
 
 __device__ __forceinline__ float ep_exp(float v) { return expf(v); }
 __device__ __forceinline__ double ep_exp(double v) { return exp(v); }

@@ -3,6 +3,7 @@
 // threadIdx.y group (group_reduce) or a threadIdx.x column (column_reduce), the last-CTA election of a
 // split grid column, and the workspace partials' layout (FWD_PART, BWD_PART).
 #pragma once
+#include "bn_abi.h"
 #include "welford.cuh"
 
 template <typename P>
@@ -41,7 +42,7 @@ __device__ __forceinline__ void bwd_push(BwdSums<P>& s, P vx, P vd, P hi) {
     csum_add(s.x, d);
     s.x.c = add_rn(s.x.c, e);
 }
-enum : int { BWD_PART = 6 };  // P values of one BwdSums partial in the workspace
+enum : int { BWD_PART = BN_BWD_PART };  // P values of one BwdSums partial in the workspace
 template <typename P>
 __device__ __forceinline__ void store_bwd(P* p, BwdSums<P> t) {
     p[0] = t.dy.s; p[1] = t.dy.c; p[2] = t.dyx.s; p[3] = t.dyx.c; p[4] = t.x.s; p[5] = t.x.c;
@@ -112,7 +113,7 @@ __device__ __forceinline__ bool last_cta_of_column(unsigned* counters) {
     return last;
 }
 
-enum : int { FWD_PART = 5 };  // P values of one Welford partial in the workspace
+enum : int { FWD_PART = BN_FWD_PART };  // P values of one Welford partial in the workspace
 template <typename P>
 __device__ __forceinline__ Welford<P> load_welford(const P* p) {
     return Welford<P>{__ldcg(p), __ldcg(p + 1), __ldcg(p + 2), CSum<P>{__ldcg(p + 3), __ldcg(p + 4)}};
