@@ -16,15 +16,7 @@ from cybn.driver.status cimport check
 from cybn.driver.function cimport register_pointer_type
 from cybn.driver.stream cimport Stream, resolve_stream, current_stream_c
 
-_KINDS = "biufc"
-
-
-def _as_dtype(dtype):
-    dt = np.dtype(dtype)
-    if dt.kind not in _KINDS or dt.fields is not None or dt.subdtype is not None or not dt.isnative:
-        raise TypeError(f"unsupported dtype {dt!r}: GPUArray holds bool, integer, float or complex "
-                        f"numbers in native byte order")
-    return dt
+from cybn.array.dtypes import as_dtype as _as_dtype, from_typestr as _from_typestr, is_bfloat16, BFLOAT16
 
 
 def _as_shape(shape):
@@ -208,14 +200,15 @@ cdef class GPUArray:
         return self
 
     def astype(self, dtype, stream=None):
-        """A converted copy (float16/float32/float64 on the device; same dtype: a copy)."""
+        """A converted copy (float16/bfloat16/float32/float64 on the device, rounded to nearest even; same
+        dtype: a copy)."""
         dtype = _as_dtype(dtype)
         if dtype == self.dtype:
             return self.copy(stream)
         from cybn.array import elementwise
         for what, dt in (("from", self.dtype), ("to", dtype)):
             if not elementwise.can_cast(dt):  # refused before anything is allocated
-                raise TypeError(f"astype: cannot cast {what} {dt} (float16, float32 and float64 convert; "
+                raise TypeError(f"astype: cannot cast {what} {dt} (float16, bfloat16, float32 and float64 convert; "
                                 f"any dtype copies to itself)")
         out = _alloc(self.shape, dtype, stream)
         elementwise.cast(self, out, stream=stream)
@@ -543,7 +536,7 @@ def _from_cai(obj, bint readonly_ok):
     except AttributeError:
         raise TypeError(f"{type(obj).__name__} has no __cuda_array_interface__") from None
     shape = _as_shape(cai["shape"])
-    dtype = _as_dtype(cai["typestr"])
+    dtype = _from_typestr(cai["typestr"])
     if cai.get("mask") is not None:
         raise ValueError("__cuda_array_interface__ with a mask is not supported")
     strides = cai.get("strides")
@@ -588,6 +581,7 @@ cdef enum:
     KDL_INT = 0
     KDL_UINT = 1
     KDL_FLOAT = 2
+    KDL_BFLOAT = 4
     KDL_COMPLEX = 5
     KDL_BOOL = 6
 
@@ -653,7 +647,7 @@ cdef object _export_capsule(GPUArray a):
     m.dl_tensor.device.device_type = KDL_CUDA
     m.dl_tensor.device.device_id = current_ordinal()
     m.dl_tensor.ndim = ndim
-    m.dl_tensor.dtype.code = _DL_CODES[a.dtype.kind]
+    m.dl_tensor.dtype.code = KDL_BFLOAT if is_bfloat16(a.dtype) else _DL_CODES[a.dtype.kind]
     m.dl_tensor.dtype.bits = a.itemsize * 8
     m.dl_tensor.dtype.lanes = 1
     m.dl_tensor.shape = dims
@@ -704,7 +698,12 @@ def from_dlpack(obj):
         raise BufferError(f"from_dlpack: the tensor is on {_DL_DEVICE_NAMES.get(t.device.device_type, t.device.device_type)}"
                           f", not a CUDA device; use to_gpu() for host arrays")
     dtype = None
-    if t.dtype.lanes == 1 and t.dtype.code in _DL_KINDS and t.dtype.bits % 8 == 0:
+    if t.dtype.lanes == 1 and t.dtype.code == KDL_BFLOAT and t.dtype.bits == 16:
+        if BFLOAT16 is None:
+            raise TypeError("from_dlpack: the tensor is bfloat16 (kDLBfloat), which needs the ml_dtypes package "
+                            "(pip install ml_dtypes)")
+        dtype = BFLOAT16
+    elif t.dtype.lanes == 1 and t.dtype.code in _DL_KINDS and t.dtype.bits % 8 == 0:
         try:
             dtype = np.dtype(f"{_DL_KINDS[t.dtype.code]}{t.dtype.bits // 8}")  # kDLBool: 8 bits, numpy's bool
         except TypeError:  # sizes numpy has no type for, e.g. float8 or int24
