@@ -194,7 +194,7 @@ __device__ __forceinline__ void store_dx_constants(P* tail, long long i, P a, V4
 // Statistics (+ running update, saved mean/invstd) and, when P == 1, the normalisation too.
 // Dynamic shared memory: cache_units 16-byte slots (VEC) or sizeof(P)-byte slots (scalar) per thread.
 // EPI 1: y = act(bn(x) + z) (bn_epilogue.cuh); z is read once, in the normalising pass.
-template <typename T, int EPI>
+template <typename T, int EPI = 0>
 __global__ void bn_fwd_train_spatial(const T* x, T* y, const typename io<T>::P* scale, const typename io<T>::P* bias,
                                      typename io<T>::P* running_mean, typename io<T>::P* running_var,
                                      typename io<T>::P* save_mean, typename io<T>::P* save_invstd,
@@ -295,7 +295,7 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const typename io<T>::P* 
 // else stat itself. SHIFTED (second launch of training): x - mean as (x - hi) - lo with the
 // workspace's float pair, as the fused path does. y may be x (in place: each thread reads a unit, then writes it).
 // EPI 1: y = act(that + z).
-template <typename T, int EPI>
+template <typename T, int EPI = 0>
 __global__ void bn_normalize_spatial(const T* x, T* y, const typename io<T>::P* mean, const typename io<T>::P* stat,
                                      const typename io<T>::P* scale, const typename io<T>::P* bias,
                                      const typename io<T>::P* stat_tail, long long N, long long C, long long S,
@@ -351,7 +351,7 @@ __global__ void bn_normalize_spatial(const T* x, T* y, const typename io<T>::P* 
 // EPI 1: the reduction and dx run on g = dy * act'(v) (epi_grad) instead of dy; g is written to dz
 // (when given) in the first pass and replaces dy in the replay cache; the non-cached replay and the
 // split's second launch recompute it.
-template <typename T, int EPI>
+template <typename T, int EPI = 0>
 __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io<T>::P* scale,
                                const typename io<T>::P* mean, const typename io<T>::P* stat,
                                typename io<T>::P* scale_grad, typename io<T>::P* bias_grad,
@@ -510,7 +510,7 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io
 
 // Second launch of the split backward: dx from the first launch's constants (workspace tail).
 // EPI 1: g recomputed from dy and y (or x, z) as the first launch did; dz is ignored (written there).
-template <typename T, int EPI>
+template <typename T, int EPI = 0>
 __global__ void bn_bwd_dx_spatial(const T* x, const T* dy, T* dx, const typename io<T>::P* mean,
                                   const typename io<T>::P* tail, long long N, long long C, long long S, int flags,
                                   const typename io<T>::P* bias, const T* y, const T* z, T* dz, int act,
@@ -590,7 +590,7 @@ __device__ __forceinline__ void walk_feature(long long f, long long F_, long lon
 }
 
 // ---------------------------------------------------------------- per-activation forward, training
-template <typename T, int EPI>
+template <typename T, int EPI = 0>
 __global__ void bn_fwd_train_pa(const T* x, T* y, const typename io<T>::P* scale, const typename io<T>::P* bias,
                                 typename io<T>::P* running_mean, typename io<T>::P* running_var,
                                 typename io<T>::P* save_mean, typename io<T>::P* save_invstd,
@@ -642,7 +642,7 @@ __global__ void bn_fwd_train_pa(const T* x, T* y, const typename io<T>::P* scale
     });
 }
 
-template <typename T, int EPI>
+template <typename T, int EPI = 0>
 __global__ void bn_normalize_pa(const T* x, T* y, const typename io<T>::P* mean, const typename io<T>::P* stat,
                                 const typename io<T>::P* scale, const typename io<T>::P* bias,
                                 const typename io<T>::P* stat_tail, long long N, long long C, long long S,
@@ -663,7 +663,7 @@ __global__ void bn_normalize_pa(const T* x, T* y, const typename io<T>::P* mean,
 
 // ---------------------------------------------------------------- per-activation backward
 // As the spatial backward, one statistic per feature column (EPI 1 likewise on g = dy * act'(v)).
-template <typename T, int EPI>
+template <typename T, int EPI = 0>
 __global__ void bn_bwd_pa(const T* x, const T* dy, T* dx, const typename io<T>::P* scale, const typename io<T>::P* mean,
                           const typename io<T>::P* stat, typename io<T>::P* scale_grad, typename io<T>::P* bias_grad,
                           typename io<T>::P* batch_scale_grad, typename io<T>::P* batch_bias_grad,
@@ -738,7 +738,7 @@ __global__ void bn_bwd_pa(const T* x, const T* dy, T* dx, const typename io<T>::
     });
 }
 
-template <typename T, int EPI>
+template <typename T, int EPI = 0>
 __global__ void bn_bwd_dx_pa(const T* x, const T* dy, T* dx, const typename io<T>::P* mean,
                              const typename io<T>::P* tail, long long N, long long C, long long S, int flags,
                              const typename io<T>::P* bias, const T* y, const T* z, T* dz, int act,
