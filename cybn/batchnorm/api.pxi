@@ -145,14 +145,14 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
     cdef GPUArray gbias = _param(bias, "bias", K, True, pdt)
     if gyv is not None and not _epi(&d):
         raise ValueError("y is only read through an activation or a residual: pass activation= / residual=")
-    if d.act != BN_ACT_NONE and (gyv is None or d.act == BN_ACT_SWISH):
+    if d.act != BN_ACT_NONE and (gyv is None or d.act == BN_ACT_SWISH or d.act == BN_ACT_CLIPPED_RELU):
         # the derivative needs v = bn(x) (+ z): recomputed from x, the statistics, bias and the residual
         if gs is not None and gbias is None:
             raise ValueError(f"backward through {activation!r} recomputes the pre-activation from x "
-                             f"({'swish always does' if d.act == BN_ACT_SWISH else 'no y given'}): pass bias= "
+                             f"({'no y given' if gyv is None else 'swish and clipped relu always do'}): pass bias= "
                              f"(the forward's bias)")
         if d.residual and gz is None:
-            raise ValueError("the pre-activation is recomputed (swish, or no y): pass residual= as the forward's "
+            raise ValueError("the pre-activation is recomputed (swish, clipped relu, or no y): pass residual= as the forward's "
                              "residual array, not True")
     else:
         gz = None  # the derivative comes from y: z's values are not read
@@ -225,7 +225,8 @@ def backward(x, grad_y, scale, save_mean, save_invstd, out=None, scale_grad=None
 
     Through a fused epilogue (the forward's activation, activation_alpha, residual): the gradient of the
     pre-activation g = grad_y * act'(v) replaces grad_y; act' is read from y (the forward's output) for every
-    activation but swish; swish, or any activation without y, recomputes v from x, the statistics, bias
+    activation but swish and clipped relu/relu6 (ambiguous at the ceiling once y is rounded); those, or any
+    activation without y, recompute v from x, the statistics, bias
     (pass the forward's bias when affine) and the residual array. residual=True (or the array): returns
     (grad_x, grad_residual, scale_grad, bias_grad), grad_residual = g (into grad_residual= if given)."""
     return _backward(x, grad_y, scale, save_mean, save_invstd, None, out, scale_grad, bias_grad, mode, stream,

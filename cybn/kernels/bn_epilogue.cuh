@@ -17,10 +17,11 @@
 //     dx, dscale and dbias are then the BatchNorm gradients of dz.
 //   act: a BN_ACT_* id below; alpha: its parameter (clipped relu's ceiling, leaky relu's slope, elu's
 //   alpha; ignored by the others).
-// The derivative comes from y (act_grad_y) for every act but swish; swish, or any act when y == 0,
-// recomputes v = (x - mean) * scale * invstd + bias (+ z) from x (act_grad_v). Kinks as torch:
+// The derivative comes from y (act_grad_y) for every act but swish and clipped relu; those, or any act
+// when y == 0, recompute v = (x - mean) * scale * invstd + bias (+ z) from x (act_grad_v; the mean's
+// low part is not known to the backward's first pass, so v uses the saved mean: x - hi). Kinks as torch:
 // relu'(0) = 0, clipped relu' = 1 only for 0 < v < alpha, leaky'(0) = alpha, elu'(0) = alpha.
-// From y these hold for alpha >= 0 (leaky relu, elu) and alpha > 0 (clipped relu): the host checks.
+// From y these hold for alpha >= 0 (leaky relu, elu); clipped relu needs alpha > 0: the host checks.
 #pragma once
 #include "welford.cuh"  // add_rn, sub_rn, fma_
 
@@ -38,7 +39,11 @@ template <typename P>
 __device__ __forceinline__ P ep_sigmoid(P v) { return P(1) / (P(1) + ep_exp(-v)); }
 
 // Whether the backward needs the pre-activation v (recomputed from x) rather than the output y.
-__device__ __forceinline__ bool act_needs_v(int act, bool have_y) { return act == BN_ACT_SWISH || !have_y; }
+// Swish's derivative is not a function of y; clipped relu's is ambiguous at the ceiling once y is rounded
+// to the data type (v just below alpha rounds to alpha in bfloat16), so both read v.
+__device__ __forceinline__ bool act_needs_v(int act, bool have_y) {
+    return act == BN_ACT_SWISH || act == BN_ACT_CLIPPED_RELU || !have_y;
+}
 
 template <typename P>
 __device__ __forceinline__ P act_forward(int act, P v, P alpha) {
@@ -69,7 +74,7 @@ __device__ __forceinline__ P act_grad_v(int act, P v, P alpha) {
     }
 }
 
-// act'(v) from the output y = act(v) (not for swish: act_needs_v).
+// act'(v) from the output y = act(v) (not for swish or clipped relu: act_needs_v).
 template <typename P>
 __device__ __forceinline__ P act_grad_y(int act, P y, P alpha) {
     switch (act) {

@@ -29,7 +29,7 @@ BLOCK = re.compile(r"^```(\w*)\n(.*?)^```$", re.M | re.S)
 MARKER = re.compile(r"<!-- readme-test: (\S+) -->\n\Z")
 TESTED = {"command-run", "command-test", "puzzlelib-example", "engine-example", "c-extension", "c-setup",
           "cython-extension", "cython-setup", "extensions-from-python", "mxnet-example", "paddle-example",
-          "mpi-example"}  # mpi-example: tests/distributed/test_mpi_sync.py runs it under mpiexec -n 3
+          "mpi-example", "engine-epilogue-example"}  # mpi-example: tests/distributed/test_mpi_sync.py runs it under mpiexec -n 3
 
 
 def blocks():
@@ -152,6 +152,12 @@ def test_paddle_example():
                                rtol=1e-5, atol=1e-5)
     del ns
     gc.collect()
+
+
+def test_engine_epilogue_example():
+    ns, out = run_block("engine-epilogue-example")
+    assert out.count("against float64 numpy") == 5 and ns["dz"].dtype == np.float64
+    del ns
 
 
 def test_engine_example_prints_what_it_checks():
