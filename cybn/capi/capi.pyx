@@ -286,8 +286,9 @@ cdef int _aligned(const cybn_desc* c, const char* op, cydriver.CUdeviceptr* data
             return _fail(CYBN_EINVAL, op, "a data pointer (x, y, dy, dx, z or dz) is not aligned to its element size")
     for i in range(nstats):
         if _misaligned(stats[i], psize):
-            return _fail(CYBN_EINVAL, op, "a parameter pointer (scale, bias, statistics, gradients) is not aligned "
-                         "to its element size (4 bytes; 8 for CYBN_FLOAT64)")
+            return _fail(CYBN_EINVAL, op, "a parameter pointer (scale, bias, statistics, gradients) is not "
+                         "4-byte aligned" if psize == 4 else "a float64 parameter pointer (scale, bias, "
+                         "statistics, gradients) is not 8-byte aligned")
     return CYBN_OK
 
 

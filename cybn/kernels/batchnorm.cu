@@ -30,15 +30,7 @@
 
 #include "welford.cuh"
 
-enum : int {
-    BN_AFFINE = 1,        // scale/bias given; else 1 and 0
-    BN_VEC = 2,           // spatial: 16-byte units (rows 16-byte aligned)
-    BN_STAT_IS_VAR = 4,   // normalize/backward: `stat` is a variance (running_var), else an inverse std
-    BN_SHIFTED = 8,       // normalize: the training mean as the workspace's (hi, lo) pair
-    BN_ROWVEC = 16,       // spatial, N == 1 (with VEC): 16-byte units of each channel's aligned middle,
-                          // scalar head and tail (S odd or the channel start not 16-byte aligned)
-    BN_BIASED_RUNVAR = 32,  // forward train: the biased batch variance (M) into running_var (MXNet, Paddle)
-};
+#include "bn_abi.h"  // the kernel flags (BN_AFFINE, ...) and the workspace entry sizes, shared with the core
 
 // ---------------------------------------------------------------- element types
 template <typename T> struct io;
@@ -106,7 +98,7 @@ __device__ __forceinline__ void bwd_push(BwdSums& s, float vx, float vd, float h
     csum_add(s.x, d);
     s.x.c = __fadd_rn(s.x.c, e);
 }
-enum : int { BWD_PART = 6 };  // floats of one BwdSums partial in the workspace
+enum : int { BWD_PART = BN_BWD_PART };  // floats of one BwdSums partial in the workspace
 __device__ __forceinline__ void store_bwd(float* p, BwdSums t) {
     p[0] = t.dy.s; p[1] = t.dy.c; p[2] = t.dyx.s; p[3] = t.dyx.c; p[4] = t.x.s; p[5] = t.x.c;
 }
@@ -174,7 +166,7 @@ __device__ __forceinline__ bool last_cta_of_column(unsigned* counters) {
     return last;
 }
 
-enum : int { FWD_PART = 5 };  // floats of one Welford partial in the workspace
+enum : int { FWD_PART = BN_FWD_PART };  // floats of one Welford partial in the workspace
 __device__ __forceinline__ Welford load_welford(const float* p) {
     return Welford{__ldcg(p), __ldcg(p + 1), __ldcg(p + 2), CSum{__ldcg(p + 3), __ldcg(p + 4)}};
 }
@@ -192,7 +184,7 @@ __device__ __forceinline__ float normalize1(float v, float hi, float lo, float a
 __device__ __forceinline__ double inv_std(double var, float eps) { return 1.0 / sqrt(var + (double)eps); }
 
 // The split forward's per-statistic tail for its second launch: (hi, lo, scale * invstd, 0).
-enum : int { FWD_TAIL = 4 };
+enum : int { FWD_TAIL = BN_FWD_TAIL };
 
 // Batch mean/invstd from the combined statistics; saved statistics and running-average update.
 // M == 1: the unbiased variance is undefined; the biased one (0) is used, never NaN or inf.
@@ -360,7 +352,7 @@ __device__ __forceinline__ float4 normalize_constants(long long i, const float* 
 }
 
 // The split backward's dx constants, written by the last CTA of the first launch: (a, dbias / M, k, lo).
-enum : int { BWD_TAIL = 4 };  // floats per statistic
+enum : int { BWD_TAIL = BN_BWD_TAIL };  // floats per statistic
 __device__ __forceinline__ void store_dx_constants(float* tail, long long i, float a, float4 r, float Mf) {
     float* q = tail + i * BWD_TAIL;
     q[0] = a; q[1] = r.y / Mf; q[2] = r.w; q[3] = r.z;

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from bn_traffic import PER_STAT_CTA, measure_call
+from cybn.testing.traffic import PER_STAT_CTA, measure_call
 from cybn import batchnorm, nvrtc
 from cybn.testing import cubin_report, perfmodel
 
