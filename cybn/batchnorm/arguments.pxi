@@ -2,17 +2,22 @@
 # numbers, aliasing) and the descriptor they fill, before anything is allocated or launched.
 # Included by batchnorm.pyx.
 
-_DTYPES = {np.dtype(np.float32): BN_FLOAT32, np.dtype(np.float16): BN_FLOAT16}
+from cybn.array.dtypes import BFLOAT16 as _BF16
+
+_DTYPES = {np.dtype(np.float32): BN_FLOAT32, np.dtype(np.float16): BN_FLOAT16, np.dtype(np.float64): BN_FLOAT64}
+if _BF16 is not None:
+    _DTYPES[_BF16] = BN_BFLOAT16
+_DTYPE_NAMES = "float32, float16, bfloat16 (ml_dtypes) or float64"
 
 
 cdef int _dtype_code(dtype, str what) except -1:
     try:
         dt = np.dtype(dtype)
     except TypeError:
-        raise TypeError(f"{what} must be float32 or float16, got {dtype!r}") from None
+        raise TypeError(f"{what} must be {_DTYPE_NAMES}, got {dtype!r}") from None
     code = _DTYPES.get(dt)
     if code is None:
-        raise TypeError(f"{what} must be float32 or float16, got {dt}")
+        raise TypeError(f"{what} must be {_DTYPE_NAMES}, got {dt}")
     return code
 
 
@@ -65,14 +70,16 @@ cdef int _check_device(GPUArray a, str what) except -1:
     return 0
 
 
-cdef GPUArray _param(obj, str what, long long count, bint optional=False):
+cdef GPUArray _param(obj, str what, long long count, bint optional=False, pdtype=np.float32):
+    """A per-statistic array of the statistics type (float32; float64 for float64 data)."""
     if obj is None:
         if optional:
             return None
-        raise TypeError(f"{what} must be a float32 GPUArray, got None")
+        raise TypeError(f"{what} must be a {np.dtype(pdtype)} GPUArray, got None")
     cdef GPUArray a = _array(obj, what)
-    if a.dtype != np.float32:
-        raise TypeError(f"{what} must be float32, got {a.dtype}")
+    if a.dtype != pdtype:
+        raise TypeError(f"{what} must be {np.dtype(pdtype)}, got {a.dtype}" if pdtype == np.float32 else
+                        f"{what} must be {np.dtype(pdtype)} (the statistics type of x.dtype float64), got {a.dtype}")
     if a.size != count:
         raise ValueError(f"{what} must have {count} elements (one per statistic), got shape {a.shape}")
     return a
@@ -99,12 +106,16 @@ cdef double _real(value, str what) except? -1:
     return float(value)
 
 
-cdef float _epsilon(epsilon) except? -1:
+cdef double _epsilon(epsilon, bint f64=False) except? -1:
     e = _real(epsilon, "epsilon")
+    if f64:  # float64 data: the kernels take it as a double
+        if not (0 < e <= 1.7976931348623157e308):
+            raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
+        return e
     # The kernels take it as float32: 1e-50 would round to 0 there and 1e39 to inf.
     if not (0 < e <= _FLT_MAX) or np.float32(e) == 0:
         raise ValueError(f"epsilon must be a positive finite number (as a float32), got {epsilon!r}")
-    return e
+    return <float>e
 
 
 cdef int _no_aliasing(list outputs, list inputs, tuple in_place) except -1:
@@ -132,7 +143,7 @@ cdef int _no_aliasing(list outputs, list inputs, tuple in_place) except -1:
     return 0
 
 
-cdef float _factor(factor) except? -1:
+cdef double _factor(factor) except? -1:
     f = _real(factor, "factor")
     if not 0.0 <= f <= 1.0:
         raise ValueError(f"factor must be in [0, 1], got {factor!r}")

@@ -59,17 +59,17 @@ ctypedef struct bn_plan:
 
 ctypedef struct bn_desc:
     int mode                    # BN_SPATIAL / BN_PER_ACTIVATION
-    int dtype                   # BN_FLOAT32 / BN_FLOAT16
+    int dtype                   # BN_FLOAT32 / BN_FLOAT16 / BN_BFLOAT16 / BN_FLOAT64 (statistics: float64 for float64)
     long long N                 # batch
     long long C                 # channels
     long long S                 # prod(spatial) (spatial mode) or prod(rest) (per-activation: C * S stats)
-    float epsilon
-    float factor                # running = (1 - factor) * running + factor * batch
+    double epsilon
+    double factor               # running = (1 - factor) * running + factor * batch
     int flags                   # BN_DESC_AFFINE, BN_DESC_ACCUMULATE
-    float scale_grad_alpha      # with BN_DESC_ACCUMULATE: scale_grad = alpha * dscale + beta * scale_grad
-    float scale_grad_beta       #   (beta == 0: scale_grad is not read)
-    float bias_grad_alpha       # the same for bias_grad
-    float bias_grad_beta
+    double scale_grad_alpha     # with BN_DESC_ACCUMULATE: scale_grad = alpha * dscale + beta * scale_grad
+    double scale_grad_beta      #   (beta == 0: scale_grad is not read)
+    double bias_grad_alpha      # the same for bias_grad
+    double bias_grad_beta
     int sm_count                # of the device: plans fill sm_count * occ CTA slots in whole waves
     unsigned char occ[4][32]           # CTAs per SM of kernel k with i + 1 warps (the occupancy calculator)
     unsigned int smem_budget[4][32]    # dynamic shared bytes per CTA that keep occ (the replay cache's room)
@@ -80,6 +80,10 @@ ctypedef struct bn_desc:
     int force_group             # tests: threads per channel (spatial) / row lanes (per-activation); 0 auto
     int force_split             # tests: CTAs per channel; 0 auto
     int force_cache             # tests: cache slots per thread; -1 auto
+    int layout                  # BN_LAYOUT_NCHW (BN_LAYOUT_NHWC: the channels-last kernels)
+    int act                     # BN_ACT_*: the fused epilogue y = act(bn(x) [+ z]) (prepare picks EPI 1 kernels)
+    double act_alpha            # clipped relu's ceiling, leaky relu's slope, elu's alpha
+    int residual                # 1: the forward adds z (x's shape) before act; the backward writes dz
 
 cdef const char* bn_last_error() noexcept nogil
 # Shape/value checks of a descriptor (not its kernels or workspace): BN_OK or BN_EINVAL with a message.
@@ -103,6 +107,25 @@ cdef int bn_forward_infer_core(const bn_desc* d, cydriver.CUdeviceptr x, cydrive
 # frozen = 1: eval-mode backward over running statistics (mean = running_mean, stat = running_var).
 # scale_grad/bias_grad get the desc's alpha/beta (BN_DESC_ACCUMULATE); batch_scale_grad/batch_bias_grad
 # (0: not written) also receive this batch's plain gradients, in the same launch.
+# The epilogue forms (d.act, d.residual): z is the residual (0 when d.residual is 0); the backward takes
+# bias (0 when not affine), the forward's output y (0: v is recomputed from x), z (read only where v is
+# recomputed) and dz (written when d.residual). The plain forms above are these with 0s.
+cdef int bn_forward_train_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr y,
+                             cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                             cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
+                             cydriver.CUdeviceptr save_mean, cydriver.CUdeviceptr save_invstd,
+                             cydriver.CUdeviceptr z, cydriver.CUstream stream) noexcept nogil
+cdef int bn_forward_infer_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr y,
+                             cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                             cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
+                             cydriver.CUdeviceptr z, cydriver.CUstream stream) noexcept nogil
+cdef int bn_backward_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr dy,
+                        cydriver.CUdeviceptr dx, cydriver.CUdeviceptr scale, cydriver.CUdeviceptr mean,
+                        cydriver.CUdeviceptr stat, cydriver.CUdeviceptr scale_grad,
+                        cydriver.CUdeviceptr bias_grad, cydriver.CUdeviceptr batch_scale_grad,
+                        cydriver.CUdeviceptr batch_bias_grad, int frozen, cydriver.CUdeviceptr bias,
+                        cydriver.CUdeviceptr y, cydriver.CUdeviceptr z, cydriver.CUdeviceptr dz,
+                        cydriver.CUstream stream) noexcept nogil
 cdef int bn_backward_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr dy,
                           cydriver.CUdeviceptr dx, cydriver.CUdeviceptr scale, cydriver.CUdeviceptr mean,
                           cydriver.CUdeviceptr stat, cydriver.CUdeviceptr scale_grad,

@@ -15,16 +15,26 @@ cdef int bn_check_desc(const bn_desc* d) noexcept nogil:
     cdef long long stats
     if d.mode != BN_SPATIAL and d.mode != BN_PER_ACTIVATION:
         return _fail(BN_EINVAL, "descriptor: unknown mode")
-    if d.dtype != BN_FLOAT32 and d.dtype != BN_FLOAT16:
+    if d.dtype != BN_FLOAT32 and d.dtype != BN_FLOAT16 and d.dtype != BN_BFLOAT16 and d.dtype != BN_FLOAT64:
         return _fail(BN_EINVAL, "descriptor: unknown dtype")
+    if d.layout != BN_LAYOUT_NCHW:
+        return _fail(BN_EINVAL, "descriptor: only the NCHW layout has kernels here (channels-last: its own kernels)")
+    if d.act < BN_ACT_NONE or d.act > BN_ACT_SWISH:
+        return _fail(BN_EINVAL, "descriptor: unknown activation")
+    if not (d.act_alpha == d.act_alpha and d.act_alpha > -1.7976931348623157e308 and d.act_alpha < 1.7976931348623157e308):
+        return _fail(BN_EINVAL, "descriptor: act_alpha must be finite")
+    if d.act == BN_ACT_CLIPPED_RELU and not d.act_alpha > 0:
+        return _fail(BN_EINVAL, "descriptor: clipped relu needs act_alpha > 0 (its ceiling)")
+    if (d.act == BN_ACT_LEAKY_RELU or d.act == BN_ACT_ELU) and d.act_alpha < 0:
+        return _fail(BN_EINVAL, "descriptor: leaky relu and elu need act_alpha >= 0")
     if d.N < 1 or d.C < 1 or d.S < 1:
         return _fail(BN_EINVAL, "descriptor: N, C and S must be positive")
-    if d.N > (1LL << 62) // (2 if d.dtype == BN_FLOAT16 else 4) // d.C // d.S:
+    if d.N > (1LL << 62) // _elem_bytes(d.dtype) // d.C // d.S:
         return _fail(BN_EINVAL, "descriptor: N * C * S overflows 64 bits (as bytes: more than 2^62)")
     stats = d.C if d.mode == BN_SPATIAL else d.C * d.S
     if stats > (1LL << 31) - 1:
         return _fail(BN_EINVAL, "descriptor: more than 2^31 - 1 statistics")
-    if not (d.epsilon > 0 and d.epsilon <= 3.4028234663852886e38):
+    if not (d.epsilon > 0 and d.epsilon <= (1.7976931348623157e308 if d.dtype == BN_FLOAT64 else 3.4028234663852886e38)):
         return _fail(BN_EINVAL, "descriptor: epsilon must be > 0 and finite")
     if not (d.factor >= 0 and d.factor <= 1):
         return _fail(BN_EINVAL, "descriptor: factor must be in [0, 1]")
@@ -86,9 +96,24 @@ cdef inline void _set_span(_span* s, const char* name, cydriver.CUdeviceptr p, u
     s.name = name; s.p = p; s.n = n
 
 
+cdef inline int _elem_bytes(int dtype) noexcept nogil:
+    """Bytes of one data element."""
+    return 2 if (dtype == BN_FLOAT16 or dtype == BN_BFLOAT16) else (8 if dtype == BN_FLOAT64 else 4)
+
+
+cdef inline int _param_bytes(int dtype) noexcept nogil:
+    """Bytes of one statistic / parameter / workspace value (P: float, double for float64 data)."""
+    return 8 if dtype == BN_FLOAT64 else 4
+
+
+cdef inline int _epi(const bn_desc* d) noexcept nogil:
+    """The kernels' EPI template argument: 1 when the descriptor fuses an epilogue."""
+    return 1 if (d.act != BN_ACT_NONE or d.residual) else 0
+
+
 cdef inline unsigned long long _data_bytes(const bn_desc* d) noexcept nogil:
-    return <unsigned long long>d.N * d.C * d.S * (2 if d.dtype == BN_FLOAT16 else 4)
+    return <unsigned long long>d.N * d.C * d.S * _elem_bytes(d.dtype)
 
 
 cdef inline unsigned long long _stat_bytes(const bn_desc* d) noexcept nogil:
-    return <unsigned long long>(d.C if d.mode == BN_SPATIAL else d.C * d.S) * 4
+    return <unsigned long long>(d.C if d.mode == BN_SPATIAL else d.C * d.S) * _param_bytes(d.dtype)

@@ -31,7 +31,7 @@ class plan_override:
         return False
 
 
-def plan(shape, dtype=np.float32, mode="spatial", kernel="forward_train", aligned=True):
+def plan(shape, dtype=np.float32, mode="spatial", kernel="forward_train", aligned=True, epilogue=False):
     """The launch plan the heuristic picks for x of `shape` (for tests and the benchmark): a dict with
     grid, block, shared_bytes, cache_units, vec (0 elements, 1 16-byte units, 2 16-byte units between
     a scalar head and tail), split, ctas_per_sm (the occupancy calculator's resident CTAs per SM for
@@ -53,7 +53,8 @@ def plan(shape, dtype=np.float32, mode="spatial", kernel="forward_train", aligne
     if kernel not in kernels:
         raise ValueError(f"plan: kernel must be one of {', '.join(kernels)}, not {kernel!r}")
     cdef int k = kernels[kernel]
-    _prepare(d.dtype, d.mode).fill(&d)
+    d.act = BN_ACT_RELU if epilogue else BN_ACT_NONE  # any activation: the EPI 1 kernels' plan
+    _prepare(d.dtype, d.mode, _epi(&d)).fill(&d)
     cdef bn_plan p
     cdef cydriver.CUdeviceptr ptr = 0 if aligned else 4  # a misaligned pointer: 4 bytes past 16
     bn_make_plan(&d, k, _vec_ok(&d, ptr, ptr, ptr), &p)

@@ -56,8 +56,8 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
     p.vec = vec
     arrays = 2 if (kernel == BN_K_BWD or kernel == BN_K_BWD_DX) else 1
     if d.mode == BN_SPATIAL:
-        units = d.N * (d.S // (8 if d.dtype == BN_FLOAT16 else 4) if vec else d.S)
-        slot_bytes = 16 if vec else (2 if d.dtype == BN_FLOAT16 else 4)
+        units = d.N * (d.S // (16 // _elem_bytes(d.dtype)) if vec else d.S)
+        slot_bytes = 16 if vec else _elem_bytes(d.dtype)
         if d.force_group > 0:  # whole warps, at most 1024 threads
             G = min(max(d.force_group // 32, 1) * 32, 1024)
         else:
@@ -73,7 +73,7 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
         p.block[1] = <unsigned int>CPB
     else:
         stats = d.C * d.S
-        slot_bytes = 2 if d.dtype == BN_FLOAT16 else 4
+        slot_bytes = _elem_bytes(d.dtype)
         BX = _pow2_at_least(stats) if stats < 32 else 32
         R = TARGET_THREADS // BX
         if d.force_group > 0:  # a power of two (the column reduction is a tree), at most 256 threads
@@ -95,7 +95,7 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
     p.split = <int>P
     # The replay cache: only the fused one-launch paths (P == 1) read x (and dy) twice.
     if P == 1 and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD):
-        slot_bytes = 16 if (d.mode == BN_SPATIAL and vec) else 4
+        slot_bytes = 16 if (d.mode == BN_SPATIAL and vec) else _param_bytes(d.dtype)  # scalar slots hold P
         budget = SMEM_LIMIT - <long long>d.static_shared[kernel]
         if p.ctas_per_sm > 0:
             budget = min(budget, <long long>d.smem_budget[kernel][min(_cdiv(<long long>p.block[0] * p.block[1], 32), 32) - 1])
@@ -129,7 +129,7 @@ cdef inline int _vec_ok(const bn_desc* d, cydriver.CUdeviceptr a, cydriver.CUdev
     """16-byte units: 1 when every row is 16-byte aligned (S a multiple of the vector width, pointers
     aligned); 2 (ROWVEC) when N == 1 and the pointers agree modulo 16, so each channel is one row
     whose aligned middle is vectorised between a scalar head and tail; else 0 (element loads)."""
-    cdef long long V = 8 if d.dtype == BN_FLOAT16 else 4
+    cdef long long V = 16 // _elem_bytes(d.dtype)
     if d.mode != BN_SPATIAL:
         return 0
     if d.S % V == 0 and _aligned(a) and _aligned(b) and _aligned(c):

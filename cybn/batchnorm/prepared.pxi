@@ -3,25 +3,49 @@
 # Included by batchnorm.pyx.
 
 _KERNEL_NAMES = ("bn_fwd_train", "bn_normalize", "bn_bwd", "bn_bwd_dx")
-_SIGNATURES = ("PPPPPPPPPPPqqqffii", "PPPPPPPqqqfi", "PPPPPPPPPPPPPqqqfffffii", "PPPPPqqqi")
-_CTYPES = ("float", "__half")
+# Argument signatures (cybn.driver.function codes) with P = float; every kernel also takes the epilogue's
+# appended arguments (bn_epilogue.cuh): forward (z, act, alpha), backward (bias, y, z, dz, act, alpha).
+_SIGNATURES = ("PPPPPPPPPPPqqqffii" "Pif", "PPPPPPPqqqfi" "Pif", "PPPPPPPPPPPPPqqqfffffii" "PPPPif",
+               "PPPPPqqqi" "PPPPif")
+_CTYPES = ("float", "__half", "__nv_bfloat16", "double")  # by dtype code (BN_FLOAT32 ... BN_FLOAT64)
 _MODE_SUFFIX = ("spatial", "pa")
+_BASE_DTYPES = (BN_FLOAT32, BN_FLOAT16)
 
 
-def kernel_expressions():
-    """Every kernel instantiation of batchnorm.cu (name expressions), in one list so it is compiled once."""
-    return [f"{k}_{m}<{t}>" for t in _CTYPES for m in _MODE_SUFFIX for k in _KERNEL_NAMES]
+def signature(kernel, dtype=BN_FLOAT32):
+    """Kernel `kernel`'s (BN_K_*) argument signature for dtype code `dtype` (P scalars are double for float64)."""
+    s = _SIGNATURES[kernel]
+    return s.replace("f", "d") if dtype == BN_FLOAT64 else s
 
 
-def compile_options():
-    """NVRTC options of batchnorm.cu: none beyond cybn's defaults (C++17, the kernel directory on the
-    include path for welford.cuh, the wheel's CUDA headers)."""
-    return ()
+def kernel_expressions(dtype=None, epi=0):
+    """The name expressions of one NVRTC program of batchnorm.cu: (dtype code, EPI) = (BN_FLOAT32 or BN_FLOAT16, 0)
+    (the default, dtype None) is one program holding both as `<float>` / `<__half>` (EPI defaults to 0);
+    every other (dtype, EPI) is a program of its own, compiled on first use."""
+    if dtype is None or (dtype in _BASE_DTYPES and epi == 0):
+        return [f"{k}_{m}<{t}>" for t in ("float", "__half") for m in _MODE_SUFFIX for k in _KERNEL_NAMES]
+    return [f"{k}_{m}<{_CTYPES[dtype]}, {epi}>" for m in _MODE_SUFFIX for k in _KERNEL_NAMES]
+
+
+def compile_options(dtype=None, epi=0):
+    """NVRTC options of one batchnorm.cu program: none beyond cybn's defaults (C++17, the kernel directory on
+    the include path, the wheel's CUDA headers) for the base program; the others carry a -D naming the
+    variant, only so that each (dtype, EPI) is its own program and cache entry (the source doesn't read it)."""
+    if dtype is None or (dtype in _BASE_DTYPES and epi == 0):
+        return ()
+    return (f"-DCYBN_BN_VARIANT={_CTYPES[dtype].strip('_')}_epi{epi}",)
+
+
+def variants():
+    """Every (dtype code, EPI) program of batchnorm.cu, the base one first."""
+    out = [(BN_FLOAT32, 0)]
+    out += [(dt, epi) for epi in (0, 1) for dt in range(4) if not (epi == 0 and dt in _BASE_DTYPES)]
+    return out
 
 
 # `python -m cybn warmup` and the per-architecture build check compile every registered variant.
 from cybn.jit.variants import register_variants
-register_variants("batchnorm.cu", [(kernel_expressions(), compile_options())])
+register_variants("batchnorm.cu", [(kernel_expressions(dt, epi), compile_options(dt, epi)) for dt, epi in variants()])
 
 
 cdef class _Prepared:
@@ -75,14 +99,15 @@ cdef int _query_occupancy(_Prepared pr, int k, int max_threads) except -1:
 
 
 def prepare(dtype, mode="spatial"):
-    """Compile (once per process, through the kernel cache) and load (once per context) the kernels
-    for `dtype` (float32/float16) and `mode`."""
-    return _prepare(_dtype_code(dtype, "dtype"), _mode_code(mode))
+    """Compile (once per process, through the kernel cache) and load (once per context) the plain kernels
+    for `dtype` (float32, float16, bfloat16, float64) and `mode`."""
+    return _prepare(_dtype_code(dtype, "dtype"), _mode_code(mode), 0)
 
 
-cdef _Prepared _prepare(int dt, int md):
+cdef _Prepared _prepare(int dt, int md, int epi):
+    """The kernels of (dtype, mode, layout NCHW, EPI) in the current context."""
     cdef cydriver.CUcontext ctx = ensure_context()
-    key = (<size_t>ctx, dt, md)
+    key = (<size_t>ctx, dt, md, BN_LAYOUT_NCHW, epi)
     cdef _Prepared pr = _prepared.get(key)
     if pr is not None:
         return pr
@@ -90,12 +115,13 @@ cdef _Prepared _prepare(int dt, int md):
     from cybn.driver.device import Device
     pr = _Prepared.__new__(_Prepared)
     pr.functions = []
-    exprs = kernel_expressions()
+    exprs = kernel_expressions(dt, epi)
+    opts = compile_options(dt, epi)
     cdef Function f
     for i in range(BN_NKERNELS):
-        name = f"{_KERNEL_NAMES[i]}_{_MODE_SUFFIX[md]}<{_CTYPES[dt]}>"
-        f = kernels.get_function("batchnorm.cu", name, _SIGNATURES[i], options=compile_options(),
-                                 name_expressions=exprs)
+        name = exprs[md * BN_NKERNELS + i] if len(exprs) == 2 * BN_NKERNELS else \
+            f"{_KERNEL_NAMES[i]}_{_MODE_SUFFIX[md]}<{_CTYPES[dt]}>"
+        f = kernels.get_function("batchnorm.cu", name, signature(i, dt), options=opts, name_expressions=exprs)
         pr.functions.append(f)
         pr.kernels[i] = f.func
         attrs = f.attributes
@@ -109,9 +135,11 @@ cdef _Prepared _prepare(int dt, int md):
 cdef int bn_prepare_desc(bn_desc* d) except -1:
     """Kernel handles, their static shared memory, the SM count and occupancy of d.dtype/d.mode for the current
     (primary) context; compiles/loads on first use. For the Cython/C faces (cybn.capi)."""
-    if d.dtype != BN_FLOAT32 and d.dtype != BN_FLOAT16:
+    if d.dtype < BN_FLOAT32 or d.dtype > BN_FLOAT64:
         raise ValueError(f"unknown dtype code {d.dtype}")
+    if d.layout != BN_LAYOUT_NCHW:
+        raise ValueError(f"layout code {d.layout}: only NCHW (0) has kernels in this core")
     if d.mode != BN_SPATIAL and d.mode != BN_PER_ACTIVATION:
         raise ValueError(f"unknown mode code {d.mode}")
-    _prepare(d.dtype, d.mode).fill(d)
+    _prepare(d.dtype, d.mode, _epi(d)).fill(d)
     return 0

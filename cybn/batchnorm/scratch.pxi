@@ -1,5 +1,5 @@
 # The split plans' scratch inside the caller's workspace: counters, per-CTA partials and the
-# second launch's tail (floats per entry from bn_abi.h), its size (bn_workspace_size), its check and
+# second launch's tail (P values per entry from bn_abi.h), its size (bn_workspace_size), its check and
 # the counters' zeroing. Included by batchnorm.pyx.
 
 cdef inline size_t _round256(size_t n) noexcept nogil:
@@ -8,7 +8,7 @@ cdef inline size_t _round256(size_t n) noexcept nogil:
 
 cdef inline size_t _partials_bytes(const bn_desc* d, const bn_plan* p, int kernel) noexcept nogil:
     cdef size_t stats = <size_t>(d.C if d.mode == BN_SPATIAL else d.C * d.S)
-    return _round256(stats * <size_t>p.split * (BN_BWD_PART if kernel == BN_K_BWD else BN_FWD_PART) * 4)
+    return _round256(stats * <size_t>p.split * (BN_BWD_PART if kernel == BN_K_BWD else BN_FWD_PART) * _param_bytes(d.dtype))
 
 
 cdef size_t _scratch_bytes(const bn_desc* d, const bn_plan* p, int kernel) noexcept nogil:
@@ -16,7 +16,7 @@ cdef size_t _scratch_bytes(const bn_desc* d, const bn_plan* p, int kernel) noexc
     cdef size_t stats = <size_t>(d.C if d.mode == BN_SPATIAL else d.C * d.S)
     if p.split <= 1:
         return 0
-    return _partials_bytes(d, p, kernel) + _round256(stats * (BN_BWD_TAIL if kernel == BN_K_BWD else BN_FWD_TAIL) * 4)
+    return _partials_bytes(d, p, kernel) + _round256(stats * (BN_BWD_TAIL if kernel == BN_K_BWD else BN_FWD_TAIL) * _param_bytes(d.dtype))
 
 
 cdef size_t bn_workspace_size(const bn_desc* d) noexcept nogil:

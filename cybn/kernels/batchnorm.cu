@@ -1,4 +1,6 @@
-// batchnorm.cu: BatchNorm forward (train, inference) and backward, fp32 or fp16 data, fp32 statistics.
+// batchnorm.cu: BatchNorm forward (train, inference) and backward, NCHW and per-activation: fp32, fp16 or
+// bf16 data with fp32 statistics, or fp64 data with fp64 statistics (io<T>::P, bn_io.cuh); each kernel
+// a template <T, EPI> (EPI 1: the fused activation / residual epilogue, bn_epilogue.cuh).
 //
 // Layout: x is (N, C, S) contiguous. "spatial" mode has one statistic per channel c over its N rows
 // of S elements; "per-activation" mode has one statistic per feature f of the (N, F = C * S) matrix.
@@ -26,214 +28,42 @@
 // (dy, dy * (x - hi), x - hi) are compensated per thread (CSum, welford.cuh) and merged pairwise.
 // Parameter gradients are written cuDNN-style: grad = alpha * this_batch + beta * grad (beta == 0:
 // grad is not read), optionally also the plain batch gradients (batch_scale_grad/batch_bias_grad).
-#include <cuda_fp16.h>
+//
+// Shared pieces: bn_io.cuh (element types), bn_reduce.cuh (reductions), bn_stats.cuh (flags and
+// per-statistic arithmetic), bn_epilogue.cuh (the fused activation / residual epilogue).
+#include "bn_io.cuh"
+#include "bn_reduce.cuh"
+#include "bn_stats.cuh"
+#include "bn_epilogue.cuh"
 
-#include "welford.cuh"
-
-#include "bn_abi.h"  // the kernel flags (BN_AFFINE, ...) and the workspace entry sizes, shared with the core
-
-// ---------------------------------------------------------------- element types
-template <typename T> struct io;
-
-template <> struct io<float> {
-    static constexpr int vec = 4;
-    static __device__ __forceinline__ float load(const float* p) { return *p; }
-    static __device__ __forceinline__ void store(float* p, float v) { *p = v; }
-    static __device__ __forceinline__ void unpack(uint4 u, float* v) {
-        v[0] = __uint_as_float(u.x); v[1] = __uint_as_float(u.y);
-        v[2] = __uint_as_float(u.z); v[3] = __uint_as_float(u.w);
-    }
-    static __device__ __forceinline__ uint4 pack(const float* v) {
-        return make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3]));
-    }
-};
-
-template <> struct io<__half> {
-    static constexpr int vec = 8;
-    static __device__ __forceinline__ float load(const __half* p) { return __half2float(*p); }
-    static __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
-    static __device__ __forceinline__ float2 half2_bits(unsigned b) {
-        __half2 h = *reinterpret_cast<__half2*>(&b);
-        return __half22float2(h);
-    }
-    static __device__ __forceinline__ unsigned bits_half2(float a, float b) {
-        __half2 h = __floats2half2_rn(a, b);
-        return *reinterpret_cast<unsigned*>(&h);
-    }
-    static __device__ __forceinline__ void unpack(uint4 u, float* v) {
-        float2 a = half2_bits(u.x), b = half2_bits(u.y), c = half2_bits(u.z), d = half2_bits(u.w);
-        v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y; v[4] = c.x; v[5] = c.y; v[6] = d.x; v[7] = d.y;
-    }
-    static __device__ __forceinline__ uint4 pack(const float* v) {
-        return make_uint4(bits_half2(v[0], v[1]), bits_half2(v[2], v[3]), bits_half2(v[4], v[5]), bits_half2(v[6], v[7]));
-    }
-};
-
-// ---------------------------------------------------------------- reductions
-__device__ __forceinline__ Welford merge(Welford x, Welford y) { return welford_merge(x, y); }
-__device__ __forceinline__ Welford shfl_down(Welford v, int o) { return welford_shfl_down(v, o); }
-
-// The backward's per-statistic sums: dy, dy * (x - hi), x - hi, each compensated.
-struct BwdSums {
-    CSum dy, dyx, x;
-};
-__device__ __forceinline__ BwdSums bwd_empty() { return BwdSums{csum_zero(), csum_zero(), csum_zero()}; }
-__device__ __forceinline__ BwdSums merge(BwdSums a, BwdSums b) {
-    return BwdSums{csum_merge(a.dy, b.dy), csum_merge(a.dyx, b.dyx), csum_merge(a.x, b.x)};
-}
-__device__ __forceinline__ CSum shfl_down(CSum v, int o) {
-    return CSum{__shfl_down_sync(0xffffffffu, v.s, o), __shfl_down_sync(0xffffffffu, v.c, o)};
-}
-__device__ __forceinline__ BwdSums shfl_down(BwdSums v, int o) {
-    return BwdSums{shfl_down(v.dy, o), shfl_down(v.dyx, o), shfl_down(v.x, o)};
-}
-// x - hi == d + e exactly (TwoSum): both sums see the exact difference (e matters where x is far from
-// hi, e.g. data centred near 0).
-__device__ __forceinline__ void bwd_push(BwdSums& s, float vx, float vd, float hi) {
-    float e;
-    const float d = two_sum(vx, -hi, e);
-    csum_add(s.dy, vd);
-    csum_add_product(s.dyx, vd, d);
-    s.dyx.c = fmaf(vd, e, s.dyx.c);
-    csum_add(s.x, d);
-    s.x.c = __fadd_rn(s.x.c, e);
-}
-enum : int { BWD_PART = BN_BWD_PART };  // floats of one BwdSums partial in the workspace
-__device__ __forceinline__ void store_bwd(float* p, BwdSums t) {
-    p[0] = t.dy.s; p[1] = t.dy.c; p[2] = t.dyx.s; p[3] = t.dyx.c; p[4] = t.x.s; p[5] = t.x.c;
-}
-__device__ __forceinline__ BwdSums load_bwd(const float* p) {
-    return BwdSums{CSum{__ldcg(p), __ldcg(p + 1)}, CSum{__ldcg(p + 2), __ldcg(p + 3)}, CSum{__ldcg(p + 4), __ldcg(p + 5)}};
-}
-
-// Shared scratch is kept small because the replay cache gets what is left of 48 KiB (and the software
-// GPU counts a module's static shared memory for each of its kernels).
-
-// Total of v over the G threads (whole warps) of each threadIdx.y group, returned to all of them.
-// Every thread of the CTA must call it. Fixed combination order: deterministic.
-template <typename R>
-__device__ R group_reduce(R v) {
-    __shared__ R warp_part[32];
-    const int G = blockDim.x;
-    const int tid = threadIdx.y * G + threadIdx.x;
-    for (int o = 16; o > 0; o >>= 1) v = merge(v, shfl_down(v, o));
-    if ((tid & 31) == 0) warp_part[tid >> 5] = v;
-    __syncthreads();
-    const int w0 = threadIdx.y * (G >> 5);
-    if (threadIdx.x == 0) {  // the group's leader folds its warps into its first slot
-        R t = warp_part[w0];
-        for (int w = 1; w < (G >> 5); ++w) t = merge(t, warp_part[w0 + w]);
-        warp_part[w0] = t;
-    }
-    __syncthreads();
-    const R t = warp_part[w0];
-    __syncthreads();  // warp_part is reused by the next call
-    return t;
-}
-
-// Total of v over the R = blockDim.y row lanes of each threadIdx.x column (per-activation kernels),
-// returned to all of them. Every thread must call it. Tree in a fixed order (lane y merges lane y + s):
-// deterministic. The upper half of the active lanes hands its values over, so 128 slots suffice.
-template <typename R>
-__device__ R column_reduce(R v) {
-    __shared__ R part[128];  // per-activation CTAs have at most 256 threads
-    const int bx = blockDim.x, y = threadIdx.y;
-    for (int s = blockDim.y >> 1; s > 0; s >>= 1) {
-        if (y >= s && y < 2 * s) part[(y - s) * bx + threadIdx.x] = v;
-        __syncthreads();
-        if (y < s) v = merge(v, part[y * bx + threadIdx.x]);
-        __syncthreads();
-    }
-    if (y == 0) part[threadIdx.x] = v;
-    __syncthreads();
-    const R t = part[threadIdx.x];
-    __syncthreads();  // part is reused by the next call
-    return t;
-}
-
-// Marks this CTA done for its grid column; true in every thread of the CTA that finished last.
-// The partials written before it are visible to that CTA (fence before the atomic, fence after).
-__device__ __forceinline__ bool last_cta_of_column(unsigned* counters) {
-    __shared__ int last;
-    __syncthreads();  // every partial of this CTA is written
-    if (threadIdx.x == 0 && threadIdx.y == 0) {
-        __threadfence();
-        const unsigned prev = atomicAdd(&counters[blockIdx.x], 1u);
-        last = prev == gridDim.y - 1;
-        __threadfence();
-    }
-    __syncthreads();
-    return last;
-}
-
-enum : int { FWD_PART = BN_FWD_PART };  // floats of one Welford partial in the workspace
-__device__ __forceinline__ Welford load_welford(const float* p) {
-    return Welford{__ldcg(p), __ldcg(p + 1), __ldcg(p + 2), CSum{__ldcg(p + 3), __ldcg(p + 4)}};
-}
-__device__ __forceinline__ void store_welford(float* p, Welford w) {
-    p[0] = w.n; p[1] = w.mean; p[2] = w.var; p[3] = w.sum.s; p[4] = w.sum.c;
-}
-
-// y = ((x - hi) - lo) * a + b: x - mean in two exact-or-once-rounded steps.
-__device__ __forceinline__ float normalize1(float v, float hi, float lo, float a, float b) {
-    return fmaf(__fsub_rn(__fsub_rn(v, hi), lo), a, b);
-}
-
-// 1 / sqrt(var + eps) in double, once per statistic, so invstd and scale * invstd each round once.
-// A variance beyond FLT_MAX is inf: invstd 0, y = bias (honest, never NaN).
-__device__ __forceinline__ double inv_std(double var, float eps) { return 1.0 / sqrt(var + (double)eps); }
-
-// The split forward's per-statistic tail for its second launch: (hi, lo, scale * invstd, 0).
-enum : int { FWD_TAIL = BN_FWD_TAIL };
-
-// Batch mean/invstd from the combined statistics; saved statistics and running-average update.
-// M == 1: the unbiased variance is undefined; the biased one (0) is used, never NaN or inf.
-// flags & BN_BIASED_RUNVAR: the biased variance goes into running_var (no M / (M - 1)).
-__device__ __forceinline__ void finish_statistics(long long c, Welford t, float shift, long long M, float eps, float factor,
-                                                  int flags,
-                                                  float sc, float* running_mean, float* running_var,
-                                                  float* save_mean, float* save_invstd, float* tail) {
-    const float ws = welford_scale(shift);
-    const float2 m = welford_mean_hi_lo(t, shift, ws, M);
-    const double var = welford_variance(t, ws);
-    const double is = inv_std(var, eps);
-    save_mean[c] = m.x;
-    save_invstd[c] = (float)is;
-    const float unbiased = (float)(M > 1 && !(flags & BN_BIASED_RUNVAR) ? var * ((double)M / (double)(M - 1)) : var);
-    running_mean[c] = (1.0f - factor) * running_mean[c] + factor * m.x;
-    running_var[c] = (1.0f - factor) * running_var[c] + factor * unbiased;
-    if (tail)  // for the second launch: it must not re-read x, which y may be
-        *reinterpret_cast<float4*>(tail + c * FWD_TAIL) = make_float4(m.x, m.y, (float)(sc * is), 0.0f);
-}
-
-// The parameter gradients of one statistic: cuDNN's grad = alpha * this + beta * grad (beta == 0 does
-// not read grad, which may be uninitialised), and the plain batch values where batch_* is given.
-// ab = (scale alpha, scale beta, bias alpha, bias beta).
-__device__ __forceinline__ void store_param_grads(long long i, float ds, float db, float* scale_grad, float* bias_grad,
-                                                  float* batch_scale_grad, float* batch_bias_grad, float4 ab) {
-    scale_grad[i] = ab.y == 0.0f ? ab.x * ds : fmaf(ab.x, ds, ab.y * scale_grad[i]);
-    bias_grad[i] = ab.w == 0.0f ? ab.z * db : fmaf(ab.z, db, ab.w * bias_grad[i]);
-    if (batch_scale_grad) batch_scale_grad[i] = ds;
-    if (batch_bias_grad) batch_bias_grad[i] = db;
-}
-
-// The backward's per-statistic results from its combined sums: (dscale, dbias, lo, k) with
-// lo = mean(x - hi) (0 when frozen: the running mean is exact as given) and k = invstd * dscale / M,
-// so dx = a * (dy - dbias / M - ((x - hi) - lo) * k).
-__device__ __forceinline__ float4 bwd_finish(BwdSums t, float invstd, float Mf, bool frozen) {
-    const float A = csum_value(t.dy), Bp = csum_value(t.dyx);
-    const float lo = frozen ? 0.0f : csum_value(t.x) / Mf;
-    const float ds = fmaf(-lo, A, Bp) * invstd;  // sum(dy * ((x - hi) - lo)) * invstd
-    return make_float4(ds, A, lo, invstd * (ds / Mf));
-}
-
-__device__ __forceinline__ float dx1(float vx, float vd, float hi, float lo, float a, float dbm, float k) {
-    return a * fmaf(-__fsub_rn(__fsub_rn(vx, hi), lo), k, vd - dbm);
-}
-
-// x's and dy's 16-byte units of one position, loaded together (backward).
+// x's and dy's (and, fused, the epilogue's e: y or z) 16-byte units of one position, loaded together.
 struct uint4x2 { uint4 x, d; };
+struct uint4x3 { uint4 x, d, e; };
 __device__ __forceinline__ uint4x2 make_uint4x2(uint4 x, uint4 d) { return uint4x2{x, d}; }
+
+// The pieces of a loaded unit or element: first() is x; epi_e() unpacks the epilogue's second stream
+// (z in the forward; y or z in the backward) or gives 0 where the walk loaded none (EPI 0).
+__device__ __forceinline__ uint4 first(uint4 u) { return u; }
+__device__ __forceinline__ uint4 first(uint4x2 u) { return u.x; }
+template <typename P> __device__ __forceinline__ P first(P v) { return v; }
+template <typename P> __device__ __forceinline__ P first(trio<P> v) { return v.x; }
+__device__ __forceinline__ float first(float2 v) { return v.x; }
+__device__ __forceinline__ double first(double2 v) { return v.x; }
+template <typename T, typename P> __device__ __forceinline__ void epi_e(uint4, P* e) {
+#pragma unroll
+    for (int i = 0; i < io<T>::vec; ++i) e[i] = P(0);
+}
+template <typename T, typename P> __device__ __forceinline__ void epi_e(uint4x2 u, P* e) { io<T>::unpack(u.d, e); }
+template <typename P> __device__ __forceinline__ P epi_e(P) { return P(0); }
+__device__ __forceinline__ float epi_e(float2 v) { return v.y; }
+__device__ __forceinline__ double epi_e(double2 v) { return v.y; }
+
+// A pointer's 16-byte unit, or 0 (all-zero bits are 0 in every dtype) where the pointer is absent.
+__device__ __forceinline__ uint4 unit_or_0(const uint4* p, long long off) { return p ? p[off] : make_uint4(0u, 0u, 0u, 0u); }
+template <typename T>
+__device__ __forceinline__ typename io<T>::P elem_or_0(const T* p, long long off) {
+    return p ? io<T>::load(p + off) : typename io<T>::P(0);
+}
 
 // ---------------------------------------------------------------- spatial traversal
 // Walks units u0 + lane, u0 + lane + G, ... < u1 of channel c, where unit u is column u % su of
@@ -324,48 +154,55 @@ __device__ __forceinline__ void split_range(long long units, long long& u0, long
 template <bool SPATIAL>
 __device__ __forceinline__ bool leader() { return SPATIAL ? threadIdx.x == 0 : threadIdx.y == 0; }
 
-template <bool SPATIAL>
-__device__ __forceinline__ float4 share(float4 v) {
-    __shared__ float4 slot[32];
+template <bool SPATIAL, typename V4>
+__device__ __forceinline__ V4 share(V4 v) {
+    __shared__ V4 slot[32];
     const int i = SPATIAL ? threadIdx.y : threadIdx.x;
     if (leader<SPATIAL>()) slot[i] = v;
     __syncthreads();
-    const float4 r = slot[i];
+    const V4 r = slot[i];
     __syncthreads();  // slot is reused by the next call
     return r;
 }
 
 // The normalisation's per-statistic constants (a, b, hi, lo): y = ((x - hi) - lo) * a + b. SHIFTED: the
 // training statistics from the workspace tail (finish_statistics); else the given (running) mean, lo = 0.
-__device__ __forceinline__ float4 normalize_constants(long long i, const float* mean, const float* stat,
-                                                      const float* scale, const float* bias,
-                                                      const float* tail, float eps, int flags) {
+template <typename P>
+__device__ __forceinline__ typename pv<P>::v4 normalize_constants(long long i, const P* mean, const P* stat,
+                                                                  const P* scale, const P* bias,
+                                                                  const P* tail, P eps, int flags) {
     const bool affine = flags & BN_AFFINE;
-    const float sc = affine ? scale[i] : 1.0f, b = affine ? bias[i] : 0.0f;
+    const P sc = affine ? scale[i] : P(1), b = affine ? bias[i] : P(0);
     if (flags & BN_SHIFTED) {
-        const float4 t = *reinterpret_cast<const float4*>(tail + i * FWD_TAIL);
-        return make_float4(t.z, b, t.x, t.y);
+        const auto t = *reinterpret_cast<const typename pv<P>::v4*>(tail + i * FWD_TAIL);
+        return mk4(t.z, b, t.x, t.y);
     }
-    const float st = stat[i];
-    const float a = (flags & BN_STAT_IS_VAR) ? (float)(sc * inv_std(st, eps)) : sc * st;
-    return make_float4(a, b, mean[i], 0.0f);
+    const P st = stat[i];
+    const P a = (flags & BN_STAT_IS_VAR) ? (P)(sc * inv_std((double)st, eps)) : sc * st;
+    return mk4(a, b, mean[i], P(0));
 }
 
 // The split backward's dx constants, written by the last CTA of the first launch: (a, dbias / M, k, lo).
-enum : int { BWD_TAIL = BN_BWD_TAIL };  // floats per statistic
-__device__ __forceinline__ void store_dx_constants(float* tail, long long i, float a, float4 r, float Mf) {
-    float* q = tail + i * BWD_TAIL;
+enum : int { BWD_TAIL = BN_BWD_TAIL };  // P values per statistic
+template <typename P, typename V4>
+__device__ __forceinline__ void store_dx_constants(P* tail, long long i, P a, V4 r, P Mf) {
+    P* q = tail + i * BWD_TAIL;
     q[0] = a; q[1] = r.y / Mf; q[2] = r.w; q[3] = r.z;
 }
 
 // ---------------------------------------------------------------- spatial forward, training
 // Statistics (+ running update, saved mean/invstd) and, when P == 1, the normalisation too.
-// Dynamic shared memory: cache_units 16-byte slots (VEC) or 4-byte slots (scalar) per thread.
-template <typename T>
-__global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const float* bias, float* running_mean,
-                                     float* running_var, float* save_mean, float* save_invstd, float* partials,
-                                     unsigned* counters, float* stat_tail, long long N, long long C, long long S,
-                                     float eps, float factor, int flags, int cache_units) {
+// Dynamic shared memory: cache_units 16-byte slots (VEC) or sizeof(P)-byte slots (scalar) per thread.
+// EPI 1: y = act(bn(x) + z) (bn_epilogue.cuh); z is read once, in the normalising pass.
+template <typename T, int EPI = 0>
+__global__ void bn_fwd_train_spatial(const T* x, T* y, const typename io<T>::P* scale, const typename io<T>::P* bias,
+                                     typename io<T>::P* running_mean, typename io<T>::P* running_var,
+                                     typename io<T>::P* save_mean, typename io<T>::P* save_invstd,
+                                     typename io<T>::P* partials, unsigned* counters, typename io<T>::P* stat_tail,
+                                     long long N, long long C, long long S, typename io<T>::P eps,
+                                     typename io<T>::P factor, int flags, int cache_units,
+                                     const T* z, int act, typename io<T>::P alpha) {
+    using P = typename io<T>::P;
     extern __shared__ uint4 cache[];
     constexpr int V = io<T>::vec;
     const bool vec = flags & BN_VEC;
@@ -373,25 +210,26 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const
     const bool ok = c < C;
     const ChannelView cv = channel_view(x, c, C, S, flags);
     const uint4* xu = reinterpret_cast<const uint4*>(x + cv.base);
+    const uint4* zu = z ? reinterpret_cast<const uint4*>(z + cv.base) : nullptr;
     uint4* yu = reinterpret_cast<uint4*>(y + cv.base);
     long long u0 = 0, u1 = 0;
     split_range(N * cv.su, u0, u1);
     if (!ok) u1 = u0;
     const int nthreads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
-    float* cachef = reinterpret_cast<float*>(cache);
+    P* cachef = reinterpret_cast<P*>(cache);
 
     const bool affine = flags & BN_AFFINE;
-    float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (ok && leader<true>()) p = make_float4(io<T>::load(x + c * S), affine ? scale[c] : 1.0f, affine ? bias[c] : 0.0f, 0.0f);
+    auto p = mk4(P(0), P(0), P(0), P(0));
+    if (ok && leader<true>()) p = mk4(io<T>::load(x + c * S), affine ? scale[c] : P(1), affine ? bias[c] : P(0), P(0));
     p = share<true>(p);
-    const float shift = p.x;  // one sample of the channel: Welford runs on (x - shift) * ws
-    const float ws = welford_scale(shift);
-    Welford w = welford_empty();
+    const P shift = p.x;  // one sample of the channel: Welford runs on (x - shift) * ws
+    const P ws = welford_scale(shift);
+    Welford<P> w = welford_empty<P>();
     if (vec) {
         walk_channel<1>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) { return xu[off]; },
                              [&](int k, long long, uint4 u) {
             if (k < cache_units) cache[k * nthreads + tid] = u;
-            float v[V];
+            P v[V];
             io<T>::unpack(u, v);
 #pragma unroll
             for (int i = 0; i < V; ++i) welford_push(w, v[i], shift, ws);
@@ -399,18 +237,18 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const
         walk_edges(cv, c, S, ok, [&](long long e) { welford_push(w, io<T>::load(x + e), shift, ws); });
     } else {
         walk_channel<1>(c, C, cv.su, u0, u1, [&](int, long long off) { return io<T>::load(x + off); },
-                             [&](int k, long long, float v) {
+                             [&](int k, long long, P v) {
             if (k < cache_units) cachef[k * nthreads + tid] = v;
             welford_push(w, v, shift, ws);
         });
     }
-    Welford t = group_reduce(w);
+    Welford<P> t = group_reduce(w);
     const long long M = N * S;
 
     if (gridDim.y > 1) {
         if (ok && threadIdx.x == 0) store_welford(partials + ((long long)c * gridDim.y + blockIdx.y) * FWD_PART, t);
         if (!last_cta_of_column(counters)) return;
-        Welford m = welford_empty();
+        Welford<P> m = welford_empty<P>();
         if (ok)
             for (int q = threadIdx.x; q < gridDim.y; q += blockDim.x)
                 m = welford_merge(m, load_welford(partials + ((long long)c * gridDim.y + q) * FWD_PART));
@@ -423,25 +261,32 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const
 
     if (ok && threadIdx.x == 0)
         finish_statistics(c, t, shift, M, eps, factor, flags, p.y, running_mean, running_var, save_mean, save_invstd,
-                          nullptr);
+                          (P*)nullptr);
     // ((x - hi) - lo): exact near the mean at any offset, and exactly 0 for a constant channel.
-    const float a = (float)(p.y * inv_std(welford_variance(t, ws), eps)), b = p.z;
-    const float2 m = welford_mean_hi_lo(t, shift, ws, M);
+    const P a = (P)(p.y * inv_std(welford_variance(t, ws), eps)), b = p.z;
+    const auto m = welford_mean_hi_lo(t, shift, ws, M);
     if (vec) {
-        walk_channel<1>(cv.cw, cv.Cw, cv.su, u0, u1,
-                             [&](int k, long long off) { return k < cache_units ? cache[k * nthreads + tid] : xu[off]; },
-                             [&](int, long long off, uint4 u) {
-            float v[V];
-            io<T>::unpack(u, v);
+        walk_channel<1>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int k, long long off) {
+            const uint4 u = k < cache_units ? cache[k * nthreads + tid] : xu[off];
+            if constexpr (EPI) return make_uint4x2(u, unit_or_0(zu, off)); else return u;
+        }, [&](int, long long off, auto q) {
+            P v[V], e[V];
+            io<T>::unpack(first(q), v);
+            epi_e<T>(q, e);
 #pragma unroll
-            for (int i = 0; i < V; ++i) v[i] = normalize1(v[i], m.x, m.y, a, b);
+            for (int i = 0; i < V; ++i) v[i] = epi_out<EPI>(normalize1(v[i], m.x, m.y, a, b), e[i], act, alpha);
             yu[off] = io<T>::pack(v);
         });
-        walk_edges(cv, c, S, ok, [&](long long e) { io<T>::store(y + e, normalize1(io<T>::load(x + e), m.x, m.y, a, b)); });
+        walk_edges(cv, c, S, ok, [&](long long e) {
+            io<T>::store(y + e, epi_out<EPI>(normalize1(io<T>::load(x + e), m.x, m.y, a, b), elem_or_0(z, e), act, alpha));
+        });
     } else {
-        walk_channel<1>(c, C, cv.su, u0, u1,
-                             [&](int k, long long off) { return k < cache_units ? cachef[k * nthreads + tid] : io<T>::load(x + off); },
-                             [&](int, long long off, float v) { io<T>::store(y + off, normalize1(v, m.x, m.y, a, b)); });
+        walk_channel<1>(c, C, cv.su, u0, u1, [&](int k, long long off) {
+            const P v = k < cache_units ? cachef[k * nthreads + tid] : io<T>::load(x + off);
+            if constexpr (EPI) return mk2(v, elem_or_0(z, off)); else return v;
+        }, [&](int, long long off, auto q) {
+            io<T>::store(y + off, epi_out<EPI>(normalize1(first(q), m.x, m.y, a, b), epi_e(q), act, alpha));
+        });
     }
 }
 
@@ -449,37 +294,49 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const float* scale, const
 // y = (x - mean) * scale * invstd + bias; invstd = 1/sqrt(stat + eps) for inference (STAT_IS_VAR),
 // else stat itself. SHIFTED (second launch of training): x - mean as (x - hi) - lo with the
 // workspace's float pair, as the fused path does. y may be x (in place: each thread reads a unit, then writes it).
-template <typename T>
-__global__ void bn_normalize_spatial(const T* x, T* y, const float* mean, const float* stat, const float* scale,
-                                     const float* bias, const float* stat_tail, long long N, long long C, long long S,
-                                     float eps, int flags) {
+// EPI 1: y = act(that + z).
+template <typename T, int EPI = 0>
+__global__ void bn_normalize_spatial(const T* x, T* y, const typename io<T>::P* mean, const typename io<T>::P* stat,
+                                     const typename io<T>::P* scale, const typename io<T>::P* bias,
+                                     const typename io<T>::P* stat_tail, long long N, long long C, long long S,
+                                     typename io<T>::P eps, int flags, const T* z, int act, typename io<T>::P alpha) {
+    using P = typename io<T>::P;
     constexpr int V = io<T>::vec;
     const bool vec = flags & BN_VEC;
     const long long c = (long long)blockIdx.x * blockDim.y + threadIdx.y;
     const bool ok = c < C;
     const ChannelView cv = channel_view(x, c, C, S, flags);
     const uint4* xu = reinterpret_cast<const uint4*>(x + cv.base);
+    const uint4* zu = z ? reinterpret_cast<const uint4*>(z + cv.base) : nullptr;
     uint4* yu = reinterpret_cast<uint4*>(y + cv.base);
     long long u0 = 0, u1 = 0;
     split_range(N * cv.su, u0, u1);
     if (!ok) u1 = u0;
-    float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    auto p = mk4(P(0), P(0), P(0), P(0));
     if (ok && leader<true>()) p = normalize_constants(c, mean, stat, scale, bias, stat_tail, eps, flags);
     p = share<true>(p);
-    const float a = p.x, b = p.y, hi = p.z, lo = p.w;
+    const P a = p.x, b = p.y, hi = p.z, lo = p.w;
     if (vec) {
-        walk_channel<LOADS_IN_FLIGHT>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) { return xu[off]; },
-                             [&](int, long long off, uint4 u) {
-            float v[V];
-            io<T>::unpack(u, v);
+        walk_channel<LOADS_IN_FLIGHT>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) {
+            if constexpr (EPI) return make_uint4x2(xu[off], unit_or_0(zu, off)); else return xu[off];
+        }, [&](int, long long off, auto q) {
+            P v[V], e[V];
+            io<T>::unpack(first(q), v);
+            epi_e<T>(q, e);
 #pragma unroll
-            for (int i = 0; i < V; ++i) v[i] = normalize1(v[i], hi, lo, a, b);
+            for (int i = 0; i < V; ++i) v[i] = epi_out<EPI>(normalize1(v[i], hi, lo, a, b), e[i], act, alpha);
             yu[off] = io<T>::pack(v);
         });
-        walk_edges(cv, c, S, ok, [&](long long e) { io<T>::store(y + e, normalize1(io<T>::load(x + e), hi, lo, a, b)); });
+        walk_edges(cv, c, S, ok, [&](long long e) {
+            io<T>::store(y + e, epi_out<EPI>(normalize1(io<T>::load(x + e), hi, lo, a, b), elem_or_0(z, e), act, alpha));
+        });
     } else {
-        walk_channel<LOADS_IN_FLIGHT>(c, C, cv.su, u0, u1, [&](int, long long off) { return io<T>::load(x + off); },
-                             [&](int, long long off, float v) { io<T>::store(y + off, normalize1(v, hi, lo, a, b)); });
+        walk_channel<LOADS_IN_FLIGHT>(c, C, cv.su, u0, u1, [&](int, long long off) {
+            const P v = io<T>::load(x + off);
+            if constexpr (EPI) return mk2(v, elem_or_0(z, off)); else return v;
+        }, [&](int, long long off, auto q) {
+            io<T>::store(y + off, epi_out<EPI>(normalize1(first(q), hi, lo, a, b), epi_e(q), act, alpha));
+        });
     }
 }
 
@@ -491,12 +348,20 @@ __global__ void bn_normalize_spatial(const T* x, T* y, const float* mean, const 
 // no reduction and is written in the first pass. Parameter gradients: store_param_grads (alpha/beta).
 // Split: the last CTA of a column writes the gradients and the dx constants (workspace tail) that the
 // second launch (bn_bwd_dx_spatial) reads.
-template <typename T>
-__global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const float* scale, const float* mean, const float* stat,
-                               float* scale_grad, float* bias_grad, float* batch_scale_grad, float* batch_bias_grad,
-                               float* partials, unsigned* counters, float* tail, long long N, long long C, long long S,
-                               float eps, float sg_alpha, float sg_beta, float bg_alpha, float bg_beta, int flags,
-                               int cache_units) {
+// EPI 1: the reduction and dx run on g = dy * act'(v) (epi_grad) instead of dy; g is written to dz
+// (when given) in the first pass and replaces dy in the replay cache; the non-cached replay and the
+// split's second launch recompute it.
+template <typename T, int EPI = 0>
+__global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io<T>::P* scale,
+                               const typename io<T>::P* mean, const typename io<T>::P* stat,
+                               typename io<T>::P* scale_grad, typename io<T>::P* bias_grad,
+                               typename io<T>::P* batch_scale_grad, typename io<T>::P* batch_bias_grad,
+                               typename io<T>::P* partials, unsigned* counters, typename io<T>::P* tail, long long N,
+                               long long C, long long S, typename io<T>::P eps, typename io<T>::P sg_alpha,
+                               typename io<T>::P sg_beta, typename io<T>::P bg_alpha, typename io<T>::P bg_beta,
+                               int flags, int cache_units, const typename io<T>::P* bias, const T* y, const T* z,
+                               T* dz, int act, typename io<T>::P alpha) {
+    using P = typename io<T>::P;
     extern __shared__ uint4 cache[];
     constexpr int V = io<T>::vec;
     const bool vec = flags & BN_VEC, frozen = flags & BN_STAT_IS_VAR, affine = flags & BN_AFFINE;
@@ -505,33 +370,47 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const float* scal
     const ChannelView cv = channel_view(x, c, C, S, flags);
     const uint4 *xu = reinterpret_cast<const uint4*>(x + cv.base), *du = reinterpret_cast<const uint4*>(dy + cv.base);
     uint4* dxu = reinterpret_cast<uint4*>(dx + cv.base);
+    const bool use_y = y && !act_needs_v(act, true);
+    const T* ep = use_y ? y : z;  // the epilogue's second stream (0: none)
+    const uint4* eu = ep ? reinterpret_cast<const uint4*>(ep + cv.base) : nullptr;
+    uint4* dzu = dz ? reinterpret_cast<uint4*>(dz + cv.base) : nullptr;
     long long u0 = 0, u1 = 0;
     split_range(N * cv.su, u0, u1);
     if (!ok) u1 = u0;
     const int nthreads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
-    const int slots = cache_units * nthreads;  // dy's cache follows x's
-    float* cachef = reinterpret_cast<float*>(cache);
+    const int slots = cache_units * nthreads;  // dy's (g's) cache follows x's
+    P* cachef = reinterpret_cast<P*>(cache);
 
-    float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    auto p = mk4(P(0), P(0), P(0), P(0));
     if (ok && leader<true>()) {
-        const float st = stat[c], sc = affine ? scale[c] : 1.0f;
-        const double isd = frozen ? inv_std(st, eps) : (double)st;
-        p = make_float4((float)isd, mean[c], (float)(sc * isd), 0.0f);
+        const P st = stat[c], sc = affine ? scale[c] : P(1);
+        const double isd = frozen ? inv_std((double)st, eps) : (double)st;
+        p = mk4((P)isd, mean[c], (P)(sc * isd), (EPI && bias) ? bias[c] : P(0));
     }
     p = share<true>(p);
-    const float invstd = p.x, hi = p.y, a = p.z;
-    BwdSums acc = bwd_empty();
+    const P invstd = p.x, hi = p.y, a = p.z, bb = p.w;
+    BwdSums<P> acc = bwd_empty<P>();
     if (vec) {
-        walk_channel<1>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) { return make_uint4x2(xu[off], du[off]); },
-                             [&](int k, long long off, uint4x2 q) {
-            const uint4 ux = q.x, ud = q.d;
+        walk_channel<1>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) {
+            if constexpr (EPI) return uint4x3{xu[off], du[off], unit_or_0(eu, off)};
+            else return make_uint4x2(xu[off], du[off]);
+        }, [&](int k, long long off, auto q) {
+            P vx[V], vd[V];
+            io<T>::unpack(q.x, vx);
+            io<T>::unpack(q.d, vd);
+            uint4 ud = q.d;
+            if constexpr (EPI) {
+                P ve[V];
+                io<T>::unpack(q.e, ve);
+#pragma unroll
+                for (int i = 0; i < V; ++i) vd[i] = epi_grad<EPI>(vd[i], vx[i], ve[i], use_y, hi, a, bb, act, alpha);
+                ud = io<T>::pack(vd);
+                if (dzu) dzu[off] = ud;
+            }
             if (k < cache_units) {
-                cache[k * nthreads + tid] = ux;
+                cache[k * nthreads + tid] = q.x;
                 cache[slots + k * nthreads + tid] = ud;
             }
-            float vx[V], vd[V];
-            io<T>::unpack(ux, vx);
-            io<T>::unpack(ud, vd);
 #pragma unroll
             for (int i = 0; i < V; ++i) {
                 bwd_push(acc, vx[i], vd[i], hi);
@@ -540,15 +419,23 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const float* scal
             if (frozen) dxu[off] = io<T>::pack(vd);
         });
         walk_edges(cv, c, S, ok, [&](long long e) {
-            const float vd = io<T>::load(dy + e);
-            bwd_push(acc, io<T>::load(x + e), vd, hi);
+            const P vx = io<T>::load(x + e);
+            const P vd = epi_grad<EPI>(io<T>::load(dy + e), vx, elem_or_0(ep, e), use_y, hi, a, bb, act, alpha);
+            if (EPI && dz) io<T>::store(dz + e, vd);
+            bwd_push(acc, vx, vd, hi);
             if (frozen) io<T>::store(dx + e, a * vd);
         });
     } else {
-        walk_channel<1>(c, C, cv.su, u0, u1,
-                             [&](int, long long off) { return make_float2(io<T>::load(x + off), io<T>::load(dy + off)); },
-                             [&](int k, long long off, float2 q) {
-            const float vx = q.x, vd = q.y;
+        walk_channel<1>(c, C, cv.su, u0, u1, [&](int, long long off) {
+            if constexpr (EPI) return mk3(io<T>::load(x + off), io<T>::load(dy + off), elem_or_0(ep, off));
+            else return mk2(io<T>::load(x + off), io<T>::load(dy + off));
+        }, [&](int k, long long off, auto q) {
+            const P vx = q.x;
+            P vd = q.y;
+            if constexpr (EPI) {
+                vd = epi_grad<EPI>(vd, vx, q.z, use_y, hi, a, bb, act, alpha);
+                if (dz) io<T>::store(dz + off, vd);
+            }
             if (k < cache_units) {
                 cachef[k * nthreads + tid] = vx;
                 cachef[slots + k * nthreads + tid] = vd;
@@ -557,59 +444,78 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const float* scal
             if (frozen) io<T>::store(dx + off, a * vd);
         });
     }
-    BwdSums t = group_reduce(acc);
-    const float Mf = (float)(N * S);
-    const float4 ab = make_float4(sg_alpha, sg_beta, bg_alpha, bg_beta);
+    BwdSums<P> t = group_reduce(acc);
+    const P Mf = (P)(N * S);
+    const auto ab = mk4(sg_alpha, sg_beta, bg_alpha, bg_beta);
 
     if (gridDim.y > 1) {
         if (ok && threadIdx.x == 0) store_bwd(partials + ((long long)c * gridDim.y + blockIdx.y) * BWD_PART, t);
         if (!last_cta_of_column(counters)) return;
-        BwdSums m = bwd_empty();
+        BwdSums<P> m = bwd_empty<P>();
         if (ok)
             for (int q = threadIdx.x; q < gridDim.y; q += blockDim.x)
                 m = merge(m, load_bwd(partials + ((long long)c * gridDim.y + q) * BWD_PART));
         t = group_reduce(m);
         if (ok && threadIdx.x == 0) {
-            const float4 r = bwd_finish(t, invstd, Mf, frozen);
+            const auto r = bwd_finish(t, invstd, Mf, frozen);
             store_param_grads(c, r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
             if (!frozen) store_dx_constants(tail, c, a, r, Mf);
         }
         return;  // dx is the second launch (bn_bwd_dx_spatial) unless frozen (already written)
     }
-    const float4 r = bwd_finish(t, invstd, Mf, frozen);
+    const auto r = bwd_finish(t, invstd, Mf, frozen);
     if (ok && threadIdx.x == 0) store_param_grads(c, r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
     if (frozen) return;
-    const float dbm = r.y / Mf, k = r.w, lo = r.z;
+    const P dbm = r.y / Mf, k = r.w, lo = r.z;
     if (vec) {
         walk_channel<1>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int kk, long long off) {
             const bool hit = kk < cache_units;
-            return hit ? make_uint4x2(cache[kk * nthreads + tid], cache[slots + kk * nthreads + tid])
-                       : make_uint4x2(xu[off], du[off]);
-        }, [&](int, long long off, uint4x2 q) {
-            const uint4 ux = q.x, ud = q.d;
-            float vx[V], vd[V];
-            io<T>::unpack(ux, vx);
-            io<T>::unpack(ud, vd);
+            if constexpr (EPI)
+                return hit ? uint4x3{cache[kk * nthreads + tid], cache[slots + kk * nthreads + tid], make_uint4(0u, 0u, 0u, 0u)}
+                           : uint4x3{xu[off], du[off], unit_or_0(eu, off)};
+            else
+                return hit ? make_uint4x2(cache[kk * nthreads + tid], cache[slots + kk * nthreads + tid])
+                           : make_uint4x2(xu[off], du[off]);
+        }, [&](int kk, long long off, auto q) {
+            P vx[V], vd[V];
+            io<T>::unpack(q.x, vx);
+            io<T>::unpack(q.d, vd);
+            if constexpr (EPI) {
+                if (kk >= cache_units) {  // the cache holds g already
+                    P ve[V];
+                    io<T>::unpack(q.e, ve);
+#pragma unroll
+                    for (int i = 0; i < V; ++i) vd[i] = epi_grad<EPI>(vd[i], vx[i], ve[i], use_y, hi, a, bb, act, alpha);
+                }
+            }
 #pragma unroll
             for (int i = 0; i < V; ++i) vd[i] = dx1(vx[i], vd[i], hi, lo, a, dbm, k);
             dxu[off] = io<T>::pack(vd);
         });
         walk_edges(cv, c, S, ok, [&](long long e) {
-            io<T>::store(dx + e, dx1(io<T>::load(x + e), io<T>::load(dy + e), hi, lo, a, dbm, k));
+            const P vx = io<T>::load(x + e);
+            const P vd = epi_grad<EPI>(io<T>::load(dy + e), vx, elem_or_0(ep, e), use_y, hi, a, bb, act, alpha);
+            io<T>::store(dx + e, dx1(vx, vd, hi, lo, a, dbm, k));
         });
     } else {
         walk_channel<1>(c, C, cv.su, u0, u1, [&](int kk, long long off) {
             const bool hit = kk < cache_units;
-            return make_float2(hit ? cachef[kk * nthreads + tid] : io<T>::load(x + off),
-                               hit ? cachef[slots + kk * nthreads + tid] : io<T>::load(dy + off));
-        }, [&](int, long long off, float2 q) { io<T>::store(dx + off, dx1(q.x, q.y, hi, lo, a, dbm, k)); });
+            const P vx = hit ? cachef[kk * nthreads + tid] : io<T>::load(x + off);
+            P vd = hit ? cachef[slots + kk * nthreads + tid] : io<T>::load(dy + off);
+            if (EPI && !hit) vd = epi_grad<EPI>(vd, vx, elem_or_0(ep, off), use_y, hi, a, bb, act, alpha);
+            return mk2(vx, vd);
+        }, [&](int, long long off, auto q) { io<T>::store(dx + off, dx1(q.x, q.y, hi, lo, a, dbm, k)); });
     }
 }
 
 // Second launch of the split backward: dx from the first launch's constants (workspace tail).
-template <typename T>
-__global__ void bn_bwd_dx_spatial(const T* x, const T* dy, T* dx, const float* mean, const float* tail, long long N,
-                                  long long C, long long S, int flags) {
+// EPI 1: g recomputed from dy and y (or x, z) as the first launch did; dz is ignored (written there).
+template <typename T, int EPI = 0>
+__global__ void bn_bwd_dx_spatial(const T* x, const T* dy, T* dx, const typename io<T>::P* mean,
+                                  const typename io<T>::P* tail, long long N, long long C, long long S, int flags,
+                                  const typename io<T>::P* bias, const T* y, const T* z, T* dz, int act,
+                                  typename io<T>::P alpha) {
+    using P = typename io<T>::P;
     constexpr int V = io<T>::vec;
     const bool vec = flags & BN_VEC;
     const long long c = (long long)blockIdx.x * blockDim.y + threadIdx.y;
@@ -617,35 +523,56 @@ __global__ void bn_bwd_dx_spatial(const T* x, const T* dy, T* dx, const float* m
     const ChannelView cv = channel_view(x, c, C, S, flags);
     const uint4 *xu = reinterpret_cast<const uint4*>(x + cv.base), *du = reinterpret_cast<const uint4*>(dy + cv.base);
     uint4* dxu = reinterpret_cast<uint4*>(dx + cv.base);
+    const bool use_y = y && !act_needs_v(act, true);
+    const T* ep = use_y ? y : z;
+    const uint4* eu = ep ? reinterpret_cast<const uint4*>(ep + cv.base) : nullptr;
     long long u0 = 0, u1 = 0;
     split_range(N * cv.su, u0, u1);
     if (!ok) u1 = u0;
-    float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    float hi = 0.0f;
+    auto p = mk4(P(0), P(0), P(0), P(0));
+    P hi = P(0), bb = P(0);
     if (ok && leader<true>()) {
-        p = *reinterpret_cast<const float4*>(tail + c * BWD_TAIL);
+        p = *reinterpret_cast<const typename pv<P>::v4*>(tail + c * BWD_TAIL);
         hi = mean[c];
+        if (EPI && bias) bb = bias[c];
     }
     p = share<true>(p);
-    const float a = p.x, dbm = p.y, k = p.z, lo = p.w;
-    hi = share<true>(make_float4(hi, 0.0f, 0.0f, 0.0f)).x;
+    const P a = p.x, dbm = p.y, k = p.z, lo = p.w;
+    const auto hb = share<true>(mk4(hi, bb, P(0), P(0)));
+    hi = hb.x;
+    bb = hb.y;
     if (vec) {
-        walk_channel<LOADS_IN_FLIGHT>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) { return make_uint4x2(xu[off], du[off]); },
-                             [&](int, long long off, uint4x2 q) {
-            float vx[V], vd[V];
+        walk_channel<LOADS_IN_FLIGHT>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) {
+            if constexpr (EPI) return uint4x3{xu[off], du[off], unit_or_0(eu, off)};
+            else return make_uint4x2(xu[off], du[off]);
+        }, [&](int, long long off, auto q) {
+            P vx[V], vd[V];
             io<T>::unpack(q.x, vx);
             io<T>::unpack(q.d, vd);
+            if constexpr (EPI) {
+                P ve[V];
+                io<T>::unpack(q.e, ve);
+#pragma unroll
+                for (int i = 0; i < V; ++i) vd[i] = epi_grad<EPI>(vd[i], vx[i], ve[i], use_y, hi, a, bb, act, alpha);
+            }
 #pragma unroll
             for (int i = 0; i < V; ++i) vd[i] = dx1(vx[i], vd[i], hi, lo, a, dbm, k);
             dxu[off] = io<T>::pack(vd);
         });
         walk_edges(cv, c, S, ok, [&](long long e) {
-            io<T>::store(dx + e, dx1(io<T>::load(x + e), io<T>::load(dy + e), hi, lo, a, dbm, k));
+            const P vx = io<T>::load(x + e);
+            const P vd = epi_grad<EPI>(io<T>::load(dy + e), vx, elem_or_0(ep, e), use_y, hi, a, bb, act, alpha);
+            io<T>::store(dx + e, dx1(vx, vd, hi, lo, a, dbm, k));
         });
     } else {
-        walk_channel<LOADS_IN_FLIGHT>(c, C, cv.su, u0, u1,
-                             [&](int, long long off) { return make_float2(io<T>::load(x + off), io<T>::load(dy + off)); },
-                             [&](int, long long off, float2 q) { io<T>::store(dx + off, dx1(q.x, q.y, hi, lo, a, dbm, k)); });
+        walk_channel<LOADS_IN_FLIGHT>(c, C, cv.su, u0, u1, [&](int, long long off) {
+            if constexpr (EPI) return mk3(io<T>::load(x + off), io<T>::load(dy + off), elem_or_0(ep, off));
+            else return mk2(io<T>::load(x + off), io<T>::load(dy + off));
+        }, [&](int, long long off, auto q) {
+            P vd = q.y;
+            if constexpr (EPI) vd = epi_grad<EPI>(vd, q.x, q.z, use_y, hi, a, bb, act, alpha);
+            io<T>::store(dx + off, dx1(q.x, vd, hi, lo, a, dbm, k));
+        });
     }
 }
 
@@ -663,33 +590,37 @@ __device__ __forceinline__ void walk_feature(long long f, long long F_, long lon
 }
 
 // ---------------------------------------------------------------- per-activation forward, training
-template <typename T>
-__global__ void bn_fwd_train_pa(const T* x, T* y, const float* scale, const float* bias, float* running_mean,
-                                float* running_var, float* save_mean, float* save_invstd, float* partials,
-                                unsigned* counters, float* stat_tail, long long N, long long C, long long S, float eps,
-                                float factor, int flags, int cache_units) {
+template <typename T, int EPI = 0>
+__global__ void bn_fwd_train_pa(const T* x, T* y, const typename io<T>::P* scale, const typename io<T>::P* bias,
+                                typename io<T>::P* running_mean, typename io<T>::P* running_var,
+                                typename io<T>::P* save_mean, typename io<T>::P* save_invstd,
+                                typename io<T>::P* partials, unsigned* counters, typename io<T>::P* stat_tail,
+                                long long N, long long C, long long S, typename io<T>::P eps, typename io<T>::P factor,
+                                int flags, int cache_units, const T* z, int act, typename io<T>::P alpha) {
+    using P = typename io<T>::P;
     const long long F = C * S;
-    extern __shared__ float cachef[];
+    extern __shared__ uint4 cache[];
+    P* cachef = reinterpret_cast<P*>(cache);
     const long long f = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const bool ok = f < F;
     const int nthreads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
     const bool affine = flags & BN_AFFINE;
-    float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (ok && leader<false>()) p = make_float4(io<T>::load(x + f), affine ? scale[f] : 1.0f, affine ? bias[f] : 0.0f, 0.0f);
+    auto p = mk4(P(0), P(0), P(0), P(0));
+    if (ok && leader<false>()) p = mk4(io<T>::load(x + f), affine ? scale[f] : P(1), affine ? bias[f] : P(0), P(0));
     p = share<false>(p);
-    const float shift = p.x, ws = welford_scale(shift);
-    Welford w = welford_empty();
+    const P shift = p.x, ws = welford_scale(shift);
+    Welford<P> w = welford_empty<P>();
     walk_feature(f, F, N, ok, [&](int k, long long off) {
-        const float v = io<T>::load(x + off);
+        const P v = io<T>::load(x + off);
         if (k < cache_units) cachef[k * nthreads + tid] = v;
         welford_push(w, v, shift, ws);
     });
-    Welford t = column_reduce(w);
+    Welford<P> t = column_reduce(w);
 
     if (gridDim.y > 1) {
         if (ok && threadIdx.y == 0) store_welford(partials + (f * gridDim.y + blockIdx.y) * FWD_PART, t);
         if (!last_cta_of_column(counters)) return;
-        Welford m = welford_empty();
+        Welford<P> m = welford_empty<P>();
         if (ok)
             for (int q = threadIdx.y; q < gridDim.y; q += blockDim.y)
                 m = welford_merge(m, load_welford(partials + (f * gridDim.y + q) * FWD_PART));
@@ -701,58 +632,73 @@ __global__ void bn_fwd_train_pa(const T* x, T* y, const float* scale, const floa
     }
     if (ok && threadIdx.y == 0)
         finish_statistics(f, t, shift, N, eps, factor, flags, p.y, running_mean, running_var, save_mean, save_invstd,
-                          nullptr);
+                          (P*)nullptr);
     if (!ok) return;
-    const float a = (float)(p.y * inv_std(welford_variance(t, ws), eps)), b = p.z;
-    const float2 m = welford_mean_hi_lo(t, shift, ws, N);
+    const P a = (P)(p.y * inv_std(welford_variance(t, ws), eps)), b = p.z;
+    const auto m = welford_mean_hi_lo(t, shift, ws, N);
     walk_feature(f, F, N, ok, [&](int k, long long off) {
-        const float v = k < cache_units ? cachef[k * nthreads + tid] : io<T>::load(x + off);
-        io<T>::store(y + off, normalize1(v, m.x, m.y, a, b));
+        const P v = k < cache_units ? cachef[k * nthreads + tid] : io<T>::load(x + off);
+        io<T>::store(y + off, epi_out<EPI>(normalize1(v, m.x, m.y, a, b), EPI ? elem_or_0(z, off) : P(0), act, alpha));
     });
 }
 
-template <typename T>
-__global__ void bn_normalize_pa(const T* x, T* y, const float* mean, const float* stat, const float* scale,
-                                const float* bias, const float* stat_tail, long long N, long long C, long long S, float eps,
-                                int flags) {
+template <typename T, int EPI = 0>
+__global__ void bn_normalize_pa(const T* x, T* y, const typename io<T>::P* mean, const typename io<T>::P* stat,
+                                const typename io<T>::P* scale, const typename io<T>::P* bias,
+                                const typename io<T>::P* stat_tail, long long N, long long C, long long S,
+                                typename io<T>::P eps, int flags, const T* z, int act, typename io<T>::P alpha) {
+    using P = typename io<T>::P;
     const long long F = C * S;
     const long long f = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const bool ok = f < F;
-    float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    auto p = mk4(P(0), P(0), P(0), P(0));
     if (ok && leader<false>()) p = normalize_constants(f, mean, stat, scale, bias, stat_tail, eps, flags);
     p = share<false>(p);
-    const float a = p.x, b = p.y, hi = p.z, lo = p.w;
+    const P a = p.x, b = p.y, hi = p.z, lo = p.w;
     walk_feature(f, F, N, ok, [&](int, long long off) {
-        io<T>::store(y + off, normalize1(io<T>::load(x + off), hi, lo, a, b));
+        io<T>::store(y + off, epi_out<EPI>(normalize1(io<T>::load(x + off), hi, lo, a, b),
+                                           EPI ? elem_or_0(z, off) : P(0), act, alpha));
     });
 }
 
 // ---------------------------------------------------------------- per-activation backward
-// As the spatial backward, one statistic per feature column.
-template <typename T>
-__global__ void bn_bwd_pa(const T* x, const T* dy, T* dx, const float* scale, const float* mean, const float* stat,
-                          float* scale_grad, float* bias_grad, float* batch_scale_grad, float* batch_bias_grad,
-                          float* partials, unsigned* counters, float* tail, long long N, long long C, long long S,
-                          float eps, float sg_alpha, float sg_beta, float bg_alpha, float bg_beta, int flags,
-                          int cache_units) {
+// As the spatial backward, one statistic per feature column (EPI 1 likewise on g = dy * act'(v)).
+template <typename T, int EPI = 0>
+__global__ void bn_bwd_pa(const T* x, const T* dy, T* dx, const typename io<T>::P* scale, const typename io<T>::P* mean,
+                          const typename io<T>::P* stat, typename io<T>::P* scale_grad, typename io<T>::P* bias_grad,
+                          typename io<T>::P* batch_scale_grad, typename io<T>::P* batch_bias_grad,
+                          typename io<T>::P* partials, unsigned* counters, typename io<T>::P* tail, long long N,
+                          long long C, long long S, typename io<T>::P eps, typename io<T>::P sg_alpha,
+                          typename io<T>::P sg_beta, typename io<T>::P bg_alpha, typename io<T>::P bg_beta, int flags,
+                          int cache_units, const typename io<T>::P* bias, const T* y, const T* z, T* dz, int act,
+                          typename io<T>::P alpha) {
+    using P = typename io<T>::P;
     const long long F = C * S;
-    extern __shared__ float cachef[];
+    extern __shared__ uint4 cache[];
+    P* cachef = reinterpret_cast<P*>(cache);
     const bool frozen = flags & BN_STAT_IS_VAR, affine = flags & BN_AFFINE;
     const long long f = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const bool ok = f < F;
     const int nthreads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
     const int slots = cache_units * nthreads;
-    float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const bool use_y = y && !act_needs_v(act, true);
+    const T* ep = use_y ? y : z;
+    auto p = mk4(P(0), P(0), P(0), P(0));
     if (ok && leader<false>()) {
-        const float st = stat[f], sc = affine ? scale[f] : 1.0f;
-        const double isd = frozen ? inv_std(st, eps) : (double)st;
-        p = make_float4((float)isd, mean[f], (float)(sc * isd), 0.0f);
+        const P st = stat[f], sc = affine ? scale[f] : P(1);
+        const double isd = frozen ? inv_std((double)st, eps) : (double)st;
+        p = mk4((P)isd, mean[f], (P)(sc * isd), (EPI && bias) ? bias[f] : P(0));
     }
     p = share<false>(p);
-    const float invstd = p.x, hi = p.y, a = p.z;
-    BwdSums acc = bwd_empty();
+    const P invstd = p.x, hi = p.y, a = p.z, bb = p.w;
+    BwdSums<P> acc = bwd_empty<P>();
     walk_feature(f, F, N, ok, [&](int k, long long off) {
-        const float vx = io<T>::load(x + off), vd = io<T>::load(dy + off);
+        const P vx = io<T>::load(x + off);
+        P vd = io<T>::load(dy + off);
+        if constexpr (EPI) {
+            vd = epi_grad<EPI>(vd, vx, elem_or_0(ep, off), use_y, hi, a, bb, act, alpha);
+            if (dz) io<T>::store(dz + off, vd);
+        }
         if (k < cache_units) {
             cachef[k * nthreads + tid] = vx;
             cachef[slots + k * nthreads + tid] = vd;
@@ -760,53 +706,65 @@ __global__ void bn_bwd_pa(const T* x, const T* dy, T* dx, const float* scale, co
         bwd_push(acc, vx, vd, hi);
         if (frozen) io<T>::store(dx + off, a * vd);
     });
-    BwdSums t = column_reduce(acc);
-    const float Mf = (float)N;
-    const float4 ab = make_float4(sg_alpha, sg_beta, bg_alpha, bg_beta);
+    BwdSums<P> t = column_reduce(acc);
+    const P Mf = (P)N;
+    const auto ab = mk4(sg_alpha, sg_beta, bg_alpha, bg_beta);
 
     if (gridDim.y > 1) {
         if (ok && threadIdx.y == 0) store_bwd(partials + (f * gridDim.y + blockIdx.y) * BWD_PART, t);
         if (!last_cta_of_column(counters)) return;
-        BwdSums m = bwd_empty();
+        BwdSums<P> m = bwd_empty<P>();
         if (ok)
             for (int q = threadIdx.y; q < gridDim.y; q += blockDim.y)
                 m = merge(m, load_bwd(partials + (f * gridDim.y + q) * BWD_PART));
         t = column_reduce(m);
         if (ok && threadIdx.y == 0) {
-            const float4 r = bwd_finish(t, invstd, Mf, frozen);
+            const auto r = bwd_finish(t, invstd, Mf, frozen);
             store_param_grads(f, r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
             if (!frozen) store_dx_constants(tail, f, a, r, Mf);
         }
         return;  // dx is the second launch (bn_bwd_dx_pa) unless frozen (already written)
     }
-    const float4 r = bwd_finish(t, invstd, Mf, frozen);
+    const auto r = bwd_finish(t, invstd, Mf, frozen);
     if (ok && threadIdx.y == 0) store_param_grads(f, r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
     if (frozen || !ok) return;
-    const float dbm = r.y / Mf, k = r.w, lo = r.z;
+    const P dbm = r.y / Mf, k = r.w, lo = r.z;
     walk_feature(f, F, N, ok, [&](int kk, long long off) {
         const bool hit = kk < cache_units;
-        const float vx = hit ? cachef[kk * nthreads + tid] : io<T>::load(x + off);
-        const float vd = hit ? cachef[slots + kk * nthreads + tid] : io<T>::load(dy + off);
+        const P vx = hit ? cachef[kk * nthreads + tid] : io<T>::load(x + off);
+        P vd = hit ? cachef[slots + kk * nthreads + tid] : io<T>::load(dy + off);
+        if (EPI && !hit) vd = epi_grad<EPI>(vd, vx, elem_or_0(ep, off), use_y, hi, a, bb, act, alpha);
         io<T>::store(dx + off, dx1(vx, vd, hi, lo, a, dbm, k));
     });
 }
 
-template <typename T>
-__global__ void bn_bwd_dx_pa(const T* x, const T* dy, T* dx, const float* mean, const float* tail, long long N,
-                             long long C, long long S, int flags) {
+template <typename T, int EPI = 0>
+__global__ void bn_bwd_dx_pa(const T* x, const T* dy, T* dx, const typename io<T>::P* mean,
+                             const typename io<T>::P* tail, long long N, long long C, long long S, int flags,
+                             const typename io<T>::P* bias, const T* y, const T* z, T* dz, int act,
+                             typename io<T>::P alpha) {
+    using P = typename io<T>::P;
     const long long F = C * S;
     const long long f = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const bool ok = f < F;
-    float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    float hi = 0.0f;
+    const bool use_y = y && !act_needs_v(act, true);
+    const T* ep = use_y ? y : z;
+    auto p = mk4(P(0), P(0), P(0), P(0));
+    P hi = P(0), bb = P(0);
     if (ok && leader<false>()) {
-        p = *reinterpret_cast<const float4*>(tail + f * BWD_TAIL);
+        p = *reinterpret_cast<const typename pv<P>::v4*>(tail + f * BWD_TAIL);
         hi = mean[f];
+        if (EPI && bias) bb = bias[f];
     }
     p = share<false>(p);
-    const float a = p.x, dbm = p.y, k = p.z, lo = p.w;
-    hi = share<false>(make_float4(hi, 0.0f, 0.0f, 0.0f)).x;
+    const P a = p.x, dbm = p.y, k = p.z, lo = p.w;
+    const auto hb = share<false>(mk4(hi, bb, P(0), P(0)));
+    hi = hb.x;
+    bb = hb.y;
     walk_feature(f, F, N, ok, [&](int, long long off) {
-        io<T>::store(dx + off, dx1(io<T>::load(x + off), io<T>::load(dy + off), hi, lo, a, dbm, k));
+        const P vx = io<T>::load(x + off);
+        P vd = io<T>::load(dy + off);
+        if constexpr (EPI) vd = epi_grad<EPI>(vd, vx, elem_or_0(ep, off), use_y, hi, a, bb, act, alpha);
+        io<T>::store(dx + off, dx1(vx, vd, hi, lo, a, dbm, k));
     });
 }

@@ -53,7 +53,7 @@
 #define BN_ENOTPREPARED (-2)    /* prepare() was not called for this dtype/mode/context */
 #define BN_EWORKSPACE (-3)      /* the descriptor's workspace is smaller than bn_workspace_size() */
 
-/* The split plans' workspace: 32-bit words per entry. */
+/* The split plans' workspace: values of the statistics type P per entry (float; double for float64 data). */
 #define BN_FWD_PART 5           /* per (statistic, CTA) partial: Welford n, mean, variance, compensated sum (2) */
 #define BN_FWD_TAIL 4           /* per statistic for the second launch: the mean (hi, lo), scale * invstd, pad */
 #define BN_BWD_PART 6           /* the backward's compensated sums (dy, dy * (x - hi), x - hi), 2 floats each */
