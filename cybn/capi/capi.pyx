@@ -15,7 +15,7 @@ from cpython.pycapsule cimport PyCapsule_New
 from cuda.bindings cimport cydriver
 
 from cybn.batchnorm.batchnorm cimport (bn_desc, bn_check_desc, bn_prepare_desc, bn_workspace_size, bn_last_error,
-                             bn_forward_train_core, bn_forward_infer_core, bn_backward_core, BN_NKERNELS,
+                             bn_forward_train_ex, bn_forward_infer_ex, bn_backward_ex, BN_NKERNELS,
                              BN_OK, BN_EINVAL, BN_ENOTPREPARED, BN_EWORKSPACE, BN_SPATIAL,
                              BN_PER_ACTIVATION, BN_FLOAT32, BN_FLOAT16, BN_DESC_AFFINE, BN_DESC_ACCUMULATE,
                              BN_DESC_BIASED_RUNNING_VAR)
@@ -101,10 +101,7 @@ cdef const char* _after_prefix(const char* msg, const char* op) noexcept nogil:
 
 # ------------------------------------------------------------------------------------------ prepare
 cdef str _codes(int dtype, int mode):
-    if dtype == CYBN_BFLOAT16 or dtype == CYBN_FLOAT64:
-        return (f"dtype {'CYBN_BFLOAT16' if dtype == CYBN_BFLOAT16 else 'CYBN_FLOAT64'} ({dtype}) is not "
-                f"implemented by this cybn's core yet (CYBN_FLOAT32 and CYBN_FLOAT16 are)")
-    if dtype != CYBN_FLOAT32 and dtype != CYBN_FLOAT16:
+    if dtype < CYBN_FLOAT32 or dtype > CYBN_FLOAT64:
         return (f"dtype must be CYBN_FLOAT32 ({CYBN_FLOAT32}), CYBN_FLOAT16 ({CYBN_FLOAT16}), CYBN_BFLOAT16 "
                 f"({CYBN_BFLOAT16}) or CYBN_FLOAT64 ({CYBN_FLOAT64}), got {dtype}")
     if mode != CYBN_SPATIAL and mode != CYBN_PER_ACTIVATION:
@@ -114,30 +111,46 @@ cdef str _codes(int dtype, int mode):
 
 
 cdef int prepare(int dtype, int mode) except -1:
-    global _n_entries
     cdef bn_desc t
+    bad = _codes(dtype, mode)
+    if bad is not None:
+        msg = ("prepare: " + bad).encode("utf-8", "replace")
+        snprintf(cybn_capi_error, sizeof(cybn_capi_error), "%s", <const char*>msg)
+        raise ValueError("prepare: " + bad)
+    memset(&t, 0, sizeof(t))
+    t.dtype = dtype
+    t.mode = mode
+    return _prepare(&t, "prepare")
+
+
+cdef inline int _epi(const bn_desc* d) noexcept nogil:
+    # the kernels' EPI template argument: the fused epilogue's variants are programs of their own
+    return 1 if d.act != 0 or d.residual else 0
+
+
+cdef inline bint _same_kernels(const bn_desc* a, const bn_desc* b) noexcept nogil:
+    return a.dtype == b.dtype and a.mode == b.mode and a.layout == b.layout and _epi(a) == _epi(b)
+
+
+cdef int _prepare(bn_desc* t, str op) except -1:
+    """Load t's kernels (dtype, mode, layout, epilogue) in the primary context and record them for the nogil calls."""
+    global _n_entries
     cdef cydriver.CUcontext ctx = NULL
     cdef int i
     try:
-        bad = _codes(dtype, mode)
-        if bad is not None:
-            raise ValueError("prepare: " + bad)
-        memset(&t, 0, sizeof(t))
-        t.dtype = dtype
-        t.mode = mode
-        bn_prepare_desc(&t)      # makes the primary context current on this thread
+        bn_prepare_desc(t)      # makes the primary context current on this thread
         cydriver.cuCtxGetCurrent(&ctx)
         for i in range(_n_entries):
-            if _entries[i].ctx == ctx and _entries[i].kernels.dtype == dtype and _entries[i].kernels.mode == mode:
+            if _entries[i].ctx == ctx and _same_kernels(&_entries[i].kernels, t):
                 return 0
         if _n_entries == MAX_PREPARED:
-            raise RuntimeError(f"prepare: more than {MAX_PREPARED} (context, dtype, mode) combinations")
+            raise RuntimeError(f"{op}: more than {MAX_PREPARED} (context, dtype, mode, layout, epilogue) combinations")
     except BaseException as e:
         msg = str(e).encode("utf-8", "replace")
         snprintf(cybn_capi_error, sizeof(cybn_capi_error), "%s", <const char*>msg)
         raise
     _entries[_n_entries].ctx = ctx
-    _entries[_n_entries].kernels = t
+    _entries[_n_entries].kernels = t[0]
     cybn_store_count(&_n_entries, _n_entries + 1)
     return 0
 
@@ -182,6 +195,8 @@ cdef int _check(const cybn_desc* c, bn_desc* d, const char* op) noexcept nogil:
     d.flags = ((BN_DESC_AFFINE if c.flags & CYBN_AFFINE else 0)
                | (BN_DESC_ACCUMULATE if c.flags & CYBN_ACCUMULATE_GRADS else 0)
                | (BN_DESC_BIASED_RUNNING_VAR if c.flags & CYBN_BIASED_RUNNING_VAR else 0))
+    d.layout = c.layout; d.act = c.activation; d.act_alpha = c.activation_alpha
+    d.residual = 1 if c.flags & CYBN_RESIDUAL else 0
     d.scale_grad_alpha = c.scale_grad_alpha; d.scale_grad_beta = c.scale_grad_beta
     d.bias_grad_alpha = c.bias_grad_alpha; d.bias_grad_beta = c.bias_grad_beta
     d.workspace = c.workspace
@@ -217,15 +232,9 @@ cdef int _check_v3(const cybn_desc* c, const char* op) noexcept nogil:
     if c.layout == CYBN_LAYOUT_NHWC:
         return _fail(CYBN_EINVAL, op, "descriptor: CYBN_LAYOUT_NHWC is not implemented by this cybn's core yet "
                      "(CYBN_LAYOUT_NCHW is)")
-    if c.dtype == CYBN_BFLOAT16 or c.dtype == CYBN_FLOAT64:
-        return _fail(CYBN_EINVAL, op, "descriptor: CYBN_BFLOAT16 and CYBN_FLOAT64 data are not implemented by "
-                     "this cybn's core yet (CYBN_FLOAT32 and CYBN_FLOAT16 are)")
-    if c.activation != CYBN_ACT_NONE:
-        return _fail(CYBN_EINVAL, op, "descriptor: fused activations are not implemented by this cybn's core yet "
-                     "(CYBN_ACT_NONE is)")
-    if c.flags & (CYBN_FIX_GAMMA | CYBN_RESIDUAL):
-        return _fail(CYBN_EINVAL, op, "descriptor: CYBN_FIX_GAMMA and CYBN_RESIDUAL are not implemented by this "
-                     "cybn's core yet")
+    if c.flags & CYBN_FIX_GAMMA:
+        return _fail(CYBN_EINVAL, op, "descriptor: CYBN_FIX_GAMMA is not implemented by this cybn's core yet "
+                     "(pass a scale of ones and ignore its gradient)")
     return CYBN_OK
 
 
@@ -249,15 +258,16 @@ cdef int _resolve(const cybn_desc* c, bn_desc* d, const char* op) noexcept nogil
                      "primary context current (prepare() does so on its own thread)")
     cdef int i, n = cybn_load_count(&_n_entries)
     for i in range(n):
-        if _entries[i].ctx == ctx and _entries[i].kernels.dtype == d.dtype and _entries[i].kernels.mode == d.mode:
+        if _entries[i].ctx == ctx and _same_kernels(&_entries[i].kernels, d):
             d.kernels = _entries[i].kernels.kernels
             d.static_shared = _entries[i].kernels.static_shared
             d.sm_count = _entries[i].kernels.sm_count
             d.occ = _entries[i].kernels.occ
             d.smem_budget = _entries[i].kernels.smem_budget
             return CYBN_OK
-    return _fail(CYBN_ENOTPREPARED, op, "kernels not prepared for this dtype and mode in the current context: "
-                 "call prepare(dtype, mode) first (with the GIL)")
+    return _fail(CYBN_ENOTPREPARED, op, "kernels not prepared for this dtype, mode and epilogue in the current "
+                 "context: call prepare(dtype, mode), or prepare_desc(d) for an activation or residual, first "
+                 "(with the GIL)")
 
 
 cdef int workspace_size(const cybn_desc* d, uint64_t* nbytes) noexcept nogil:
@@ -323,15 +333,16 @@ cdef int _forward_train(const cybn_desc* c, cydriver.CUdeviceptr x, cydriver.CUd
         return st
     cdef cydriver.CUdeviceptr data[3]
     cdef cydriver.CUdeviceptr stats[6]
+    if not d.residual:
+        z = 0   # ignored without CYBN_RESIDUAL (cybn.h)
     data[0] = x; data[1] = y; data[2] = z
     stats[0] = scale; stats[1] = bias; stats[2] = running_mean; stats[3] = running_var
     stats[4] = save_mean; stats[5] = save_invstd
     st = _aligned(c, op, data, 3, stats, 6)
     if st != CYBN_OK:
         return st
-    # z is read only with CYBN_RESIDUAL, which _check refuses until the core has the epilogue
-    return _core_status(bn_forward_train_core(&d, x, y, scale, bias, running_mean, running_var, save_mean,
-                                              save_invstd, stream), op, c)
+    return _core_status(bn_forward_train_ex(&d, x, y, scale, bias, running_mean, running_var, save_mean,
+                                            save_invstd, z, stream), op, c)
 
 
 cdef int forward_infer_ex(const cybn_desc* c, cydriver.CUdeviceptr x, cydriver.CUdeviceptr z,
@@ -360,12 +371,14 @@ cdef int _forward_infer(const cybn_desc* c, cydriver.CUdeviceptr x, cydriver.CUd
         return st
     cdef cydriver.CUdeviceptr data[3]
     cdef cydriver.CUdeviceptr stats[4]
+    if not d.residual:
+        z = 0
     data[0] = x; data[1] = y; data[2] = z
     stats[0] = scale; stats[1] = bias; stats[2] = running_mean; stats[3] = running_var
     st = _aligned(c, op, data, 3, stats, 4)
     if st != CYBN_OK:
         return st
-    return _core_status(bn_forward_infer_core(&d, x, y, scale, bias, running_mean, running_var, stream), op, c)
+    return _core_status(bn_forward_infer_ex(&d, x, y, scale, bias, running_mean, running_var, z, stream), op, c)
 
 
 cdef int _backward(const cybn_desc* c, cydriver.CUdeviceptr x, cydriver.CUdeviceptr z, cydriver.CUdeviceptr y,
@@ -381,15 +394,18 @@ cdef int _backward(const cybn_desc* c, cydriver.CUdeviceptr x, cydriver.CUdevice
         d.epsilon = 1.0   # unused: the saved invstd already holds it
     cdef cydriver.CUdeviceptr data[6]
     cdef cydriver.CUdeviceptr stats[6]
+    if not d.residual:
+        z = dz = 0   # ignored without CYBN_RESIDUAL, y without an activation (cybn.h)
+    if d.act == CYBN_ACT_NONE:
+        y = 0
     data[0] = x; data[1] = dy; data[2] = dx; data[3] = z; data[4] = y; data[5] = dz
     stats[0] = scale; stats[1] = mean; stats[2] = stat; stats[3] = scale_grad; stats[4] = bias_grad
     stats[5] = bias
     st = _aligned(c, op, data, 6, stats, 6)
     if st != CYBN_OK:
         return st
-    # z, y, dz and bias serve the epilogue's backward, which _check refuses until the core has it
-    return _core_status(bn_backward_core(&d, x, dy, dx, scale, mean, stat, scale_grad, bias_grad, 0, 0, frozen,
-                                         stream), op, c)
+    return _core_status(bn_backward_ex(&d, x, dy, dx, scale, mean, stat, scale_grad, bias_grad, 0, 0, frozen,
+                                       bias, y, z, dz, stream), op, c)
 
 
 cdef int backward(const cybn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr dy, cydriver.CUdeviceptr dx,
@@ -436,8 +452,7 @@ cdef int prepare_desc(const cybn_desc* c) except -1:
     cdef int st = _check(c, &t, "prepare_desc")
     if st != CYBN_OK:
         raise ValueError((<bytes>cybn_capi_error).decode("utf-8", "replace"))
-    # the kernels of (dtype, mode); layout and epilogue variants join here as the core grows them
-    return prepare(c.dtype, c.mode)
+    return _prepare(&t, "prepare_desc")
 
 
 # ------------------------------------------------------------------------------------------ C table

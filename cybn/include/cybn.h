@@ -165,7 +165,8 @@ typedef struct cybn_api {
     /* GIL held. Compiles and loads every kernel d needs (its dtype, mode, layout and epilogue): prepare()
      * for a version 3 descriptor. 0, CYBN_EINVAL (bad descriptor, nothing compiled) or CYBN_EPYTHON. */
     int (*prepare_desc)(const cybn_desc *d);
-    /* forward_train with the residual z (read with CYBN_RESIDUAL, else ignored and may be 0). */
+    /* forward_train with the residual z (read with CYBN_RESIDUAL, else ignored and may be 0). In the *_ex
+     * calls z and dz are ignored without CYBN_RESIDUAL, and y (backward) without an activation. */
     int (*forward_train_ex)(const cybn_desc *d, cybn_deviceptr x, cybn_deviceptr z, cybn_deviceptr y,
                             cybn_deviceptr scale, cybn_deviceptr bias, cybn_deviceptr running_mean,
                             cybn_deviceptr running_var, cybn_deviceptr save_mean, cybn_deviceptr save_invstd,
