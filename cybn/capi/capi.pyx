@@ -266,8 +266,8 @@ cdef int _resolve(const cybn_desc* c, bn_desc* d, const char* op) noexcept nogil
             d.smem_budget = _entries[i].kernels.smem_budget
             return CYBN_OK
     return _fail(CYBN_ENOTPREPARED, op, "kernels not prepared for this dtype, mode and epilogue in the current "
-                 "context: call prepare(dtype, mode), or prepare_desc(d) for an activation or residual, first "
-                 "(with the GIL)")
+                 "context: call prepare(dtype, mode) first (with the GIL; prepare_desc(d) for an activation or "
+                 "a residual)")
 
 
 cdef int workspace_size(const cybn_desc* d, uint64_t* nbytes) noexcept nogil:

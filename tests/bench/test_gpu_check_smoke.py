@@ -27,10 +27,15 @@ def test_smoke_run_passes_and_labels_timings(smoke):
     assert smoke.returncode == 0, smoke.stdout + smoke.stderr
     lines = smoke.stdout.splitlines()
     assert lines[0].startswith("device: cybn software GPU")
-    # 3 shapes x 2 dtypes x 4 entry points x (affine, non-affine)
-    assert "correctness: 48 of 48 calls match the float64 reference" in lines
+    # the dtypes the engine offers (float32, float16, and bfloat16 with ml_dtypes once the core has it)
+    offers = next(line for line in lines if line.startswith("engine offers:"))
+    ndt = len(offers.split("dtypes ")[1].split(";")[0].split(", "))
+    assert ndt >= 2
+    # 3 shapes x the dtypes x 4 entry points x (affine, non-affine)
+    n = 3 * ndt * 4 * 2
+    assert f"correctness: {n} of {n} calls match the float64 reference" in lines
     timed = [line for line in lines if line.strip().startswith("(")]  # the timing table's rows
-    assert len(timed) == 2 * 2 * 3  # (copy, cybn) x 2 dtypes x 3 ops
+    assert len(timed) == 2 * ndt * 3  # (copy, cybn) x the dtypes x 3 ops
     assert sorted({line.split()[6] for line in timed}) == ["copy", "cybn"]
     assert all(line.endswith("[software GPU: meaningless as a GPU timing]") for line in timed)
     assert lines[-1] == "gpu_check: correctness passed"
@@ -39,8 +44,10 @@ def test_smoke_run_passes_and_labels_timings(smoke):
 def test_a_wrong_reference_fails_the_run():
     out = run("--inject-wrong-reference", "0.05")
     assert out.returncode == 1, out.stdout
-    assert "gpu_check: 48 correctness failure(s)" in out.stdout
-    assert sum(line.startswith("FAIL ") for line in out.stdout.splitlines()) == 48
+    offers = next(line for line in out.stdout.splitlines() if line.startswith("engine offers:"))
+    n = 3 * len(offers.split("dtypes ")[1].split(";")[0].split(", ")) * 4 * 2
+    assert f"gpu_check: {n} correctness failure(s)" in out.stdout
+    assert sum(line.startswith("FAIL ") for line in out.stdout.splitlines()) == n
 
 
 def test_check_case_compares_every_output(rng=np.random.default_rng(3)):
