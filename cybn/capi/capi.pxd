@@ -16,8 +16,23 @@ cdef extern from "cybn.h":
         CYBN_PER_ACTIVATION
         CYBN_FLOAT32
         CYBN_FLOAT16
+        CYBN_BFLOAT16
+        CYBN_FLOAT64
+        CYBN_LAYOUT_NCHW
+        CYBN_LAYOUT_NHWC
+        CYBN_ACT_NONE
+        CYBN_ACT_RELU
+        CYBN_ACT_CLIPPED_RELU
+        CYBN_ACT_LEAKY_RELU
+        CYBN_ACT_ELU
+        CYBN_ACT_SIGMOID
+        CYBN_ACT_TANH
+        CYBN_ACT_SWISH
         CYBN_AFFINE
         CYBN_ACCUMULATE_GRADS
+        CYBN_BIASED_RUNNING_VAR
+        CYBN_FIX_GAMMA
+        CYBN_RESIDUAL
         CYBN_OK
         CYBN_EINVAL
         CYBN_ENOTPREPARED
@@ -30,7 +45,7 @@ cdef extern from "cybn.h":
         int32_t mode
         int32_t dtype
         int32_t flags
-        int32_t reserved0
+        int32_t layout
         int64_t N
         int64_t C
         int64_t S
@@ -42,7 +57,9 @@ cdef extern from "cybn.h":
         float scale_grad_beta
         float bias_grad_alpha
         float bias_grad_beta
-        uint64_t reserved[6]
+        int32_t activation
+        float activation_alpha
+        uint64_t reserved[5]
 
     ctypedef struct cybn_api:
         uint32_t version
@@ -64,6 +81,22 @@ cdef extern from "cybn.h":
                               cybn_deviceptr scale, cybn_deviceptr running_mean, cybn_deviceptr running_var,
                               cybn_deviceptr scale_grad, cybn_deviceptr bias_grad, void* stream) noexcept nogil
         const char* (*last_error)() noexcept nogil
+        int (*prepare_desc)(const cybn_desc* d) except -4
+        int (*forward_train_ex)(const cybn_desc* d, cybn_deviceptr x, cybn_deviceptr z, cybn_deviceptr y,
+                                cybn_deviceptr scale, cybn_deviceptr bias, cybn_deviceptr running_mean,
+                                cybn_deviceptr running_var, cybn_deviceptr save_mean, cybn_deviceptr save_invstd,
+                                void* stream) noexcept nogil
+        int (*forward_infer_ex)(const cybn_desc* d, cybn_deviceptr x, cybn_deviceptr z, cybn_deviceptr y,
+                                cybn_deviceptr scale, cybn_deviceptr bias, cybn_deviceptr running_mean,
+                                cybn_deviceptr running_var, void* stream) noexcept nogil
+        int (*backward_ex)(const cybn_desc* d, cybn_deviceptr x, cybn_deviceptr z, cybn_deviceptr y,
+                           cybn_deviceptr dy, cybn_deviceptr dx, cybn_deviceptr dz, cybn_deviceptr scale,
+                           cybn_deviceptr bias, cybn_deviceptr save_mean, cybn_deviceptr save_invstd,
+                           cybn_deviceptr scale_grad, cybn_deviceptr bias_grad, void* stream) noexcept nogil
+        int (*backward_infer_ex)(const cybn_desc* d, cybn_deviceptr x, cybn_deviceptr z, cybn_deviceptr y,
+                                 cybn_deviceptr dy, cybn_deviceptr dx, cybn_deviceptr dz, cybn_deviceptr scale,
+                                 cybn_deviceptr bias, cybn_deviceptr running_mean, cybn_deviceptr running_var,
+                                 cybn_deviceptr scale_grad, cybn_deviceptr bias_grad, void* stream) noexcept nogil
 
 
 # With the GIL: compile (once per process) and load (once per context) the kernels of
@@ -93,3 +126,28 @@ cdef int backward_infer(const cybn_desc* d, cydriver.CUdeviceptr x, cydriver.CUd
                         cydriver.CUdeviceptr bias_grad, cydriver.CUstream stream) noexcept nogil
 # This thread's last error message ("" if none).
 cdef const char* last_error() noexcept nogil
+
+# Version 3: every kernel a descriptor needs (dtype, mode, layout, epilogue), with the GIL; raises on failure.
+cdef int prepare_desc(const cybn_desc* d) except -1
+# The fused epilogue's arrays: z (residual, read with CYBN_RESIDUAL), y (backward: the forward's output, 0 to
+# recompute act' from x), dz (backward: z's gradient, written with CYBN_RESIDUAL); bias for the recompute.
+cdef int forward_train_ex(const cybn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr z,
+                          cydriver.CUdeviceptr y, cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                          cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
+                          cydriver.CUdeviceptr save_mean, cydriver.CUdeviceptr save_invstd,
+                          cydriver.CUstream stream) noexcept nogil
+cdef int forward_infer_ex(const cybn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr z,
+                          cydriver.CUdeviceptr y, cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                          cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
+                          cydriver.CUstream stream) noexcept nogil
+cdef int backward_ex(const cybn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr z, cydriver.CUdeviceptr y,
+                     cydriver.CUdeviceptr dy, cydriver.CUdeviceptr dx, cydriver.CUdeviceptr dz,
+                     cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias, cydriver.CUdeviceptr save_mean,
+                     cydriver.CUdeviceptr save_invstd, cydriver.CUdeviceptr scale_grad,
+                     cydriver.CUdeviceptr bias_grad, cydriver.CUstream stream) noexcept nogil
+cdef int backward_infer_ex(const cybn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr z,
+                           cydriver.CUdeviceptr y, cydriver.CUdeviceptr dy, cydriver.CUdeviceptr dx,
+                           cydriver.CUdeviceptr dz, cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                           cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
+                           cydriver.CUdeviceptr scale_grad, cydriver.CUdeviceptr bias_grad,
+                           cydriver.CUstream stream) noexcept nogil

@@ -15,9 +15,10 @@ from cpython.pycapsule cimport PyCapsule_New
 from cuda.bindings cimport cydriver
 
 from cybn.batchnorm.batchnorm cimport (bn_desc, bn_check_desc, bn_prepare_desc, bn_workspace_size, bn_last_error,
-                             bn_forward_train_core, bn_forward_infer_core, bn_backward_core, BN_NKERNELS,
+                             bn_forward_train_ex, bn_forward_infer_ex, bn_backward_ex, BN_NKERNELS,
                              BN_OK, BN_EINVAL, BN_ENOTPREPARED, BN_EWORKSPACE, BN_SPATIAL,
-                             BN_PER_ACTIVATION, BN_FLOAT32, BN_FLOAT16, BN_DESC_AFFINE, BN_DESC_ACCUMULATE)
+                             BN_PER_ACTIVATION, BN_FLOAT32, BN_FLOAT16, BN_DESC_AFFINE, BN_DESC_ACCUMULATE,
+                             BN_DESC_BIASED_RUNNING_VAR)
 from libc.math cimport isfinite
 
 cdef extern from *:
@@ -32,10 +33,10 @@ cdef extern from *:
     void cybn_store_count(int* p, int v) noexcept nogil
 
 # cybn.h's codes are the core's (checked once at import; a mismatch would silently mistranslate).
-if (CYBN_SPATIAL, CYBN_PER_ACTIVATION, CYBN_FLOAT32, CYBN_FLOAT16, CYBN_AFFINE, CYBN_ACCUMULATE_GRADS, CYBN_OK,
-        CYBN_EINVAL, CYBN_ENOTPREPARED, CYBN_EWORKSPACE) != (BN_SPATIAL, BN_PER_ACTIVATION, BN_FLOAT32, BN_FLOAT16,
-                                                              BN_DESC_AFFINE, BN_DESC_ACCUMULATE, BN_OK, BN_EINVAL,
-                                                              BN_ENOTPREPARED, BN_EWORKSPACE):
+if (CYBN_SPATIAL, CYBN_PER_ACTIVATION, CYBN_FLOAT32, CYBN_FLOAT16, CYBN_AFFINE, CYBN_ACCUMULATE_GRADS,
+        CYBN_BIASED_RUNNING_VAR, CYBN_OK, CYBN_EINVAL, CYBN_ENOTPREPARED, CYBN_EWORKSPACE) != (
+        BN_SPATIAL, BN_PER_ACTIVATION, BN_FLOAT32, BN_FLOAT16, BN_DESC_AFFINE, BN_DESC_ACCUMULATE,
+        BN_DESC_BIASED_RUNNING_VAR, BN_OK, BN_EINVAL, BN_ENOTPREPARED, BN_EWORKSPACE):
     raise ImportError("cybn.capi: cybn.h's constants disagree with cybn.batchnorm's core")
 
 C_API_VERSION = CYBN_C_API_VERSION
@@ -100,8 +101,9 @@ cdef const char* _after_prefix(const char* msg, const char* op) noexcept nogil:
 
 # ------------------------------------------------------------------------------------------ prepare
 cdef str _codes(int dtype, int mode):
-    if dtype != CYBN_FLOAT32 and dtype != CYBN_FLOAT16:
-        return f"dtype must be CYBN_FLOAT32 ({CYBN_FLOAT32}) or CYBN_FLOAT16 ({CYBN_FLOAT16}), got {dtype}"
+    if dtype < CYBN_FLOAT32 or dtype > CYBN_FLOAT64:
+        return (f"dtype must be CYBN_FLOAT32 ({CYBN_FLOAT32}), CYBN_FLOAT16 ({CYBN_FLOAT16}), CYBN_BFLOAT16 "
+                f"({CYBN_BFLOAT16}) or CYBN_FLOAT64 ({CYBN_FLOAT64}), got {dtype}")
     if mode != CYBN_SPATIAL and mode != CYBN_PER_ACTIVATION:
         return (f"mode must be CYBN_SPATIAL ({CYBN_SPATIAL}) or CYBN_PER_ACTIVATION ({CYBN_PER_ACTIVATION}), "
                 f"got {mode}")
@@ -109,30 +111,46 @@ cdef str _codes(int dtype, int mode):
 
 
 cdef int prepare(int dtype, int mode) except -1:
-    global _n_entries
     cdef bn_desc t
+    bad = _codes(dtype, mode)
+    if bad is not None:
+        msg = ("prepare: " + bad).encode("utf-8", "replace")
+        snprintf(cybn_capi_error, sizeof(cybn_capi_error), "%s", <const char*>msg)
+        raise ValueError("prepare: " + bad)
+    memset(&t, 0, sizeof(t))
+    t.dtype = dtype
+    t.mode = mode
+    return _prepare(&t, "prepare")
+
+
+cdef inline int _epi(const bn_desc* d) noexcept nogil:
+    # the kernels' EPI template argument: the fused epilogue's variants are programs of their own
+    return 1 if d.act != 0 or d.residual else 0
+
+
+cdef inline bint _same_kernels(const bn_desc* a, const bn_desc* b) noexcept nogil:
+    return a.dtype == b.dtype and a.mode == b.mode and a.layout == b.layout and _epi(a) == _epi(b)
+
+
+cdef int _prepare(bn_desc* t, str op) except -1:
+    """Load t's kernels (dtype, mode, layout, epilogue) in the primary context and record them for the nogil calls."""
+    global _n_entries
     cdef cydriver.CUcontext ctx = NULL
     cdef int i
     try:
-        bad = _codes(dtype, mode)
-        if bad is not None:
-            raise ValueError("prepare: " + bad)
-        memset(&t, 0, sizeof(t))
-        t.dtype = dtype
-        t.mode = mode
-        bn_prepare_desc(&t)      # makes the primary context current on this thread
+        bn_prepare_desc(t)      # makes the primary context current on this thread
         cydriver.cuCtxGetCurrent(&ctx)
         for i in range(_n_entries):
-            if _entries[i].ctx == ctx and _entries[i].kernels.dtype == dtype and _entries[i].kernels.mode == mode:
+            if _entries[i].ctx == ctx and _same_kernels(&_entries[i].kernels, t):
                 return 0
         if _n_entries == MAX_PREPARED:
-            raise RuntimeError(f"prepare: more than {MAX_PREPARED} (context, dtype, mode) combinations")
+            raise RuntimeError(f"{op}: more than {MAX_PREPARED} (context, dtype, mode, layout, epilogue) combinations")
     except BaseException as e:
         msg = str(e).encode("utf-8", "replace")
         snprintf(cybn_capi_error, sizeof(cybn_capi_error), "%s", <const char*>msg)
         raise
     _entries[_n_entries].ctx = ctx
-    _entries[_n_entries].kernels = t
+    _entries[_n_entries].kernels = t[0]
     cybn_store_count(&_n_entries, _n_entries + 1)
     return 0
 
@@ -159,21 +177,26 @@ cdef int _check(const cybn_desc* c, bn_desc* d, const char* op) noexcept nogil:
     cdef int i
     if c == NULL:
         return _fail(CYBN_EINVAL, op, "descriptor pointer is NULL")
-    if c.reserved0 != 0:
-        return _fail(CYBN_EINVAL, op, "descriptor: reserved fields must be zero (fill it with desc_init)")
-    for i in range(6):
+    for i in range(5):
         if c.reserved[i] != 0:
             return _fail(CYBN_EINVAL, op, "descriptor: reserved fields must be zero (fill it with desc_init)")
-    if c.flags & ~(CYBN_AFFINE | CYBN_ACCUMULATE_GRADS):
-        return _fail(CYBN_EINVAL, op, "descriptor: unknown flags (CYBN_AFFINE and CYBN_ACCUMULATE_GRADS are defined)")
+    if c.flags & ~_KNOWN_FLAGS:
+        return _fail(CYBN_EINVAL, op, "descriptor: unknown flags (CYBN_AFFINE, CYBN_ACCUMULATE_GRADS, "
+                     "CYBN_BIASED_RUNNING_VAR, CYBN_FIX_GAMMA and CYBN_RESIDUAL are defined)")
+    cdef int st = _check_v3(c, op)
+    if st != CYBN_OK:
+        return st
     if c.flags & CYBN_ACCUMULATE_GRADS and not (isfinite(c.scale_grad_alpha) and isfinite(c.scale_grad_beta)
                                                 and isfinite(c.bias_grad_alpha) and isfinite(c.bias_grad_beta)):
         return _fail(CYBN_EINVAL, op, "descriptor: scale_grad_alpha/beta and bias_grad_alpha/beta must be finite")
     memset(d, 0, sizeof(bn_desc))
     d.mode = c.mode; d.dtype = c.dtype; d.N = c.N; d.C = c.C; d.S = c.S
     d.epsilon = c.epsilon; d.factor = c.factor
-    d.flags = (BN_DESC_AFFINE if c.flags & CYBN_AFFINE else 0) | (
-        BN_DESC_ACCUMULATE if c.flags & CYBN_ACCUMULATE_GRADS else 0)
+    d.flags = ((BN_DESC_AFFINE if c.flags & CYBN_AFFINE else 0)
+               | (BN_DESC_ACCUMULATE if c.flags & CYBN_ACCUMULATE_GRADS else 0)
+               | (BN_DESC_BIASED_RUNNING_VAR if c.flags & CYBN_BIASED_RUNNING_VAR else 0))
+    d.layout = c.layout; d.act = c.activation; d.act_alpha = c.activation_alpha
+    d.residual = 1 if c.flags & CYBN_RESIDUAL else 0
     d.scale_grad_alpha = c.scale_grad_alpha; d.scale_grad_beta = c.scale_grad_beta
     d.bias_grad_alpha = c.bias_grad_alpha; d.bias_grad_beta = c.bias_grad_beta
     d.workspace = c.workspace
@@ -182,6 +205,46 @@ cdef int _check(const cybn_desc* c, bn_desc* d, const char* op) noexcept nogil:
     if c.workspace % 16 != 0:
         return _fail(CYBN_EINVAL, op, "descriptor: workspace is not 16-byte aligned")
     return _core_status(bn_check_desc(d), op, c)
+
+
+cdef enum:
+    _KNOWN_FLAGS = CYBN_AFFINE | CYBN_ACCUMULATE_GRADS | CYBN_BIASED_RUNNING_VAR | CYBN_FIX_GAMMA | CYBN_RESIDUAL
+
+
+cdef int _check_v3(const cybn_desc* c, const char* op) noexcept nogil:
+    """Version 3's fields: the codes and alpha checked for what they mean; what this build's core cannot do
+    yet refused by name (CYBN_EINVAL, nothing launched) rather than silently ignored."""
+    if c.layout != CYBN_LAYOUT_NCHW and c.layout != CYBN_LAYOUT_NHWC:
+        return _fail(CYBN_EINVAL, op, "descriptor: layout must be CYBN_LAYOUT_NCHW (0) or CYBN_LAYOUT_NHWC (1)")
+    if c.layout == CYBN_LAYOUT_NHWC and c.mode == CYBN_PER_ACTIVATION:
+        return _fail(CYBN_EINVAL, op, "descriptor: CYBN_PER_ACTIVATION has one layout (rows of C * S "
+                     "statistics): use CYBN_LAYOUT_NCHW")
+    if c.activation < CYBN_ACT_NONE or c.activation > CYBN_ACT_SWISH:
+        return _fail(CYBN_EINVAL, op, "descriptor: activation must be a CYBN_ACT_* code (0 to 7)")
+    if not isfinite(c.activation_alpha):
+        return _fail(CYBN_EINVAL, op, "descriptor: activation_alpha must be finite")
+    if c.activation == CYBN_ACT_CLIPPED_RELU and not c.activation_alpha > 0:
+        return _fail(CYBN_EINVAL, op, "descriptor: CYBN_ACT_CLIPPED_RELU needs activation_alpha > 0 (its ceiling; "
+                     "relu6: 6)")
+    if (c.activation == CYBN_ACT_LEAKY_RELU or c.activation == CYBN_ACT_ELU) and c.activation_alpha < 0:
+        return _fail(CYBN_EINVAL, op, "descriptor: CYBN_ACT_LEAKY_RELU and CYBN_ACT_ELU need activation_alpha >= 0")
+    # ---- not in this build's core yet (issue 11): refused by name
+    if c.layout == CYBN_LAYOUT_NHWC:
+        return _fail(CYBN_EINVAL, op, "descriptor: CYBN_LAYOUT_NHWC is not implemented by this cybn's core yet "
+                     "(CYBN_LAYOUT_NCHW is)")
+    if c.flags & CYBN_FIX_GAMMA:
+        return _fail(CYBN_EINVAL, op, "descriptor: CYBN_FIX_GAMMA is not implemented by this cybn's core yet "
+                     "(pass a scale of ones and ignore its gradient)")
+    return CYBN_OK
+
+
+cdef int _v2_entry(const cybn_desc* c, int backward, const char* op) noexcept nogil:
+    """The version 2 entries take no z, dz, y or (backward) bias: refuse what needs them."""
+    if c != NULL and c.flags & CYBN_RESIDUAL:
+        return _fail(CYBN_EINVAL, op, "CYBN_RESIDUAL needs the residual's arrays: call the *_ex entry")
+    if c != NULL and backward and c.activation != CYBN_ACT_NONE:
+        return _fail(CYBN_EINVAL, op, "a backward through an activation needs y or bias: call the *_ex entry")
+    return CYBN_OK
 
 
 cdef int _resolve(const cybn_desc* c, bn_desc* d, const char* op) noexcept nogil:
@@ -195,15 +258,16 @@ cdef int _resolve(const cybn_desc* c, bn_desc* d, const char* op) noexcept nogil
                      "primary context current (prepare() does so on its own thread)")
     cdef int i, n = cybn_load_count(&_n_entries)
     for i in range(n):
-        if _entries[i].ctx == ctx and _entries[i].kernels.dtype == d.dtype and _entries[i].kernels.mode == d.mode:
+        if _entries[i].ctx == ctx and _same_kernels(&_entries[i].kernels, d):
             d.kernels = _entries[i].kernels.kernels
             d.static_shared = _entries[i].kernels.static_shared
             d.sm_count = _entries[i].kernels.sm_count
             d.occ = _entries[i].kernels.occ
             d.smem_budget = _entries[i].kernels.smem_budget
             return CYBN_OK
-    return _fail(CYBN_ENOTPREPARED, op, "kernels not prepared for this dtype and mode in the current context: "
-                 "call prepare(dtype, mode) first (with the GIL)")
+    return _fail(CYBN_ENOTPREPARED, op, "kernels not prepared for this dtype, mode and epilogue in the current "
+                 "context: call prepare(dtype, mode) first (with the GIL; prepare_desc(d) for an activation or "
+                 "a residual)")
 
 
 cdef int workspace_size(const cybn_desc* d, uint64_t* nbytes) noexcept nogil:
@@ -221,18 +285,30 @@ cdef inline bint _misaligned(cydriver.CUdeviceptr p, int size) noexcept nogil:
     return p % size != 0
 
 
-cdef int _aligned(const bn_desc* d, const char* op, cydriver.CUdeviceptr* data, int ndata,
+cdef int _aligned(const cybn_desc* c, const char* op, cydriver.CUdeviceptr* data, int ndata,
                   cydriver.CUdeviceptr* stats, int nstats) noexcept nogil:
-    """Data pointers on their element size, statistics on 4 bytes (null pointers are the core's to judge)."""
-    cdef int i, size = 2 if d.dtype == BN_FLOAT16 else 4
+    """Data pointers on their element size, parameters on theirs (null pointers are the core's to judge)."""
+    cdef int i
+    cdef int size = 2 if c.dtype == CYBN_FLOAT16 or c.dtype == CYBN_BFLOAT16 else (8 if c.dtype == CYBN_FLOAT64 else 4)
+    cdef int psize = 8 if c.dtype == CYBN_FLOAT64 else 4
     for i in range(ndata):
         if _misaligned(data[i], size):
-            return _fail(CYBN_EINVAL, op, "a data pointer (x, y, dy or dx) is not aligned to its element size")
+            return _fail(CYBN_EINVAL, op, "a data pointer (x, y, dy, dx, z or dz) is not aligned to its element size")
     for i in range(nstats):
-        if _misaligned(stats[i], 4):
-            return _fail(CYBN_EINVAL, op, "a float32 pointer (scale, bias, statistics, gradients) is not "
-                         "4-byte aligned")
+        if _misaligned(stats[i], psize):
+            return _fail(CYBN_EINVAL, op, "a parameter pointer (scale, bias, statistics, gradients) is not "
+                         "4-byte aligned" if psize == 4 else "a float64 parameter pointer (scale, bias, "
+                         "statistics, gradients) is not 8-byte aligned")
     return CYBN_OK
+
+
+cdef int forward_train_ex(const cybn_desc* c, cydriver.CUdeviceptr x, cydriver.CUdeviceptr z,
+                          cydriver.CUdeviceptr y, cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                          cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
+                          cydriver.CUdeviceptr save_mean, cydriver.CUdeviceptr save_invstd,
+                          cydriver.CUstream stream) noexcept nogil:
+    return _forward_train(c, x, z, y, scale, bias, running_mean, running_var, save_mean, save_invstd, stream,
+                          "forward_train_ex")
 
 
 cdef int forward_train(const cybn_desc* c, cydriver.CUdeviceptr x, cydriver.CUdeviceptr y,
@@ -240,75 +316,143 @@ cdef int forward_train(const cybn_desc* c, cydriver.CUdeviceptr x, cydriver.CUde
                        cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
                        cydriver.CUdeviceptr save_mean, cydriver.CUdeviceptr save_invstd,
                        cydriver.CUstream stream) noexcept nogil:
+    if _v2_entry(c, 0, "forward_train") != CYBN_OK:
+        return CYBN_EINVAL
+    return _forward_train(c, x, 0, y, scale, bias, running_mean, running_var, save_mean, save_invstd, stream,
+                          "forward_train")
+
+
+cdef int _forward_train(const cybn_desc* c, cydriver.CUdeviceptr x, cydriver.CUdeviceptr z,
+                        cydriver.CUdeviceptr y, cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                        cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
+                        cydriver.CUdeviceptr save_mean, cydriver.CUdeviceptr save_invstd,
+                        cydriver.CUstream stream, const char* op) noexcept nogil:
     cdef bn_desc d
-    cdef int st = _resolve(c, &d, "forward_train")
+    cdef int st = _resolve(c, &d, op)
     if st != CYBN_OK:
         return st
-    cdef cydriver.CUdeviceptr data[2]
+    cdef cydriver.CUdeviceptr data[3]
     cdef cydriver.CUdeviceptr stats[6]
-    data[0] = x; data[1] = y
+    if not d.residual:
+        z = 0   # ignored without CYBN_RESIDUAL (cybn.h)
+    data[0] = x; data[1] = y; data[2] = z
     stats[0] = scale; stats[1] = bias; stats[2] = running_mean; stats[3] = running_var
     stats[4] = save_mean; stats[5] = save_invstd
-    st = _aligned(&d, "forward_train", data, 2, stats, 6)
+    st = _aligned(c, op, data, 3, stats, 6)
     if st != CYBN_OK:
         return st
-    return _core_status(bn_forward_train_core(&d, x, y, scale, bias, running_mean, running_var, save_mean,
-                                              save_invstd, stream), "forward_train", c)
+    return _core_status(bn_forward_train_ex(&d, x, y, scale, bias, running_mean, running_var, save_mean,
+                                            save_invstd, z, stream), op, c)
+
+
+cdef int forward_infer_ex(const cybn_desc* c, cydriver.CUdeviceptr x, cydriver.CUdeviceptr z,
+                          cydriver.CUdeviceptr y, cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                          cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
+                          cydriver.CUstream stream) noexcept nogil:
+    return _forward_infer(c, x, z, y, scale, bias, running_mean, running_var, stream, "forward_infer_ex")
 
 
 cdef int forward_infer(const cybn_desc* c, cydriver.CUdeviceptr x, cydriver.CUdeviceptr y,
                        cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
                        cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
                        cydriver.CUstream stream) noexcept nogil:
+    if _v2_entry(c, 0, "forward_infer") != CYBN_OK:
+        return CYBN_EINVAL
+    return _forward_infer(c, x, 0, y, scale, bias, running_mean, running_var, stream, "forward_infer")
+
+
+cdef int _forward_infer(const cybn_desc* c, cydriver.CUdeviceptr x, cydriver.CUdeviceptr z,
+                        cydriver.CUdeviceptr y, cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                        cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
+                        cydriver.CUstream stream, const char* op) noexcept nogil:
     cdef bn_desc d
-    cdef int st = _resolve(c, &d, "forward_infer")
+    cdef int st = _resolve(c, &d, op)
     if st != CYBN_OK:
         return st
-    cdef cydriver.CUdeviceptr data[2]
+    cdef cydriver.CUdeviceptr data[3]
     cdef cydriver.CUdeviceptr stats[4]
-    data[0] = x; data[1] = y
+    if not d.residual:
+        z = 0
+    data[0] = x; data[1] = y; data[2] = z
     stats[0] = scale; stats[1] = bias; stats[2] = running_mean; stats[3] = running_var
-    st = _aligned(&d, "forward_infer", data, 2, stats, 4)
+    st = _aligned(c, op, data, 3, stats, 4)
     if st != CYBN_OK:
         return st
-    return _core_status(bn_forward_infer_core(&d, x, y, scale, bias, running_mean, running_var, stream),
-                        "forward_infer", c)
+    return _core_status(bn_forward_infer_ex(&d, x, y, scale, bias, running_mean, running_var, z, stream), op, c)
 
 
-cdef int _backward(const cybn_desc* c, cydriver.CUdeviceptr x, cydriver.CUdeviceptr dy, cydriver.CUdeviceptr dx,
-                   cydriver.CUdeviceptr scale, cydriver.CUdeviceptr mean, cydriver.CUdeviceptr stat,
-                   cydriver.CUdeviceptr scale_grad, cydriver.CUdeviceptr bias_grad, int frozen,
-                   cydriver.CUstream stream, const char* op) noexcept nogil:
+cdef int _backward(const cybn_desc* c, cydriver.CUdeviceptr x, cydriver.CUdeviceptr z, cydriver.CUdeviceptr y,
+                   cydriver.CUdeviceptr dy, cydriver.CUdeviceptr dx, cydriver.CUdeviceptr dz,
+                   cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias, cydriver.CUdeviceptr mean,
+                   cydriver.CUdeviceptr stat, cydriver.CUdeviceptr scale_grad, cydriver.CUdeviceptr bias_grad,
+                   int frozen, cydriver.CUstream stream, const char* op) noexcept nogil:
     cdef bn_desc d
     cdef int st = _resolve(c, &d, op)
     if st != CYBN_OK:
         return st
     if not frozen:
         d.epsilon = 1.0   # unused: the saved invstd already holds it
-    cdef cydriver.CUdeviceptr data[3]
-    cdef cydriver.CUdeviceptr stats[5]
-    data[0] = x; data[1] = dy; data[2] = dx
+    cdef cydriver.CUdeviceptr data[6]
+    cdef cydriver.CUdeviceptr stats[6]
+    if not d.residual:
+        z = dz = 0   # ignored without CYBN_RESIDUAL, y without an activation (cybn.h)
+    if d.act == CYBN_ACT_NONE:
+        y = 0
+    data[0] = x; data[1] = dy; data[2] = dx; data[3] = z; data[4] = y; data[5] = dz
     stats[0] = scale; stats[1] = mean; stats[2] = stat; stats[3] = scale_grad; stats[4] = bias_grad
-    st = _aligned(&d, op, data, 3, stats, 5)
+    stats[5] = bias
+    st = _aligned(c, op, data, 6, stats, 6)
     if st != CYBN_OK:
         return st
-    return _core_status(bn_backward_core(&d, x, dy, dx, scale, mean, stat, scale_grad, bias_grad, 0, 0, frozen,
-                                         stream), op, c)
+    return _core_status(bn_backward_ex(&d, x, dy, dx, scale, mean, stat, scale_grad, bias_grad, 0, 0, frozen,
+                                       bias, y, z, dz, stream), op, c)
 
 
 cdef int backward(const cybn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr dy, cydriver.CUdeviceptr dx,
                   cydriver.CUdeviceptr scale, cydriver.CUdeviceptr save_mean, cydriver.CUdeviceptr save_invstd,
                   cydriver.CUdeviceptr scale_grad, cydriver.CUdeviceptr bias_grad,
                   cydriver.CUstream stream) noexcept nogil:
-    return _backward(d, x, dy, dx, scale, save_mean, save_invstd, scale_grad, bias_grad, 0, stream, "backward")
+    if _v2_entry(d, 1, "backward") != CYBN_OK:
+        return CYBN_EINVAL
+    return _backward(d, x, 0, 0, dy, dx, 0, scale, 0, save_mean, save_invstd, scale_grad, bias_grad, 0, stream,
+                     "backward")
 
 
 cdef int backward_infer(const cybn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr dy,
                         cydriver.CUdeviceptr dx, cydriver.CUdeviceptr scale, cydriver.CUdeviceptr running_mean,
                         cydriver.CUdeviceptr running_var, cydriver.CUdeviceptr scale_grad,
                         cydriver.CUdeviceptr bias_grad, cydriver.CUstream stream) noexcept nogil:
-    return _backward(d, x, dy, dx, scale, running_mean, running_var, scale_grad, bias_grad, 1, stream,
+    if _v2_entry(d, 1, "backward_infer") != CYBN_OK:
+        return CYBN_EINVAL
+    return _backward(d, x, 0, 0, dy, dx, 0, scale, 0, running_mean, running_var, scale_grad, bias_grad, 1, stream,
                      "backward_infer")
+
+
+cdef int backward_ex(const cybn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr z, cydriver.CUdeviceptr y,
+                     cydriver.CUdeviceptr dy, cydriver.CUdeviceptr dx, cydriver.CUdeviceptr dz,
+                     cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias, cydriver.CUdeviceptr save_mean,
+                     cydriver.CUdeviceptr save_invstd, cydriver.CUdeviceptr scale_grad,
+                     cydriver.CUdeviceptr bias_grad, cydriver.CUstream stream) noexcept nogil:
+    return _backward(d, x, z, y, dy, dx, dz, scale, bias, save_mean, save_invstd, scale_grad, bias_grad, 0, stream,
+                     "backward_ex")
+
+
+cdef int backward_infer_ex(const cybn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr z,
+                           cydriver.CUdeviceptr y, cydriver.CUdeviceptr dy, cydriver.CUdeviceptr dx,
+                           cydriver.CUdeviceptr dz, cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                           cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
+                           cydriver.CUdeviceptr scale_grad, cydriver.CUdeviceptr bias_grad,
+                           cydriver.CUstream stream) noexcept nogil:
+    return _backward(d, x, z, y, dy, dx, dz, scale, bias, running_mean, running_var, scale_grad, bias_grad, 1,
+                     stream, "backward_infer_ex")
+
+
+cdef int prepare_desc(const cybn_desc* c) except -1:
+    cdef bn_desc t
+    cdef int st = _check(c, &t, "prepare_desc")
+    if st != CYBN_OK:
+        raise ValueError((<bytes>cybn_capi_error).decode("utf-8", "replace"))
+    return _prepare(&t, "prepare_desc")
 
 
 # ------------------------------------------------------------------------------------------ C table
@@ -349,6 +493,42 @@ cdef int _c_backward_infer(const cybn_desc* d, cybn_deviceptr x, cybn_deviceptr 
                           <cydriver.CUstream>stream)
 
 
+
+cdef int _c_prepare_desc(const cybn_desc* d) except -4:
+    prepare_desc(d)
+    return CYBN_OK
+
+
+cdef int _c_forward_train_ex(const cybn_desc* d, cybn_deviceptr x, cybn_deviceptr z, cybn_deviceptr y,
+                             cybn_deviceptr scale, cybn_deviceptr bias, cybn_deviceptr running_mean,
+                             cybn_deviceptr running_var, cybn_deviceptr save_mean, cybn_deviceptr save_invstd,
+                             void* stream) noexcept nogil:
+    return forward_train_ex(d, x, z, y, scale, bias, running_mean, running_var, save_mean, save_invstd,
+                            <cydriver.CUstream>stream)
+
+
+cdef int _c_forward_infer_ex(const cybn_desc* d, cybn_deviceptr x, cybn_deviceptr z, cybn_deviceptr y,
+                             cybn_deviceptr scale, cybn_deviceptr bias, cybn_deviceptr running_mean,
+                             cybn_deviceptr running_var, void* stream) noexcept nogil:
+    return forward_infer_ex(d, x, z, y, scale, bias, running_mean, running_var, <cydriver.CUstream>stream)
+
+
+cdef int _c_backward_ex(const cybn_desc* d, cybn_deviceptr x, cybn_deviceptr z, cybn_deviceptr y,
+                        cybn_deviceptr dy, cybn_deviceptr dx, cybn_deviceptr dz, cybn_deviceptr scale,
+                        cybn_deviceptr bias, cybn_deviceptr save_mean, cybn_deviceptr save_invstd,
+                        cybn_deviceptr scale_grad, cybn_deviceptr bias_grad, void* stream) noexcept nogil:
+    return backward_ex(d, x, z, y, dy, dx, dz, scale, bias, save_mean, save_invstd, scale_grad, bias_grad,
+                       <cydriver.CUstream>stream)
+
+
+cdef int _c_backward_infer_ex(const cybn_desc* d, cybn_deviceptr x, cybn_deviceptr z, cybn_deviceptr y,
+                              cybn_deviceptr dy, cybn_deviceptr dx, cybn_deviceptr dz, cybn_deviceptr scale,
+                              cybn_deviceptr bias, cybn_deviceptr running_mean, cybn_deviceptr running_var,
+                              cybn_deviceptr scale_grad, cybn_deviceptr bias_grad, void* stream) noexcept nogil:
+    return backward_infer_ex(d, x, z, y, dy, dx, dz, scale, bias, running_mean, running_var, scale_grad, bias_grad,
+                             <cydriver.CUstream>stream)
+
+
 cdef cybn_api _table
 _table.version = CYBN_C_API_VERSION
 _table.size = sizeof(cybn_api)
@@ -360,6 +540,11 @@ _table.forward_infer = _c_forward_infer
 _table.backward = _c_backward
 _table.backward_infer = _c_backward_infer
 _table.last_error = last_error
+_table.prepare_desc = _c_prepare_desc
+_table.forward_train_ex = _c_forward_train_ex
+_table.forward_infer_ex = _c_forward_infer_ex
+_table.backward_ex = _c_backward_ex
+_table.backward_infer_ex = _c_backward_infer_ex
 
 # `cybn._C_API` (cybn/__init__.py forwards the attribute here): what cybn_import() fetches.
 _C_API = PyCapsule_New(<void*>&_table, b"cybn._C_API", NULL)

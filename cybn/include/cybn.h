@@ -23,17 +23,42 @@
 #include <stdint.h>
 
 /* Bumped on any change of the table or the descriptor. Version 2: the descriptor's parameter-gradient
- * alpha/beta (CYBN_ACCUMULATE_GRADS; taken from version 1's reserved zero tail). An extension built
- * against version 1 gets cybn_import()'s version error and is rebuilt unchanged. */
-#define CYBN_C_API_VERSION 2
+ * alpha/beta (CYBN_ACCUMULATE_GRADS; taken from version 1's reserved zero tail). Version 3 (the engine's
+ * layouts, dtypes and epilogues): layout (version 2's reserved0), bfloat16/float64 dtype ids, activation
+ * and activation_alpha (version 2's reserved[0]), the CYBN_BIASED_RUNNING_VAR, CYBN_FIX_GAMMA and
+ * CYBN_RESIDUAL flags; the table gains prepare_desc and the *_ex calls that take the fused epilogue's
+ * arrays (residual z, its gradient dz, the saved output y), appended after version 2's entries.
+ * An extension built against an older version gets cybn_import()'s version error (cybn.h's check is
+ * compiled into it, so a newer cybn cannot answer to an older version number) and is rebuilt unchanged:
+ * its calls keep their meaning, since desc_init zeroes the new fields (NCHW, no activation, no residual,
+ * unbiased running variance) and the version 2 entries are kept. */
+#define CYBN_C_API_VERSION 3
 
 /* Layouts (cybn_desc.mode). */
 #define CYBN_SPATIAL 0          /* x is (N, C, S) with S = prod(spatial): one statistic per channel */
 #define CYBN_PER_ACTIVATION 1   /* x is (N, C, S): one statistic per (c, s) position, C * S of them */
 
-/* Data types of x, y, dy, dx (cybn_desc.dtype); statistics, scale and bias are always float32. */
+/* Data types of x, y, dy, dx, z, dz (cybn_desc.dtype). Statistics, scale, bias and their gradients
+ * ("parameters" below) are float32, except with CYBN_FLOAT64 data: then they are float64 too. */
 #define CYBN_FLOAT32 0
 #define CYBN_FLOAT16 1
+#define CYBN_BFLOAT16 2         /* bfloat16 data (ml_dtypes.bfloat16 on the Python side), float32 parameters */
+#define CYBN_FLOAT64 3          /* float64 data and float64 parameters */
+
+/* Memory layouts of the data (cybn_desc.layout; version 3). Per-activation mode has one layout (NCHW). */
+#define CYBN_LAYOUT_NCHW 0      /* x is (N, C, S) in C order: spatial innermost */
+#define CYBN_LAYOUT_NHWC 1      /* channels last: x is (N, S, C) in C order, i.e. (N * S, C) rows */
+
+/* Fused activations (cybn_desc.activation; version 3): y = act(bn(x) [+ z]). Gradients at the kinks as
+ * torch's: relu'(0) = 0, clipped relu' = 1 only for 0 < v < alpha, leaky'(0) = alpha, elu'(0) = alpha. */
+#define CYBN_ACT_NONE 0
+#define CYBN_ACT_RELU 1
+#define CYBN_ACT_CLIPPED_RELU 2 /* min(max(v, 0), alpha): relu6 is alpha 6 */
+#define CYBN_ACT_LEAKY_RELU 3   /* v > 0 ? v : alpha * v */
+#define CYBN_ACT_ELU 4          /* v > 0 ? v : alpha * (exp(v) - 1) */
+#define CYBN_ACT_SIGMOID 5
+#define CYBN_ACT_TANH 6
+#define CYBN_ACT_SWISH 7        /* v * sigmoid(v), also called silu */
 
 /* cybn_desc.flags */
 #define CYBN_AFFINE 1           /* scale and bias are given; without it they are 1 and 0 (pointers may be 0) */
@@ -41,6 +66,13 @@
                                  * scale_grad_beta * scale_grad, bias_grad likewise (cuDNN's alpha/beta), in
                                  * the same launch; beta == 0 never reads the array. Without the flag the four
                                  * fields are ignored and the gradients overwritten (alpha 1, beta 0). */
+#define CYBN_BIASED_RUNNING_VAR 4 /* forward_train: the biased batch variance (divided by M, not M - 1) goes
+                                 * into running_var, as MXNet and Paddle do (version 3) */
+#define CYBN_FIX_GAMMA 8        /* scale is treated as 1 (the pointer may be 0) and scale_grad is written 0,
+                                 * as MXNet's fix_gamma (version 3) */
+#define CYBN_RESIDUAL 16        /* y = act(bn(x) + z): the forward reads z, the backward writes dz (the
+                                 * pre-activation's gradient, which is z's); only the *_ex calls take z and
+                                 * dz, the others refuse the flag (version 3) */
 
 /* Status codes; positive values are CUresult codes of a failed launch. */
 #define CYBN_OK 0
@@ -61,8 +93,8 @@ typedef unsigned long long cybn_deviceptr;   /* a CUdeviceptr */
 typedef struct cybn_desc {
     int32_t mode;                /* CYBN_SPATIAL / CYBN_PER_ACTIVATION */
     int32_t dtype;               /* CYBN_FLOAT32 / CYBN_FLOAT16 */
-    int32_t flags;               /* CYBN_AFFINE */
-    int32_t reserved0;           /* zero */
+    int32_t flags;               /* CYBN_AFFINE | CYBN_ACCUMULATE_GRADS | CYBN_BIASED_RUNNING_VAR | ... */
+    int32_t layout;              /* CYBN_LAYOUT_NCHW (desc_init) / CYBN_LAYOUT_NHWC; was reserved0 */
     int64_t N;                   /* batch */
     int64_t C;                   /* channels */
     int64_t S;                   /* prod of the remaining axes (1 for (N, C) data) */
@@ -74,7 +106,10 @@ typedef struct cybn_desc {
     float scale_grad_beta;
     float bias_grad_alpha;
     float bias_grad_beta;
-    uint64_t reserved[6];        /* zero: room for future fields */
+    int32_t activation;          /* CYBN_ACT_* (desc_init: CYBN_ACT_NONE); version 3, was reserved[0] */
+    float activation_alpha;      /* clipped relu's ceiling (> 0), leaky relu's slope and elu's alpha (>= 0,
+                                  * finite); ignored by the other activations; desc_init sets 0 */
+    uint64_t reserved[5];        /* zero: room for future fields */
 } cybn_desc;
 
 /* The layout is ABI: 128 bytes on every platform. */
@@ -86,8 +121,12 @@ _Static_assert(sizeof(cybn_desc) == 128, "cybn_desc must be 128 bytes");
 typedef char cybn_desc_is_128_bytes[sizeof(cybn_desc) == 128 ? 1 : -1];
 #endif
 
-/* The function table in the capsule. Pointers x, y, dy, dx: N * C * S elements of dtype, C order.
- * scale, bias, means, variances, invstds and gradients: float32, one per statistic. */
+/* The function table in the capsule. Pointers x, y, dy, dx (and z, dz): N * C * S elements of dtype in
+ * d->layout's order. scale, bias, means, variances, invstds and gradients: the parameter type (float32;
+ * float64 for CYBN_FLOAT64 data), one per statistic (C spatial, C * S per-activation).
+ * A descriptor's new fields (layout, dtype, activation, flags) are honoured by every entry; the version 2
+ * entries refuse only what needs an array they do not take: CYBN_RESIDUAL (z, dz) everywhere, and an
+ * activation in the backward (it needs y or bias: use backward_ex / backward_infer_ex). */
 typedef struct cybn_api {
     uint32_t version;            /* CYBN_C_API_VERSION of the installed cybn */
     uint32_t size;               /* sizeof(cybn_api) of the installed cybn */
@@ -121,6 +160,32 @@ typedef struct cybn_api {
                           cybn_deviceptr scale_grad, cybn_deviceptr bias_grad, void *stream);
     /* The calling thread's last error message ("" if none); valid until its next failing call. */
     const char *(*last_error)(void);
+
+    /* ---- version 3 ---- */
+    /* GIL held. Compiles and loads every kernel d needs (its dtype, mode, layout and epilogue): prepare()
+     * for a version 3 descriptor. 0, CYBN_EINVAL (bad descriptor, nothing compiled) or CYBN_EPYTHON. */
+    int (*prepare_desc)(const cybn_desc *d);
+    /* forward_train with the residual z (read with CYBN_RESIDUAL, else ignored and may be 0). In the *_ex
+     * calls z and dz are ignored without CYBN_RESIDUAL, and y (backward) without an activation. */
+    int (*forward_train_ex)(const cybn_desc *d, cybn_deviceptr x, cybn_deviceptr z, cybn_deviceptr y,
+                            cybn_deviceptr scale, cybn_deviceptr bias, cybn_deviceptr running_mean,
+                            cybn_deviceptr running_var, cybn_deviceptr save_mean, cybn_deviceptr save_invstd,
+                            void *stream);
+    int (*forward_infer_ex)(const cybn_desc *d, cybn_deviceptr x, cybn_deviceptr z, cybn_deviceptr y,
+                            cybn_deviceptr scale, cybn_deviceptr bias, cybn_deviceptr running_mean,
+                            cybn_deviceptr running_var, void *stream);
+    /* backward through the activation: y is the forward's output (0: act' is recomputed from x, the saved
+     * statistics, scale, bias and z; swish always recomputes); z the forward's residual (read only when
+     * recomputing); with CYBN_RESIDUAL dz receives dy * act'(v) (z's gradient) and dx, scale_grad and
+     * bias_grad are the BatchNorm gradients of dz. bias may be 0 without CYBN_AFFINE. */
+    int (*backward_ex)(const cybn_desc *d, cybn_deviceptr x, cybn_deviceptr z, cybn_deviceptr y,
+                       cybn_deviceptr dy, cybn_deviceptr dx, cybn_deviceptr dz, cybn_deviceptr scale,
+                       cybn_deviceptr bias, cybn_deviceptr save_mean, cybn_deviceptr save_invstd,
+                       cybn_deviceptr scale_grad, cybn_deviceptr bias_grad, void *stream);
+    int (*backward_infer_ex)(const cybn_desc *d, cybn_deviceptr x, cybn_deviceptr z, cybn_deviceptr y,
+                             cybn_deviceptr dy, cybn_deviceptr dx, cybn_deviceptr dz, cybn_deviceptr scale,
+                             cybn_deviceptr bias, cybn_deviceptr running_mean, cybn_deviceptr running_var,
+                             cybn_deviceptr scale_grad, cybn_deviceptr bias_grad, void *stream);
 } cybn_api;
 
 #ifdef __cplusplus
@@ -165,6 +230,11 @@ static CYBN_UNUSED int cybn_import(void)
 #define cybn_backward (cybn_api_table->backward)
 #define cybn_backward_infer (cybn_api_table->backward_infer)
 #define cybn_last_error() (cybn_api_table->last_error())
+#define cybn_prepare_desc(d) (cybn_api_table->prepare_desc((d)))
+#define cybn_forward_train_ex (cybn_api_table->forward_train_ex)
+#define cybn_forward_infer_ex (cybn_api_table->forward_infer_ex)
+#define cybn_backward_ex (cybn_api_table->backward_ex)
+#define cybn_backward_infer_ex (cybn_api_table->backward_infer_ex)
 #endif /* CYBN_NO_IMPORT */
 
 #endif /* CYBN_H */

@@ -120,14 +120,15 @@ extern "C" __global__ void cybn_axpby_f64(const double* x, const double* y, doub
     GRID_STRIDE(i, 0, n) out[i] = axpby1(alpha, x[i], beta, y[i]);
 }
 
-// float16 in and out, float32 arithmetic (one rounding to float16 at the end).
-extern "C" __global__ void cybn_axpby_f16(const h16* x, const h16* y, h16* out, float alpha, float beta, u64 n) {
-    GRID_STRIDE(i, 0, n) out[i] = f32_to_h(axpby1(alpha, to_f32(x[i]), beta, to_f32(y[i])));
+// float16 and bfloat16 in and out, float32 arithmetic (one rounding at the end).
+template <typename T>
+__device__ void axpby_f32_math(const T* x, const T* y, T* out, float alpha, float beta, u64 n) {
+    GRID_STRIDE(i, 0, n) convert(axpby1(alpha, to_f32(x[i]), beta, to_f32(y[i])), out[i]);
 }
-
-extern "C" __global__ void cybn_axpby_bf16(const b16* x, const b16* y, b16* out, float alpha, float beta, u64 n) {
-    GRID_STRIDE(i, 0, n) out[i] = f32_to_b(axpby1(alpha, to_f32(x[i]), beta, to_f32(y[i])));
-}
+#define AXPBY_NARROW(NAME, T) \
+    extern "C" __global__ void NAME(const T* x, const T* y, T* out, float alpha, float beta, u64 n) { axpby_f32_math<T>(x, y, out, alpha, beta, n); }
+AXPBY_NARROW(cybn_axpby_f16, h16)
+AXPBY_NARROW(cybn_axpby_bf16, b16)
 
 // ------------------------------------------------------------------------------------------- arithmetic
 // out = a OP b (two arrays of n elements) or a OP s / s OP a (a scalar s); out may be a or b (in place:

@@ -27,7 +27,8 @@ def defines(path):
 ABI = defines(os.path.join(paths.kernel_dir(), "bn_abi.h"))
 CAPI = defines(os.path.join(cybn.get_include(), "cybn.h"))
 # cybn.h names that are not CYBN_ + the bn_abi.h name without BN_
-RENAMED = {"CYBN_AFFINE": "BN_DESC_AFFINE", "CYBN_ACCUMULATE_GRADS": "BN_DESC_ACCUMULATE"}
+RENAMED = {"CYBN_AFFINE": "BN_DESC_AFFINE", "CYBN_ACCUMULATE_GRADS": "BN_DESC_ACCUMULATE",
+           "CYBN_BIASED_RUNNING_VAR": "BN_DESC_BIASED_RUNNING_VAR"}
 
 
 def test_c_api_constants_agree_with_the_abi_header():
@@ -38,7 +39,11 @@ def test_c_api_constants_agree_with_the_abi_header():
             pairs[name] = (value, ABI[twin])
     # Every constant the descriptor, its flags and the status codes use is mirrored (not a vacuous pass).
     assert {"CYBN_SPATIAL", "CYBN_PER_ACTIVATION", "CYBN_FLOAT32", "CYBN_FLOAT16", "CYBN_AFFINE",
-            "CYBN_ACCUMULATE_GRADS", "CYBN_OK", "CYBN_EINVAL", "CYBN_ENOTPREPARED", "CYBN_EWORKSPACE"} <= set(pairs)
+            "CYBN_ACCUMULATE_GRADS", "CYBN_OK", "CYBN_EINVAL", "CYBN_ENOTPREPARED", "CYBN_EWORKSPACE",
+            # version 3 (issue 11): dtypes, layouts, activations, the biased-variance flag
+            "CYBN_BFLOAT16", "CYBN_FLOAT64", "CYBN_LAYOUT_NCHW", "CYBN_LAYOUT_NHWC", "CYBN_BIASED_RUNNING_VAR",
+            *("CYBN_ACT_" + a for a in ("NONE", "RELU", "CLIPPED_RELU", "LEAKY_RELU", "ELU", "SIGMOID", "TANH",
+                                        "SWISH"))} <= set(pairs)
     assert {n: v for n, v in pairs.items() if v[0] != v[1]} == {}
 
 
@@ -67,6 +72,9 @@ def test_no_copy_of_the_abi_constants_elsewhere():
             copies += [f"{os.path.relpath(path, pkg)}: {m.group(0)}" for m in assign.finditer(f.read())]
     assert copies == []
     with open(os.path.join(pkg, "kernels", "batchnorm.cu")) as f:
-        assert '#include "bn_abi.h"' in f.read()
+        included = re.findall(r'#include "([^"]+)"', f.read())
+    # directly or through one of the kernel headers it includes
+    assert "bn_abi.h" in included or any(
+        '#include "bn_abi.h"' in open(os.path.join(pkg, "kernels", h)).read() for h in included)
     with open(os.path.join(pkg, "batchnorm", "batchnorm.pxd")) as f:
         assert 'cdef extern from "bn_abi.h"' in f.read()

@@ -78,7 +78,7 @@ def test_version_mismatch_is_refused(build_dir):
 
 
 def test_prepare_refuses_unknown_codes(cext):
-    with pytest.raises(ValueError, match=r"dtype must be CYBN_FLOAT32 \(0\) or CYBN_FLOAT16 \(1\), got 7"):
+    with pytest.raises(ValueError, match=r"dtype must be CYBN_FLOAT32 \(0\), CYBN_FLOAT16 \(1\), CYBN_BFLOAT16 \(2\) or CYBN_FLOAT64 \(3\), got 7"):
         cext.prepare(7, SPATIAL)
     with pytest.raises(ValueError, match=r"mode must be CYBN_SPATIAL .* got -1"):
         cext.prepare(FLOAT32, -1)
@@ -162,7 +162,7 @@ def test_affine_needs_scale(cext, buffers, op):
     (dict(eps=0.0), "epsilon must be > 0"),
     (dict(eps=float("nan")), "epsilon must be > 0"),
     (dict(factor=1.5), "factor must be in [0, 1]"),
-    (dict(flags=6), "unknown flags"),
+    (dict(flags=64), "unknown flags"),  # 1, 2, 4, 8 and 16 are defined (version 3)
     (dict(reserved=1), "reserved fields must be zero"),
     (dict(N=1 << 40, C=1 << 20, S=1 << 10), "overflows"),
     (dict(ws=8, ws_bytes=1024), "not 16-byte aligned"),
@@ -198,9 +198,9 @@ def test_desc_init(cext):
 
 @pytest.mark.parametrize("args, match", [
     ((SPATIAL, FLOAT32, 2, 0, 4, 1e-3, 0.5, 1), "N, C and S must be positive"),
-    ((SPATIAL, 3, 2, 3, 4, 1e-3, 0.5, 1), "unknown dtype"),
+    ((SPATIAL, 7, 2, 3, 4, 1e-3, 0.5, 1), "unknown dtype"),  # 2 and 3 are bfloat16 and float64 (version 3)
     ((SPATIAL, FLOAT32, 2, 3, 4, -1.0, 0.5, 1), "epsilon"),
-    ((SPATIAL, FLOAT32, 2, 3, 4, 1e-3, 0.5, 4), "unknown flags"),
+    ((SPATIAL, FLOAT32, 2, 3, 4, 1e-3, 0.5, 64), "unknown flags"),
 ])
 def test_desc_init_refuses_and_leaves_descriptor(cext, args, match):
     st, msg, f, unchanged = cext.desc_init(*args)

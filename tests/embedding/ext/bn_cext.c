@@ -7,7 +7,6 @@
  * BN_CEXT_NAME sets the module name (the version-mismatch test builds it against an older header). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <dlfcn.h>
 #include <string.h>
 #include <cuda.h>
 #include "cybn.h"
@@ -20,75 +19,7 @@
 #define CAT2(a, b) a##b
 #define CAT(a, b) CAT2(a, b)
 
-typedef CUresult (*ctx_create_v2_t)(CUcontext *, unsigned int, CUdevice);
-
-static struct {
-    CUresult (*DeviceGet)(CUdevice *, int);
-    CUresult (*PrimaryCtxRetain)(CUcontext *, CUdevice);
-    CUresult (*PrimaryCtxRelease)(CUdevice);
-    CUresult (*CtxSetCurrent)(CUcontext);
-    CUresult (*CtxGetCurrent)(CUcontext *);
-    ctx_create_v2_t CtxCreate;
-    CUresult (*CtxDestroy)(CUcontext);
-    CUresult (*MemAlloc)(CUdeviceptr *, size_t);
-    CUresult (*MemFree)(CUdeviceptr);
-    CUresult (*MemcpyHtoDAsync)(CUdeviceptr, const void *, size_t, CUstream);
-    CUresult (*MemcpyDtoHAsync)(void *, CUdeviceptr, size_t, CUstream);
-    CUresult (*MemsetD8Async)(CUdeviceptr, unsigned char, size_t, CUstream);
-    CUresult (*StreamCreate)(CUstream *, unsigned int);
-    CUresult (*StreamSynchronize)(CUstream);
-    CUresult (*StreamDestroy)(CUstream);
-} drv;
-
-/* Resolve the driver entry points (after cybn_prepare, which loaded and initialised the driver). */
-static int load_driver(void)
-{
-    void *h;
-    if (drv.StreamDestroy)
-        return 0;
-    h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
-    if (!h) {
-        PyErr_Format(PyExc_RuntimeError, "libcuda.so.1 is not loaded: %s", dlerror());
-        return -1;
-    }
-#define SYM(field, name)                                                                   \
-    do {                                                                                   \
-        *(void **)&drv.field = dlsym(h, name);                                             \
-        if (!drv.field) {                                                                  \
-            PyErr_Format(PyExc_RuntimeError, "libcuda.so.1 has no %s", name);               \
-            return -1;                                                                     \
-        }                                                                                  \
-    } while (0)
-    SYM(DeviceGet, "cuDeviceGet");
-    SYM(PrimaryCtxRetain, "cuDevicePrimaryCtxRetain");
-    SYM(PrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2");
-    SYM(CtxSetCurrent, "cuCtxSetCurrent");
-    SYM(CtxGetCurrent, "cuCtxGetCurrent");
-    SYM(CtxCreate, "cuCtxCreate_v2");
-    SYM(CtxDestroy, "cuCtxDestroy_v2");
-    SYM(MemAlloc, "cuMemAlloc_v2");
-    SYM(MemFree, "cuMemFree_v2");
-    SYM(MemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2");
-    SYM(MemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2");
-    SYM(MemsetD8Async, "cuMemsetD8Async");
-    SYM(StreamCreate, "cuStreamCreate");
-    SYM(StreamSynchronize, "cuStreamSynchronize");
-    SYM(StreamDestroy, "cuStreamDestroy_v2");  /* the last one: load_driver's "done" mark */
-#undef SYM
-    return 0;
-}
-
-static PyObject *cuda_fail(const char *call, CUresult r)
-{
-    PyErr_Format(PyExc_RuntimeError, "%s failed: CUresult %d", call, (int)r);
-    return NULL;
-}
-
-static PyObject *bn_fail(const char *call, int st)
-{
-    PyErr_Format(PyExc_RuntimeError, "%s returned %d: %s", call, st, cybn_last_error());
-    return NULL;
-}
+#include "cext_driver.h"
 
 /* The buffers of one run: device copies of the inputs, outputs, statistics and gradients. */
 enum { X, SCALE, BIAS, RM, RV, DY, Y, SM, SI, DX, SG, BG, YI, DXI, SGI, BGI, WS, NBUF };
@@ -307,8 +238,9 @@ static PyObject *desc_init(PyObject *self, PyObject *args)
         return Py_BuildValue("isOO", st, cybn_last_error(), Py_None,
                              memcmp(&d, &before, sizeof(d)) == 0 ? Py_True : Py_False);
     {
-        int zero = d.reserved0 == 0 && d.workspace == 0 && d.workspace_bytes == 0;
-        for (int i = 0; i < 6; i++) zero = zero && d.reserved[i] == 0;
+        int zero = d.layout == 0 && d.workspace == 0 && d.workspace_bytes == 0 && d.activation == 0 &&
+                   d.activation_alpha == 0.0f;
+        for (int i = 0; i < 5; i++) zero = zero && d.reserved[i] == 0;
         /* version 2's parameter-gradient coefficients default to overwrite (alpha 1, beta 0) */
         zero = zero && d.scale_grad_alpha == 1.0f && d.scale_grad_beta == 0.0f && d.bias_grad_alpha == 1.0f &&
                d.bias_grad_beta == 0.0f;
