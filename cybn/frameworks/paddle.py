@@ -213,9 +213,10 @@ class BatchNorm:
             if not frozen:
                 dx, dw, db = batchnorm.backward(xv, dy, w, sm, si, **acc, **epi)
             else:
-                if sm is not None and self._act in ("swish", "silu"):
-                    # swish's act' is recomputed from x and the statistics, which the forward took from the
-                    # batch (trainable_statistics): dy * act'(v) from the training backward's residual path
+                if sm is not None and self._act:
+                    # the forward normalised with the batch (trainable_statistics): act' at its v, which the
+                    # core may recompute from x and the statistics it is given (swish, relu6), so take
+                    # dy * act'(v) from the training backward's residual path, then the frozen backward
                     zero = gpuarray.zeros(xv.shape, xv.dtype)
                     dy = batchnorm.backward(xv, dy, w, sm, si, residual=zero, **epi)[1]
                     epi = {}
