@@ -18,17 +18,23 @@ Semantics, as measured on MXNet (peer-semantics.md, tests/frameworks/golden/mxne
   use_global_stats's backward is dy * gamma * invstd (and dgamma, dbeta from the moving statistics).
 - output_mean_var=True: returns [y, mean, invstd], the batch mean and 1/sqrt(var + eps) in training, the
   moving mean and 1/sqrt(moving_var + eps) otherwise (that one computed from the C moving variances).
-- data float32, or float16 with float32 gamma/beta/moving statistics; axis any channel axis but the last
-  of data with more than two dimensions. cudnn_off is accepted and has no effect.
-Not supported yet (EngineFeatureMissing, nothing changed): float64 (engine: float64), channel axis -1 of
-3-d+ data (engine: channels-last), and the backward of a training=False forward (MXNet runs the training
-formula around the moving statistics there; the core's training backward centres on the batch mean).
+- eval-mode backward (the backward of a training=False forward; MXNet's backward runs in train mode):
+  MXNet applies the TRAINING gradient formula around the moving statistics the forward used,
+  dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)) with xhat = (x - moving_mean) * invstd,
+  and moves the moving statistics towards themselves (a float32 rounding step). A composition of three
+  core calls: backward_infer (dgamma = sum(dy * xhat), dbeta = sum(dy)), forward_infer with dy as the
+  residual and scale -dgamma/M, bias -dbeta/M (g = dy - xhat * dgamma/M - dbeta/M), backward_infer of g.
+- data float32, or float16 with float32 gamma/beta/moving statistics, or float64 with float64 everything
+  (MXNet's "uniform type" rule); axis any channel axis but the last of data with more than two dimensions.
+  cudnn_off is accepted and has no effect. bfloat16 is refused (MXNet's BatchNorm was not measured with it).
+Not supported yet (EngineFeatureMissing, nothing changed): channel axis -1 of 3-d+ data (engine:
+channels-last).
 """
 import threading
 
 import numpy as np
 
-from cybn.frameworks.common import EngineFeatureMissing, as_device_array, channel_view, errors_as, factor
+from cybn.frameworks.common import as_device_array, channel_view, errors_as, factor
 
 
 class MXNetError(RuntimeError):
@@ -66,15 +72,14 @@ class Tape:
             raise MXNetError("backward: this output was not recorded by this tape (run the forward inside "
                              "`with autograd.record() as tape:`), or its backward already ran")
         dy = as_device_array(out_grad, "out_grad", MXNetError)
-        if s.frozen is None:
-            raise EngineFeatureMissing("the backward of an inference-mode (training=False) BatchNorm",
-                                       "the training-formula backward around given statistics")
         if tuple(dy.shape) != tuple(head.shape):
             raise MXNetError(f"backward: out_grad must have the output's shape {tuple(head.shape)}, got "
                              f"{tuple(dy.shape)}")
         with errors_as(MXNetError):
             dy = dy.reshape(*s.x.shape)  # the channel view of data, as the forward used
-            if s.frozen:
+            if s.frozen is None:
+                dx, dg, db = _eval_backward(s, dy)
+            elif s.frozen:
                 dx, dg, db = batchnorm.backward_infer(s.x, dy, s.gamma, s.moving[0], s.moving[1], s.eps)
             else:
                 dx, dg, db = batchnorm.backward(s.x, dy, s.gamma, s.save_mean, s.save_invstd)
@@ -84,8 +89,20 @@ class Tape:
             for moving, batch_stat in zip(s.moving, s.scratch):
                 elementwise.axpby(batch_stat, moving, float(np.float32(1) - m), float(m))
         if s.fix_gamma:
-            dg = gpuarray.zeros(dg.shape, np.float32)
+            dg = gpuarray.zeros(dg.shape, dg.dtype)
         return dx.reshape(*head.shape), dg, db
+
+
+def _eval_backward(s, dy):
+    """MXNet's backward of an inference forward: the training formula around the statistics the forward
+    used (s.scratch: the moving mean/variance then), from three core calls (module docstring)."""
+    from cybn import batchnorm
+    mean, var = s.scratch
+    _, dg, db = batchnorm.backward_infer(s.x, dy, s.gamma, mean, var, s.eps)
+    per = -1.0 / (s.x.size // s.x.shape[1])  # -1/M, M values per channel
+    g = batchnorm.forward_infer(s.x, dg * per, db * per, mean, var, s.eps, residual=dy)
+    dx = batchnorm.backward_infer(s.x, g, s.gamma, mean, var, s.eps, out=g)[0]
+    return dx, dg, db
 
 
 class autograd:
@@ -112,11 +129,16 @@ class _Recording:
         return False
 
 
-def _param(obj, what, C):
+# data dtype -> the parameters' dtype (MXNet's "uniform type" rule; float16 data keeps float32 parameters)
+_PARAM_DTYPE = {np.dtype(np.float32): np.float32, np.dtype(np.float16): np.float32,
+                np.dtype(np.float64): np.float64}
+
+
+def _param(obj, what, C, dtype):
     a = as_device_array(obj, what, MXNetError)
-    if a.dtype != np.float32:
-        raise MXNetError(f"BatchNorm: {what} must be float32 (MXNet requires uniform type: float32 parameters for "
-                         f"float32 or float16 data), got {a.dtype}")
+    if a.dtype != dtype:
+        raise MXNetError(f"BatchNorm: {what} must be {np.dtype(dtype)} (MXNet requires uniform type: float32 "
+                         f"parameters for float32 or float16 data, float64 for float64 data), got {a.dtype}")
     if a.size != C:
         raise MXNetError(f"BatchNorm: {what} must have {C} elements (the channel axis' size), got shape "
                          f"{tuple(a.shape)}")
@@ -132,33 +154,36 @@ def BatchNorm(data, gamma, beta, moving_mean, moving_var, eps=0.001, momentum=0.
     if training is None:
         training = autograd.is_recording()
     x = as_device_array(data, "data", MXNetError)
-    if x.dtype == np.float64:
-        raise EngineFeatureMissing("BatchNorm on float64 data", "float64 kernels")
-    if x.dtype not in (np.float32, np.float16):
-        raise MXNetError(f"BatchNorm: data must be float32 or float16, got {x.dtype}")
+    pdt = _PARAM_DTYPE.get(x.dtype)
+    if pdt is None:
+        raise MXNetError(f"BatchNorm: data must be float32, float16 or float64, got {x.dtype}")
     if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
         raise MXNetError(f"BatchNorm: axis must be an int, got {axis!r}")
     xv = channel_view(x, int(axis), "data", MXNetError)
     C = xv.shape[1]
-    g, b = _param(gamma, "gamma", C), _param(beta, "beta", C)
-    mm, mv = _param(moving_mean, "moving_mean", C), _param(moving_var, "moving_var", C)
+    g, b = _param(gamma, "gamma", C, pdt), _param(beta, "beta", C, pdt)
+    mm, mv = _param(moving_mean, "moving_mean", C, pdt), _param(moving_var, "moving_var", C, pdt)
     f = factor(momentum, "momentum", MXNetError)
     tape = getattr(_local, "tape", None)
-    scale = gpuarray.zeros((C,), np.float32).fill(1.0) if fix_gamma else g
+    scale = gpuarray.zeros((C,), pdt).fill(1.0) if fix_gamma else g
     with errors_as(MXNetError):
         if training and not use_global_stats:
             # factor 1 from zeros: the scratch pair receives the batch mean and biased variance exactly
-            scratch = (gpuarray.zeros((C,), np.float32), gpuarray.zeros((C,), np.float32))
+            scratch = (gpuarray.zeros((C,), pdt), gpuarray.zeros((C,), pdt))
             y, mean, invstd = batchnorm.forward_train(xv, scale, b, scratch[0], scratch[1], eps, 1.0,
                                                       running_var_unbiased=False)
             frozen = False
         else:
             y = batchnorm.forward_infer(xv, scale, b, mm, mv, eps)
-            scratch, frozen = None, (True if training else None)
+            # use_global_stats: the backward is dy * gamma * invstd, nothing moves; inference otherwise:
+            # MXNet's eval backward centres on the statistics used here and moves the moving ones to them
+            if use_global_stats:
+                scratch, frozen = None, True
+            else:
+                scratch, frozen = ((mm.copy(), mv.copy()) if tape is not None else None), None
             if output_mean_var:
                 mean = mm.copy()
-                invstd = gpuarray.to_gpu((1.0 / np.sqrt(mv.get().astype(np.float32) + np.float32(eps)))
-                                         .astype(np.float32))
+                invstd = gpuarray.to_gpu((1.0 / np.sqrt(mv.get().astype(pdt) + pdt(eps))).astype(pdt))
     if fix_gamma:
         g.fill(1.0)  # MXNet overwrites the gamma it was given
     y = y.reshape(*x.shape)

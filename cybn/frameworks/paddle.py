@@ -22,8 +22,16 @@ Semantics, as measured on Paddle (peer-semantics.md, tests/frameworks/golden/pad
   values of y are the same); a backward after an in-place forward is refused (the input is gone).
 - state_dict(): {'weight', 'bias', '_mean', '_variance'} (the layer's own Tensors); set_state_dict()
   checks every entry before it sets any and returns (missing_keys, unexpected_keys) as Paddle.
-Not supported yet (EngineFeatureMissing, nothing changed): dtype float64 (engine: float64), data_layout
-NHWC for 3-d+ input (engine: channels-last), act (engine: fused activation).
+- dtype 'float32' or 'float64' (the layer's parameters and buffers in that dtype, the input must match);
+  paddle.nn.functional.batch_norm takes float32 or float64 x with parameters of x's dtype.
+- act: fused into the core's epilogue (forward y = act(bn(x)), backward through act' in the same kernel),
+  for the activations the core has, with Paddle's default attributes: relu, relu6 (threshold 6), elu
+  (alpha 1), sigmoid, tanh, swish (beta 1: x * sigmoid(x)) and silu. Paddle's other activations (gelu,
+  hard_sigmoid, hard_swish, mish, selu, softsign, tanh_shrink, ...) raise EngineFeatureMissing at
+  construction; leaky_relu and softplus raise ValueError, as Paddle 3.3.1's layer does (its op reads their
+  attribute with the wrong type); an unknown name raises ValueError.
+Not supported yet (EngineFeatureMissing, nothing changed): data_layout NHWC for 3-d+ input (engine:
+channels-last).
 """
 from collections import OrderedDict
 
@@ -35,13 +43,18 @@ from cybn.frameworks.common import EngineFeatureMissing, as_device_array, channe
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "relu6", "elu", "swish", "gelu", "hard_sigmoid", "hard_swish", "silu",
                "mish", "selu", "softsign", "tanh_shrink", "leaky_relu", "softplus", "brelu", "softshrink", "celu",
                "abs", "exp", "square", "sqrt")
+# Paddle's act -> the core's activation and alpha (Paddle's default attribute of that op).
+FUSED = {"relu": ("relu", 0.0), "relu6": ("relu6", 6.0), "elu": ("elu", 1.0), "sigmoid": ("sigmoid", 0.0),
+         "tanh": ("tanh", 0.0), "swish": ("swish", 0.0), "silu": ("silu", 0.0)}
+REFUSED_BY_PADDLE = ("leaky_relu", "softplus")  # Paddle 3.3.1's layer fails on these (attribute type)
+DTYPES = {"float32": np.float32, "float64": np.float64}
 LAYER_LAYOUTS = ("NCHW", "NHWC")  # what the layer takes, for any rank (NCL, NDHWC, ... raise there)
 FUNCTIONAL_FORMATS = {"NC": 1, "NCL": 1, "NCHW": 1, "NCDHW": 1, "NLC": -1, "NHWC": -1, "NDHWC": -1}
 
 
 class Tensor:
-    """A layer's parameter or buffer: a float32 GPUArray with Paddle's Tensor surface (numpy(), set_value(),
-    shape, dtype, stop_gradient, grad, name) and __cuda_array_interface__."""
+    """A layer's parameter or buffer: a GPUArray of the layer's dtype with Paddle's Tensor surface (numpy(),
+    set_value(), shape, dtype, stop_gradient, grad, name) and __cuda_array_interface__."""
 
     def __init__(self, array, name, stop_gradient):
         self.value, self.name, self.stop_gradient, self.grad = array, name, stop_gradient, None
@@ -57,9 +70,9 @@ class Tensor:
         a = np.asarray(v.get() if hasattr(v, "get") else v.numpy() if hasattr(v, "numpy") else v)
         if a.size != self.value.size or (a.ndim and a.shape != tuple(self.value.shape)):
             raise ValueError(f"{self.name}: the value must have shape {self.shape}, got {list(a.shape)}")
-        if not np.can_cast(a.dtype, np.float32, "same_kind"):
+        if not np.can_cast(a.dtype, self.value.dtype, "same_kind"):
             raise ValueError(f"{self.name}: the value must be floating point, got {a.dtype}")
-        return a.astype(np.float32).reshape(self.value.shape)
+        return a.astype(self.value.dtype).reshape(self.value.shape)
 
     def set_value(self, v):
         self.value.set(self._checked(v))
@@ -68,27 +81,33 @@ class Tensor:
         return f"Tensor(name={self.name}, shape={self.shape}, stop_gradient={self.stop_gradient})"
 
 
-def _initial(attr, C, default, what):
+def _initial(attr, C, default, what, dtype):
     """The initial value of weight/bias from param_attr/bias_attr: None (Paddle's default), False (no
     parameter: 1 / 0, frozen), a number (a constant) or an array of C values."""
-    if attr is None or attr is True:
-        return np.full(C, default, np.float32)
+    if attr is None or attr is True or attr is False:
+        return np.full(C, default, dtype)
     if np.isscalar(attr) and not isinstance(attr, str):
-        return np.full(C, float(attr), np.float32)
+        return np.full(C, float(attr), dtype)
     a = np.asarray(attr.get() if hasattr(attr, "get") else attr)
     if a.dtype.kind not in "fiu" or a.size != C:
         raise ValueError(f"BatchNorm: {what} must be None, False, a number or {C} initial values, got {attr!r}")
-    return a.astype(np.float32).reshape(C)
+    return a.astype(dtype).reshape(C)
 
 
 def _data(x, layout_axis, what="input"):
     a = as_device_array(x, what, ValueError)
-    if a.dtype == np.float64:
-        raise EngineFeatureMissing(f"BatchNorm on float64 {what}", "float64 kernels")
     if len(a.shape) < 2:
         raise ValueError(f"(InvalidArgument) the dimension of {what} must be >= 2 (N, C, ...), got shape "
                          f"{list(a.shape)}")
     return a, channel_view(a, layout_axis, what, ValueError)
+
+
+def _float32_attr(value, what):
+    """A Paddle op attribute of type float: value rounded to float32."""
+    try:
+        return float(np.float32(value))
+    except (TypeError, ValueError):
+        raise ValueError(f"BatchNorm: {what} must be a number, got {value!r}") from None
 
 
 class BatchNorm:
@@ -103,29 +122,36 @@ class BatchNorm:
             raise ValueError(f"BatchNorm: num_channels must be a positive int, got {num_channels!r}")
         if act is not None and act not in ACTIVATIONS:
             raise ValueError(f"BatchNorm: unknown act {act!r} (Paddle's names: {', '.join(ACTIVATIONS)})")
+        if act in REFUSED_BY_PADDLE:
+            raise ValueError(f"(InvalidArgument) BatchNorm(act={act!r}): Paddle's layer fails on this activation (its "
+                             f"op reads the {act} attribute with the wrong type); apply paddle.nn.functional.{act} "
+                             f"to the output instead")
+        if act is not None and act not in FUSED:
+            raise EngineFeatureMissing(f"BatchNorm(act={act!r})", f"that activation in its fused epilogue (it has "
+                                       f"{', '.join(FUSED)}; or use act=None and apply {act} to the output)")
         if data_layout not in LAYER_LAYOUTS:
             raise ValueError(f"BatchNorm: unknown data layout type string {data_layout!r}: the layer takes NCHW or "
                              f"NHWC for any rank (NHWC: channel last)")
         dt = str(np.dtype(dtype)) if not hasattr(dtype, "name") else dtype.name
-        if dt not in ("float32", "float64"):
+        if dt not in DTYPES:
             raise ValueError(f"BatchNorm: dtype must be 'float32' or 'float64', got {dtype!r}")
-        if dt == "float64":
-            raise EngineFeatureMissing("BatchNorm(dtype='float64')", "float64 kernels")
-        if act is not None:
-            raise EngineFeatureMissing(f"BatchNorm(act={act!r})", "a fused activation epilogue")
         self._factor = factor(momentum, "momentum")
-        self._momentum, self._epsilon = float(np.float32(momentum)), float(epsilon)
+        # momentum and epsilon are float32 attributes in Paddle: 0.9 acts as 0.89999998, 1e-5 as 9.99999975e-06
+        # (visible in float64, peer-semantics.md)
+        self._momentum, self._epsilon = float(np.float32(momentum)), _float32_attr(epsilon, "epsilon")
         if not self._epsilon > 0:
             raise ValueError(f"BatchNorm: epsilon must be > 0, got {epsilon!r}")
         C = int(num_channels)
         self._num_channels, self._act, self._data_layout, self._in_place = C, act, data_layout, bool(in_place)
         self._use_global_stats, self._trainable_statistics = bool(use_global_stats), bool(trainable_statistics)
         self._is_test, self._dtype = bool(is_test), dt
-        w0, b0 = _initial(param_attr, C, 1.0, "param_attr"), _initial(bias_attr, C, 0.0, "bias_attr")
+        pdt = DTYPES[dt]
+        w0, b0 = _initial(param_attr, C, 1.0, "param_attr", pdt), _initial(bias_attr, C, 0.0, "bias_attr", pdt)
         self.weight = Tensor(gpuarray.to_gpu(w0), "weight", param_attr is False)
         self.bias = Tensor(gpuarray.to_gpu(b0), "bias", bias_attr is False)
-        self._mean = Tensor(gpuarray.zeros((C,), np.float32), moving_mean_name or "_mean", True)
-        self._variance = Tensor(gpuarray.to_gpu(np.ones(C, np.float32)), moving_variance_name or "_variance", True)
+        self._mean = Tensor(gpuarray.zeros((C,), pdt), moving_mean_name or "_mean", True)
+        self._variance = Tensor(gpuarray.to_gpu(np.ones(C, pdt)), moving_variance_name or "_variance", True)
+        self._epi = dict(activation=FUSED[act][0], activation_alpha=FUSED[act][1]) if act else {}
         self.training = True
         self._saved = None
 
@@ -146,7 +172,7 @@ class BatchNorm:
         if xv.shape[1] != self._num_channels:
             raise ValueError(f"(InvalidArgument) ShapeError: the input has {xv.shape[1]} channels, the layer "
                              f"{self._num_channels} (input shape {list(x.shape)}, data_layout {self._data_layout})")
-        if x.dtype != np.float32:
+        if x.dtype != self._dtype:
             raise ValueError(f"(InvalidArgument) the input must be {self._dtype} like the layer, got {x.dtype}")
         w, b, rm, rv = self.weight.value, self.bias.value, self._mean.value, self._variance.value
         out = xv if self._in_place else None
@@ -154,21 +180,22 @@ class BatchNorm:
         with errors_as(ValueError):
             if batch:
                 y, sm, si = batchnorm.forward_train(xv, w, b, rm, rv, self._epsilon, self._factor, out=out,
-                                                    running_var_unbiased=False)
+                                                    running_var_unbiased=False, **self._epi)
             else:
-                y = batchnorm.forward_infer(xv, w, b, rm, rv, self._epsilon, out=out)
+                y = batchnorm.forward_infer(xv, w, b, rm, rv, self._epsilon, out=out, **self._epi)
                 sm = si = None
-        if not self.training:  # eval with trainable_statistics: Paddle's backward is the frozen one, with
-            sm = si = None     # the running statistics as this forward updated them
-        self._saved = (xv, x.shape, sm, si, self._in_place)
+        # eval with trainable_statistics: Paddle's backward is the frozen one, with the running statistics as
+        # this forward updated them (act' still at this forward's values)
+        self._saved = (xv, x.shape, sm, si, not (batch and self.training), self._in_place, y)
         return y.reshape(*x.shape)
 
     def backward(self, grad):
         """The input gradient of the last forward; weight.grad / bias.grad accumulate (Paddle's rule)."""
         from cybn import batchnorm
+        from cybn.array import gpuarray
         if self._saved is None:
             raise RuntimeError("BatchNorm.backward: no forward to differentiate (call the layer first)")
-        xv, shape, sm, si, in_place = self._saved
+        xv, shape, sm, si, frozen, in_place, y = self._saved
         if in_place:
             raise RuntimeError("BatchNorm.backward: the forward ran with in_place=True, so its input now holds "
                                "the output and the gradient (which needs the input) cannot be computed")
@@ -179,13 +206,22 @@ class BatchNorm:
         wg, bg = self.weight.grad, self.bias.grad
         acc = dict(scale_grad=wg, bias_grad=bg, scale_grad_beta=0.0 if wg is None else 1.0,
                    bias_grad_beta=0.0 if bg is None else 1.0)
+        epi = dict(self._epi, y=y, bias=self.bias.value) if self._act else {}  # act' from y (swish: recomputed)
+        w = self.weight.value
         with errors_as(ValueError):
             dy = dy.reshape(*xv.shape)
-            if sm is not None:
-                dx, dw, db = batchnorm.backward(xv, dy, self.weight.value, sm, si, **acc)
+            if not frozen:
+                dx, dw, db = batchnorm.backward(xv, dy, w, sm, si, **acc, **epi)
             else:
-                dx, dw, db = batchnorm.backward_infer(xv, dy, self.weight.value, self._mean.value,
-                                                      self._variance.value, self._epsilon, **acc)
+                if sm is not None and self._act:
+                    # the forward normalised with the batch (trainable_statistics): act' at its v, which the
+                    # core may recompute from x and the statistics it is given (swish, relu6), so take
+                    # dy * act'(v) from the training backward's residual path, then the frozen backward
+                    zero = gpuarray.zeros(xv.shape, xv.dtype)
+                    dy = batchnorm.backward(xv, dy, w, sm, si, residual=zero, **epi)[1]
+                    epi = {}
+                dx, dw, db = batchnorm.backward_infer(xv, dy, w, self._mean.value, self._variance.value,
+                                                      self._epsilon, **acc, **epi)
         if not self.weight.stop_gradient:
             self.weight.grad = dw
         if not self.bias.stop_gradient:
@@ -231,6 +267,7 @@ class functional:
                              f"{data_format!r}")
         a, xv = _data(x, FUNCTIONAL_FORMATS[data_format], "x")
         f = factor(momentum, "momentum")
+        epsilon = _float32_attr(epsilon, "epsilon")
         params = [as_device_array(t.value if isinstance(t, Tensor) else t, n, ValueError) if t is not None else None
                   for t, n in ((running_mean, "running_mean"), (running_var, "running_var"), (weight, "weight"),
                                (bias, "bias"))]

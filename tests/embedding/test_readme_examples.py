@@ -29,7 +29,7 @@ BLOCK = re.compile(r"^```(\w*)\n(.*?)^```$", re.M | re.S)
 MARKER = re.compile(r"<!-- readme-test: (\S+) -->\n\Z")
 TESTED = {"command-run", "command-test", "puzzlelib-example", "engine-example", "c-extension", "c-setup",
           "cython-extension", "cython-setup", "extensions-from-python", "mxnet-example", "paddle-example",
-          "mpi-example", "engine-epilogue-example"}  # mpi-example: tests/distributed/test_mpi_sync.py runs it under mpiexec -n 3
+          "mpi-example", "engine-epilogue-example", "faces-float64-act-example"}  # mpi-example: tests/distributed/test_mpi_sync.py runs it under mpiexec -n 3
 
 
 def blocks():
@@ -158,6 +158,26 @@ def test_engine_epilogue_example():
     ns, out = run_block("engine-epilogue-example")
     assert out.count("against float64 numpy") == 5 and ns["dz"].dtype == np.float64
     del ns
+def test_faces_float64_act_example():
+    """float64 numpy from the maths (cybn.testing.reference): Paddle's y = relu(xhat) with its float32
+    epsilon, dx through relu'; MXNet's eval backward = the training formula at the moving statistics."""
+    from cybn.testing import reference
+    ns, _ = run_block("faces-float64-act-example")
+    x = ns["x"].get()
+    assert x.dtype == np.float64
+    ones, dy = np.ones(3), np.ones(x.shape)
+    eps = float(np.float32(1e-5))
+    v, _, _, mean, invstd = reference.forward_train(x, ones, 0 * ones, 0 * ones, ones, eps, 0.1)
+    np.testing.assert_allclose(ns["y"].get(), np.maximum(v, 0), rtol=1e-10, atol=1e-10)
+    dx = reference.backward(x, dy * (v > 0), ones, mean, invstd)[0]
+    np.testing.assert_allclose(ns["dx"].get(), dx, rtol=1e-10, atol=1e-10)
+    dx_eval, dgamma, dbeta = reference.backward(x, dy, 2 * ones, 0 * ones, ones / np.sqrt(1 + 1e-3))
+    np.testing.assert_allclose(ns["dx_eval"].get(), dx_eval, rtol=1e-10, atol=1e-10)
+    assert np.abs(dx_eval - 2 / np.sqrt(1 + 1e-3)).max() > 0.1  # not the frozen-statistics gradient
+    np.testing.assert_allclose(ns["dgamma"].get(), dgamma, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(ns["dbeta"].get(), dbeta, rtol=1e-10, atol=1e-10)
+    del ns
+    gc.collect()
 
 
 def test_engine_example_prints_what_it_checks():

@@ -10,7 +10,7 @@ from golden_common import load
 from golden_compare import assert_close, nrel
 from cybn import gpuarray
 from cybn.frameworks import EngineFeatureMissing
-from cybn.paddle import BatchNorm, batch_norm
+from cybn.paddle import FUSED, BatchNorm, batch_norm
 
 CASES = load(os.path.join(os.path.dirname(__file__), "golden", "paddle.npz"))
 LAYER = sorted(n for n, (p, _) in CASES.items() if not p.get("functional"))
@@ -21,21 +21,21 @@ def needs(p):
     """The missing engine feature a layer case needs, or None."""
     if p.get("error"):
         return None
-    if p["dtype"] == "float64":
-        return "float64"
     if p["data_layout"] == "NHWC" and len(p["shape"]) > 2:
         return "channels-last"
-    if p["act"] is not None:
-        return "fused activation"
+    if p["act"] is not None and p["act"] not in FUSED:
+        return "an activation the core's epilogue lacks"
     return None
 
 
 # Left out of the golden comparison (refusal asserted in test_unsupported_refused), by needs():
-#   float64_{2,3,4,5}d, float64_4d_NHWC, float64_eval_4d, act_sigmoid_float64_4d (float64);
-#   train_{3,4,5}d_NHWC_m{0.9,0.5,0.99}, eval_{3,4,5}d_NHWC (channels-last); act_<name>_4d for the 13
-#   activations Paddle runs, act_relu_eval_4d (fused activation). (2-d NHWC is channel axis 1: compared.)
-# Refused by Paddle itself, and by the face with ValueError / EngineFeatureMissing: layout_NCL_3d,
-#   act_no_such_act_4d (ValueError), act_leaky_relu_4d, act_softplus_4d (Paddle fails on its own attributes).
+#   train_{3,4,5}d_NHWC_m{0.9,0.5,0.99}, eval_{3,4,5}d_NHWC, float64_4d_NHWC (channels-last);
+#   act_{gelu,hard_sigmoid,hard_swish,mish,selu,softsign,tanh_shrink}_4d (Paddle runs them, the core's
+#   epilogue has no such activation). (2-d NHWC is channel axis 1: compared.)
+# Compared: float64_{2,3,4,5}d, float64_eval_4d, act_{relu,relu6,elu,sigmoid,tanh,swish,silu}_4d,
+#   act_relu_eval_4d, act_sigmoid_float64_4d (fused activation, its backward through act').
+# Refused by Paddle itself, and by the face with ValueError: layout_NCL_3d, act_no_such_act_4d,
+#   act_leaky_relu_4d, act_softplus_4d (Paddle fails on its own attributes).
 # In place: y is compared; the backward after an in-place forward is refused (inplace_4d, see below).
 HARD = ["hard_1e4", "hard_1e6"]  # against float64 numpy, in test_hard_inputs_not_worse_than_paddle
 SUPPORTED = [n for n in LAYER if needs(CASES[n][0]) is None and not CASES[n][0].get("error") and n not in HARD]
@@ -46,7 +46,7 @@ FUNCTIONAL_OK = [n for n in FUNCTIONAL if n not in FUNCTIONAL_CL]
 
 
 def test_case_counts():
-    assert (len(SUPPORTED), len(UNSUPPORTED), len(REFUSED_BY_PADDLE)) == (33, 34, 4)
+    assert (len(SUPPORTED), len(UNSUPPORTED), len(REFUSED_BY_PADDLE)) == (47, 20, 4)
     assert (len(FUNCTIONAL_OK), len(FUNCTIONAL_CL)) == (10, 6)
 
 
@@ -93,8 +93,7 @@ def test_unsupported_refused(name):
 @pytest.mark.parametrize("name", REFUSED_BY_PADDLE)
 def test_refused_like_paddle(name):
     p, a = CASES[name]
-    expect = EngineFeatureMissing if p["act"] in ("leaky_relu", "softplus") else ValueError
-    with pytest.raises(expect):
+    with pytest.raises(ValueError):
         _layer(p, a)
 
 
