@@ -1,4 +1,4 @@
-"""Elementwise operations on GPUArrays (kernels/elementwise.cu): fill, cast, axpby, arithmetic with arrays
+"""Elementwise operations on GPUArrays (cybn/kernels/elementwise.cu): fill, cast, axpby, arithmetic with arrays
 and scalars, and strided copies (what GPUArray indexing and transpose use when no view can express them)."""
 import numpy as np
 
