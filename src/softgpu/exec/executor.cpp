@@ -28,19 +28,6 @@ const char* check_name(int check) {
     }
 }
 
-const char* op_name(uint16_t op) {
-    switch (op) {
-        case OP_BAR: return "bar.sync";
-        case OP_BAR_RED: return "bar.red";
-        case OP_BAR_WARP: return "bar.warp.sync";
-        case OP_SHFL: return "shfl.sync";
-        case OP_VOTE: return "vote.sync";
-        case OP_REDUX: return "redux.sync";
-        case OP_MATCH: return "match.sync";
-        default: return "a collective";
-    }
-}
-
 constexpr int kMaxReportLines = 20;
 
 }  // namespace

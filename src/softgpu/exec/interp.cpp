@@ -316,22 +316,32 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
             ++pc;
             continue;
         }
+        // The dispatch is generated from ptx/opcodes.def: each INTERP operation jumps to its label
+        // op_NAME below (a missing label does not compile), each SCHED one hands the thread to the
+        // scheduler. Labels stay inside the switch, so `break` ends an operation (++pc) and
+        // `continue` has set pc itself.
         switch (in.op) {
-            case OP_MOV: R[in.d] = R[in.a] & in.mask; break;
-            case OP_ADD: R[in.d] = (R[in.a] + R[in.b]) & in.mask; break;
-            case OP_SUB: R[in.d] = (R[in.a] - R[in.b]) & in.mask; break;
-            case OP_MUL_LO: R[in.d] = (R[in.a] * R[in.b]) & in.mask; break;
-            case OP_MAD_LO: R[in.d] = (R[in.a] * R[in.b] + R[in.c]) & in.mask; break;
-            case OP_MUL_WIDE:
-            case OP_MAD_WIDE: {
+#define SG_DISPATCH_INTERP(name) goto op_##name;
+#define SG_DISPATCH_SCHED(name) goto sched;
+#define SG_OP(name, text, where) case OP_##name: SG_DISPATCH_##where(name)
+#include "ptx/opcodes.def"
+#undef SG_DISPATCH_INTERP
+#undef SG_DISPATCH_SCHED
+            op_MOV: R[in.d] = R[in.a] & in.mask; break;
+            op_ADD: R[in.d] = (R[in.a] + R[in.b]) & in.mask; break;
+            op_SUB: R[in.d] = (R[in.a] - R[in.b]) & in.mask; break;
+            op_MUL_LO: R[in.d] = (R[in.a] * R[in.b]) & in.mask; break;
+            op_MAD_LO: R[in.d] = (R[in.a] * R[in.b] + R[in.c]) & in.mask; break;
+            op_MUL_WIDE:
+            op_MAD_WIDE: {
                 uint64_t p = type_signed(Type(in.ty)) ? uint64_t(sext(R[in.a], in.sh) * sext(R[in.b], in.sh))
                                                       : (R[in.a] & ((1ull << (64 - in.sh)) - 1)) * (R[in.b] & ((1ull << (64 - in.sh)) - 1));
                 if (in.op == OP_MAD_WIDE) p += R[in.c];
                 R[in.d] = p & in.mask;
                 break;
             }
-            case OP_MUL_HI:
-            case OP_MAD_HI: {
+            op_MUL_HI:
+            op_MAD_HI: {
                 int bits = 64 - in.sh;
                 uint64_t hi;
                 if (type_signed(Type(in.ty))) {
@@ -345,8 +355,8 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 R[in.d] = hi & in.mask;
                 break;
             }
-            case OP_MUL24:
-            case OP_MAD24: {
+            op_MUL24:
+            op_MAD24: {
                 bool s = type_signed(Type(in.ty));
                 int64_t a = s ? sext(R[in.a], 40) : int64_t(R[in.a] & 0xffffff);
                 int64_t b = s ? sext(R[in.b], 40) : int64_t(R[in.b] & 0xffffff);
@@ -356,8 +366,8 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 R[in.d] = r & in.mask;
                 break;
             }
-            case OP_DIV:
-            case OP_REM: {
+            op_DIV:
+            op_REM: {
                 if (type_signed(Type(in.ty))) {
                     int64_t a = sext(R[in.a], in.sh), b = sext(R[in.b], in.sh);
                     int64_t r;
@@ -371,17 +381,17 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 }
                 break;
             }
-            case OP_MIN:
-            case OP_MAX: {
+            op_MIN:
+            op_MAX: {
                 bool lt;
                 if (type_signed(Type(in.ty))) lt = sext(R[in.a], in.sh) < sext(R[in.b], in.sh);
                 else lt = (R[in.a] & in.mask) < (R[in.b] & in.mask);
                 R[in.d] = ((in.op == OP_MIN) == lt ? R[in.a] : R[in.b]) & in.mask;
                 break;
             }
-            case OP_NEG: R[in.d] = (0 - R[in.a]) & in.mask; break;
-            case OP_ABS: { int64_t a = sext(R[in.a], in.sh); R[in.d] = uint64_t(a < 0 ? -a : a) & in.mask; break; }
-            case OP_SAD: {
+            op_NEG: R[in.d] = (0 - R[in.a]) & in.mask; break;
+            op_ABS: { int64_t a = sext(R[in.a], in.sh); R[in.d] = uint64_t(a < 0 ? -a : a) & in.mask; break; }
+            op_SAD: {
                 bool s = type_signed(Type(in.ty));
                 uint64_t diff = s ? uint64_t(std::llabs(sext(R[in.a], in.sh) - sext(R[in.b], in.sh)))
                                   : ((R[in.a] & in.mask) > (R[in.b] & in.mask) ? (R[in.a] & in.mask) - (R[in.b] & in.mask)
@@ -389,9 +399,9 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 R[in.d] = (diff + R[in.c]) & in.mask;
                 break;
             }
-            case OP_SIMD: R[in.d] = simd_instr(in, uint32_t(R[in.a]), uint32_t(R[in.b]), uint32_t(R[in.c])); break;
-            case OP_ADD_SAT:
-            case OP_SUB_SAT: {
+            op_SIMD: R[in.d] = simd_instr(in, uint32_t(R[in.a]), uint32_t(R[in.b]), uint32_t(R[in.c])); break;
+            op_ADD_SAT:
+            op_SUB_SAT: {
                 int64_t a = sext(R[in.a], in.sh), b = sext(R[in.b], in.sh);
                 __int128 r = in.op == OP_ADD_SAT ? __int128(a) + b : __int128(a) - b;
                 int bits = 64 - in.sh;
@@ -401,38 +411,38 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 R[in.d] = uint64_t(r) & in.mask;
                 break;
             }
-            case OP_AND: R[in.d] = R[in.a] & R[in.b] & in.mask; break;
-            case OP_OR: R[in.d] = (R[in.a] | R[in.b]) & in.mask; break;
-            case OP_XOR: R[in.d] = (R[in.a] ^ R[in.b]) & in.mask; break;
-            case OP_NOT: R[in.d] = ~R[in.a] & in.mask; break;
-            case OP_CNOT: R[in.d] = (R[in.a] & in.mask) == 0; break;
-            case OP_SHL: {
+            op_AND: R[in.d] = R[in.a] & R[in.b] & in.mask; break;
+            op_OR: R[in.d] = (R[in.a] | R[in.b]) & in.mask; break;
+            op_XOR: R[in.d] = (R[in.a] ^ R[in.b]) & in.mask; break;
+            op_NOT: R[in.d] = ~R[in.a] & in.mask; break;
+            op_CNOT: R[in.d] = (R[in.a] & in.mask) == 0; break;
+            op_SHL: {
                 uint64_t n = R[in.b] & 0xffffffffu;
                 R[in.d] = n >= uint64_t(64 - in.sh) ? 0 : (R[in.a] << n) & in.mask;
                 break;
             }
-            case OP_SHR: {
+            op_SHR: {
                 uint64_t n = R[in.b] & 0xffffffffu;
                 int bits = 64 - in.sh;
                 if (type_signed(Type(in.ty))) R[in.d] = uint64_t(sext(R[in.a], in.sh) >> (n >= uint64_t(bits) ? bits - 1 : n)) & in.mask;
                 else R[in.d] = n >= uint64_t(bits) ? 0 : (R[in.a] & in.mask) >> n;
                 break;
             }
-            case OP_LOP3: {
+            op_LOP3: {
                 uint64_t a = R[in.a], b = R[in.b], c = R[in.c], r = 0;
                 for (int i = 0; i < 8; ++i)
                     if (in.imm >> i & 1) r |= ((i & 4) ? a : ~a) & ((i & 2) ? b : ~b) & ((i & 1) ? c : ~c);
                 R[in.d] = r & in.mask;
                 break;
             }
-            case OP_SHF: {
+            op_SHF: {
                 uint64_t n = R[in.c] & 0xffffffffu;
                 n = in.mod2 ? (n > 32 ? 32 : n) : (n & 31);
                 uint64_t v = (R[in.b] & 0xffffffffu) << 32 | (R[in.a] & 0xffffffffu);
                 R[in.d] = in.mod == 0 ? uint32_t((v << n) >> 32) : uint32_t(v >> n);
                 break;
             }
-            case OP_BFE: {
+            op_BFE: {
                 // PTX: d[i] = (i < len && pos + i <= msb) ? a[pos + i] : sbit
                 uint32_t bits = 64 - in.sh;
                 uint32_t pos = uint32_t(R[in.b] & 0xff), len = uint32_t(R[in.c] & 0xff);
@@ -446,7 +456,7 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 R[in.d] = r & in.mask;
                 break;
             }
-            case OP_BFI: {
+            op_BFI: {
                 int bits = 64 - in.sh;
                 uint32_t pos = uint32_t(R[in.c] & 0xff), len = uint32_t(R[in.e] & 0xff);
                 uint64_t f = R[in.a], b = R[in.b] & in.mask;
@@ -457,22 +467,22 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 R[in.d] = b & in.mask;
                 break;
             }
-            case OP_PRMT: R[in.d] = prmt(uint32_t(R[in.a]), uint32_t(R[in.b]), uint32_t(R[in.c]), in.mod); break;
-            case OP_POPC: R[in.d] = uint64_t(__builtin_popcountll(R[in.a] & in.mask)); break;
-            case OP_CLZ: {
+            op_PRMT: R[in.d] = prmt(uint32_t(R[in.a]), uint32_t(R[in.b]), uint32_t(R[in.c]), in.mod); break;
+            op_POPC: R[in.d] = uint64_t(__builtin_popcountll(R[in.a] & in.mask)); break;
+            op_CLZ: {
                 uint64_t a = R[in.a] & in.mask;
                 int bits = 64 - in.sh;
                 R[in.d] = a == 0 ? uint64_t(bits) : uint64_t(__builtin_clzll(a) - in.sh);
                 break;
             }
-            case OP_BREV: {
+            op_BREV: {
                 uint64_t a = R[in.a], r = 0;
                 int bits = 64 - in.sh;
                 for (int i = 0; i < bits; ++i) r |= ((a >> i) & 1) << (bits - 1 - i);
                 R[in.d] = r;
                 break;
             }
-            case OP_BFIND: {
+            op_BFIND: {
                 int bits = 64 - in.sh;
                 uint64_t a = R[in.a] & in.mask;
                 if (type_signed(Type(in.ty)) && (a >> (bits - 1) & 1)) a = ~a & in.mask;
@@ -484,12 +494,12 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 R[in.d] = r;
                 break;
             }
-            case OP_FADD32: R[in.d] = f32_result(as_f32(R[in.a]) + as_f32(R[in.b])); break;
-            case OP_FSUB32: R[in.d] = f32_result(as_f32(R[in.a]) - as_f32(R[in.b])); break;
-            case OP_FMUL32: R[in.d] = f32_result(as_f32(R[in.a]) * as_f32(R[in.b])); break;
-            case OP_FFMA32: R[in.d] = f32_result(std::fma(as_f32(R[in.a]), as_f32(R[in.b]), as_f32(R[in.c]))); break;
-            case OP_FLOAT: R[in.d] = float_instr(in, R[in.a], R[in.b], R[in.c]); break;
-            case OP_SETP: {
+            op_FADD32: R[in.d] = f32_result(as_f32(R[in.a]) + as_f32(R[in.b])); break;
+            op_FSUB32: R[in.d] = f32_result(as_f32(R[in.a]) - as_f32(R[in.b])); break;
+            op_FMUL32: R[in.d] = f32_result(as_f32(R[in.a]) * as_f32(R[in.b])); break;
+            op_FFMA32: R[in.d] = f32_result(std::fma(as_f32(R[in.a]), as_f32(R[in.b]), as_f32(R[in.c]))); break;
+            op_FLOAT: R[in.d] = float_instr(in, R[in.a], R[in.b], R[in.c]); break;
+            op_SETP: {
                 uint64_t a = R[in.a], b = R[in.b];
                 if (in.ty2 == T_F16X2 || in.ty2 == T_BF16X2) {
                     R[in.d] = combine(compare(a, b, in, 0), in, R[in.c]);
@@ -502,7 +512,7 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 R[S_SINK] = 0;
                 break;
             }
-            case OP_SET: {
+            op_SET: {
                 bool x2 = in.ty2 == T_F16X2 || in.ty2 == T_BF16X2;
                 uint64_t r = 0;
                 for (int lane = 0; lane < (x2 ? 2 : 1); ++lane) {
@@ -519,13 +529,13 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 R[in.d] = r;
                 break;
             }
-            case OP_SELP: R[in.d] = ((R[in.c] & 1) ? R[in.a] : R[in.b]) & in.mask; break;
-            case OP_SLCT: {
+            op_SELP: R[in.d] = ((R[in.c] & 1) ? R[in.a] : R[in.b]) & in.mask; break;
+            op_SLCT: {
                 bool ge = in.ty2 == T_F32 ? float_value(R[in.c], T_F32, in.flags & F_FTZ) >= 0 : sext(R[in.c], 32) >= 0;
                 R[in.d] = (ge ? R[in.a] : R[in.b]) & in.mask;
                 break;
             }
-            case OP_TESTP: {
+            op_TESTP: {
                 double x = float_value(R[in.a], in.ty, false);
                 int c = std::fpclassify(x);
                 if (in.ty == T_F32) c = std::fpclassify(as_f32(R[in.a]));
@@ -541,12 +551,12 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 R[in.d] = r;
                 break;
             }
-            case OP_CVT_INT: {
+            op_CVT_INT: {
                 uint64_t v = in.mod ? uint64_t(sext(R[in.a], in.sh)) : (R[in.a] << in.sh) >> in.sh;
                 R[in.d] = v & in.mask;
                 break;
             }
-            case OP_CVT:
+            op_CVT:
                 if (in.ty == T_F16X2 || in.ty == T_BF16X2) {
                     Instr one = in;
                     one.ty = in.ty == T_F16X2 ? T_F16 : T_BF16;
@@ -555,7 +565,7 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                     R[in.d] = cvt(in, R[in.a]);
                 }
                 break;
-            case OP_PACK: {
+            op_PACK: {
                 uint64_t r = 0;
                 int bits = in.size * 8;
                 uint64_t m = bits >= 64 ? ~0ull : (1ull << bits) - 1;
@@ -563,7 +573,7 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 R[in.d] = r;
                 break;
             }
-            case OP_UNPACK: {
+            op_UNPACK: {
                 uint64_t a = R[in.a];
                 int bits = in.size * 8;
                 uint64_t m = bits >= 64 ? ~0ull : (1ull << bits) - 1;
@@ -571,7 +581,7 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 R[S_SINK] = 0;
                 break;
             }
-            case OP_CVTA: {
+            op_CVTA: {
                 uint64_t a = R[in.a];
                 if (in.space == SP_SHARED) a = (a & 0xffffffffu) + kSharedWindow;
                 else if (in.space == SP_LOCAL) a = (a & 0xffffffffu) + kLocalWindow;
@@ -579,7 +589,7 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 R[in.d] = a & in.mask;
                 break;
             }
-            case OP_CVTA_TO: {
+            op_CVTA_TO: {
                 uint64_t a = R[in.a];
                 if (in.space == SP_SHARED) a -= kSharedWindow;
                 else if (in.space == SP_LOCAL) a -= kLocalWindow;
@@ -587,7 +597,7 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 R[in.d] = a & in.mask;
                 break;
             }
-            case OP_ISSPACEP: {
+            op_ISSPACEP: {
                 uint64_t a = R[in.a];
                 bool sh = a - kSharedWindow < kWindowSize, lo = a - kLocalWindow < kWindowSize;
                 bool pa = a - kParamWindow < kWindowSize;
@@ -595,9 +605,9 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                         : in.space == SP_GLOBAL ? !sh && !lo && !pa : 0;
                 break;
             }
-            case OP_CLOCK: R[in.d] = ((instructions + executed) >> (in.mod ? 32 : 0)) & in.mask; break;
-            case OP_LD:
-            case OP_ST: {
+            op_CLOCK: R[in.d] = ((instructions + executed) >> (in.mod ? 32 : 0)) & in.mask; break;
+            op_LD:
+            op_ST: {
                 uint64_t a = R[in.a] + uint64_t(in.imm);
                 uint32_t total = uint32_t(in.size) * in.nvec;
                 int real;
@@ -625,8 +635,8 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 R[S_SINK] = 0;
                 break;
             }
-            case OP_ATOM:
-            case OP_RED: {
+            op_ATOM:
+            op_RED: {
                 uint64_t a = R[in.a] + uint64_t(in.imm);
                 int real;
                 SAVE();
@@ -684,16 +694,16 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 R[S_SINK] = 0;
                 break;
             }
-            case OP_MBARRIER: {
+            op_MBARRIER: {
                 SAVE();
                 int r = mbarrier(t, in, R);
                 if (r < 0) { status = RUN_FAULT; goto out; }
                 if (r > 0) { ++pc; goto out; }  // try_wait not complete: yield the rest of the slice
                 break;
             }
-            case OP_BRA: pc = uint32_t(in.imm); continue;
-            case OP_BRX: pc = module->branch_tables[in.imm][R[in.a] & 0xffffffffu]; continue;
-            case OP_CALL: {
+            op_BRA: pc = uint32_t(in.imm); continue;
+            op_BRX: pc = module->branch_tables[in.imm][R[in.a] & 0xffffffffu]; continue;
+            op_CALL: {
                 const CallSite& cs = module->calls[in.imm];
                 if (cs.builtin) {
                     SAVE();
@@ -715,7 +725,7 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                 RELOAD();
                 continue;
             }
-            case OP_RET:
+            op_RET:
                 if (t.stack.empty()) { status = RUN_EXITED; ++pc; goto out; }
                 {
                     CallFrame f = t.stack.back();
@@ -729,17 +739,16 @@ RunStatus Exec::run(Thread& t, uint32_t budget) {
                     RELOAD();
                 }
                 continue;
-            case OP_EXIT: status = RUN_EXITED; ++pc; goto out;
-            case OP_TRAP:
+            op_EXIT: status = RUN_EXITED; ++pc; goto out;
+            op_TRAP:
                 SAVE();
                 finding(719, CK_OTHER, t, in, "the kernel executed trap");
                 abort = true;
                 status = RUN_FAULT;
                 goto out;
-            case OP_NOP: break;
-            case OP_YIELD: ++pc; goto out;
-            case OP_BAR: case OP_BAR_ARRIVE: case OP_BAR_RED: case OP_BAR_WARP:
-            case OP_SHFL: case OP_VOTE: case OP_REDUX: case OP_MATCH: case OP_ACTIVEMASK:
+            op_NOP: break;
+            op_YIELD: ++pc; goto out;
+            sched:  // a CTA barrier or warp collective: exec/collective.cpp completes it
                 status = RUN_BLOCKED;
                 goto out;
             default:

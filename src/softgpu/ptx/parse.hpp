@@ -55,6 +55,5 @@ struct ParsedModule {
 bool parse_ptx(const char* text, size_t len, ParsedModule* out, std::string* error);
 // Parses a declaration statement's tokens starting at a state-space token (.reg/.shared/...).
 bool parse_decl(const std::vector<Tok>& t, size_t i, VarDecl* d, std::string* error);
-uint64_t type_size_bytes(const std::string& type);
 
 }  // namespace softgpu

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "ptx/parse.hpp"
+#include "ptx/types.hpp"
 
 namespace softgpu {
 
@@ -240,16 +241,6 @@ struct Parser {
 };
 
 }  // namespace
-
-uint64_t type_size_bytes(const std::string& ty) {
-    if (ty == ".b8" || ty == ".u8" || ty == ".s8") return 1;
-    if (ty == ".b16" || ty == ".u16" || ty == ".s16" || ty == ".f16" || ty == ".bf16") return 2;
-    if (ty == ".b32" || ty == ".u32" || ty == ".s32" || ty == ".f32" || ty == ".f16x2" || ty == ".bf16x2") return 4;
-    if (ty == ".b64" || ty == ".u64" || ty == ".s64" || ty == ".f64") return 8;
-    if (ty == ".b128") return 16;
-    if (ty == ".pred") return 1;
-    return 0;
-}
 
 bool parse_decl(const std::vector<Tok>& t, size_t i, VarDecl* d, std::string* error) {
     uint32_t line = t.empty() ? 0 : t[0].line;

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "ptx/types.hpp"
 #include "softgpu.hpp"
 
 namespace softgpu {
@@ -43,24 +44,6 @@ constexpr uint64_t kWindowSize = 1ull << 32;
 constexpr uint32_t kReservedSmemOffset = 0x80000000u;
 constexpr uint32_t kReservedSmemBytes = 1024;
 
-enum Type : uint8_t {
-    T_NONE, T_B8, T_B16, T_B32, T_B64, T_U8, T_U16, T_U32, T_U64, T_S8, T_S16, T_S32, T_S64,
-    T_F16, T_F16X2, T_BF16, T_BF16X2, T_F32, T_F64, T_PRED, T_B128
-};
-inline int type_bits(Type t) {
-    switch (t) {
-        case T_B8: case T_U8: case T_S8: return 8;
-        case T_B16: case T_U16: case T_S16: case T_F16: case T_BF16: return 16;
-        case T_B32: case T_U32: case T_S32: case T_F32: case T_F16X2: case T_BF16X2: return 32;
-        case T_B64: case T_U64: case T_S64: case T_F64: return 64;
-        case T_B128: return 128;
-        case T_PRED: return 1;
-        default: return 0;
-    }
-}
-inline bool type_signed(Type t) { return t == T_S8 || t == T_S16 || t == T_S32 || t == T_S64; }
-inline bool type_float(Type t) { return t >= T_F16 && t <= T_F64; }
-
 enum Space : uint8_t { SP_GENERIC, SP_GLOBAL, SP_SHARED, SP_LOCAL, SP_KPARAM, SP_CONST };
 
 // Rounding modes (cvt and float arithmetic). RN is the default.
@@ -79,32 +62,19 @@ enum AtomOp : uint8_t { A_ADD, A_MIN, A_MAX, A_EXCH, A_CAS, A_INC, A_DEC, A_AND,
 
 enum Flag : uint8_t { F_FTZ = 1, F_SAT = 2, F_PNEG = 4, F_NAN = 8, F_RELU = 16, F_CNEG = 32, F_HI = 64 };
 
+// The executable operations, from ptx/opcodes.def.
 enum Op : uint16_t {
-    // data movement
-    OP_MOV, OP_PACK, OP_UNPACK, OP_LD, OP_ST, OP_CVTA, OP_CVTA_TO, OP_ISSPACEP,
-    OP_CLOCK,
-    // integer (in.mask / in.sh describe the width)
-    OP_ADD, OP_SUB, OP_MUL_LO, OP_MUL_HI, OP_MUL_WIDE, OP_MAD_LO, OP_MAD_HI, OP_MAD_WIDE,
-    OP_MUL24, OP_MAD24, OP_DIV, OP_REM, OP_MIN, OP_MAX, OP_NEG, OP_ABS, OP_SAD,
-    OP_AND, OP_OR, OP_XOR, OP_NOT, OP_CNOT, OP_SHL, OP_SHR, OP_LOP3, OP_SHF,
-    OP_BFE, OP_BFI, OP_PRMT, OP_POPC, OP_CLZ, OP_BREV, OP_BFIND, OP_FNS,
-    OP_ADD_SAT, OP_SUB_SAT,
-    OP_SIMD,  // video instructions, dp4a, dp2a, bmsk (exec/video.cpp): in.mod is the SimdOp
-    // f32 fast paths (round-to-nearest, no ftz)
-    OP_FADD32, OP_FSUB32, OP_FMUL32, OP_FFMA32,
-    // generic float (f32/f64/f16/bf16 and the x2 forms) arithmetic: in.mod is the float op
-    OP_FLOAT,
-    OP_SETP, OP_SET, OP_SELP, OP_SLCT, OP_TESTP,
-    OP_CVT, OP_CVT_INT,
-    // control
-    OP_BRA, OP_BRX, OP_CALL, OP_RET, OP_EXIT, OP_TRAP, OP_NOP, OP_YIELD,
-    // memory ordering and atomics
-    OP_ATOM, OP_RED,
-    OP_MBARRIER,  // in.mod is the MbarOp (exec/mbarrier.cpp)
-    // CTA and warp collectives
-    OP_BAR, OP_BAR_ARRIVE, OP_BAR_RED, OP_BAR_WARP, OP_SHFL, OP_VOTE, OP_REDUX, OP_MATCH, OP_ACTIVEMASK,
+#define SG_OP(name, text, where) OP_##name,
+#include "ptx/opcodes.def"
     OP_COUNT
 };
+inline const char* op_name(uint16_t op) {
+    static constexpr const char* names[] = {
+#define SG_OP(name, text, where) text,
+#include "ptx/opcodes.def"
+    };
+    return op < OP_COUNT ? names[op] : "an unknown operation";
+}
 
 // Float operations for OP_FLOAT (in.mod).
 enum FloatOp : uint8_t {
