@@ -23,7 +23,7 @@
 namespace softgpu {
 
 // ---------------------------------------------------------------- configuration
-// Read from the environment at first use (runtime/memory.cpp), changeable through the softgpu* C API.
+// Read from the environment at first use (runtime/config.cpp), changeable through the softgpu* C API.
 //   CYBN_SOFTGPU_CHECKS   "all"/1/on/true (default) | "none"/0/off/false | comma list of memcheck,racecheck,initcheck
 //   CYBN_SOFTGPU_SEED     0 (default): deterministic schedule; otherwise seeds a randomised order
 //   CYBN_SOFTGPU_MEMORY   device memory size in bytes, suffixes K/M/G allowed (default 4G)

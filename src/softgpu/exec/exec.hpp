@@ -98,7 +98,7 @@ struct Exec {
     uint64_t next_random();
 };
 
-// Memory access resolution with the checks (exec/interp.cpp): a host pointer, or null after a finding.
+// Memory access resolution with the checks (exec/access.cpp): a host pointer, or null after a finding.
 enum Access { AC_LOAD, AC_STORE, AC_ATOMIC };
 uint8_t* resolve(Exec& x, Thread& t, const Instr& in, int sp, uint64_t a, uint32_t size, int kind, int* real_space);
 
