@@ -1,13 +1,15 @@
-"""Elementwise operations on GPUArrays (cybn/kernels/elementwise.cu): fill, cast, axpby, arithmetic with arrays
+"""Elementwise operations on GPUArrays (kernels/elementwise.cu): fill, cast, axpby, arithmetic with arrays
 and scalars, and strided copies (what GPUArray indexing and transpose use when no view can express them)."""
 import numpy as np
 
 from cybn.jit import functions as kernels
 from cybn.array.gpuarray import GPUArray
+from cybn.array.dtypes import FLOATS
 from cybn.jit.variants import register_variants
 
 SOURCE = "elementwise.cu"
-_FLOATS = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+# Kernels exist for all four float types; bfloat16 arrays exist only with ml_dtypes installed (dtypes.py).
+_SUFFIXES = ("f16", "bf16", "f32", "f64")
 _FILL_BITS = {1: (np.uint8, "cybn_fill_b8", "I"), 2: (np.uint16, "cybn_fill_b16", "I"),
               4: (np.uint32, "cybn_fill_b32", "I"), 8: (np.uint64, "cybn_fill_b64", "Q")}
 # Arithmetic: array OP array, and array OP scalar (rsub, rdiv: scalar OP array).
@@ -15,10 +17,10 @@ ARRAY_OPS = ("add", "sub", "mul", "div")
 SCALAR_OPS = ("add", "sub", "mul", "div", "rsub", "rdiv")
 _STRIDED = {1: "cybn_strided_b8", 2: "cybn_strided_b16", 4: "cybn_strided_b32", 8: "cybn_strided_b64"}
 KERNELS = ([k[1] for k in _FILL_BITS.values()]
-           + [f"cybn_cast_{a}_{b}" for a in _FLOATS.values() for b in _FLOATS.values() if a != b]
-           + [f"cybn_axpby_{t}" for t in _FLOATS.values()]
-           + [f"cybn_{op}_{t}" for t in _FLOATS.values() for op in ARRAY_OPS]
-           + [f"cybn_{op}s_{t}" for t in _FLOATS.values() for op in SCALAR_OPS]
+           + [f"cybn_cast_{a}_{b}" for a in _SUFFIXES for b in _SUFFIXES if a != b]
+           + [f"cybn_axpby_{t}" for t in _SUFFIXES]
+           + [f"cybn_{op}_{t}" for t in _SUFFIXES for op in ARRAY_OPS]
+           + [f"cybn_{op}s_{t}" for t in _SUFFIXES for op in SCALAR_OPS]
            + list(_STRIDED.values()))
 # One program holds every kernel, so warmup and the first call share one compile.
 register_variants(SOURCE, [(KERNELS, ())])
@@ -29,7 +31,7 @@ _MAX_GRID = 4096  # the loops are grid-stride: more blocks than this only adds s
 
 def can_cast(dtype):
     """Whether cast() converts from and to this dtype (GPUArray.astype asks before it allocates)."""
-    return np.dtype(dtype) in _FLOATS
+    return np.dtype(dtype) in FLOATS
 
 
 def _grid(n):
@@ -63,27 +65,28 @@ def fill(ary, value, stream=None):
 
 
 def cast(src, dst, stream=None):
-    """dst[...] = src converted (float16, float32, float64; round to nearest even). Same shape required."""
+    """dst[...] = src converted (float16, bfloat16, float32, float64; one rounding to nearest even, as numpy and
+    ml_dtypes). Same shape required."""
     _require_array(src, "cast: src")
     _require_array(dst, "cast: dst")
     if src.shape != dst.shape:
         raise ValueError(f"cast: shape mismatch: src {src.shape}, dst {dst.shape}")
     for what, a in (("src", src), ("dst", dst)):
-        if a.dtype not in _FLOATS:
-            raise TypeError(f"cast: {what} dtype {a.dtype} not supported (float16, float32, float64)")
+        if a.dtype not in FLOATS:
+            raise TypeError(f"cast: {what} dtype {a.dtype} not supported (float16, bfloat16, float32, float64)")
     _check_no_partial_overlap(src, dst, "cast: src and dst")
     if src.dtype == dst.dtype:
         dst.set(src, stream=stream)
         return dst
     if src.size:
-        fn = kernels.get_function(SOURCE, f"cybn_cast_{_FLOATS[src.dtype]}_{_FLOATS[dst.dtype]}", "PPQ")
+        fn = kernels.get_function(SOURCE, f"cybn_cast_{FLOATS[src.dtype]}_{FLOATS[dst.dtype]}", "PPQ")
         fn(_grid(src.size), _BLOCK, (src, dst, src.size), stream=stream)
     return dst
 
 
 def axpby(x, y, alpha, beta, out=None, stream=None):
-    """out = alpha * x + beta * y, elementwise; out=None updates y in place (BLAS axpby). float16 is
-    computed in float32 and rounded once. Returns out (or y)."""
+    """out = alpha * x + beta * y, elementwise; out=None updates y in place (BLAS axpby). float16 and
+    bfloat16 are computed in float32 and rounded once. Returns out (or y)."""
     _require_array(x, "axpby: x")
     _require_array(y, "axpby: y")
     if out is None:
@@ -94,11 +97,11 @@ def axpby(x, y, alpha, beta, out=None, stream=None):
             raise ValueError(f"axpby: {what} shape {a.shape} differs from x shape {x.shape}")
         if a.dtype != x.dtype:
             raise TypeError(f"axpby: {what} dtype {a.dtype} differs from x dtype {x.dtype}")
-    if x.dtype not in _FLOATS:
-        raise TypeError(f"axpby: dtype {x.dtype} not supported (float16, float32, float64)")
+    if x.dtype not in FLOATS:
+        raise TypeError(f"axpby: dtype {x.dtype} not supported (float16, bfloat16, float32, float64)")
     _check_no_partial_overlap(x, out, "axpby: x and out")
     _check_no_partial_overlap(y, out, "axpby: y and out")
-    t = _FLOATS[x.dtype]
+    t = FLOATS[x.dtype]
     if x.size:
         fn = kernels.get_function(SOURCE, f"cybn_axpby_{t}", "PPP" + ("dd" if t == "f64" else "ff") + "Q")
         fn(_grid(x.size), _BLOCK, (x, y, out, float(alpha), float(beta), x.size), stream=stream)
@@ -106,13 +109,13 @@ def axpby(x, y, alpha, beta, out=None, stream=None):
 
 
 def arithmetic(op, a, b, out=None, stream=None):
-    """out = a OP b elementwise, OP one of SCALAR_OPS ("rsub": b - a, "rdiv": b / a). a: a float16/32/64
-    GPUArray; b: a GPUArray of a's shape and dtype, or a real scalar (converted to a's dtype first, as numpy
-    converts a Python number). out (default: a new array) may be a or b. float16 is computed in float32 and
-    rounded once, as numpy does. Returns out."""
+    """out = a OP b elementwise, OP one of SCALAR_OPS ("rsub": b - a, "rdiv": b / a). a: a float16, bfloat16,
+    float32 or float64 GPUArray; b: a GPUArray of a's shape and dtype, or a real scalar (converted to a's dtype first, as numpy
+    converts a Python number). out (default: a new array) may be a or b. float16 and bfloat16 are computed in
+    float32 and rounded once, as numpy and ml_dtypes do. Returns out."""
     _require_array(a, f"{op}: a")
-    if a.dtype not in _FLOATS:
-        raise TypeError(f"{op}: GPUArray arithmetic takes float16, float32 or float64 arrays, got {a.dtype} "
+    if a.dtype not in FLOATS:
+        raise TypeError(f"{op}: GPUArray arithmetic takes float16, bfloat16, float32 or float64 arrays, got {a.dtype} "
                         f"(convert it with .astype(np.float32))")
     scalar = not isinstance(b, GPUArray)
     if scalar:
@@ -137,7 +140,7 @@ def arithmetic(op, a, b, out=None, stream=None):
     _check_no_partial_overlap(a, out, f"{op}: a and out")
     if not scalar:
         _check_no_partial_overlap(b, out, f"{op}: b and out")
-    t = _FLOATS[a.dtype]
+    t = FLOATS[a.dtype]
     if a.size:
         if scalar:
             fn = kernels.get_function(SOURCE, f"cybn_{op}s_{t}", "P" + ("d" if t == "f64" else "f") + "PQ")

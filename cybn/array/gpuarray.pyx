@@ -16,15 +16,7 @@ from cybn.driver.status cimport check
 from cybn.driver.function cimport register_pointer_type
 from cybn.driver.stream cimport Stream, resolve_stream, current_stream_c
 
-_KINDS = "biufc"
-
-
-def _as_dtype(dtype):
-    dt = np.dtype(dtype)
-    if dt.kind not in _KINDS or dt.fields is not None or dt.subdtype is not None or not dt.isnative:
-        raise TypeError(f"unsupported dtype {dt!r}: GPUArray holds bool, integer, float or complex "
-                        f"numbers in native byte order")
-    return dt
+from cybn.array.dtypes import as_dtype as _as_dtype, from_typestr as _from_typestr, is_bfloat16, BFLOAT16
 
 
 def _as_shape(shape):
@@ -208,14 +200,15 @@ cdef class GPUArray:
         return self
 
     def astype(self, dtype, stream=None):
-        """A converted copy (float16/float32/float64 on the device; same dtype: a copy)."""
+        """A converted copy (float16/bfloat16/float32/float64 on the device, rounded to nearest even; same
+        dtype: a copy)."""
         dtype = _as_dtype(dtype)
         if dtype == self.dtype:
             return self.copy(stream)
         from cybn.array import elementwise
         for what, dt in (("from", self.dtype), ("to", dtype)):
             if not elementwise.can_cast(dt):  # refused before anything is allocated
-                raise TypeError(f"astype: cannot cast {what} {dt} (float16, float32 and float64 convert; "
+                raise TypeError(f"astype: cannot cast {what} {dt} (float16, bfloat16, float32 and float64 convert; "
                                 f"any dtype copies to itself)")
         out = _alloc(self.shape, dtype, stream)
         elementwise.cast(self, out, stream=stream)
@@ -538,34 +531,54 @@ def from_cuda_array_interface(obj):
 
 
 def _from_cai(obj, bint readonly_ok):
+    ptr, shape, dtype, _, _ = cai_import(obj, readonly_ok, _require_c_contiguous)
+    return GPUArray.from_pointer(ptr, shape, dtype, obj)
+
+
+def _require_c_contiguous(what, shape, strides, dtype):
+    """The layout rule of a GPUArray (cai_import/dlpack_import's `accept`): strides in elements or None."""
+    if strides is not None and not _is_c_contiguous(shape, strides, 1):
+        raise ValueError(f"{what}: strides {strides} (elements) for shape {shape} are not C-contiguous; make a "
+                         f"contiguous copy first (cybn.array.interop.layout_of also takes channels-last strides)")
+
+
+def cai_import(obj, bint readonly_ok, accept):
+    """Read a foreign __cuda_array_interface__ (v2/v3) without copying: -> (ptr, shape, dtype, strides in
+    elements or None, readonly). `accept(what, shape, strides, dtype)` raises for a layout the caller cannot
+    use; only after it passed is the producer's v3 `stream` waited on by the current stream."""
     try:
         cai = obj.__cuda_array_interface__
     except AttributeError:
         raise TypeError(f"{type(obj).__name__} has no __cuda_array_interface__") from None
+    what = "__cuda_array_interface__"
     shape = _as_shape(cai["shape"])
-    dtype = _as_dtype(cai["typestr"])
+    dtype = _from_typestr(cai["typestr"])
     if cai.get("mask") is not None:
-        raise ValueError("__cuda_array_interface__ with a mask is not supported")
+        raise ValueError(f"{what} with a mask is not supported")
     strides = cai.get("strides")
-    if strides is not None and len(strides) != len(shape):
-        raise ValueError(f"__cuda_array_interface__: {len(strides)} strides {tuple(strides)} for the "
-                         f"{len(shape)} dimensions of shape {shape}")
-    if strides is not None and not _is_c_contiguous(shape, tuple(strides), dtype.itemsize):
-        raise ValueError(f"__cuda_array_interface__: strides {tuple(strides)} for shape {shape} are not "
-                         f"C-contiguous; make a contiguous copy first")
+    if strides is not None:
+        strides = tuple(strides)
+        if len(strides) != len(shape):
+            raise ValueError(f"{what}: {len(strides)} strides {strides} for the {len(shape)} dimensions of "
+                             f"shape {shape}")
+        if any(not isinstance(b, (int, np.integer)) or b % dtype.itemsize for b in strides):
+            raise ValueError(f"{what}: strides {strides} (bytes) are not whole multiples of the {dtype.itemsize}-byte "
+                             f"{dtype} elements")
+        strides = tuple(int(b) // dtype.itemsize for b in strides)
+    accept(what, shape, strides, dtype)
     data = cai.get("data")
     if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise ValueError(f"__cuda_array_interface__: data must be a (pointer, readonly) tuple, got {data!r}")
+        raise ValueError(f"{what}: data must be a (pointer, readonly) tuple, got {data!r}")
     if data[1] and not readonly_ok:
-        raise ValueError("__cuda_array_interface__: the data is read-only and a GPUArray is always writable; "
+        raise ValueError(f"{what}: the data is read-only and a GPUArray is always writable; "
                          "use cybn.to_gpu(obj) for a copy")
     ptr = int(data[0])
     stream = cai.get("stream")
     if stream is not None:
         if stream == 0:
-            raise ValueError("__cuda_array_interface__: stream 0 is not allowed (v3); use 1 for the legacy stream")
+            raise ValueError(f"{what}: stream 0 is not allowed (v3); use 1 for the legacy stream")
         _order_streams(_consumer_stream(stream), current_stream_c().stream)
-    return GPUArray.from_pointer(ptr, shape, dtype, obj)
+    return ptr, shape, dtype, strides, bool(data[1])
 
 
 def _is_c_contiguous(shape, strides, itemsize):
@@ -588,6 +601,7 @@ cdef enum:
     KDL_INT = 0
     KDL_UINT = 1
     KDL_FLOAT = 2
+    KDL_BFLOAT = 4
     KDL_COMPLEX = 5
     KDL_BOOL = 6
 
@@ -653,7 +667,7 @@ cdef object _export_capsule(GPUArray a):
     m.dl_tensor.device.device_type = KDL_CUDA
     m.dl_tensor.device.device_id = current_ordinal()
     m.dl_tensor.ndim = ndim
-    m.dl_tensor.dtype.code = _DL_CODES[a.dtype.kind]
+    m.dl_tensor.dtype.code = KDL_BFLOAT if is_bfloat16(a.dtype) else _DL_CODES[a.dtype.kind]
     m.dl_tensor.dtype.bits = a.itemsize * 8
     m.dl_tensor.dtype.lanes = 1
     m.dl_tensor.shape = dims
@@ -682,29 +696,44 @@ cdef class _DLPackOwner:
 def from_dlpack(obj):
     """Wrap (no copy) a CUDA array from any object with __dlpack__ or a raw "dltensor" capsule.
     Host (kDLCPU) data is refused (use to_gpu), as are non-contiguous layouts and unsupported dtypes."""
+    ptr, shape, dtype, _, owner = dlpack_import(obj, _require_c_contiguous)
+    return GPUArray.from_pointer(ptr, shape, dtype, owner)
+
+
+def dlpack_import(obj, accept):
+    """Take a CUDA tensor from an object with __dlpack__ or a raw "dltensor" capsule, without copying:
+    -> (ptr, shape, dtype, strides in elements or None, owner). `accept(what, shape, strides, dtype)` raises
+    for a layout the caller cannot use, and then the capsule stays unconsumed (its producer frees it);
+    otherwise it is consumed and `owner` (keep it alive with the data) calls the producer's deleter."""
+    what = "from_dlpack"
     if PyCapsule_CheckExact(obj):
         capsule = obj
     elif hasattr(obj, "__dlpack__"):
         if hasattr(obj, "__dlpack_device__"):
             dev = tuple(obj.__dlpack_device__())
             if dev[0] not in (KDL_CUDA, KDL_CUDA_MANAGED):
-                raise BufferError(f"from_dlpack: {type(obj).__name__} lives on "
+                raise BufferError(f"{what}: {type(obj).__name__} lives on "
                                   f"{_DL_DEVICE_NAMES.get(dev[0], dev[0])}, not a CUDA device; use to_gpu() "
                                   f"for host arrays")
         s = <size_t>current_stream_c().stream
         capsule = obj.__dlpack__(stream=s if s else 1)
     else:
-        raise TypeError(f"from_dlpack: {type(obj).__name__} supports neither __dlpack__ nor is a DLPack capsule")
+        raise TypeError(f"{what}: {type(obj).__name__} supports neither __dlpack__ nor is a DLPack capsule")
     if not PyCapsule_IsValid(capsule, b"dltensor"):
-        raise ValueError("from_dlpack: not an unconsumed \"dltensor\" capsule (already used, or a versioned one)")
+        raise ValueError(f"{what}: not an unconsumed \"dltensor\" capsule (already used, or a versioned one)")
     cdef DLManagedTensor* m = <DLManagedTensor*>PyCapsule_GetPointer(capsule, b"dltensor")
     cdef DLTensor* t = &m.dl_tensor
     cdef int i
     if t.device.device_type not in (KDL_CUDA, KDL_CUDA_MANAGED):
-        raise BufferError(f"from_dlpack: the tensor is on {_DL_DEVICE_NAMES.get(t.device.device_type, t.device.device_type)}"
+        raise BufferError(f"{what}: the tensor is on {_DL_DEVICE_NAMES.get(t.device.device_type, t.device.device_type)}"
                           f", not a CUDA device; use to_gpu() for host arrays")
     dtype = None
-    if t.dtype.lanes == 1 and t.dtype.code in _DL_KINDS and t.dtype.bits % 8 == 0:
+    if t.dtype.lanes == 1 and t.dtype.code == KDL_BFLOAT and t.dtype.bits == 16:
+        if BFLOAT16 is None:
+            raise TypeError(f"{what}: the tensor is bfloat16 (kDLBfloat), which needs the ml_dtypes package "
+                            "(pip install ml_dtypes)")
+        dtype = BFLOAT16
+    elif t.dtype.lanes == 1 and t.dtype.code in _DL_KINDS and t.dtype.bits % 8 == 0:
         try:
             dtype = np.dtype(f"{_DL_KINDS[t.dtype.code]}{t.dtype.bits // 8}")  # kDLBool: 8 bits, numpy's bool
         except TypeError:  # sizes numpy has no type for, e.g. float8 or int24
@@ -712,23 +741,20 @@ def from_dlpack(obj):
         if dtype is not None and dtype in (np.dtype(np.longdouble), np.dtype(np.clongdouble)):
             dtype = None  # DLPack's 128-bit float is IEEE binary128, numpy's 'f16' is x87 extended precision
     if dtype is None:
-        raise TypeError(f"from_dlpack: unsupported DLPack dtype (code {t.dtype.code}, bits {t.dtype.bits}, "
+        raise TypeError(f"{what}: unsupported DLPack dtype (code {t.dtype.code}, bits {t.dtype.bits}, "
                         f"lanes {t.dtype.lanes})")
     dtype = _as_dtype(dtype)
     if t.ndim < 0:
-        raise ValueError(f"from_dlpack: negative ndim {t.ndim}")
+        raise ValueError(f"{what}: negative ndim {t.ndim}")
     shape = tuple(t.shape[i] for i in range(t.ndim))
-    if t.strides != NULL:
-        strides = tuple(t.strides[i] * dtype.itemsize for i in range(t.ndim))
-        if not _is_c_contiguous(shape, strides, dtype.itemsize):
-            raise ValueError(f"from_dlpack: strides {tuple(t.strides[i] for i in range(t.ndim))} (elements) for "
-                             f"shape {shape} are not C-contiguous; make a contiguous copy first")
+    strides = tuple(t.strides[i] for i in range(t.ndim)) if t.strides != NULL else None
+    accept(what, shape, strides, dtype)
     ptr = <size_t>t.data + t.byte_offset
     owner = _DLPackOwner()
     # Renaming marks the capsule consumed: from here on the owner's __dealloc__ calls the deleter.
     PyCapsule_SetName(capsule, b"used_dltensor")
     (<_DLPackOwner>owner).m = m
-    return GPUArray.from_pointer(ptr, shape, dtype, owner)
+    return ptr, shape, dtype, strides, owner
 
 
 cdef unsigned long long _pointer_of(object a) except? 0:

@@ -19,8 +19,9 @@ def layout(shape, mode):
     return axes, pshape, K, M
 
 
-def forward_train(x, scale, bias, running_mean, running_var, eps, factor, mode="spatial"):
-    """Returns (y, new_running_mean, new_running_var, mean, invstd), all float64 (statistics flat (K,))."""
+def forward_train(x, scale, bias, running_mean, running_var, eps, factor, mode="spatial", running_var_unbiased=True):
+    """Returns (y, new_running_mean, new_running_var, mean, invstd), all float64 (statistics flat (K,)).
+    running_var_unbiased=False: the biased batch variance goes into the running variance (MXNet, Paddle)."""
     x = np.asarray(x, np.float64)
     axes, pshape, K, M = layout(x.shape, mode)
     mean = x.mean(axis=axes, keepdims=True)
@@ -29,7 +30,7 @@ def forward_train(x, scale, bias, running_mean, running_var, eps, factor, mode="
     g = np.ones(pshape) if scale is None else np.asarray(scale, np.float64).reshape(pshape)
     b = np.zeros(pshape) if bias is None else np.asarray(bias, np.float64).reshape(pshape)
     y = g * (x - mean) * invstd + b
-    unbiased = var * M / (M - 1) if M > 1 else var  # M == 1: the biased variance (0), never NaN/inf
+    unbiased = var * M / (M - 1) if M > 1 and running_var_unbiased else var  # M == 1: 0, never NaN/inf
     rm = (1 - factor) * np.asarray(running_mean, np.float64).ravel() + factor * mean.ravel()
     rv = (1 - factor) * np.asarray(running_var, np.float64).ravel() + factor * unbiased.ravel()
     return y, rm, rv, mean.ravel(), invstd.ravel()
@@ -69,11 +70,12 @@ def backward_infer(x, dy, scale, running_mean, running_var, eps, mode="spatial")
     return g * invstd * dy, (dy * xhat).sum(axis=axes), dy.sum(axis=axes)
 
 
-def train_then_infer(x, scale, bias, running_mean, running_var, dy, epsilon, factor, mode):
+def train_then_infer(x, scale, bias, running_mean, running_var, dy, epsilon, factor, mode, running_var_unbiased=True):
     """Training forward, its backward, then inference forward and its (frozen-statistics) backward with the
     updated running statistics, as the embedding faces' tests run them: a dict of flat float64 arrays.
     scale/bias None: non-affine (1 and 0)."""
-    y, rm, rv, mean, invstd = forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, mode)
+    y, rm, rv, mean, invstd = forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, mode,
+                                            running_var_unbiased)
     dx, sg, bg = backward(x, dy, scale, mean, invstd, mode)
     dx_i, sg_i, bg_i = backward_infer(x, dy, scale, rm, rv, epsilon, mode)
     out = {"y": y, "save_mean": mean, "save_invstd": invstd, "running_mean": rm, "running_var": rv,
