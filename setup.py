@@ -44,12 +44,14 @@ class BuildExt(build_ext):
         return os.path.join(self.build_lib, "cybn", "_softgpu", "libcuda.so.1")
 
     def build_softgpu(self):
-        sources = sorted(glob.glob(os.path.join(HERE, "src", "softgpu", "*.cpp")))
+        # One subdirectory per layer (driver/, ptx/, exec/, runtime/); includes are relative to src/softgpu.
+        root = os.path.join(HERE, "src", "softgpu")
+        sources = sorted(glob.glob(os.path.join(root, "**", "*.cpp"), recursive=True))
         if not sources:
             return
         target = self.softgpu_target()
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        headers = glob.glob(os.path.join(HERE, "src", "softgpu", "*.h*"))
+        headers = [p for ext in ("*.hpp", "*.def") for p in glob.glob(os.path.join(root, "**", ext), recursive=True)]
         newest = max(os.path.getmtime(p) for p in sources + headers)
         if os.path.exists(target) and os.path.getmtime(target) >= newest and not self.force:
             return
@@ -58,12 +60,12 @@ class BuildExt(build_ext):
         os.makedirs(objdir, exist_ok=True)
         inc = cuda_include_dir()
         flags = ["-std=c++17", "-O2", "-g0", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wno-unused-function",
-                 "-I", inc, "-I", os.path.join(HERE, "src", "softgpu")]
+                 "-I", inc, "-I", root]
         flags += os.environ.get("SOFTGPU_CXXFLAGS", "").split()
         # Two cores on the CI machines: compile the translation units in parallel.
         procs, objs = [], []
         for src in sources:
-            obj = os.path.join(objdir, os.path.basename(src) + ".o")
+            obj = os.path.join(objdir, os.path.relpath(src, root).replace(os.sep, "__") + ".o")
             objs.append(obj)
             procs.append((src, subprocess.Popen([cxx, *flags, "-c", src, "-o", obj])))
             if len(procs) >= (os.cpu_count() or 2):

@@ -1,7 +1,7 @@
 # distutils: language = c++
 # cython: boundscheck=False, wraparound=False, cdivision=True
 """BatchNorm: the functional layer (forward_train, forward_infer, backward, backward_infer) over a nogil
-core (see batchnorm.pxd) that plans and launches the kernels of kernels/batchnorm.cu.
+core (see batchnorm.pxd) that plans and launches the kernels of cybn/kernels/batchnorm.cu.
 
 Shapes: x is (N, C, *spatial) in "spatial" mode (one statistic per channel over N * prod(spatial)
 values) or (N, C, *rest) in "per_activation" mode (one statistic per (c, *rest) position over the N
@@ -13,7 +13,7 @@ y = scale * (x - mean) * invstd + bias; running_mean = (1 - factor) * running_me
 running_var = (1 - factor) * running_var + factor * var_b * M / (M - 1) (M values per statistic; when
 M == 1 the unbiased variance is undefined and var_b, i.e. 0, is used: never NaN or inf).
 
-Numerics (kernels/batchnorm.cu, welford.cuh): the batch mean is a float pair hi + lo (save_mean is hi)
+Numerics (cybn/kernels/batchnorm.cu, welford.cuh): the batch mean is a float pair hi + lo (save_mean is hi)
 and x - mean is formed as (x - hi) - lo everywhere; the backward recovers lo from x itself in its
 compensated reduction (no reserve travels beside the saved statistics). Welford's state carries the
 variance (M2 / n) on power-of-two-scaled samples, finished in double: no overflow while the variance
@@ -41,13 +41,6 @@ from cybn.driver.stream cimport resolve_stream
 from cybn.driver.memory cimport DeviceBuffer
 from cybn.driver.function cimport Function
 from cybn.array.gpuarray cimport GPUArray
-
-cdef extern from *:
-    """
-    static __thread char cybn_bn_error[256];
-    """
-    char cybn_bn_error[256]
-
 
 class Mode(enum.Enum):
     """spatial: one statistic per channel; per_activation: one per (c, *rest) position."""

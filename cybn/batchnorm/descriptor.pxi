@@ -2,6 +2,13 @@
 # (bn_check_desc), prepared kernels (_validate), and that no output overlaps another argument
 # (_no_overlap, shared with the Python face's _no_aliasing). Included by batchnorm.pyx.
 
+cdef extern from *:
+    """
+    static __thread char cybn_bn_error[256];
+    """
+    char cybn_bn_error[256]
+
+
 cdef const char* bn_last_error() noexcept nogil:
     return cybn_bn_error
 

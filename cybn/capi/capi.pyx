@@ -1,8 +1,9 @@
 # distutils: language = c++
 # cython: boundscheck=False, wraparound=False
-"""The embedding faces of cybn's BatchNorm: nogil Cython functions (cimport them from cybn/capi.pxd) and
-the versioned C function table in the capsule `cybn._C_API` (cybn/include/cybn.h), both thin wrappers
-over the nogil core of cybn.batchnorm, on cybn.h's plain-C descriptor.
+"""The embedding faces of cybn's BatchNorm: nogil Cython functions (declared in cybn/capi/capi.pxd,
+cimported as `from cybn.capi cimport ...`) and the versioned C function table in the capsule `cybn._C_API`
+(cybn/include/cybn.h), both thin wrappers over the nogil core of cybn.batchnorm, on cybn.h's plain-C
+descriptor.
 
 prepare() (GIL) compiles/loads the kernels and records their handles per (context, dtype, mode) in a
 fixed C table; the nogil calls find them through the calling thread's current context, so no Python

@@ -199,9 +199,14 @@ cdef class MemoryPool:
 
     cdef void _collect(self) noexcept:
         """Pending blocks whose events have all completed go back to their stream's free list."""
+        # Take the list first: _extent is a ctypes call that releases the GIL, so another thread's
+        # _take/free_all may run _collect meanwhile; iterating a shared list let both move the same
+        # block to the free list (one block handed out twice, then freed twice by free_all).
+        cdef list items = self.pending
+        self.pending = []
         cdef list still = []
         cdef bint done
-        for item in self.pending:
+        for item in items:
             done = True
             for e in item[3]:
                 if cydriver.cuEventQuery(<cydriver.CUevent><size_t>e) != cydriver.CUDA_SUCCESS:
@@ -217,7 +222,8 @@ cdef class MemoryPool:
             except Exception:
                 pass
             self.free_lists.setdefault((item[2], item[1]), []).append(item[0])
-        self.pending = still
+        if still:  # blocks freed by other threads meanwhile are in self.pending already
+            self.pending.extend(still)
 
     cpdef DeviceBuffer malloc(self, size_t nbytes, stream=None):
         """A DeviceBuffer of at least nbytes, reused from the free list of `stream` (default: current)."""

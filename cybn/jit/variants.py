@@ -2,7 +2,7 @@
 `python -m cybn warmup` can compile them all ahead of time and the build check can compile each for
 every real architecture.
 
-How to register (at import time of the module that launches the kernels, e.g. cybn/batchnorm.pyx):
+How to register (at import time of the module that launches the kernels, e.g. cybn/batchnorm/prepared.pxi):
 
     from cybn.jit.variants import register_variants
     register_variants("batchnorm.cu", [

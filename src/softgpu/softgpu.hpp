@@ -1,12 +1,12 @@
 // softgpu.hpp: the one internal interface between the two halves of the software GPU.
 //
-//   driver side  (driver.cpp, memory.cpp, counters.cpp): the cu* entry points, contexts, streams,
+//   driver side  (driver/*.cpp, runtime/memory.cpp, runtime/counters.cpp): the cu* entry points, contexts, streams,
 //                events, allocations and their shadow state, counters, configuration.
-//   engine side  (parser.cpp, program.hpp/decode.cpp, executor.cpp): PTX text -> decoded program ->
+//   engine side  (ptx/parser.cpp, ptx/program.hpp/decode.cpp, exec/executor.cpp): PTX text -> decoded program ->
 //                execution of a grid.
 //
 // Device addresses ARE host addresses: every device or pinned allocation lives inside one large
-// virtual region reserved by memory.cpp, so the executor dereferences an address after checking it
+// virtual region reserved by runtime/memory.cpp, so the executor dereferences an address after checking it
 // and never translates. Addresses are never reused, so a use after free is always detectable.
 //
 // Everything here is called with the driver's global lock held: one operation executes at a time
@@ -23,16 +23,16 @@
 namespace softgpu {
 
 // ---------------------------------------------------------------- configuration
-// Read from the environment at first use (memory.cpp), changeable through the softgpu* C API.
+// Read from the environment at first use (runtime/config.cpp), changeable through the softgpu* C API.
 //   CYBN_SOFTGPU_CHECKS   "all"/1/on/true (default) | "none"/0/off/false | comma list of memcheck,racecheck,initcheck
 //   CYBN_SOFTGPU_SEED     0 (default): deterministic schedule; otherwise seeds a randomised order
 //   CYBN_SOFTGPU_MEMORY   device memory size in bytes, suffixes K/M/G allowed (default 4G)
 //   CYBN_SOFTGPU_WATCHDOG thread-instructions one launch may execute before it fails (default 2^31,
 //                         about 10 s of interpreting: a deadlocked spin-wait is reported in seconds)
 //   CYBN_SOFTGPU_PROFILE  the device modelled: small (default) | a100 | h100 | h200 | l4 | t4 | rtx4090
-//                         (profiles.cpp; read by the driver side, not part of Config)
-//   CYBN_SOFTGPU_NVJITLINK libnvJitLink path for exact register counts (jitlink.cpp); unset or 0: estimate
-//   CYBN_SOFTGPU_ASYNC    1: streams run on a worker thread, asynchronously to the host (stream_queue.cpp)
+//                         (driver/profiles.cpp; read by the driver side, not part of Config)
+//   CYBN_SOFTGPU_NVJITLINK libnvJitLink path for exact register counts (runtime/jitlink.cpp); unset or 0: estimate
+//   CYBN_SOFTGPU_ASYNC    1: streams run on a worker thread, asynchronously to the host (runtime/stream_queue.cpp)
 //   CYBN_SOFTGPU_ASYNC_SEED  non-zero (async mode): random choice among ready streams and random delays
 //   CYBN_SOFTGPU_STICKY   1: a kernel fault makes every later call on its context return the error
 struct Config {
@@ -50,7 +50,7 @@ struct Config {
 };
 Config& config();
 
-// ---------------------------------------------------------------- counters (counters.cpp)
+// ---------------------------------------------------------------- counters (runtime/counters.cpp)
 struct KernelCounters {
     uint64_t launches = 0;
     uint64_t thread_instructions = 0;
@@ -80,7 +80,7 @@ Counters& counters();
 // (Plain integers: the hot loop increments them without indirection.)
 using LaunchCounts = KernelCounters;
 
-// ---------------------------------------------------------------- memory (memory.cpp)
+// ---------------------------------------------------------------- memory (runtime/memory.cpp)
 enum class AllocKind : uint8_t { Device, Pinned, ModuleGlobal };
 
 struct Allocation {
@@ -123,7 +123,7 @@ struct KernelInfo {
     uint32_t reqntid[3] = {0, 0, 0};  // .reqntid if declared
     uint32_t max_dynamic_smem = 48 * 1024;  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (driver sets it)
     int alloc_regs = 0;        // registers per thread ptxas allocates: exact (nvJitLink) or estimated
-    int estimated_regs = 0;    // the liveness estimate, always computed (registers.cpp)
+    int estimated_regs = 0;    // the liveness estimate, always computed (exec/registers.cpp)
     int spill_bytes = 0;       // spill stores + loads per thread that ptxas reports (exact counts only)
     bool regs_exact = false;   // alloc_regs came from nvJitLink
 };
@@ -170,13 +170,13 @@ struct LaunchConfig {
 };
 
 // How many blocks of a launch are resident at once: blocks per SM by the driver's occupancy
-// calculation (driver_launch.cpp; at least 1) and the SM count. An ordinary launch keeps
-// blocks_per_sm x sms blocks resident (executor.cpp), a cooperative one all of them.
+// calculation (driver/launch.cpp; at least 1) and the SM count. An ordinary launch keeps
+// blocks_per_sm x sms blocks resident (exec/executor.cpp), a cooperative one all of them.
 struct Residency { uint32_t blocks_per_sm = 1, sms = 1; };
 Residency residency(const KernelInfo& info, uint32_t threads, uint64_t dynamic_smem);
 
-// Device-side runtime (engine_builtins.cpp): the malloc heap and printf FIFO sizes of the current
-// context (driver_limits.cpp), and the FIFO's flush, which every synchronize calls, as the driver
+// Device-side runtime (exec/builtins.cpp): the malloc heap and printf FIFO sizes of the current
+// context (driver/limits.cpp), and the FIFO's flush, which every synchronize calls, as the driver
 // writes device printf output to stdout at synchronisation points.
 struct DeviceLimits { uint64_t malloc_heap = 8 << 20, printf_fifo = 1 << 20; };
 DeviceLimits device_limits();

@@ -15,7 +15,7 @@ from cuda.bindings import driver as cu
 
 from cybn import batchnorm, kernels
 
-MIN_WALK = 128  # bytes per thread per array below which a split never goes (cybn/batchnorm.pyx)
+MIN_WALK = 128  # bytes per thread per array below which a split never goes (cybn/batchnorm/plan.pxi)
 RESNET50 = [(64, 112, 112), (64, 56, 56), (256, 56, 56), (128, 56, 56), (128, 28, 28), (512, 28, 28),
             (256, 28, 28), (256, 14, 14), (1024, 14, 14), (512, 14, 14), (512, 7, 7), (2048, 7, 7)]
 SHAPES = [((n,) + chw, "spatial") for n in (32, 256) for chw in RESNET50]
