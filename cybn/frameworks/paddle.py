@@ -94,6 +94,8 @@ def _data(x, layout_axis, what="input"):
 class BatchNorm:
     """paddle.nn.BatchNorm (see the module docstring)."""
 
+    _comm = None  # SyncBatchNorm (paddle_sync.py): the communicator the training statistics span
+
     def __init__(self, num_channels, act=None, is_test=False, momentum=0.9, epsilon=1e-05, param_attr=None,
                  bias_attr=None, dtype="float32", data_layout="NCHW", in_place=False, moving_mean_name=None,
                  moving_variance_name=None, do_model_average_for_mean_and_var=True, use_global_stats=False,
@@ -154,7 +156,7 @@ class BatchNorm:
         with errors_as(ValueError):
             if batch:
                 y, sm, si = batchnorm.forward_train(xv, w, b, rm, rv, self._epsilon, self._factor, out=out,
-                                                    running_var_unbiased=False)
+                                                    running_var_unbiased=False, comm=self._comm)
             else:
                 y = batchnorm.forward_infer(xv, w, b, rm, rv, self._epsilon, out=out)
                 sm = si = None
@@ -182,7 +184,7 @@ class BatchNorm:
         with errors_as(ValueError):
             dy = dy.reshape(*xv.shape)
             if sm is not None:
-                dx, dw, db = batchnorm.backward(xv, dy, self.weight.value, sm, si, **acc)
+                dx, dw, db = batchnorm.backward(xv, dy, self.weight.value, sm, si, comm=self._comm, **acc)
             else:
                 dx, dw, db = batchnorm.backward_infer(xv, dy, self.weight.value, self._mean.value,
                                                       self._variance.value, self._epsilon, **acc)
@@ -245,3 +247,11 @@ class functional:
 
 
 batch_norm = functional.batch_norm
+
+
+def __getattr__(name):
+    # SyncBatchNorm lives in paddle_sync.py (it subclasses BatchNorm and needs cybn.distributed)
+    if name == "SyncBatchNorm":
+        from cybn.frameworks.paddle_sync import SyncBatchNorm
+        return SyncBatchNorm
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
