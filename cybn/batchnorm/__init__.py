@@ -3,7 +3,7 @@ nogil core: the names of the extension cybn/batchnorm/batchnorm.pyx, as `cybn.ba
 from cybn.batchnorm import batchnorm as _core
 from cybn.batchnorm.batchnorm import (  # noqa: F401
     MAX_WORKSPACES, Mode, backward, backward_infer, compile_options, forward_infer, forward_train,
-    free_workspaces, kernel_expressions, plan, plan_override, prepare, workspace_count)
+    forward_train_partials, free_workspaces, kernel_expressions, plan, plan_override, prepare, workspace_count)
 
 
 def __getattr__(name):

@@ -3,7 +3,7 @@
 
 def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, out=None, save_mean=None,
                   save_invstd=None, mode="spatial", stream=None, running_var_unbiased=True, *, layout="NCHW",
-                  activation=None, activation_alpha=0.0, residual=None):
+                  activation=None, activation_alpha=0.0, residual=None, comm=None):
     """Training forward. Updates running_mean/running_var in place; returns (y, save_mean, save_invstd).
     scale and bias may both be None (non-affine: 1 and 0). out may be x (in place).
     running_var_unbiased=False: the biased batch variance var_b (no M / (M - 1)) goes into running_var,
@@ -11,7 +11,13 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
     Data float32, float16, bfloat16 (statistics and parameters float32) or float64 (all float64).
     Fused epilogue: y = activation(bn(x) + residual), activation None or a name ("relu", "relu6",
     "clipped_relu", "leaky_relu", "elu", "sigmoid", "tanh", "swish"/"silu") with activation_alpha,
-    residual None or an array of x's shape and dtype (out may be x or residual); same launches."""
+    residual None or an array of x's shape and dtype (out may be x or residual); same launches.
+    comm: a cybn.distributed communicator: SyncBatchNorm, the statistics and the running update over the
+    union of every process's x (which may have N == 0 on some; see sync.pxi); None: this process's x only."""
+    if comm is not None:
+        return _sync_forward_train(comm, x, scale, bias, running_mean, running_var, epsilon, factor, out,
+                                   save_mean, save_invstd, mode, stream, running_var_unbiased, layout, activation,
+                                   activation_alpha, residual)
     cdef bn_desc d
     cdef GPUArray gx = _array(x, "x")
     cdef long long K = _fill_desc(&d, gx, mode, "x")
@@ -113,7 +119,7 @@ cdef double _coefficient(value, str what) except? -1:
 
 
 cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad, mode, stream, int frozen,
-               str mean_name, str stat_name, accumulate, batch_grads, epi):
+               str mean_name, str stat_name, accumulate, batch_grads, epi, GPUArray sums=None):
     cdef bn_desc d
     cdef GPUArray gx = _array(x, "x")
     cdef long long K = _fill_desc(&d, gx, mode, "x")
@@ -195,6 +201,9 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
     p[0] = gx.ptr_; p[1] = gdy.ptr_; p[2] = gdx.ptr_; p[3] = _ptr(gs); p[4] = m.ptr_; p[5] = v.ptr_
     p[6] = sg.ptr_; p[7] = bg.ptr_; p[8] = _ptr(bsg); p[9] = _ptr(bbg)
     p[10] = _ptr(gbias); p[11] = _ptr(gyv); p[12] = _ptr(gz); p[13] = _ptr(gdz)
+    if sums is not None:  # SyncBatchNorm (sync.pxi): only this process's raw sums, into the rows of `sums`
+        d.flags = (d.flags & BN_DESC_AFFINE) | BN_DESC_SUMS
+        p[6] = sums.ptr_ + K * sums.itemsize; p[7] = sums.ptr_; p[8] = sums.ptr_ + 2 * K * sums.itemsize; p[9] = 0
     cdef int st
     cdef DeviceBuffer ws = _finish_desc(&d, s)
     with nogil:
@@ -202,7 +211,7 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
                             p[10], p[11], p[12], p[13], s)
     _release(ws)
     _status(st, "cuLaunchKernel")
-    _used_on(s, (gx, gdy, gdx, gs, m, v, sg, bg, bsg, bbg, gbias, gyv, gz, gdz))
+    _used_on(s, (gx, gdy, gdx, gs, m, v, sg, bg, bsg, bbg, gbias, gyv, gz, gdz, sums))
     if d.residual:
         return gdx, gdz, sg, bg
     return gdx, sg, bg
@@ -211,7 +220,7 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
 def backward(x, grad_y, scale, save_mean, save_invstd, out=None, scale_grad=None, bias_grad=None,
              mode="spatial", stream=None, scale_grad_alpha=1.0, scale_grad_beta=0.0, bias_grad_alpha=1.0,
              bias_grad_beta=0.0, batch_grads=None, *, layout="NCHW", activation=None, activation_alpha=0.0,
-             y=None, residual=False, bias=None, grad_residual=None):
+             y=None, residual=False, bias=None, grad_residual=None, comm=None):
     """Backward of a training forward from its saved statistics: (grad_x, scale_grad, bias_grad).
     With xhat = (x - mean) * save_invstd: dbias = sum(dy), dscale = sum(dy * xhat),
     grad_x = scale * save_invstd * (dy - dbias / M - xhat * dscale / M). scale None: 1.
@@ -228,7 +237,12 @@ def backward(x, grad_y, scale, save_mean, save_invstd, out=None, scale_grad=None
     activation but swish and clipped relu/relu6 (ambiguous at the ceiling once y is rounded); those, or any
     activation without y, recompute v from x, the statistics, bias
     (pass the forward's bias when affine) and the residual array. residual=True (or the array): returns
-    (grad_x, grad_residual, scale_grad, bias_grad), grad_residual = g (into grad_residual= if given)."""
+    (grad_x, grad_residual, scale_grad, bias_grad), grad_residual = g (into grad_residual= if given).
+    comm: the forward's communicator (SyncBatchNorm): the sums over every process, dx from them locally."""
+    if comm is not None:
+        return _sync_backward(comm, x, grad_y, scale, save_mean, save_invstd, out, scale_grad, bias_grad, mode,
+                              stream, (scale_grad_alpha, scale_grad_beta, bias_grad_alpha, bias_grad_beta),
+                              batch_grads, (layout, activation, activation_alpha, y, residual, bias, grad_residual))
     return _backward(x, grad_y, scale, save_mean, save_invstd, None, out, scale_grad, bias_grad, mode, stream,
                      0, "save_mean", "save_invstd",
                      (scale_grad_alpha, scale_grad_beta, bias_grad_alpha, bias_grad_beta), batch_grads,

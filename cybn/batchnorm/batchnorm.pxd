@@ -25,6 +25,8 @@ cdef extern from "bn_abi.h":
         BN_DESC_AFFINE
         BN_DESC_ACCUMULATE
         BN_DESC_BIASED_RUNNING_VAR
+        BN_DESC_PARTIALS
+        BN_DESC_SUMS
         BN_OK
         BN_EINVAL
         BN_ENOTPREPARED
@@ -35,6 +37,8 @@ cdef extern from "bn_abi.h":
         BN_SHIFTED
         BN_ROWVEC
         BN_BIASED_RUNVAR
+        BN_PARTIALS
+        BN_SUMS
         BN_FWD_PART         # workspace entry sizes
         BN_FWD_TAIL
         BN_BWD_PART

@@ -138,7 +138,8 @@ cdef int bn_forward_train_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.
     cdef _scalars sc
     _set_scalars(&sc, d)
     cdef int flags = ((BN_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec)
-                      | (BN_BIASED_RUNVAR if d.flags & BN_DESC_BIASED_RUNNING_VAR else 0))
+                      | (BN_BIASED_RUNVAR if d.flags & BN_DESC_BIASED_RUNNING_VAR else 0)
+                      | (BN_PARTIALS if d.flags & BN_DESC_PARTIALS else 0))
     cdef int cache = p.cache_units, act = d.act
     cdef void* args[21]
     args[0] = &x; args[1] = &y; args[2] = &scale; args[3] = &bias; args[4] = &running_mean
@@ -147,7 +148,7 @@ cdef int bn_forward_train_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.
     args[14] = _scalar(&sc, 0); args[15] = _scalar(&sc, 1); args[16] = &flags; args[17] = &cache
     args[18] = &z; args[19] = &act; args[20] = _scalar(&sc, 2)
     st = _launch(d, BN_K_FWD_TRAIN, &p, stream, args)
-    if st != BN_OK or p.split == 1:
+    if st != BN_OK or p.split == 1 or d.flags & BN_DESC_PARTIALS:  # partials: no normalisation (sync.pxi)
         return st
     # Second launch of the split plan (q, planned above): normalise with the combined statistics.
     flags = flags | BN_SHIFTED
@@ -272,7 +273,7 @@ cdef int bn_backward_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdev
     _set_scalars(&sc, d)
     _set_grad_scalars(&sc, ab)
     cdef int flags = ((BN_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec)
-                      | (BN_STAT_IS_VAR if frozen else 0))
+                      | (BN_STAT_IS_VAR if frozen else 0) | (BN_SUMS if d.flags & BN_DESC_SUMS else 0))
     cdef int cache = p.cache_units, act = d.act
     if not (d.flags & BN_DESC_AFFINE):
         bias = 0
@@ -288,7 +289,7 @@ cdef int bn_backward_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdev
     args[20] = _scalar(&sc, 6); args[21] = &flags; args[22] = &cache
     args[23] = &bias; args[24] = &y; args[25] = &z; args[26] = &dz; args[27] = &act; args[28] = _scalar(&sc, 2)
     st = _launch(d, BN_K_BWD, &p, stream, args)
-    if st != BN_OK or p.split == 1 or frozen:
+    if st != BN_OK or p.split == 1 or frozen or d.flags & BN_DESC_SUMS:  # sums: dx is sync.pxi's
         return st
     # Second launch of the split plan (q, planned above): dx from the constants the first launch's last CTAs wrote.
     cdef cydriver.CUdeviceptr none = 0

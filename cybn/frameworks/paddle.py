@@ -113,6 +113,8 @@ def _float32_attr(value, what):
 class BatchNorm:
     """paddle.nn.BatchNorm (see the module docstring)."""
 
+    _comm = None  # SyncBatchNorm (paddle_sync.py): the communicator the training statistics span
+
     def __init__(self, num_channels, act=None, is_test=False, momentum=0.9, epsilon=1e-05, param_attr=None,
                  bias_attr=None, dtype="float32", data_layout="NCHW", in_place=False, moving_mean_name=None,
                  moving_variance_name=None, do_model_average_for_mean_and_var=True, use_global_stats=False,
@@ -180,7 +182,7 @@ class BatchNorm:
         with errors_as(ValueError):
             if batch:
                 y, sm, si = batchnorm.forward_train(xv, w, b, rm, rv, self._epsilon, self._factor, out=out,
-                                                    running_var_unbiased=False, **self._epi)
+                                                    running_var_unbiased=False, comm=self._comm, **self._epi)
             else:
                 y = batchnorm.forward_infer(xv, w, b, rm, rv, self._epsilon, out=out, **self._epi)
                 sm = si = None
@@ -211,7 +213,7 @@ class BatchNorm:
         with errors_as(ValueError):
             dy = dy.reshape(*xv.shape)
             if not frozen:
-                dx, dw, db = batchnorm.backward(xv, dy, w, sm, si, **acc, **epi)
+                dx, dw, db = batchnorm.backward(xv, dy, w, sm, si, comm=self._comm, **acc, **epi)
             else:
                 if sm is not None and self._act:
                     # the forward normalised with the batch (trainable_statistics): act' at its v, which the
@@ -282,3 +284,11 @@ class functional:
 
 
 batch_norm = functional.batch_norm
+
+
+def __getattr__(name):
+    # SyncBatchNorm lives in paddle_sync.py (it subclasses BatchNorm and needs cybn.distributed)
+    if name == "SyncBatchNorm":
+        from cybn.frameworks.paddle_sync import SyncBatchNorm
+        return SyncBatchNorm
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -262,6 +262,7 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const typename io<T>::P* 
     if (ok && threadIdx.x == 0)
         finish_statistics(c, t, shift, M, eps, factor, flags, p.y, running_mean, running_var, save_mean, save_invstd,
                           (P*)nullptr);
+    if (flags & BN_PARTIALS) return;
     // ((x - hi) - lo): exact near the mean at any offset, and exactly 0 for a constant channel.
     const P a = (P)(p.y * inv_std(welford_variance(t, ws), eps)), b = p.z;
     const auto m = welford_mean_hi_lo(t, shift, ws, M);
@@ -456,12 +457,20 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io
             for (int q = threadIdx.x; q < gridDim.y; q += blockDim.x)
                 m = merge(m, load_bwd(partials + ((long long)c * gridDim.y + q) * BWD_PART));
         t = group_reduce(m);
+        if (flags & BN_SUMS) {
+            if (ok && threadIdx.x == 0) store_sums(c, t, scale_grad, bias_grad, batch_scale_grad);
+            return;
+        }
         if (ok && threadIdx.x == 0) {
             const auto r = bwd_finish(t, invstd, Mf, frozen);
             store_param_grads(c, r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
             if (!frozen) store_dx_constants(tail, c, a, r, Mf);
         }
         return;  // dx is the second launch (bn_bwd_dx_spatial) unless frozen (already written)
+    }
+    if (flags & BN_SUMS) {
+        if (ok && threadIdx.x == 0) store_sums(c, t, scale_grad, bias_grad, batch_scale_grad);
+        return;
     }
     const auto r = bwd_finish(t, invstd, Mf, frozen);
     if (ok && threadIdx.x == 0) store_param_grads(c, r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
@@ -633,7 +642,7 @@ __global__ void bn_fwd_train_pa(const T* x, T* y, const typename io<T>::P* scale
     if (ok && threadIdx.y == 0)
         finish_statistics(f, t, shift, N, eps, factor, flags, p.y, running_mean, running_var, save_mean, save_invstd,
                           (P*)nullptr);
-    if (!ok) return;
+    if (!ok || (flags & BN_PARTIALS)) return;
     const P a = (P)(p.y * inv_std(welford_variance(t, ws), eps)), b = p.z;
     const auto m = welford_mean_hi_lo(t, shift, ws, N);
     walk_feature(f, F, N, ok, [&](int k, long long off) {
@@ -718,12 +727,20 @@ __global__ void bn_bwd_pa(const T* x, const T* dy, T* dx, const typename io<T>::
             for (int q = threadIdx.y; q < gridDim.y; q += blockDim.y)
                 m = merge(m, load_bwd(partials + (f * gridDim.y + q) * BWD_PART));
         t = column_reduce(m);
+        if (flags & BN_SUMS) {
+            if (ok && threadIdx.y == 0) store_sums(f, t, scale_grad, bias_grad, batch_scale_grad);
+            return;
+        }
         if (ok && threadIdx.y == 0) {
             const auto r = bwd_finish(t, invstd, Mf, frozen);
             store_param_grads(f, r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
             if (!frozen) store_dx_constants(tail, f, a, r, Mf);
         }
         return;  // dx is the second launch (bn_bwd_dx_pa) unless frozen (already written)
+    }
+    if (flags & BN_SUMS) {
+        if (ok && threadIdx.y == 0) store_sums(f, t, scale_grad, bias_grad, batch_scale_grad);
+        return;
     }
     const auto r = bwd_finish(t, invstd, Mf, frozen);
     if (ok && threadIdx.y == 0) store_param_grads(f, r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);

@@ -14,6 +14,10 @@
 #define BN_ROWVEC 16            /* spatial, N == 1 (with VEC): 16-byte units of each channel's aligned middle,
                                    scalar head and tail (S odd or the channel start not 16-byte aligned) */
 #define BN_BIASED_RUNVAR 32     /* forward train: the biased batch variance into running_var (MXNet, Paddle) */
+#define BN_PARTIALS 64          /* forward train, SyncBatchNorm: only this process's statistics, save_mean = mean hi,
+                                   save_invstd = mean lo, running_mean = biased variance; nothing else written */
+#define BN_SUMS 128             /* backward, SyncBatchNorm: only the raw sums, bias_grad = sum(dy), scale_grad =
+                                   sum(dy * (x - mean)), batch_scale_grad = sum(x - mean); no dx */
 
 /* Statistic modes (bn_desc.mode; CYBN_SPATIAL, CYBN_PER_ACTIVATION). */
 #define BN_SPATIAL 0            /* (N, C, *spatial): one statistic per channel */
@@ -45,6 +49,8 @@
 #define BN_DESC_ACCUMULATE 2    /* backward: grad = alpha * this batch + beta * grad with the desc's alphas/betas;
                                    without it alpha 1 and beta 0 (the gradients are overwritten) */
 #define BN_DESC_BIASED_RUNNING_VAR 4  /* forward train: the biased batch variance into running_var */
+#define BN_DESC_PARTIALS 64     /* internal (SyncBatchNorm): forward train launches BN_PARTIALS, one launch */
+#define BN_DESC_SUMS 128        /* internal (SyncBatchNorm): backward launches BN_SUMS, one launch */
 
 /* Status codes of the core: 0, a negative BN_E* (message: bn_last_error()), or a positive CUresult from
    the launch (CYBN_OK, CYBN_EINVAL, CYBN_ENOTPREPARED, CYBN_EWORKSPACE). */

@@ -31,6 +31,12 @@ __device__ __forceinline__ void finish_statistics(long long c, Welford<P> t, P s
     const P ws = welford_scale(shift);
     const auto m = welford_mean_hi_lo(t, shift, ws, M);
     const double var = welford_variance(t, ws);
+    if (flags & BN_PARTIALS) {  // SyncBatchNorm: the process's partials; combined and applied by the host
+        save_mean[c] = m.x;
+        save_invstd[c] = m.y;
+        running_mean[c] = (P)var;
+        return;
+    }
     const double is = inv_std(var, eps);
     save_mean[c] = m.x;
     save_invstd[c] = (P)is;
@@ -62,6 +68,14 @@ __device__ __forceinline__ typename pv<P>::v4 bwd_finish(BwdSums<P> t, P invstd,
     const P lo = frozen ? P(0) : csum_value(t.x) / Mf;
     const P ds = fma_(-lo, A, Bp) * invstd;  // sum(dy * ((x - hi) - lo)) * invstd
     return mk4(ds, A, lo, invstd * (ds / Mf));
+}
+
+// BN_SUMS (SyncBatchNorm): the raw per-statistic sums, all-reduced over the processes by the host.
+template <typename P>
+__device__ __forceinline__ void store_sums(long long i, BwdSums<P> t, P* sum_dyx, P* sum_dy, P* sum_x) {
+    sum_dy[i] = csum_value(t.dy);
+    sum_dyx[i] = csum_value(t.dyx);
+    sum_x[i] = csum_value(t.x);
 }
 
 template <typename P>

@@ -8,6 +8,8 @@ _WHERE = {
     "Module": "module", "ModuleError": "module", "Variable": "variable",
     "BatchNormND": "batchnorm_nd", "BatchNorm": "batchnorm", "BatchNorm1D": "batchnorm1d",
     "BatchNorm2D": "batchnorm2d", "BatchNorm3D": "batchnorm3d",
+    "SyncBatchNormND": "sync_batchnorm", "SyncBatchNorm1D": "sync_batchnorm", "SyncBatchNorm2D": "sync_batchnorm",
+    "SyncBatchNorm3D": "sync_batchnorm",
     "BatchNormMode": "dnn", "batchNormNd": "dnn", "batchNormNdBackward": "dnn",
 }
 

@@ -51,6 +51,54 @@ x = rank_rows(size, rank, "plain")  # the backward's 2 x C sums, from the device
 res["sums"] = sync_sums(comm, cybn.to_gpu(np.stack([x.sum(0), (x * x).sum(0)])), dtype=np.float16,
                         layout="spatial")
 
+# 3b. SyncBatchNorm through the functional API (forward_train / backward with comm=): every dtype, run twice
+from sync_bn_cases import DTYPES, EPS, FACTOR, STEPS, params, rank_data  # noqa: E402
+import cybn.batchnorm  # noqa: E402
+
+
+def sync_bn_run(dtype):
+    gs, gb, rm, rv = (cybn.to_gpu(a) for a in params())
+    steps = []
+    for step in range(STEPS):
+        x, dy = rank_data(size, rank, dtype, step)
+        gx, gdy = cybn.to_gpu(x), cybn.to_gpu(dy)
+        y, sm, si = cybn.batchnorm.forward_train(gx, gs, gb, rm, rv, EPS, FACTOR, comm=comm)
+        dx, ds, db = cybn.batchnorm.backward(gx, gdy, gs, sm, si, comm=comm)
+        steps.append({"y": y.get(), "rm": rm.get(), "rv": rv.get(), "dx": dx.get(), "ds": ds.get(), "db": db.get()})
+    return steps
+
+
+for dt in DTYPES:
+    res[f"sbn/{dt}"] = sync_bn_run(dt)
+    res[f"sbn2/{dt}"] = sync_bn_run(dt)
+
+# 3c. the faces, float32, one step: PuzzleLib-style SyncBatchNorm2D (scale 1, bias 0, factor 1 at the first
+# step) and Paddle's SyncBatchNorm (momentum 0.5: factor 0.5, biased running variance), direct and converted
+from cybn.modules import SyncBatchNorm2D  # noqa: E402
+from cybn.paddle import BatchNorm as PaddleBatchNorm, SyncBatchNorm as PaddleSyncBatchNorm  # noqa: E402
+
+x, dy = rank_data(size, rank, "float32", 0)
+gx, gdy = cybn.to_gpu(x), cybn.to_gpu(dy)
+mod = SyncBatchNorm2D(x.shape[1], comm, sscale=0.0)
+mod(gx)
+mod.backward(gdy)
+res["face/puzzlelib"] = {"y": mod.data.get(), "dx": mod.grad.get(), "ds": mod.scalegrad.get().ravel(),
+                         "db": mod.biasgrad.get().ravel(), "rm": mod.mean.get().ravel(), "rv": mod.var.get().ravel()}
+
+
+def paddle_run(bn):
+    y = bn(gx)
+    dx = bn.backward(gdy)
+    return {"y": y.get(), "dx": dx.get(), "ds": bn.weight.grad.get(), "db": bn.bias.grad.get(),
+            "rm": bn._mean.value.get(), "rv": bn._variance.value.get()}
+
+
+res["face/paddle"] = paddle_run(PaddleSyncBatchNorm(x.shape[1], momentum=0.5, comm=comm))
+holder = {"layers": [PaddleBatchNorm(x.shape[1], momentum=0.5)]}
+PaddleSyncBatchNorm.convert_sync_batchnorm(holder, comm)
+res["face/paddle_converted_type"] = type(holder["layers"][0]).__name__
+res["face/paddle_converted"] = paddle_run(holder["layers"][0])
+
 # 4. a mismatched call: the last rank has one more channel; from 3 ranks on, rank 1 passes float16
 n, m, v = local_moments(rank_rows(size, rank, "plain"))
 if rank == size - 1:

@@ -1,11 +1,16 @@
 import numpy as np
 
 import cybn
-from cybn.distributed import MPICommunicator, sync_moments
+import cybn.batchnorm
+from cybn.distributed import MPICommunicator
 
 comm = MPICommunicator()  # mpi4py's COMM_WORLD; each collective waits at most timeout=300 s
 rng = np.random.default_rng(comm.rank)
-x = rng.standard_normal((comm.rank, 4))  # uneven slices: rank r has r rows (rank 0 none)
-mean, var = cybn.to_gpu(x.mean(0) if len(x) else np.zeros(4)), cybn.to_gpu(x.var(0) if len(x) else np.zeros(4))
-n, mean, var = sync_moments(comm, len(x), mean, var, dtype=np.float32, layout="spatial")
-print(f"rank {comm.rank}: n={n[0]:g} mean={mean.tolist()} var={var.tolist()}")
+n = comm.rank  # uneven slices: rank r has r samples (rank 0 none, rank 1 one)
+x = cybn.to_gpu(rng.standard_normal((n, 4, 3)).astype(np.float32))
+scale, bias = cybn.to_gpu(np.ones(4, np.float32)), cybn.to_gpu(np.zeros(4, np.float32))
+mean, var = cybn.to_gpu(np.zeros(4, np.float32)), cybn.to_gpu(np.ones(4, np.float32))
+y, save_mean, save_invstd = cybn.batchnorm.forward_train(x, scale, bias, mean, var, 1e-5, 1.0, comm=comm)
+dy = cybn.to_gpu(np.ones((n, 4, 3), np.float32))
+dx, dscale, dbias = cybn.batchnorm.backward(x, dy, scale, save_mean, save_invstd, comm=comm)
+print(f"rank {comm.rank}: mean={mean.get().tolist()} var={var.get().tolist()} dbias={dbias.get().tolist()}")
