@@ -45,6 +45,7 @@ ctypedef struct bn_plan:
 ctypedef struct bn_desc:
     int mode                    # BN_SPATIAL / BN_PER_ACTIVATION
     int dtype                   # BN_FLOAT32 / BN_FLOAT16
+    int layout                  # 0 NCHW: x is (N, C, S); 1 NHWC (channels last): x is (N, S, C), spatial mode only
     long long N                 # batch
     long long C                 # channels
     long long S                 # prod(spatial) (spatial mode) or prod(rest) (per-activation: C * S stats)

@@ -145,7 +145,9 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
     memset(p, 0, sizeof(bn_plan))
     p.vec = vec
     arrays = 2 if (kernel == BN_K_BWD or kernel == BN_K_BWD_DX) else 1
-    if d.mode == BN_SPATIAL:
+    if d.layout == BN_LAYOUT_NHWC:
+        _nhwc_block(d, vec, p, &cols, &per_thread, &slot_bytes)
+    elif d.mode == BN_SPATIAL:
         units = d.N * (d.S // (8 if d.dtype == BN_FLOAT16 else 4) if vec else d.S)
         slot_bytes = 16 if vec else (2 if d.dtype == BN_FLOAT16 else 4)
         if d.force_group > 0:  # whole warps, at most 1024 threads
@@ -253,6 +255,9 @@ cdef int bn_check_desc(const bn_desc* d) noexcept nogil:
         return _fail(BN_EINVAL, "descriptor: unknown mode")
     if d.dtype != BN_FLOAT32 and d.dtype != BN_FLOAT16:
         return _fail(BN_EINVAL, "descriptor: unknown dtype")
+    if d.layout != BN_LAYOUT_NCHW and not (d.layout == BN_LAYOUT_NHWC and d.mode == BN_SPATIAL):
+        return _fail(BN_EINVAL, "descriptor: unknown layout (NHWC is for spatial mode; per-activation is (N, F) "
+                     "rows in either layout)")
     if d.N < 1 or d.C < 1 or d.S < 1:
         return _fail(BN_EINVAL, "descriptor: N, C and S must be positive")
     if d.N > (1LL << 62) // (2 if d.dtype == BN_FLOAT16 else 4) // d.C // d.S:
@@ -378,6 +383,8 @@ cdef inline int _vec_ok(const bn_desc* d, cydriver.CUdeviceptr a, cydriver.CUdev
     aligned); 2 (ROWVEC) when N == 1 and the pointers agree modulo 16, so each channel is one row
     whose aligned middle is vectorised between a scalar head and tail; else 0 (element loads)."""
     cdef long long V = 8 if d.dtype == BN_FLOAT16 else 4
+    if d.layout == BN_LAYOUT_NHWC:
+        return _nhwc_vec_ok(d, a, b, c)
     if d.mode != BN_SPATIAL:
         return 0
     if d.S % V == 0 and _aligned(a) and _aligned(b) and _aligned(c):
@@ -385,6 +392,9 @@ cdef inline int _vec_ok(const bn_desc* d, cydriver.CUdeviceptr a, cydriver.CUdev
     if d.N == 1 and d.S >= 2 * V and a % 16 == b % 16 and a % 16 == c % 16:
         return 2
     return 0
+
+
+include "plan_nhwc.pxi"
 
 
 cdef inline int _vec_flags(int vec) noexcept nogil:
@@ -615,15 +625,16 @@ cdef int _query_occupancy(_Prepared pr, int k, int max_threads) except -1:
     return 0
 
 
-def prepare(dtype, mode="spatial"):
+def prepare(dtype, mode="spatial", layout="NCHW"):
     """Compile (once per process, through the kernel cache) and load (once per context) the kernels
-    for `dtype` (float32/float16) and `mode`."""
-    return _prepare(_dtype_code(dtype, "dtype"), _mode_code(mode))
+    for `dtype` (float32/float16), `mode` and `layout`."""
+    cdef int md = _mode_code(mode)
+    return _prepare(_dtype_code(dtype, "dtype"), md, _layout_code(layout, md))
 
 
-cdef _Prepared _prepare(int dt, int md):
+cdef _Prepared _prepare(int dt, int md, int layout=BN_LAYOUT_NCHW):
     cdef cydriver.CUcontext ctx = ensure_context()
-    key = (<size_t>ctx, dt, md)
+    key = (<size_t>ctx, dt, md, layout)
     cdef _Prepared pr = _prepared.get(key)
     if pr is not None:
         return pr
@@ -631,12 +642,16 @@ cdef _Prepared _prepare(int dt, int md):
     from cybn.driver.device import Device
     pr = _Prepared.__new__(_Prepared)
     pr.functions = []
-    exprs = kernel_expressions()
+    nhwc = layout == BN_LAYOUT_NHWC
+    exprs = nhwc_kernel_expressions() if nhwc else kernel_expressions()
     cdef Function f
     for i in range(BN_NKERNELS):
-        name = f"{_KERNEL_NAMES[i]}_{_MODE_SUFFIX[md]}<{_CTYPES[dt]}>"
-        f = kernels.get_function("batchnorm.cu", name, _SIGNATURES[i], options=compile_options(),
-                                 name_expressions=exprs)
+        if nhwc:  # the same arguments as the spatial kernels (batchnorm_nhwc.cu)
+            name = f"{_NHWC_KERNEL_NAMES[i]}<{_NHWC_CTYPES[dt]}>"
+        else:
+            name = f"{_KERNEL_NAMES[i]}_{_MODE_SUFFIX[md]}<{_CTYPES[dt]}>"
+        f = kernels.get_function("batchnorm_nhwc.cu" if nhwc else "batchnorm.cu", name, _SIGNATURES[i],
+                                 options=compile_options(), name_expressions=exprs)
         pr.functions.append(f)
         pr.kernels[i] = f.func
         attrs = f.attributes
@@ -654,7 +669,9 @@ cdef int bn_prepare_desc(bn_desc* d) except -1:
         raise ValueError(f"unknown dtype code {d.dtype}")
     if d.mode != BN_SPATIAL and d.mode != BN_PER_ACTIVATION:
         raise ValueError(f"unknown mode code {d.mode}")
-    _prepare(d.dtype, d.mode).fill(d)
+    if d.layout != BN_LAYOUT_NCHW and not (d.layout == BN_LAYOUT_NHWC and d.mode == BN_SPATIAL):
+        raise ValueError(f"unknown layout code {d.layout} (NHWC is for spatial mode)")
+    _prepare(d.dtype, d.mode, d.layout).fill(d)
     return 0
 
 
@@ -840,6 +857,30 @@ cdef int _mode_code(mode) except -1:
     raise ValueError(f"mode must be 'spatial' or 'per_activation' (or a Mode), got {mode!r}")
 
 
+cdef int _layout_code(layout, int mode) except -1:
+    """NCHW: the channel axis is 1; NHWC: the channel axis is last. Per-activation statistics are one per
+    non-batch position, so either layout is the same (N, F) rows: the NCHW per-activation kernels."""
+    if layout == "NCHW":
+        return BN_LAYOUT_NCHW
+    if layout == "NHWC":
+        return BN_LAYOUT_NHWC if mode == BN_SPATIAL else BN_LAYOUT_NCHW
+    raise ValueError(f"layout must be 'NCHW' (channel axis 1) or 'NHWC' (channel axis last), got {layout!r}")
+
+
+cdef int _fill_shape(bn_desc* d, tuple shape, layout) except -1:
+    """N, C, S of the descriptor from a shape: NCHW (N, C, *spatial), NHWC (N, *spatial, C)."""
+    d.layout = _layout_code(layout, d.mode)
+    d.N = shape[0]
+    cdef Py_ssize_t last = len(shape) - 1
+    d.C = shape[last] if layout == "NHWC" else shape[1]
+    d.S = 1
+    for n in (shape[1:last] if layout == "NHWC" else shape[2:]):
+        d.S *= n
+    if layout == "NHWC" and d.mode == BN_PER_ACTIVATION:  # statistics in memory order: (N, F) rows
+        d.C, d.S = d.C * d.S, 1
+    return 0
+
+
 cdef GPUArray _array(obj, str what):
     """obj as a GPUArray on the current device: a GPUArray, or a C-contiguous foreign device array
     (__cuda_array_interface__)."""
@@ -954,20 +995,17 @@ cdef float _factor(factor) except? -1:
     return f
 
 
-cdef long long _fill_desc(bn_desc* d, GPUArray x, mode, str what) except -1:
+cdef long long _fill_desc(bn_desc* d, GPUArray x, mode, str what, layout="NCHW") except -1:
     """Shape part of the descriptor from x; returns the number of statistics."""
     memset(d, 0, sizeof(bn_desc))
     d.mode = _mode_code(mode)
     d.dtype = _dtype_code(x.dtype, what + ".dtype")
     if len(x.shape) < 2:
-        raise ValueError(f"{what} must be (N, C, ...) with at least 2 dimensions, got shape {x.shape}")
+        raise ValueError(f"{what} must be (N, C, ...) or (N, ..., C) with at least 2 dimensions, got shape "
+                         f"{x.shape}")
     if any(n < 1 for n in x.shape):
         raise ValueError(f"{what} has an empty dimension: shape {x.shape}")
-    d.N = x.shape[0]
-    d.C = x.shape[1]
-    d.S = 1
-    for n in x.shape[2:]:
-        d.S *= n
+    _fill_shape(d, tuple(x.shape), layout)
     if d.mode == BN_PER_ACTIVATION and d.C * d.S > (1LL << 31) - 1:
         raise ValueError(f"{what}: more than 2^31 - 1 statistics")
     d.force_group = _force_group
@@ -1021,14 +1059,16 @@ def _new(shape, dtype, stream):
 
 # ------------------------------------------------------------------------------------------ public API
 def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, out=None, save_mean=None,
-                  save_invstd=None, mode="spatial", stream=None, running_var_unbiased=True):
+                  save_invstd=None, mode="spatial", stream=None, running_var_unbiased=True, layout="NCHW"):
     """Training forward. Updates running_mean/running_var in place; returns (y, save_mean, save_invstd).
     scale and bias may both be None (non-affine: 1 and 0). out may be x (in place).
     running_var_unbiased=False: the biased batch variance var_b (no M / (M - 1)) goes into running_var,
-    as MXNet and Paddle do (a kernel flag, same launches)."""
+    as MXNet and Paddle do (a kernel flag, same launches).
+    layout="NHWC": x is channels-last, (N, C) / (N, L, C) / (N, H, W, C) / (N, D, H, W, C), with its own
+    kernels (coalesced over C, no transpose); the statistics are still one per channel."""
     cdef bn_desc d
     cdef GPUArray gx = _array(x, "x")
-    cdef long long K = _fill_desc(&d, gx, mode, "x")
+    cdef long long K = _fill_desc(&d, gx, mode, "x", layout)
     if (d.N * d.S if d.mode == BN_SPATIAL else d.N) == 1:
         # Batch statistics of one value: variance 0, output 0, and the unbiased running variance would
         # divide by M - 1 = 0 (cuDNN refuses it too).
@@ -1066,11 +1106,13 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
     return gy, sm, si
 
 
-def forward_infer(x, scale, bias, running_mean, running_var, epsilon, out=None, mode="spatial", stream=None):
-    """Inference forward with the running statistics; returns y. out may be x (in place)."""
+def forward_infer(x, scale, bias, running_mean, running_var, epsilon, out=None, mode="spatial", stream=None,
+                  layout="NCHW"):
+    """Inference forward with the running statistics; returns y. out may be x (in place). layout as in
+    forward_train."""
     cdef bn_desc d
     cdef GPUArray gx = _array(x, "x")
-    cdef long long K = _fill_desc(&d, gx, mode, "x")
+    cdef long long K = _fill_desc(&d, gx, mode, "x", layout)
     cdef GPUArray gs = _param(scale, "scale", K, True), gb = _param(bias, "bias", K, True)
     if (gs is None) != (gb is None):
         raise TypeError("scale and bias must both be given or both be None (non-affine)")
@@ -1107,10 +1149,10 @@ cdef float _coefficient(value, str what) except? -1:
 
 
 cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad, mode, stream, int frozen,
-               str mean_name, str stat_name, accumulate, batch_grads):
+               str mean_name, str stat_name, accumulate, batch_grads, layout):
     cdef bn_desc d
     cdef GPUArray gx = _array(x, "x")
-    cdef long long K = _fill_desc(&d, gx, mode, "x")
+    cdef long long K = _fill_desc(&d, gx, mode, "x", layout)
     cdef GPUArray gdy = _like(grad_y, "grad_y", gx)
     if gdy is None:
         raise TypeError("grad_y must be a GPUArray, got None")
@@ -1162,7 +1204,7 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
 
 def backward(x, grad_y, scale, save_mean, save_invstd, out=None, scale_grad=None, bias_grad=None,
              mode="spatial", stream=None, scale_grad_alpha=1.0, scale_grad_beta=0.0, bias_grad_alpha=1.0,
-             bias_grad_beta=0.0, batch_grads=None):
+             bias_grad_beta=0.0, batch_grads=None, layout="NCHW"):
     """Backward of a training forward from its saved statistics: (grad_x, scale_grad, bias_grad).
     With xhat = (x - mean) * save_invstd: dbias = sum(dy), dscale = sum(dy * xhat),
     grad_x = scale * save_invstd * (dy - dbias / M - xhat * dscale / M). scale None: 1.
@@ -1175,21 +1217,21 @@ def backward(x, grad_y, scale, save_mean, save_invstd, out=None, scale_grad=None
     plain dscale and dbias (what PuzzleLib's scalegrad/biasgrad hold), in the same launch."""
     return _backward(x, grad_y, scale, save_mean, save_invstd, None, out, scale_grad, bias_grad, mode, stream,
                      0, "save_mean", "save_invstd",
-                     (scale_grad_alpha, scale_grad_beta, bias_grad_alpha, bias_grad_beta), batch_grads)
+                     (scale_grad_alpha, scale_grad_beta, bias_grad_alpha, bias_grad_beta), batch_grads, layout)
 
 
 def backward_infer(x, grad_y, scale, running_mean, running_var, epsilon, out=None, scale_grad=None,
                    bias_grad=None, mode="spatial", stream=None, scale_grad_alpha=1.0, scale_grad_beta=0.0,
-                   bias_grad_alpha=1.0, bias_grad_beta=0.0, batch_grads=None):
+                   bias_grad_alpha=1.0, bias_grad_beta=0.0, batch_grads=None, layout="NCHW"):
     """Backward of an inference forward (frozen statistics): with invstd = 1/sqrt(running_var + eps)
     and xhat = (x - running_mean) * invstd: grad_x = scale * invstd * dy, dscale = sum(dy * xhat),
     dbias = sum(dy); the parameter gradients with alpha/beta and batch_grads as in backward. One launch."""
     return _backward(x, grad_y, scale, running_mean, running_var, epsilon, out, scale_grad, bias_grad, mode,
                      stream, 1, "running_mean", "running_var",
-                     (scale_grad_alpha, scale_grad_beta, bias_grad_alpha, bias_grad_beta), batch_grads)
+                     (scale_grad_alpha, scale_grad_beta, bias_grad_alpha, bias_grad_beta), batch_grads, layout)
 
 
-def plan(shape, dtype=np.float32, mode="spatial", kernel="forward_train", aligned=True):
+def plan(shape, dtype=np.float32, mode="spatial", kernel="forward_train", aligned=True, layout="NCHW"):
     """The launch plan the heuristic picks for x of `shape` (for tests and the benchmark): a dict with
     grid, block, shared_bytes, cache_units, vec (0 elements, 1 16-byte units, 2 16-byte units between
     a scalar head and tail), split, ctas_per_sm (the occupancy calculator's resident CTAs per SM for
@@ -1200,18 +1242,14 @@ def plan(shape, dtype=np.float32, mode="spatial", kernel="forward_train", aligne
     memset(&d, 0, sizeof(bn_desc))
     d.mode = _mode_code(mode)
     d.dtype = _dtype_code(dtype, "dtype")
-    d.N = shape[0]
-    d.C = shape[1]
-    d.S = 1
-    for n in shape[2:]:
-        d.S *= n
+    _fill_shape(&d, tuple(shape), layout)
     d.force_group, d.force_split, d.force_cache = _force_group, _force_split, _force_cache
     kernels = {"forward_train": BN_K_FWD_TRAIN, "forward_infer": BN_K_NORMALIZE, "normalize": BN_K_NORMALIZE,
                "backward": BN_K_BWD, "backward_dx": BN_K_BWD_DX}
     if kernel not in kernels:
         raise ValueError(f"plan: kernel must be one of {', '.join(kernels)}, not {kernel!r}")
     cdef int k = kernels[kernel]
-    _prepare(d.dtype, d.mode).fill(&d)
+    _prepare(d.dtype, d.mode, d.layout).fill(&d)
     cdef bn_plan p
     cdef cydriver.CUdeviceptr ptr = 0 if aligned else 4  # a misaligned pointer: 4 bytes past 16
     bn_make_plan(&d, k, _vec_ok(&d, ptr, ptr, ptr), &p)
