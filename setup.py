@@ -94,7 +94,7 @@ def extensions():
         name = os.path.splitext(pyx)[0].replace(os.sep, ".")
         if not wanted(name.split(".")[-1]):
             continue
-        exts.append(Extension(name, [pyx], include_dirs=[numpy.get_include(), os.path.join("cybn", "include"),
+        exts.append(Extension(name, [pyx], include_dirs=[numpy.get_include(), os.path.join("cybn", "include"), os.path.join("cybn", "kernels"),
                                                              cuda_include_dir()],
                               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]))
     if not exts:

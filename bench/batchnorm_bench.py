@@ -15,10 +15,9 @@ import numpy as np
 os.environ.setdefault("CYBN_DEVICE", "softgpu")
 os.environ.setdefault("CYBN_SOFTGPU_CHECKS", "none")  # traffic does not depend on the checks
 _ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, os.path.join(_ROOT, "tests", "batchnorm"))  # the measurement is shared with the tests
 sys.path.append(_ROOT)  # a source checkout that is not pip-installed
 
-from bn_traffic import BAR, IDEAL, MAX_LAUNCHES, allowance, measure_call  # noqa: E402
+from cybn.testing.traffic import BAR, IDEAL, MAX_LAUNCHES, allowance, measure_call  # noqa: E402
 
 SHAPES = [((32, 64, 28, 28), "spatial"), ((2, 4, 256, 256), "spatial"), ((4096, 512), "per_activation")]
 QUICK = [((8, 16, 14, 14), "spatial"), ((2, 4, 64, 64), "spatial"), ((1024, 128), "per_activation")]

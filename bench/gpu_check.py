@@ -11,7 +11,7 @@ no network. Builds nothing but NVRTC compiles of cybn's kernels (through its ker
    backward, backward_infer), every mode (batchnorm.Mode), every dtype the engine accepts and every
    layout it offers (asked of the API, so new ones join automatically), affine and non-affine, on a dozen
    shapes covering each plan class (16-byte units, scalar, row vectors, split channels, per-activation),
-   compared with the float64 numpy reference (tests/batchnorm/bn_reference.py). Any mismatch: exit 1.
+   compared with the float64 numpy reference (cybn.testing.reference). Any mismatch: exit 1.
 2. Timings: CUDA events around each call, warm-up, the median of repetitions. GB/s = the call's 1-read
    bytes (2 x element size per element for forward-train and inference, 3 x for backward) / time; the copy
    moves the same bytes (it reads and writes half of them). Each row also prints the MODEL time of the
@@ -27,7 +27,6 @@ import numpy as np
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _ROOT = os.path.join(_HERE, "..")
-sys.path.insert(0, os.path.join(_ROOT, "tests", "batchnorm"))  # the float64 reference, shared with the tests
 sys.path.insert(0, _HERE)
 sys.path.append(_ROOT)
 
@@ -56,7 +55,7 @@ def modes():
 
 
 def _inputs(rng, shape, mode, dtype):
-    import bn_reference as ref
+    from cybn.testing import reference as ref
     _, _, K, _ = ref.layout(shape, mode)
     x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
@@ -68,7 +67,7 @@ def _inputs(rng, shape, mode, dtype):
 def check_case(rng, shape, mode, dtype, op, affine, wrong=0.0):
     """Run one call on the device and compare it with the float64 reference; returns a list of problems.
     wrong: added to the reference's main output (tests inject it to prove the comparison bites)."""
-    import bn_reference as ref
+    from cybn.testing import reference as ref
     from cybn import batchnorm, gpuarray
     g = gpuarray.to_gpu
     x, dy, p = _inputs(rng, shape, mode, dtype)

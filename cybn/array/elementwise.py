@@ -27,6 +27,11 @@ _BLOCK = 256
 _MAX_GRID = 4096  # the loops are grid-stride: more blocks than this only adds scheduling work
 
 
+def can_cast(dtype):
+    """Whether cast() converts from and to this dtype (GPUArray.astype asks before it allocates)."""
+    return np.dtype(dtype) in _FLOATS
+
+
 def _grid(n):
     return max(1, min((n + _BLOCK - 1) // _BLOCK, _MAX_GRID))
 

@@ -13,6 +13,7 @@ from cuda.bindings cimport cydriver
 from cybn.driver.device cimport ensure_context, current_ordinal
 from cybn.driver.memory cimport DeviceBuffer, default_pool_c
 from cybn.driver.status cimport check
+from cybn.driver.function cimport register_pointer_type
 from cybn.driver.stream cimport Stream, resolve_stream, current_stream_c
 
 _KINDS = "biufc"
@@ -213,7 +214,7 @@ cdef class GPUArray:
             return self.copy(stream)
         from cybn.array import elementwise
         for what, dt in (("from", self.dtype), ("to", dtype)):
-            if dt not in elementwise._FLOATS:  # refused before anything is allocated
+            if not elementwise.can_cast(dt):  # refused before anything is allocated
                 raise TypeError(f"astype: cannot cast {what} {dt} (float16, float32 and float64 convert; "
                                 f"any dtype copies to itself)")
         out = _alloc(self.shape, dtype, stream)
@@ -728,3 +729,10 @@ def from_dlpack(obj):
     PyCapsule_SetName(capsule, b"used_dltensor")
     (<_DLPackOwner>owner).m = m
     return GPUArray.from_pointer(ptr, shape, dtype, owner)
+
+
+cdef unsigned long long _pointer_of(object a) except? 0:
+    return (<GPUArray>a).ptr_
+
+
+register_pointer_type(GPUArray, _pointer_of)  # kernel launches take a GPUArray argument as its pointer

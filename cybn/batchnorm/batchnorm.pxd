@@ -1,29 +1,44 @@
 # The nogil BatchNorm core: a C descriptor plus launch functions that touch no Python object, so
-# Cython (or C) faces can call them without the GIL. cybn/batchnorm.pyx fills the kernel handles
+# Cython (or C) faces can call them without the GIL. cybn/batchnorm/batchnorm.pyx fills the kernel handles
 # (prepare) and the workspace; the cores validate, plan and launch with cuLaunchKernel.
 from cuda.bindings cimport cydriver
 
-cdef enum:
-    BN_SPATIAL = 0          # (N, C, *spatial): one statistic per channel
-    BN_PER_ACTIVATION = 1   # (N, C, *rest): one statistic per (c, *rest) position
-
-cdef enum:
-    BN_FLOAT32 = 0
-    BN_FLOAT16 = 1
-
-cdef enum:
-    BN_DESC_AFFINE = 1      # scale and bias are given; else they are 1 and 0 (pointers may be 0)
-    BN_DESC_ACCUMULATE = 2  # backward: grad = alpha * this batch + beta * grad with the desc's alphas/betas;
-                            # without it alpha 1 and beta 0 (the gradients are overwritten)
-    BN_DESC_BIASED_RUNNING_VAR = 4  # forward train: the biased batch variance into running_var (MXNet, Paddle)
-
-# Status codes of the cores: 0, a negative BN_E* (message: bn_last_error()), or a positive CUresult
-# from cuLaunchKernel.
-cdef enum:
-    BN_OK = 0
-    BN_EINVAL = -1          # a bad descriptor or pointer; nothing launched
-    BN_ENOTPREPARED = -2    # prepare() was not called for this dtype/mode/context
-    BN_EWORKSPACE = -3      # the descriptor's workspace is smaller than bn_workspace_size()
+# The constants shared with the kernels and the C API (values: cybn/kernels/bn_abi.h, so they cannot drift).
+cdef extern from "bn_abi.h":
+    enum:
+        BN_SPATIAL
+        BN_PER_ACTIVATION
+        BN_FLOAT32
+        BN_FLOAT16
+        BN_BFLOAT16
+        BN_FLOAT64
+        BN_LAYOUT_NCHW
+        BN_LAYOUT_NHWC
+        BN_ACT_NONE
+        BN_ACT_RELU
+        BN_ACT_CLIPPED_RELU
+        BN_ACT_LEAKY_RELU
+        BN_ACT_ELU
+        BN_ACT_SIGMOID
+        BN_ACT_TANH
+        BN_ACT_SWISH
+        BN_DESC_AFFINE
+        BN_DESC_ACCUMULATE
+        BN_DESC_BIASED_RUNNING_VAR
+        BN_OK
+        BN_EINVAL
+        BN_ENOTPREPARED
+        BN_EWORKSPACE
+        BN_AFFINE           # kernel flags
+        BN_VEC
+        BN_STAT_IS_VAR
+        BN_SHIFTED
+        BN_ROWVEC
+        BN_BIASED_RUNVAR
+        BN_FWD_PART         # workspace entry sizes
+        BN_FWD_TAIL
+        BN_BWD_PART
+        BN_BWD_TAIL
 
 # Which kernels an operation uses.
 cdef enum:

@@ -6,8 +6,6 @@
 # per column split the M rows.
 
 cdef enum:
-    BN_LAYOUT_NCHW = 0
-    BN_LAYOUT_NHWC = 1
     NHWC_MAX_BX = 32        # threads across the channels: 32 x 16 bytes = 512 contiguous bytes per row
 
 
@@ -18,9 +16,6 @@ _NHWC_CTYPES = ("float", "__half")
 def nhwc_kernel_expressions():
     """Every kernel instantiation of batchnorm_nhwc.cu (name expressions), compiled together."""
     return [f"{k}<{t}>" for t in _NHWC_CTYPES for k in _NHWC_KERNEL_NAMES]
-
-
-register_variants("batchnorm_nhwc.cu", [(nhwc_kernel_expressions(), compile_options())])
 
 
 cdef inline long long _nhwc_width(const bn_desc* d, int vec) noexcept nogil:

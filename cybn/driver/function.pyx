@@ -19,7 +19,6 @@ from cybn.driver.device cimport ensure_context
 from cybn.driver.status cimport check
 from cybn.driver.stream cimport resolve_stream
 from cybn.driver.memory cimport DeviceBuffer
-from cybn.array.gpuarray cimport GPUArray
 
 _CODE_NAMES = {"P": "pointer", "i": "int32", "I": "uint32", "q": "int64", "Q": "uint64",
                "f": "float32", "d": "float64"}
@@ -106,11 +105,21 @@ cdef int parse_dims(object d, unsigned int* out, const char* what) except -1:
     return 0
 
 
+cdef type _array_type = None         # the registered array type (GPUArray) and how to read its pointer
+cdef pointer_of_t _array_pointer = NULL
+
+
+cdef void register_pointer_type(type t, pointer_of_t pointer_of) noexcept:
+    global _array_type, _array_pointer
+    _array_pointer = pointer_of
+    _array_type = t
+
+
 cdef inline unsigned long long _pointer(object o) except? 0:
     if type(o) is int:
         return PyLong_AsUnsignedLongLong(o)
-    if type(o) is GPUArray:
-        return (<GPUArray>o).ptr_
+    if type(o) is _array_type:
+        return _array_pointer(o)
     if type(o) is DeviceBuffer:
         return (<DeviceBuffer>o).ptr
     if o is None:

@@ -29,6 +29,7 @@
 //
 // Shared pieces: bn_io.cuh (element types), bn_reduce.cuh (reductions), bn_stats.cuh (flags and
 // per-statistic arithmetic), bn_epilogue.cuh (the fused activation / residual epilogue).
+#include "bn_abi.h"  // the kernel flags and workspace entry sizes, shared with the core
 #include "bn_io.cuh"
 #include "bn_reduce.cuh"
 #include "bn_stats.cuh"
@@ -155,7 +156,7 @@ __device__ __forceinline__ float4 normalize_constants(long long i, const float* 
 }
 
 // The split backward's dx constants, written by the last CTA of the first launch: (a, dbias / M, k, lo).
-enum : int { BWD_TAIL = 4 };  // floats per statistic
+enum : int { BWD_TAIL = BN_BWD_TAIL };  // floats per statistic
 __device__ __forceinline__ void store_dx_constants(float* tail, long long i, float a, float4 r, float Mf) {
     float* q = tail + i * BWD_TAIL;
     q[0] = a; q[1] = r.y / Mf; q[2] = r.w; q[3] = r.z;

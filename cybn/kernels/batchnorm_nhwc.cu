@@ -16,6 +16,7 @@
 // shifted by one sample of the channel (row 0), the mean as a float pair hi + lo, x - mean formed as
 // (x - hi) - lo, the backward's compensated sums recovering lo. The kernel arguments are batchnorm.cu's
 // spatial ones (N, C, S with M = N * S), so the host passes one argument list for both layouts.
+#include "bn_abi.h"  // the kernel flags and workspace entry sizes, shared with the core
 #include "bn_io.cuh"
 #include "bn_reduce.cuh"
 #include "bn_stats.cuh"
@@ -107,7 +108,7 @@ __device__ __forceinline__ float4 nhwc_constants(long long c, const float* mean,
 }
 
 // The split backward's dx constants per channel (a, dbias / M, k, lo), as batchnorm.cu's.
-enum : int { NHWC_BWD_TAIL = 4 };
+enum : int { NHWC_BWD_TAIL = BN_BWD_TAIL };
 
 // ---------------------------------------------------------------- forward, training
 template <typename T, bool VEC>

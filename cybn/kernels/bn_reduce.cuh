@@ -3,6 +3,7 @@
 // threadIdx.y group (group_reduce) or a threadIdx.x column (column_reduce), the last-CTA election of a
 // split grid column, and the workspace partials' layout (FWD_PART, BWD_PART).
 #pragma once
+#include "bn_abi.h"
 #include "welford.cuh"
 
 __device__ __forceinline__ Welford merge(Welford x, Welford y) { return welford_merge(x, y); }
@@ -33,7 +34,7 @@ __device__ __forceinline__ void bwd_push(BwdSums& s, float vx, float vd, float h
     csum_add(s.x, d);
     s.x.c = __fadd_rn(s.x.c, e);
 }
-enum : int { BWD_PART = 6 };  // floats of one BwdSums partial in the workspace
+enum : int { BWD_PART = BN_BWD_PART };  // floats of one BwdSums partial in the workspace
 __device__ __forceinline__ void store_bwd(float* p, BwdSums t) {
     p[0] = t.dy.s; p[1] = t.dy.c; p[2] = t.dyx.s; p[3] = t.dyx.c; p[4] = t.x.s; p[5] = t.x.c;
 }
@@ -101,7 +102,7 @@ __device__ __forceinline__ bool last_cta_of_column(unsigned* counters) {
     return last;
 }
 
-enum : int { FWD_PART = 5 };  // floats of one Welford partial in the workspace
+enum : int { FWD_PART = BN_FWD_PART };  // floats of one Welford partial in the workspace
 __device__ __forceinline__ Welford load_welford(const float* p) {
     return Welford{__ldcg(p), __ldcg(p + 1), __ldcg(p + 2), CSum{__ldcg(p + 3), __ldcg(p + 4)}};
 }

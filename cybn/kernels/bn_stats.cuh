@@ -5,15 +5,7 @@
 #include "welford.cuh"
 #include "bn_reduce.cuh"
 
-enum : int {
-    BN_AFFINE = 1,        // scale/bias given; else 1 and 0
-    BN_VEC = 2,           // spatial: 16-byte units (rows 16-byte aligned)
-    BN_STAT_IS_VAR = 4,   // normalize/backward: `stat` is a variance (running_var), else an inverse std
-    BN_SHIFTED = 8,       // normalize: the training mean as the workspace's (hi, lo) pair
-    BN_ROWVEC = 16,       // spatial, N == 1 (with VEC): 16-byte units of each channel's aligned middle,
-                          // scalar head and tail (S odd or the channel start not 16-byte aligned)
-    BN_BIASED_RUNVAR = 32,  // forward train: the biased batch variance (M) into running_var (MXNet, Paddle)
-};
+#include "bn_abi.h"  // the kernel flags (BN_AFFINE, ...) and the workspace entry sizes, shared with the core
 
 // y = ((x - hi) - lo) * a + b: x - mean in two exact-or-once-rounded steps.
 __device__ __forceinline__ float normalize1(float v, float hi, float lo, float a, float b) {
@@ -25,7 +17,7 @@ __device__ __forceinline__ float normalize1(float v, float hi, float lo, float a
 __device__ __forceinline__ double inv_std(double var, float eps) { return 1.0 / sqrt(var + (double)eps); }
 
 // The split forward's per-statistic tail for its second launch: (hi, lo, scale * invstd, 0).
-enum : int { FWD_TAIL = 4 };
+enum : int { FWD_TAIL = BN_FWD_TAIL };
 
 // Batch mean/invstd from the combined statistics; saved statistics and running-average update.
 // M == 1: the unbiased variance is undefined; the biased one (0) is used, never NaN or inf.

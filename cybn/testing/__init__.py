@@ -1,2 +1,3 @@
-"""Helpers the tests and the benchmark scripts share (not part of the engine's API): the performance
-model (perfmodel), the CUBIN register / loads-in-flight reader (cubin_report)."""
+"""Helpers the tests and the benchmark scripts share (not part of the engine's API): the float64 BatchNorm
+reference from the maths (reference), the traffic of one call from the software GPU's counters (traffic),
+the performance model (perfmodel), the CUBIN register / loads-in-flight reader (cubin_report)."""

@@ -1,7 +1,7 @@
 """Shared helpers of the BatchNorm kernel tests: inputs, GPU round trips, tolerances."""
 import numpy as np
 
-import bn_reference as ref
+from cybn.testing import reference as ref
 from cybn import batchnorm, gpuarray
 
 # fp32: statistics are accumulated in fp32 (Welford), so the mean/invstd carry ~1e-6 relative error

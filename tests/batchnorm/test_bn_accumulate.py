@@ -4,9 +4,9 @@ launch when a channel fits one CTA, two when split; never an extra launch for th
 import numpy as np
 import pytest
 
-import bn_reference as ref
+from cybn.testing import reference as ref
 from bn_helpers import batch_stats, exact_mean, gpu, params
-from bn_traffic import allowance
+from cybn.testing.traffic import allowance
 from cybn import batchnorm, gpuarray, softgpu
 from cybn.modules import BatchNorm, BatchNorm2D
 

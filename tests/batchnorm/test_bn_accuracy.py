@@ -13,7 +13,7 @@ and 1e6, 1e7 are beyond its range (65504)."""
 import numpy as np
 import pytest
 
-import bn_reference as ref
+from cybn.testing import reference as ref
 from bn_helpers import gpu
 from cybn import batchnorm
 

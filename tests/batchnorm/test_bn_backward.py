@@ -3,7 +3,7 @@ float64 reference."""
 import numpy as np
 import pytest
 
-import bn_reference as ref
+from cybn.testing import reference as ref
 from bn_helpers import TOL, batch_stats, exact_mean, gpu, params
 from cybn import batchnorm
 

@@ -5,7 +5,7 @@ bit-identical results across the schedules."""
 import numpy as np
 import pytest
 
-import bn_reference as ref
+from cybn.testing import reference as ref
 from bn_helpers import TOL, batch_stats, exact_mean, gpu, params
 from cybn import batchnorm, softgpu
 

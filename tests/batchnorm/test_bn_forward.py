@@ -3,7 +3,7 @@ heuristic distinguishes, both modes, fp32 and fp16."""
 import numpy as np
 import pytest
 
-import bn_reference as ref
+from cybn.testing import reference as ref
 from bn_helpers import STAT_TOL, TOL, check_forward_train, gpu, params, run_forward_train
 from cybn import batchnorm
 

@@ -163,3 +163,54 @@ def test_bad_layout_is_refused(rng):
         batchnorm.forward_infer(x, p, p, p, p, 1e-5, layout="NCWH")
     with pytest.raises(ValueError, match="must have 4 elements"):
         batchnorm.forward_infer(x, _gpu(np.ones(3, np.float32)), None, p, p, 1e-5, layout="NHWC")
+
+
+class _ChannelsLast:
+    """A foreign array laid out as torch's channels_last / channels_last_3d: logical shape (N, C, *spatial),
+    strides putting C innermost, over a GPUArray in memory order (N, *spatial, C)."""
+
+    def __init__(self, g):
+        self.g = g
+        shape, strides = g.shape, g.strides
+        self.shape = (shape[0], shape[-1]) + shape[1:-1]
+        self.__cuda_array_interface__ = {"shape": self.shape, "strides": (strides[0], strides[-1]) + strides[1:-1],
+                                         "typestr": g.dtype.str, "data": (g.ptr, False), "version": 3}
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("memory_shape", [(2, 9, 8), (2, 5, 6, 8), (2, 3, 4, 5, 12)], ids=str)
+def test_channels_last_strides_recognised_without_a_copy(rng, memory_shape, layout):
+    """torch-style channels_last strides (1-d, 2-d, channels_last_3d) are channels-last data in place, with
+    layout="NHWC" or the default: the results match the reference on the memory-order array, out= writes
+    into the foreign memory, and inference moves exactly x's read and y's write (no copy, one launch)."""
+    from cybn import softgpu
+    C = memory_shape[-1]
+    x = rng.standard_normal(memory_shape).astype(np.float32)
+    dy = rng.standard_normal(memory_shape).astype(np.float32)
+    scale, bias, rm, rv = _params(rng, C)
+    gx, gdy, gout = _gpu(x), _gpu(dy), gpuarray.empty(memory_shape, np.float32)
+    fx, fdy, fout = _ChannelsLast(gx), _ChannelsLast(gdy), _ChannelsLast(gout)
+    g_rm, g_rv = _gpu(rm), _gpu(rv)
+    y, sm, si = batchnorm.forward_train(fx, _gpu(scale), _gpu(bias), g_rm, g_rv, 1e-5, 0.1, out=fout, layout=layout)
+    assert y.ptr == gout.ptr and y.shape == memory_shape  # the caller's memory, in memory order
+    wy, wrm, wrv, _, _ = ref.forward_train(x, scale, bias, rm, rv, 1e-5, 0.1)
+    np.testing.assert_allclose(gout.get(), wy, **TOL[np.dtype(np.float32)])
+    np.testing.assert_allclose(g_rv.get(), wrv, **STAT_TOL)
+    dx, ds, db = batchnorm.backward(fx, fdy, _gpu(scale), sm, si, layout=layout)
+    wdx, wds, wdb = ref.backward(x, dy, scale, sm.get(), si.get())
+    np.testing.assert_allclose(dx.get(), wdx, **TOL[np.dtype(np.float32)])
+    np.testing.assert_allclose(ds.get(), wds, **GRAD_TOL)
+    p = [_gpu(a) for a in (scale, bias, rm, rv)]
+    with softgpu.measure() as m:
+        batchnorm.forward_infer(fx, *p, 1e-5, out=fout, layout=layout)
+    assert m.launches_count == 1 and m.load_bytes + m.store_bytes <= 8 * x.size + 64 * C
+    np.testing.assert_allclose(gout.get(), ref.forward_infer(x, scale, bias, rm, rv, 1e-5), **TOL[np.dtype(np.float32)])
+
+
+def test_channels_last_grad_must_match(rng):
+    """A channels-last x with a contiguous NCHW grad_y is refused by name (they differ in memory order)."""
+    gx = _gpu(rng.standard_normal((2, 5, 6, 8)).astype(np.float32))
+    dy = _gpu(rng.standard_normal((2, 8, 5, 6)).astype(np.float32))
+    p = _gpu(np.ones(8, np.float32))
+    with pytest.raises(ValueError, match="grad_y must have x's shape"):
+        batchnorm.backward(_ChannelsLast(gx), dy, p, p, p)

@@ -6,7 +6,7 @@ Allowed on top: bn_traffic.PER_STAT_CTA bytes per channel, CTA and launch (param
 import numpy as np
 import pytest
 
-from bn_traffic import PER_STAT_CTA
+from cybn.testing.traffic import PER_STAT_CTA
 from cybn import batchnorm, gpuarray, softgpu
 
 BAR = {"forward_train": 12, "backward": 20, "forward_infer": 8}  # fp32 bytes per element

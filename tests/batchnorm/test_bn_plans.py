@@ -4,7 +4,7 @@ randomised software-GPU schedules."""
 import numpy as np
 import pytest
 
-import bn_reference as ref
+from cybn.testing import reference as ref
 from bn_helpers import TOL, batch_stats, check_forward_train, exact_mean, gpu, params, run_forward_train
 from cybn import batchnorm, gpuarray, softgpu
 

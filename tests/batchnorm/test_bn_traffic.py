@@ -2,11 +2,11 @@
 
 Bars: fp32 12 B/element forward-train, 20 backward, 8 inference (scaled by the element size for fp16),
 at most 2, 2 and 1 launches. They bound the element streams; the O(statistics x CTAs) parameter and
-statistics traffic is allowed on top (bn_traffic.PER_STAT_CTA bytes per statistic, CTA and launch)."""
+statistics traffic is allowed on top (cybn.testing.traffic.PER_STAT_CTA bytes per statistic, CTA and launch)."""
 import numpy as np
 import pytest
 
-from bn_traffic import MAX_LAUNCHES, allowance, measure_call
+from cybn.testing.traffic import MAX_LAUNCHES, allowance, measure_call
 
 
 @pytest.mark.parametrize("shape,mode", [((8, 16, 14, 14), "spatial"), ((2, 2, 64, 48), "spatial"),

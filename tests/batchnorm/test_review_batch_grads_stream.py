@@ -5,7 +5,7 @@ import numpy as np
 from cuda.bindings import driver as cu
 
 import cybn
-import bn_reference as ref
+from cybn.testing import reference as ref
 from bn_helpers import gpu, params
 from cybn import batchnorm, gpuarray, softgpu
 from cybn.stream import Stream

@@ -7,7 +7,6 @@ import pytest
 
 _TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(_TESTS)
-sys.path.insert(0, os.path.join(_TESTS, "batchnorm"))  # bn_traffic: the counter measurement
 sys.path.insert(0, os.path.join(REPO, "bench"))
 
 

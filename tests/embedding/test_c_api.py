@@ -12,7 +12,7 @@ from cybn import softgpu
 import embed_build
 from embed_cases import (CASES, CODES, EINVAL, ENOTPREPARED, EWORKSPACE, FLOAT16, FLOAT32, PER_ACTIVATION,
                          SPATIAL, SPLIT_CASES, inputs)
-from embed_reference import bn_reference, tolerances
+from cybn.testing.reference import tolerances, train_then_infer as bn_reference
 
 
 def run_and_check(ext, case, seed=0):

@@ -8,7 +8,7 @@ import pytest
 import cybn
 
 from embed_cases import CASES, CODES, inputs
-from embed_reference import bn_reference, tolerances
+from cybn.testing.reference import tolerances, train_then_infer as bn_reference
 
 OUTPUTS = ("y", "save_mean", "save_invstd", "dx", "scale_grad", "bias_grad", "y_infer", "dx_infer",
            "scale_grad_infer", "bias_grad_infer")

@@ -11,7 +11,7 @@ import pytest
 import cybn
 
 import embed_build
-from embed_reference import bn_reference
+from cybn.testing.reference import train_then_infer as bn_reference
 
 C_SETUP = """
 from setuptools import setup, Extension

@@ -14,7 +14,7 @@ from cybn import batchnorm, softgpu
 from cybn.gpuarray import GPUArray
 from cybn.modules import BatchNorm2D
 
-from embed_reference import bn_reference
+from cybn.testing.reference import train_then_infer as bn_reference
 
 TOL = dict(rtol=2e-4, atol=2e-4)
 

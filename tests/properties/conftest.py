@@ -3,14 +3,10 @@
 Profiles: "ci" (default: few examples, derandomised, no example database, so CI stays fast and repeatable) and
 "nightly" (many random examples); choose with CYBN_HYPOTHESIS_PROFILE=ci|nightly."""
 import os
-import sys
 
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")  # the test extra installs it
-
-# The float64 reference written from the maths lives with the kernel tests; reuse it rather than copy it.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "batchnorm"))
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 

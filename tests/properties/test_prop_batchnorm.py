@@ -3,7 +3,7 @@ and forced launch plan gives the maths' answer (forward_train, running statistic
 import numpy as np
 from hypothesis import given
 
-import bn_reference as ref
+from cybn.testing import reference as ref
 from strategies import at_offset, problems
 from cybn import batchnorm
 

@@ -1,4 +1,5 @@
-"""Float64 numpy BatchNorm written from the maths (the issue's spec), independent of cybn's kernels.
+"""Float64 numpy BatchNorm written from the maths (the issue's spec), independent of cybn's kernels: the
+reference the tests and the benchmark scripts compare with.
 
 Spatial mode: x (N, C, *spatial), one statistic per channel over axes (0, 2, 3, ...).
 Per-activation mode: x (N, C, *rest), one statistic per (c, *rest) position over axis 0."""
@@ -66,3 +67,22 @@ def backward_infer(x, dy, scale, running_mean, running_var, eps, mode="spatial")
     xhat = (x - np.asarray(running_mean, np.float64).reshape(pshape)) * invstd
     g = np.ones(pshape) if scale is None else np.asarray(scale, np.float64).reshape(pshape)
     return g * invstd * dy, (dy * xhat).sum(axis=axes), dy.sum(axis=axes)
+
+
+def train_then_infer(x, scale, bias, running_mean, running_var, dy, epsilon, factor, mode):
+    """Training forward, its backward, then inference forward and its (frozen-statistics) backward with the
+    updated running statistics, as the embedding faces' tests run them: a dict of flat float64 arrays.
+    scale/bias None: non-affine (1 and 0)."""
+    y, rm, rv, mean, invstd = forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, mode)
+    dx, sg, bg = backward(x, dy, scale, mean, invstd, mode)
+    dx_i, sg_i, bg_i = backward_infer(x, dy, scale, rm, rv, epsilon, mode)
+    out = {"y": y, "save_mean": mean, "save_invstd": invstd, "running_mean": rm, "running_var": rv,
+           "dx": dx, "scale_grad": sg, "bias_grad": bg,
+           "y_infer": forward_infer(x, scale, bias, rm, rv, epsilon, mode),
+           "dx_infer": dx_i, "scale_grad_infer": sg_i, "bias_grad_infer": bg_i}
+    return {k: np.asarray(v).ravel() for k, v in out.items()}
+
+
+def tolerances(dtype):
+    """(rtol, atol) for outputs of dtype (fp16 data: about 3 decimal digits)."""
+    return (2e-4, 2e-4) if np.dtype(dtype) == np.float32 else (1e-2, 1e-2)

@@ -1,0 +1,185 @@
+# The nogil core: validate, plan, and launch the kernels of cybn/kernels/batchnorm.cu with
+# cuLaunchKernel (one or two launches per call). No Python object is touched: the Python, Cython
+# and C faces all end here. Included by batchnorm.pyx.
+
+cdef int _launch(const bn_desc* d, int kernel, const bn_plan* p, cydriver.CUstream stream, void** args) noexcept nogil:
+    cdef cydriver.CUresult r = cydriver.cuLaunchKernel(
+        d.kernels[kernel], p.grid[0], p.grid[1], p.grid[2], p.block[0], p.block[1], p.block[2],
+        p.shared_bytes, stream, args, NULL)
+    if r != cydriver.CUDA_SUCCESS:
+        snprintf(cybn_bn_error, sizeof(cybn_bn_error), "cuLaunchKernel failed: %d", <int>r)
+        return <int>r
+    return BN_OK
+
+
+cdef int bn_forward_train_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr y,
+                               cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                               cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
+                               cydriver.CUdeviceptr save_mean, cydriver.CUdeviceptr save_invstd,
+                               cydriver.CUstream stream) noexcept nogil:
+    cdef int st = _validate(d, BN_K_FWD_TRAIN)
+    if st != BN_OK:
+        return st
+    st = _validate(d, BN_K_NORMALIZE)
+    if st != BN_OK:
+        return st
+    if x == 0 or y == 0 or running_mean == 0 or running_var == 0 or save_mean == 0 or save_invstd == 0:
+        return _fail(BN_EINVAL, "forward_train: null x, y, running or saved statistics pointer")
+    if (d.flags & BN_DESC_AFFINE) and (scale == 0 or bias == 0):
+        return _fail(BN_EINVAL, "forward_train: affine descriptor with a null scale or bias")
+    cdef unsigned long long xb = _data_bytes(d), kb = _stat_bytes(d), pb = kb if d.flags & BN_DESC_AFFINE else 0
+    cdef _span outs[5]
+    cdef _span ins[3]
+    _set_span(&outs[0], "y", y, xb); _set_span(&outs[1], "running_mean", running_mean, kb)
+    _set_span(&outs[2], "running_var", running_var, kb); _set_span(&outs[3], "save_mean", save_mean, kb)
+    _set_span(&outs[4], "save_invstd", save_invstd, kb)
+    _set_span(&ins[0], "x", x, xb); _set_span(&ins[1], "scale", scale, pb); _set_span(&ins[2], "bias", bias, pb)
+    st = _no_overlap(outs, 5, ins, 3, d, 1)
+    if st != BN_OK:
+        return st
+    cdef bn_plan p, q
+    bn_make_plan(d, BN_K_FWD_TRAIN, _vec_ok(d, x, y, x), &p)
+    st = _check_workspace(d, &p, BN_K_FWD_TRAIN)
+    if st == BN_OK:
+        st = _check_limits(&p)
+    if st == BN_OK and p.split > 1:  # the second launch too, before the first updates the statistics
+        bn_make_plan(d, BN_K_NORMALIZE, p.vec, &q)
+        st = _check_limits(&q)
+    if st != BN_OK:
+        return st
+    cdef cydriver.CUdeviceptr counters = d.workspace
+    cdef cydriver.CUdeviceptr partials = d.workspace + _counter_bytes(d)
+    cdef cydriver.CUdeviceptr shifted = 0
+    if p.split > 1:
+        shifted = partials + _partials_bytes(d, &p, BN_K_FWD_TRAIN)
+        st = _zero_counters(d, stream)
+        if st != BN_OK:
+            return st
+    else:
+        counters = partials = 0
+    cdef long long N = d.N, C = d.C, S = d.S
+    cdef float eps = d.epsilon, factor = d.factor
+    cdef int flags = ((BN_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec)
+                      | (BN_BIASED_RUNVAR if d.flags & BN_DESC_BIASED_RUNNING_VAR else 0))
+    cdef int cache = p.cache_units
+    cdef void* args[18]
+    args[0] = &x; args[1] = &y; args[2] = &scale; args[3] = &bias; args[4] = &running_mean
+    args[5] = &running_var; args[6] = &save_mean; args[7] = &save_invstd; args[8] = &partials
+    args[9] = &counters; args[10] = &shifted; args[11] = &N; args[12] = &C; args[13] = &S
+    args[14] = &eps; args[15] = &factor; args[16] = &flags; args[17] = &cache
+    st = _launch(d, BN_K_FWD_TRAIN, &p, stream, args)
+    if st != BN_OK or p.split == 1:
+        return st
+    # Second launch of the split plan (q, planned above): normalise with the combined statistics.
+    flags = flags | BN_SHIFTED
+    cdef void* nargs[12]
+    nargs[0] = &x; nargs[1] = &y; nargs[2] = &save_mean; nargs[3] = &save_invstd; nargs[4] = &scale
+    nargs[5] = &bias; nargs[6] = &shifted; nargs[7] = &N; nargs[8] = &C; nargs[9] = &S; nargs[10] = &eps
+    nargs[11] = &flags
+    return _launch(d, BN_K_NORMALIZE, &q, stream, nargs)
+
+
+cdef int bn_forward_infer_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr y,
+                               cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                               cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
+                               cydriver.CUstream stream) noexcept nogil:
+    cdef int st = _validate(d, BN_K_NORMALIZE)
+    if st != BN_OK:
+        return st
+    if x == 0 or y == 0 or running_mean == 0 or running_var == 0:
+        return _fail(BN_EINVAL, "forward_infer: null x, y or running statistics pointer")
+    if (d.flags & BN_DESC_AFFINE) and (scale == 0 or bias == 0):
+        return _fail(BN_EINVAL, "forward_infer: affine descriptor with a null scale or bias")
+    cdef unsigned long long xb = _data_bytes(d), kb = _stat_bytes(d), pb = kb if d.flags & BN_DESC_AFFINE else 0
+    cdef _span outs[1]
+    cdef _span ins[5]
+    _set_span(&outs[0], "y", y, xb)
+    _set_span(&ins[0], "x", x, xb); _set_span(&ins[1], "scale", scale, pb); _set_span(&ins[2], "bias", bias, pb)
+    _set_span(&ins[3], "running_mean", running_mean, kb); _set_span(&ins[4], "running_var", running_var, kb)
+    st = _no_overlap(outs, 1, ins, 5, d, 1)
+    if st != BN_OK:
+        return st
+    cdef bn_plan p
+    bn_make_plan(d, BN_K_NORMALIZE, _vec_ok(d, x, y, x), &p)
+    st = _check_limits(&p)
+    if st != BN_OK:
+        return st
+    cdef long long N = d.N, C = d.C, S = d.S
+    cdef float eps = d.epsilon
+    cdef int flags = (BN_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec) | BN_STAT_IS_VAR
+    cdef cydriver.CUdeviceptr none = 0
+    cdef void* args[12]
+    args[0] = &x; args[1] = &y; args[2] = &running_mean; args[3] = &running_var; args[4] = &scale
+    args[5] = &bias; args[6] = &none; args[7] = &N; args[8] = &C; args[9] = &S; args[10] = &eps
+    args[11] = &flags
+    return _launch(d, BN_K_NORMALIZE, &p, stream, args)
+
+
+cdef int bn_backward_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr dy,
+                          cydriver.CUdeviceptr dx, cydriver.CUdeviceptr scale, cydriver.CUdeviceptr mean,
+                          cydriver.CUdeviceptr stat, cydriver.CUdeviceptr scale_grad,
+                          cydriver.CUdeviceptr bias_grad, cydriver.CUdeviceptr batch_scale_grad,
+                          cydriver.CUdeviceptr batch_bias_grad, int frozen, cydriver.CUstream stream) noexcept nogil:
+    cdef int st = _validate(d, BN_K_BWD)
+    if st != BN_OK:
+        return st
+    st = _validate(d, BN_K_BWD_DX)
+    if st != BN_OK:
+        return st
+    if x == 0 or dy == 0 or dx == 0 or mean == 0 or stat == 0 or scale_grad == 0 or bias_grad == 0:
+        return _fail(BN_EINVAL, "backward: null x, dy, dx, statistics or gradient pointer")
+    if (d.flags & BN_DESC_AFFINE) and scale == 0:
+        return _fail(BN_EINVAL, "backward: affine descriptor with a null scale")
+    cdef unsigned long long xb = _data_bytes(d), kb = _stat_bytes(d)
+    cdef _span outs[5]
+    cdef _span ins[5]
+    _set_span(&outs[0], "dx", dx, xb); _set_span(&outs[1], "scale_grad", scale_grad, kb)
+    _set_span(&outs[2], "bias_grad", bias_grad, kb); _set_span(&outs[3], "batch_scale_grad", batch_scale_grad, kb)
+    _set_span(&outs[4], "batch_bias_grad", batch_bias_grad, kb)
+    _set_span(&ins[0], "x", x, xb); _set_span(&ins[1], "dy", dy, xb)
+    _set_span(&ins[2], "scale", scale, kb if d.flags & BN_DESC_AFFINE else 0)
+    _set_span(&ins[3], "mean", mean, kb); _set_span(&ins[4], "invstd or var", stat, kb)
+    st = _no_overlap(outs, 5, ins, 5, d, 2)
+    if st != BN_OK:
+        return st
+    cdef float ab[4]
+    if d.flags & BN_DESC_ACCUMULATE:
+        ab[0] = d.scale_grad_alpha; ab[1] = d.scale_grad_beta; ab[2] = d.bias_grad_alpha; ab[3] = d.bias_grad_beta
+    else:
+        ab[0] = 1; ab[1] = 0; ab[2] = 1; ab[3] = 0
+    cdef bn_plan p, q
+    bn_make_plan(d, BN_K_BWD, _vec_ok(d, x, dy, dx), &p)
+    st = _check_workspace(d, &p, BN_K_BWD)
+    if st == BN_OK:
+        st = _check_limits(&p)
+    if st == BN_OK and p.split > 1 and not frozen:  # the dx launch too, before the first writes the gradients
+        bn_make_plan(d, BN_K_BWD_DX, p.vec, &q)
+        st = _check_limits(&q)
+    if st != BN_OK:
+        return st
+    cdef cydriver.CUdeviceptr counters = d.workspace if p.split > 1 else 0
+    cdef cydriver.CUdeviceptr partials = d.workspace + _counter_bytes(d) if p.split > 1 else 0
+    cdef cydriver.CUdeviceptr tail = partials + _partials_bytes(d, &p, BN_K_BWD) if p.split > 1 else 0
+    cdef long long N = d.N, C = d.C, S = d.S
+    cdef float eps = d.epsilon
+    cdef int flags = ((BN_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec)
+                      | (BN_STAT_IS_VAR if frozen else 0))
+    cdef int cache = p.cache_units
+    if p.split > 1:
+        st = _zero_counters(d, stream)
+        if st != BN_OK:
+            return st
+    cdef void* args[23]
+    args[0] = &x; args[1] = &dy; args[2] = &dx; args[3] = &scale; args[4] = &mean; args[5] = &stat
+    args[6] = &scale_grad; args[7] = &bias_grad; args[8] = &batch_scale_grad; args[9] = &batch_bias_grad
+    args[10] = &partials; args[11] = &counters; args[12] = &tail; args[13] = &N; args[14] = &C; args[15] = &S
+    args[16] = &eps; args[17] = &ab[0]; args[18] = &ab[1]; args[19] = &ab[2]; args[20] = &ab[3]
+    args[21] = &flags; args[22] = &cache
+    st = _launch(d, BN_K_BWD, &p, stream, args)
+    if st != BN_OK or p.split == 1 or frozen:
+        return st
+    # Second launch of the split plan (q, planned above): dx from the constants the first launch's last CTAs wrote.
+    cdef void* dargs[9]
+    dargs[0] = &x; dargs[1] = &dy; dargs[2] = &dx; dargs[3] = &mean; dargs[4] = &tail; dargs[5] = &N
+    dargs[6] = &C; dargs[7] = &S; dargs[8] = &flags
+    return _launch(d, BN_K_BWD_DX, &q, stream, dargs)

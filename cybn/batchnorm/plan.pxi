@@ -1,0 +1,147 @@
+# The launch plan (bn_make_plan): block shape, CTAs per channel (the split), the replay cache and the
+# 16-byte vector paths, a pure function of the descriptor and the device facts prepare() put in it.
+# Included by batchnorm.pyx.
+
+cdef enum:
+    SMEM_LIMIT = 48 * 1024   # shared memory per CTA without opt-in
+    MAX_SPLIT = 1024         # CTAs per channel at most (bounds the last CTA's combine)
+    MIN_WALK = 128           # bytes per thread per array a split keeps: 2 rounds of 4 x 16-byte loads
+    MAX_WALK = 4096          # bytes per thread per array a reduction walks before it is split
+    TARGET_THREADS = 256
+
+
+cdef inline long long _cdiv(long long a, long long b) noexcept nogil:
+    return (a + b - 1) // b
+
+
+cdef inline long long _pow2_at_least(long long v) noexcept nogil:
+    cdef long long p = 1
+    while p < v:
+        p *= 2
+    return p
+
+
+cdef inline long long _slots(const bn_desc* d, int kernel, long long threads, bn_plan* p) noexcept nogil:
+    """Resident CTAs of this kernel and block size on the whole device (at least one per SM)."""
+    cdef long long w = min(max(_cdiv(threads, 32), 1), 32)
+    p.ctas_per_sm = d.occ[kernel][w - 1]
+    return max(<long long>p.ctas_per_sm, 1) * max(<long long>d.sm_count, 1)
+
+
+cdef long long _split(const bn_desc* d, int kernel, long long cols, long long walk, long long slots) noexcept nogil:
+    """CTAs per column from the bytes each thread walks per array. Reductions (fwd_train, bwd): split
+    while the columns fill less than one wave of resident CTAs and each thread keeps MIN_WALK bytes
+    (2 rounds of its 4 x 16-byte loads in flight), as many as fit one wave; past MAX_WALK bytes a
+    thread's serial walk is bounded, rounded up to whole waves. Element-wise launches (normalize,
+    bwd_dx) only fill the device: at most one wave, each thread MIN_WALK bytes at least."""
+    cdef long long P = 1, waves
+    if cols < slots and walk >= 2 * MIN_WALK:
+        P = min(slots // cols, walk // MIN_WALK)
+    if (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD) and walk > MAX_WALK * P:
+        waves = _cdiv(cols * _cdiv(walk, MAX_WALK), slots)
+        P = max(_cdiv(walk, MAX_WALK), waves * slots // cols)
+    return min(P, MAX_SPLIT)
+
+
+cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcept nogil:
+    """The launch heuristic, a pure function of the descriptor and the device facts prepare() put in
+    it (SM count, the occupancy calculator's CTAs per SM per kernel and block size). Spatial: a group
+    of G threads (whole warps) per channel, several channels per CTA when channels are small, and P
+    CTAs per channel (the split, _split). Per-activation: BX consecutive features (coalesced) times R
+    row lanes per CTA, the rows split over P CTAs. The replay cache stays within the shared memory that
+    keeps the kernel's occupancy."""
+    cdef long long units = 0, per_thread, cols, G, CPB, P, BX, R, slots, slot_bytes, arrays, budget, cap
+    cdef long long stats = d.C if d.mode == BN_SPATIAL else d.C * d.S
+    memset(p, 0, sizeof(bn_plan))
+    p.vec = vec
+    arrays = 2 if (kernel == BN_K_BWD or kernel == BN_K_BWD_DX) else 1
+    if d.layout == BN_LAYOUT_NHWC:
+        _nhwc_block(d, vec, p, &cols, &per_thread, &slot_bytes)
+    elif d.mode == BN_SPATIAL:
+        units = d.N * (d.S // (8 if d.dtype == BN_FLOAT16 else 4) if vec else d.S)
+        slot_bytes = 16 if vec else (2 if d.dtype == BN_FLOAT16 else 4)
+        if d.force_group > 0:  # whole warps, at most 1024 threads
+            G = min(max(d.force_group // 32, 1) * 32, 1024)
+        else:
+            G = 32
+            while G < TARGET_THREADS and units > G * 4:
+                G *= 2
+        CPB = TARGET_THREADS // G if G < TARGET_THREADS else 1
+        if CPB > stats:
+            CPB = stats
+        cols = _cdiv(stats, CPB)
+        per_thread = _cdiv(units, G)
+        p.block[0] = <unsigned int>G
+        p.block[1] = <unsigned int>CPB
+    else:
+        stats = d.C * d.S
+        slot_bytes = 2 if d.dtype == BN_FLOAT16 else 4
+        BX = _pow2_at_least(stats) if stats < 32 else 32
+        R = TARGET_THREADS // BX
+        if d.force_group > 0:  # a power of two (the column reduction is a tree), at most 256 threads
+            R = min(_pow2_at_least(d.force_group + 1) // 2, TARGET_THREADS // BX)
+        elif R > _pow2_at_least(d.N):
+            R = _pow2_at_least(d.N)
+        cols = _cdiv(stats, BX)
+        per_thread = _cdiv(d.N, R)
+        p.block[0] = <unsigned int>BX
+        p.block[1] = <unsigned int>R
+    p.block[2] = 1
+    slots = _slots(d, kernel, <long long>p.block[0] * p.block[1], p)
+    P = d.force_split if d.force_split > 0 else _split(d, kernel, cols, per_thread * slot_bytes, slots)
+    if P > 65535:
+        P = 65535
+    p.grid[0] = <unsigned int>cols
+    p.grid[1] = <unsigned int>P
+    p.grid[2] = 1
+    p.split = <int>P
+    # The replay cache: only the fused one-launch paths (P == 1) read x (and dy) twice.
+    if P == 1 and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD):
+        slot_bytes = 16 if (d.mode == BN_SPATIAL and vec) else 4
+        budget = SMEM_LIMIT - <long long>d.static_shared[kernel]
+        if p.ctas_per_sm > 0:
+            budget = min(budget, <long long>d.smem_budget[kernel][min(_cdiv(<long long>p.block[0] * p.block[1], 32), 32) - 1])
+        cap = budget // (<long long>p.block[0] * p.block[1] * slot_bytes * arrays)
+        if d.force_cache >= 0:
+            p.cache_units = <int>min(<long long>d.force_cache, cap)
+        else:
+            p.cache_units = <int>min(per_thread, cap)
+        if p.cache_units < 0:
+            p.cache_units = 0
+        p.shared_bytes = <unsigned int>(p.cache_units * p.block[0] * p.block[1] * slot_bytes * arrays)
+    return BN_OK
+
+
+cdef inline bint _aligned(cydriver.CUdeviceptr p) noexcept nogil:
+    return p % 16 == 0
+
+
+cdef int _check_limits(const bn_plan* p) noexcept nogil:
+    """Launch limits every GPU has, checked for every launch of a call before the first one is enqueued."""
+    if (p.grid[0] < 1 or p.grid[0] > <unsigned int>2147483647 or p.grid[1] < 1 or p.grid[1] > 65535 or p.grid[2] < 1
+            or p.grid[2] > 65535 or p.block[0] * p.block[1] * p.block[2] > 1024 or p.block[2] > 64):
+        snprintf(cybn_bn_error, sizeof(cybn_bn_error), "launch plan grid (%u, %u, %u) block (%u, %u, %u) exceeds "
+                 "the device's launch limits", p.grid[0], p.grid[1], p.grid[2], p.block[0], p.block[1], p.block[2])
+        return BN_EINVAL
+    return BN_OK
+
+
+cdef inline int _vec_ok(const bn_desc* d, cydriver.CUdeviceptr a, cydriver.CUdeviceptr b,
+                        cydriver.CUdeviceptr c) noexcept nogil:
+    """16-byte units: 1 when every row is 16-byte aligned (S a multiple of the vector width, pointers
+    aligned); 2 (ROWVEC) when N == 1 and the pointers agree modulo 16, so each channel is one row
+    whose aligned middle is vectorised between a scalar head and tail; else 0 (element loads)."""
+    cdef long long V = 8 if d.dtype == BN_FLOAT16 else 4
+    if d.layout == BN_LAYOUT_NHWC:
+        return _nhwc_vec_ok(d, a, b, c)
+    if d.mode != BN_SPATIAL:
+        return 0
+    if d.S % V == 0 and _aligned(a) and _aligned(b) and _aligned(c):
+        return 1
+    if d.N == 1 and d.S >= 2 * V and a % 16 == b % 16 and a % 16 == c % 16:
+        return 2
+    return 0
+
+
+cdef inline int _vec_flags(int vec) noexcept nogil:
+    return 0 if vec == 0 else (BN_VEC if vec == 1 else BN_VEC | BN_ROWVEC)
