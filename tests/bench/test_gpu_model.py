@@ -164,7 +164,8 @@ def test_gpu_model_script_runs_and_labels_its_figures():
     rows = lines[header + 1:header + 1 + 2 * 2 * 3]
     assert len(rows) == 12 and all("float" in r for r in rows)
     assert all(line.startswith("MODEL:") for line in lines[header + 13:header + 18])
-    assert "channels_last (all shapes): not supported by the engine yet" in lines
+    # The engine offers layout="NHWC" (channels last): the script no longer lists it as missing.
+    assert "channels_last (all shapes): not supported by the engine yet" not in lines
 
 
 def test_ptx_fallback_when_nvdisasm_is_missing(monkeypatch):
