@@ -40,7 +40,8 @@ TIME_SHAPES = [((32, 64, 56, 56), "spatial"), ((32, 256, 14, 14), "spatial"), ((
                ((256, 64, 112, 112), "spatial"), ((256, 512, 28, 28), "spatial"), ((256, 1024, 14, 14), "spatial"),
                ((256, 4096), "per_activation"), ((4096, 1024), "per_activation")]
 SMOKE_TIME = [((2, 8, 8, 8), "spatial")]
-TOL = {"float32": dict(rtol=1e-4, atol=1e-4), "float16": dict(rtol=2e-3, atol=4e-3)}
+TOL = {"float32": dict(rtol=1e-4, atol=1e-4), "float16": dict(rtol=2e-3, atol=4e-3),
+       "bfloat16": dict(rtol=1.6e-2, atol=3.2e-2), "float64": dict(rtol=1e-10, atol=1e-10)}  # bf16: 8x fp16's (3 fewer bits)
 STAT_TOL = dict(rtol=1e-4, atol=1e-4)
 
 

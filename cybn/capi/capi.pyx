@@ -164,6 +164,8 @@ cdef int _check(const cybn_desc* c, bn_desc* d, const char* op) noexcept nogil:
     for i in range(6):
         if c.reserved[i] != 0:
             return _fail(CYBN_EINVAL, op, "descriptor: reserved fields must be zero (fill it with desc_init)")
+    if c.dtype != CYBN_FLOAT32 and c.dtype != CYBN_FLOAT16:  # the core knows more; this v1 descriptor does not
+        return _fail(CYBN_EINVAL, op, "descriptor: unknown dtype (CYBN_FLOAT32 or CYBN_FLOAT16)")
     if c.flags & ~(CYBN_AFFINE | CYBN_ACCUMULATE_GRADS):
         return _fail(CYBN_EINVAL, op, "descriptor: unknown flags (CYBN_AFFINE and CYBN_ACCUMULATE_GRADS are defined)")
     if c.flags & CYBN_ACCUMULATE_GRADS and not (isfinite(c.scale_grad_alpha) and isfinite(c.scale_grad_beta)

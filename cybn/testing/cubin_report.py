@@ -219,35 +219,39 @@ def ptx_inflight(ptx_text):
 
 
 @functools.lru_cache(maxsize=None)
-def kernel_report(arch):
+def kernel_report(arch, program=(None, 0)):
     """{(kernel base name, ctype, mode suffix): {"registers", "spill_stores", "spill_loads", "smem",
-    "inflight": {"vec", "scalar"}}} for every BatchNorm kernel on `arch` (e.g. "sm_90"), and the method
-    used for the in-flight count ("SASS (nvdisasm)" or "PTX")."""
+    "inflight": {"vec", "scalar"}}} for every BatchNorm kernel of one program (dtype code, EPI; default the
+    float32/float16 plain one) on `arch` (e.g. "sm_90"), and the method used for the in-flight count
+    ("SASS (nvdisasm)" or "PTX")."""
     text, name, directory = cache.resolve_source("batchnorm.cu")
-    exprs = batchnorm.kernel_expressions()
+    exprs = batchnorm.kernel_expressions(*program)
+    options = batchnorm.compile_options(*program)
     # Through the kernel cache (its entries keep NVRTC's log, i.e. the ptxas report): compiled once per machine.
-    img = cache.compile_cached(text, name, batchnorm.compile_options() + ("--ptxas-options=-v",), exprs, "cubin",
+    img = cache.compile_cached(text, name, options + ("--ptxas-options=-v",), exprs, "cubin",
                                arch, source_dir=directory)
     facts = ptxas_report(img.log)
     if nvdisasm_path():
         inflight, method = sass_inflight(img.image), "SASS (nvdisasm)"
     else:
-        ptx = cache.compile_cached(text, name, batchnorm.compile_options(), exprs, "ptx",
+        ptx = cache.compile_cached(text, name, options, exprs, "ptx",
                                    "compute_" + arch.split("_")[1], source_dir=directory)
         inflight, method = ptx_inflight(ptx.image.rstrip(b"\0").decode()), "PTX (nvdisasm not installed)"
     report = {}
     for expr in exprs:
-        m = re.match(r"(\w+?)_(spatial|pa)<(\w+)>", expr)
+        m = re.match(r"(\w+?)_(spatial|pa)<(\w+)(?:, \d+)?>", expr)
         mangled = img.lowered[expr]
         report[(m.group(1), m.group(3), m.group(2))] = dict(facts[mangled], inflight=inflight.get(mangled, {}))
     return report, method
 
 
 def kernel_facts(arch, dtype, mode):
-    """{kernel base name: facts} for one dtype ("float32"/"float16") and mode, from kernel_report, with
+    """{kernel base name: facts} for one dtype ("float32", "float16", "bfloat16", "float64") and mode, from kernel_report, with
     each missing in-flight class filled by the other (a kernel without a 16-byte loop has one path)."""
-    report, _ = kernel_report(arch)
-    ctype = {"float32": "float", "float16": "__half"}[str(dtype)]
+    programs = {"float32": ((None, 0), "float"), "float16": ((None, 0), "__half"),
+                "bfloat16": ((2, 0), "__nv_bfloat16"), "float64": ((3, 0), "double")}  # dtype codes of bn_abi.h
+    program, ctype = programs[str(dtype)]
+    report, _ = kernel_report(arch, program)
     suffix = "spatial" if mode == "spatial" else "pa"
     out = {}
     for k in KERNELS:

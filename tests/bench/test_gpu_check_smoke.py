@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+import gpu_model  # bench/ (tests/bench/conftest.py puts it on sys.path)
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(REPO, "bench", "gpu_check.py")
 
@@ -27,10 +29,11 @@ def test_smoke_run_passes_and_labels_timings(smoke):
     assert smoke.returncode == 0, smoke.stdout + smoke.stderr
     lines = smoke.stdout.splitlines()
     assert lines[0].startswith("device: cybn software GPU")
-    # 3 shapes x 2 dtypes x 4 entry points x (affine, non-affine)
-    assert "correctness: 48 of 48 calls match the float64 reference" in lines
+    # 3 shapes x the engine's dtypes x 4 entry points x (affine, non-affine)
+    nd = len(gpu_model.engine_dtypes()[0])
+    assert f"correctness: {24 * nd} of {24 * nd} calls match the float64 reference" in lines
     timed = [line for line in lines if line.strip().startswith("(")]  # the timing table's rows
-    assert len(timed) == 2 * 2 * 3  # (copy, cybn) x 2 dtypes x 3 ops
+    assert len(timed) == 2 * nd * 3  # (copy, cybn) x dtypes x 3 ops
     assert sorted({line.split()[6] for line in timed}) == ["copy", "cybn"]
     assert all(line.endswith("[software GPU: meaningless as a GPU timing]") for line in timed)
     assert lines[-1] == "gpu_check: correctness passed"
@@ -39,8 +42,9 @@ def test_smoke_run_passes_and_labels_timings(smoke):
 def test_a_wrong_reference_fails_the_run():
     out = run("--inject-wrong-reference", "0.05")
     assert out.returncode == 1, out.stdout
-    assert "gpu_check: 48 correctness failure(s)" in out.stdout
-    assert sum(line.startswith("FAIL ") for line in out.stdout.splitlines()) == 48
+    n = 24 * len(gpu_model.engine_dtypes()[0])
+    assert f"gpu_check: {n} correctness failure(s)" in out.stdout
+    assert sum(line.startswith("FAIL ") for line in out.stdout.splitlines()) == n
 
 
 def test_check_case_compares_every_output(rng=np.random.default_rng(3)):

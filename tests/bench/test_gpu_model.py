@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+import gpu_model  # bench/ (tests/bench/conftest.py puts it on sys.path)
+
 from cybn.testing.traffic import PER_STAT_CTA, measure_call
 from cybn import batchnorm, nvrtc
 from cybn.testing import cubin_report, perfmodel
@@ -161,9 +163,10 @@ def test_gpu_model_script_runs_and_labels_its_figures():
     assert lines[0].startswith("MODEL, not a measurement")
     header = next(i for i, line in enumerate(lines) if line.strip().startswith("shape"))
     assert "MODEL us" in lines[header] and "MODEL xlim" in lines[header]
-    rows = lines[header + 1:header + 1 + 2 * 2 * 3]
-    assert len(rows) == 12 and all("float" in r for r in rows)
-    assert all(line.startswith("MODEL:") for line in lines[header + 13:header + 18])
+    nd = len(gpu_model.engine_dtypes()[0])  # 2 shapes x the engine's dtypes x 3 ops
+    rows = lines[header + 1:header + 1 + 2 * nd * 3]
+    assert len(rows) == 6 * nd and all("float" in r for r in rows)
+    assert all(line.startswith("MODEL:") for line in lines[header + 6 * nd + 1:header + 6 * nd + 6])
     # The engine offers layout="NHWC" (channels last): the script no longer lists it as missing.
     assert "channels_last (all shapes): not supported by the engine yet" not in lines
 
