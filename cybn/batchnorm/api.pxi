@@ -19,12 +19,13 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
                                    save_mean, save_invstd, mode, stream, running_var_unbiased, layout, activation,
                                    activation_alpha, residual)
     cdef bn_desc d
+    x, layout = _resolve_layout(x, layout)
     cdef GPUArray gx = _array(x, "x")
-    cdef long long K = _fill_desc(&d, gx, mode, "x")
-    _set_layout(&d, layout)
+    cdef long long K = _fill_desc(&d, gx, mode, "x", layout)
     _set_activation(&d, activation, activation_alpha)
-    cdef GPUArray gz = _residual(residual, gx, "residual")
+    cdef GPUArray gz = _residual(_as_layout(residual, layout), gx, "residual")
     d.residual = gz is not None
+    _check_layout(&d)
     pdt = _pdtype(&d)
     if (d.N * d.S if d.mode == BN_SPATIAL else d.N) == 1:
         # Batch statistics of one value: variance 0, output 0, and the unbiased running variance would
@@ -38,7 +39,7 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
     cdef GPUArray rm = _param(running_mean, "running_mean", K, False, pdt)
     cdef GPUArray rv = _param(running_var, "running_var", K, False, pdt)
     cdef GPUArray sm = _param(save_mean, "save_mean", K, True, pdt), si = _param(save_invstd, "save_invstd", K, True, pdt)
-    cdef GPUArray gy = _like(out, "out", gx)
+    cdef GPUArray gy = _like(_as_layout(out, layout), "out", gx)
     _no_aliasing([("out", gy), ("save_mean", sm), ("save_invstd", si), ("running_mean", rm), ("running_var", rv)],
                  [("x", gx), ("scale", gs), ("bias", gb)], (("out", "x"),))
     if gz is not None:
@@ -72,19 +73,20 @@ def forward_infer(x, scale, bias, running_mean, running_var, epsilon, out=None, 
     """Inference forward with the running statistics; returns y. out may be x (in place). Dtypes and the
     fused epilogue (activation, activation_alpha, residual) as in forward_train."""
     cdef bn_desc d
+    x, layout = _resolve_layout(x, layout)
     cdef GPUArray gx = _array(x, "x")
-    cdef long long K = _fill_desc(&d, gx, mode, "x")
-    _set_layout(&d, layout)
+    cdef long long K = _fill_desc(&d, gx, mode, "x", layout)
     _set_activation(&d, activation, activation_alpha)
-    cdef GPUArray gz = _residual(residual, gx, "residual")
+    cdef GPUArray gz = _residual(_as_layout(residual, layout), gx, "residual")
     d.residual = gz is not None
+    _check_layout(&d)
     pdt = _pdtype(&d)
     cdef GPUArray gs = _param(scale, "scale", K, True, pdt), gb = _param(bias, "bias", K, True, pdt)
     if (gs is None) != (gb is None):
         raise TypeError("scale and bias must both be given or both be None (non-affine)")
     cdef GPUArray rm = _param(running_mean, "running_mean", K, False, pdt)
     cdef GPUArray rv = _param(running_var, "running_var", K, False, pdt)
-    cdef GPUArray gy = _like(out, "out", gx)
+    cdef GPUArray gy = _like(_as_layout(out, layout), "out", gx)
     _no_aliasing([("out", gy)], [("x", gx), ("scale", gs), ("bias", gb), ("running_mean", rm), ("running_var", rv)],
                  (("out", "x"),))
     if gz is not None:
@@ -121,18 +123,18 @@ cdef double _coefficient(value, str what) except? -1:
 cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad, mode, stream, int frozen,
                str mean_name, str stat_name, accumulate, batch_grads, epi, GPUArray sums=None):
     cdef bn_desc d
-    cdef GPUArray gx = _array(x, "x")
-    cdef long long K = _fill_desc(&d, gx, mode, "x")
     layout, activation, activation_alpha, y, residual, bias, grad_residual = epi
-    _set_layout(&d, layout)
+    x, layout = _resolve_layout(x, layout)
+    cdef GPUArray gx = _array(x, "x")
+    cdef long long K = _fill_desc(&d, gx, mode, "x", layout)
     _set_activation(&d, activation, activation_alpha)
     pdt = _pdtype(&d)
-    cdef GPUArray gdy = _like(grad_y, "grad_y", gx)
+    cdef GPUArray gdy = _like(_as_layout(grad_y, layout), "grad_y", gx)
     if gdy is None:
         raise TypeError("grad_y must be a GPUArray, got None")
     cdef GPUArray gs = _param(scale, "scale", K, True, pdt)
     cdef GPUArray m = _param(mean, mean_name, K, False, pdt), v = _param(stat, stat_name, K, False, pdt)
-    cdef GPUArray gdx = _like(out, "out", gx)
+    cdef GPUArray gdx = _like(_as_layout(out, layout), "out", gx)
     cdef GPUArray sg = _param(scale_grad, "scale_grad", K, True, pdt), bg = _param(bias_grad, "bias_grad", K, True, pdt)
     cdef GPUArray bsg = None, bbg = None
     if batch_grads is not None:
@@ -140,12 +142,14 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
         bbg = _param(batch_grads[1], "batch_bias_grad", K, False, pdt)
     # The epilogue: residual False/None (none), True (the forward had one; dz returned) or the residual array
     # (also read where the pre-activation is recomputed); y the forward's output; bias for the recompute.
-    cdef GPUArray gyv = _like(y, "y", gx), gz = None, gdz = _like(grad_residual, "grad_residual", gx)
+    cdef GPUArray gyv = _like(_as_layout(y, layout), "y", gx), gz = None
+    cdef GPUArray gdz = _like(_as_layout(grad_residual, layout), "grad_residual", gx)
     if isinstance(residual, (bool, np.bool_)) or residual is None:
         d.residual = bool(residual)
     else:
-        gz = _residual(residual, gx, "residual")
+        gz = _residual(_as_layout(residual, layout), gx, "residual")
         d.residual = 1
+    _check_layout(&d)
     if gdz is not None and not d.residual:
         raise ValueError("grad_residual given but the forward had no residual (pass residual=True or the array)")
     cdef GPUArray gbias = _param(bias, "bias", K, True, pdt)

@@ -150,20 +150,17 @@ cdef double _factor(factor) except? -1:
     return f
 
 
-cdef long long _fill_desc(bn_desc* d, GPUArray x, mode, str what) except -1:
+cdef long long _fill_desc(bn_desc* d, GPUArray x, mode, str what, layout="NCHW") except -1:
     """Shape part of the descriptor from x; returns the number of statistics."""
     memset(d, 0, sizeof(bn_desc))
     d.mode = _mode_code(mode)
     d.dtype = _dtype_code(x.dtype, what + ".dtype")
     if len(x.shape) < 2:
-        raise ValueError(f"{what} must be (N, C, ...) with at least 2 dimensions, got shape {x.shape}")
+        raise ValueError(f"{what} must be (N, C, ...) or (N, ..., C) with at least 2 dimensions, got shape "
+                         f"{x.shape}")
     if any(n < 1 for n in x.shape):
         raise ValueError(f"{what} has an empty dimension: shape {x.shape}")
-    d.N = x.shape[0]
-    d.C = x.shape[1]
-    d.S = 1
-    for n in x.shape[2:]:
-        d.S *= n
+    _fill_shape(d, tuple(x.shape), layout)
     if d.mode == BN_PER_ACTIVATION and d.C * d.S > (1LL << 31) - 1:
         raise ValueError(f"{what}: more than 2^31 - 1 statistics")
     d.force_group = _force_group

@@ -84,7 +84,8 @@ ctypedef struct bn_desc:
     int force_group             # tests: threads per channel (spatial) / row lanes (per-activation); 0 auto
     int force_split             # tests: CTAs per channel; 0 auto
     int force_cache             # tests: cache slots per thread; -1 auto
-    int layout                  # BN_LAYOUT_NCHW (BN_LAYOUT_NHWC: the channels-last kernels)
+    int layout                  # BN_LAYOUT_NCHW: x is (N, C, S); BN_LAYOUT_NHWC (channels last, spatial mode):
+                                #   x is (N, S, C), the kernels of batchnorm_nhwc.cu
     int act                     # BN_ACT_*: the fused epilogue y = act(bn(x) [+ z]) (prepare picks EPI 1 kernels)
     double act_alpha            # clipped relu's ceiling, leaky relu's slope, elu's alpha
     int residual                # 1: the forward adds z (x's shape) before act; the backward writes dz

@@ -52,11 +52,13 @@ class Mode(enum.Enum):
 # Cython users cimport them from batchnorm.pxd). Constants shared with the kernels and C: bn_abi.h.
 include "descriptor.pxi"
 include "plan.pxi"
+include "plan_nhwc.pxi"
 include "scratch.pxi"
 include "launch.pxi"
 include "prepared.pxi"
 include "workspaces.pxi"
 include "inspect.pxi"
+include "layout.pxi"
 include "arguments.pxi"
 include "epilogue.pxi"
 include "api.pxi"

@@ -1,5 +1,5 @@
-# The Python face's epilogue and layout arguments: activation names -> BN_ACT_* ids with their alpha,
-# the layout name, the residual array, and the statistics dtype of x. Included by batchnorm.pyx.
+# The Python face's epilogue arguments: activation names -> BN_ACT_* ids with their alpha,
+# the residual array, and the statistics dtype of x. Included by batchnorm.pyx.
 
 _ACTIVATIONS = {"relu": BN_ACT_RELU, "relu6": BN_ACT_CLIPPED_RELU, "clipped_relu": BN_ACT_CLIPPED_RELU,
                 "leaky_relu": BN_ACT_LEAKY_RELU, "elu": BN_ACT_ELU, "sigmoid": BN_ACT_SIGMOID,
@@ -31,16 +31,6 @@ cdef int _set_activation(bn_desc* d, activation, activation_alpha) except -1:
         raise ValueError(f"activation_alpha must be finite as a float32, got {activation_alpha!r}")
     d.act, d.act_alpha = act, alpha
     return 0
-
-
-cdef int _set_layout(bn_desc* d, layout) except -1:
-    if layout == "NCHW":
-        d.layout = BN_LAYOUT_NCHW
-        return 0
-    if layout == "NHWC":
-        raise NotImplementedError("layout='NHWC' (channels last) has its own kernels, not part of this build yet; "
-                                  "pass NCHW data (channel axis 1)")
-    raise ValueError(f"layout must be 'NCHW' (channel axis 1) or 'NHWC' (channel axis last), got {layout!r}")
 
 
 cdef GPUArray _residual(obj, GPUArray x, str what):

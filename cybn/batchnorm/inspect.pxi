@@ -31,22 +31,20 @@ class plan_override:
         return False
 
 
-def plan(shape, dtype=np.float32, mode="spatial", kernel="forward_train", aligned=True, epilogue=False):
+def plan(shape, dtype=np.float32, mode="spatial", kernel="forward_train", aligned=True, epilogue=False,
+         layout="NCHW"):
     """The launch plan the heuristic picks for x of `shape` (for tests and the benchmark): a dict with
     grid, block, shared_bytes, cache_units, vec (0 elements, 1 16-byte units, 2 16-byte units between
     a scalar head and tail), split, ctas_per_sm (the occupancy calculator's resident CTAs per SM for
     that launch), sm_count, and for a split forward_train/backward "second": the plan of its second,
     element-wise launch. kernel: forward_train, backward, forward_infer, normalize (= forward_infer),
-    backward_dx. aligned: whether the data pointers are 16-byte aligned."""
+    backward_dx. aligned: whether the data pointers are 16-byte aligned. layout: "NCHW" or "NHWC"
+    (shape then channels last)."""
     cdef bn_desc d
     memset(&d, 0, sizeof(bn_desc))
     d.mode = _mode_code(mode)
     d.dtype = _dtype_code(dtype, "dtype")
-    d.N = shape[0]
-    d.C = shape[1]
-    d.S = 1
-    for n in shape[2:]:
-        d.S *= n
+    _fill_shape(&d, tuple(shape), layout)
     d.force_group, d.force_split, d.force_cache = _force_group, _force_split, _force_cache
     kernels = {"forward_train": BN_K_FWD_TRAIN, "forward_infer": BN_K_NORMALIZE, "normalize": BN_K_NORMALIZE,
                "backward": BN_K_BWD, "backward_dx": BN_K_BWD_DX}
@@ -54,7 +52,7 @@ def plan(shape, dtype=np.float32, mode="spatial", kernel="forward_train", aligne
         raise ValueError(f"plan: kernel must be one of {', '.join(kernels)}, not {kernel!r}")
     cdef int k = kernels[kernel]
     d.act = BN_ACT_RELU if epilogue else BN_ACT_NONE  # any activation: the EPI 1 kernels' plan
-    _prepare(d.dtype, d.mode, _epi(&d)).fill(&d)
+    _prepare(d.dtype, d.mode, _epi(&d), d.layout).fill(&d)
     cdef bn_plan p
     cdef cydriver.CUdeviceptr ptr = 0 if aligned else 4  # a misaligned pointer: 4 bytes past 16
     bn_make_plan(&d, k, _vec_ok(&d, ptr, ptr, ptr), &p)

@@ -55,7 +55,9 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
     memset(p, 0, sizeof(bn_plan))
     p.vec = vec
     arrays = 2 if (kernel == BN_K_BWD or kernel == BN_K_BWD_DX) else 1
-    if d.mode == BN_SPATIAL:
+    if d.layout == BN_LAYOUT_NHWC:
+        _nhwc_block(d, vec, p, &cols, &per_thread, &slot_bytes)
+    elif d.mode == BN_SPATIAL:
         units = d.N * (d.S // (16 // _elem_bytes(d.dtype)) if vec else d.S)
         slot_bytes = 16 if vec else _elem_bytes(d.dtype)
         if d.force_group > 0:  # whole warps, at most 1024 threads
@@ -130,6 +132,8 @@ cdef inline int _vec_ok(const bn_desc* d, cydriver.CUdeviceptr a, cydriver.CUdev
     aligned); 2 (ROWVEC) when N == 1 and the pointers agree modulo 16, so each channel is one row
     whose aligned middle is vectorised between a scalar head and tail; else 0 (element loads)."""
     cdef long long V = 16 // _elem_bytes(d.dtype)
+    if d.layout == BN_LAYOUT_NHWC:
+        return _nhwc_vec_ok(d, a, b, c)
     if d.mode != BN_SPATIAL:
         return 0
     if d.S % V == 0 and _aligned(a) and _aligned(b) and _aligned(c):

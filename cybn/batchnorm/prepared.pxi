@@ -46,6 +46,7 @@ def variants():
 # `python -m cybn warmup` and the per-architecture build check compile every registered variant.
 from cybn.jit.variants import register_variants
 register_variants("batchnorm.cu", [(kernel_expressions(dt, epi), compile_options(dt, epi)) for dt, epi in variants()])
+register_variants("batchnorm_nhwc.cu", [(nhwc_kernel_expressions(), compile_options())])
 
 
 cdef class _Prepared:
@@ -98,16 +99,17 @@ cdef int _query_occupancy(_Prepared pr, int k, int max_threads) except -1:
     return 0
 
 
-def prepare(dtype, mode="spatial"):
+def prepare(dtype, mode="spatial", layout="NCHW"):
     """Compile (once per process, through the kernel cache) and load (once per context) the plain kernels
-    for `dtype` (float32, float16, bfloat16, float64) and `mode`."""
-    return _prepare(_dtype_code(dtype, "dtype"), _mode_code(mode), 0)
+    for `dtype` (float32, float16, bfloat16, float64; channels-last: float32, float16), `mode` and `layout`."""
+    cdef int md = _mode_code(mode)
+    return _prepare(_dtype_code(dtype, "dtype"), md, 0, _layout_code(layout, md))
 
 
-cdef _Prepared _prepare(int dt, int md, int epi):
-    """The kernels of (dtype, mode, layout NCHW, EPI) in the current context."""
+cdef _Prepared _prepare(int dt, int md, int epi, int layout=BN_LAYOUT_NCHW):
+    """The kernels of (dtype, mode, layout, EPI) in the current context."""
     cdef cydriver.CUcontext ctx = ensure_context()
-    key = (<size_t>ctx, dt, md, BN_LAYOUT_NCHW, epi)
+    key = (<size_t>ctx, dt, md, layout, epi)
     cdef _Prepared pr = _prepared.get(key)
     if pr is not None:
         return pr
@@ -115,13 +117,19 @@ cdef _Prepared _prepare(int dt, int md, int epi):
     from cybn.driver.device import Device
     pr = _Prepared.__new__(_Prepared)
     pr.functions = []
-    exprs = kernel_expressions(dt, epi)
-    opts = compile_options(dt, epi)
     cdef Function f
+    if layout == BN_LAYOUT_NHWC:  # the spatial kernels' arguments (batchnorm_nhwc.cu)
+        if (dt != BN_FLOAT32 and dt != BN_FLOAT16) or epi:
+            raise NotImplementedError("the channels-last (NHWC) kernels take float32 or float16 data without a fused "
+                                      "epilogue here; use layout='NCHW' for bfloat16, float64, activation or residual")
+        source, exprs, opts = "batchnorm_nhwc.cu", nhwc_kernel_expressions(), compile_options()
+        names = [f"{_NHWC_KERNEL_NAMES[i]}<{_NHWC_CTYPES[dt]}>" for i in range(BN_NKERNELS)]
+    else:
+        source, exprs, opts = "batchnorm.cu", kernel_expressions(dt, epi), compile_options(dt, epi)
+        names = [exprs[md * BN_NKERNELS + i] if len(exprs) == 2 * BN_NKERNELS else
+                 f"{_KERNEL_NAMES[i]}_{_MODE_SUFFIX[md]}<{_CTYPES[dt]}>" for i in range(BN_NKERNELS)]
     for i in range(BN_NKERNELS):
-        name = exprs[md * BN_NKERNELS + i] if len(exprs) == 2 * BN_NKERNELS else \
-            f"{_KERNEL_NAMES[i]}_{_MODE_SUFFIX[md]}<{_CTYPES[dt]}>"
-        f = kernels.get_function("batchnorm.cu", name, signature(i, dt), options=opts, name_expressions=exprs)
+        f = kernels.get_function(source, names[i], signature(i, dt), options=opts, name_expressions=exprs)
         pr.functions.append(f)
         pr.kernels[i] = f.func
         attrs = f.attributes
@@ -137,9 +145,9 @@ cdef int bn_prepare_desc(bn_desc* d) except -1:
     (primary) context; compiles/loads on first use. For the Cython/C faces (cybn.capi)."""
     if d.dtype < BN_FLOAT32 or d.dtype > BN_FLOAT64:
         raise ValueError(f"unknown dtype code {d.dtype}")
-    if d.layout != BN_LAYOUT_NCHW:
-        raise ValueError(f"layout code {d.layout}: only NCHW (0) has kernels in this core")
     if d.mode != BN_SPATIAL and d.mode != BN_PER_ACTIVATION:
         raise ValueError(f"unknown mode code {d.mode}")
-    _prepare(d.dtype, d.mode, _epi(d)).fill(d)
+    if d.layout != BN_LAYOUT_NCHW and not (d.layout == BN_LAYOUT_NHWC and d.mode == BN_SPATIAL):
+        raise ValueError(f"unknown layout code {d.layout} (NHWC is for spatial mode)")
+    _prepare(d.dtype, d.mode, _epi(d), d.layout).fill(d)
     return 0

@@ -31,6 +31,7 @@
 //
 // Shared pieces: bn_io.cuh (element types), bn_reduce.cuh (reductions), bn_stats.cuh (flags and
 // per-statistic arithmetic), bn_epilogue.cuh (the fused activation / residual epilogue).
+#include "bn_abi.h"  // the kernel flags and workspace entry sizes, shared with the core
 #include "bn_io.cuh"
 #include "bn_reduce.cuh"
 #include "bn_stats.cuh"

@@ -29,7 +29,8 @@ BLOCK = re.compile(r"^```(\w*)\n(.*?)^```$", re.M | re.S)
 MARKER = re.compile(r"<!-- readme-test: (\S+) -->\n\Z")
 TESTED = {"command-run", "command-test", "puzzlelib-example", "engine-example", "c-extension", "c-setup",
           "cython-extension", "cython-setup", "extensions-from-python", "mxnet-example", "paddle-example",
-          "mpi-example", "engine-epilogue-example", "faces-float64-act-example"}  # mpi-example: tests/distributed/test_mpi_sync.py runs it under mpiexec -n 3
+          "mpi-example", "engine-epilogue-example", "faces-float64-act-example",
+          "channels-last-example"}  # mpi-example: tests/distributed/test_mpi_sync.py runs it under mpiexec -n 3
 
 
 def blocks():
@@ -188,6 +189,14 @@ def test_engine_example_prints_what_it_checks():
         assert float(re.search(r"error ([0-9.e+-]+) against float64 numpy", l).group(1)) < 1e-5
     # The upstream gradient is independent data, not y.
     assert not np.array_equal(ns["dy_host"], ns["got"]["y"])
+    del ns
+    gc.collect()
+
+
+def test_channels_last_example():
+    ns, out = run_block("channels-last-example")
+    assert out.startswith("channels-last y: max error") and float(out.split("error ")[1].split(";")[0]) < 1e-4
+    assert ns["y"].shape == (4, 6, 6, 12)
     del ns
     gc.collect()
 
