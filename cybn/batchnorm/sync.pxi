@@ -85,6 +85,16 @@ def _stat_dtype(x):
     return np.float64 if np.dtype(x.dtype) == np.float64 else np.float32
 
 
+
+cdef int _sync_layout(layout) except -1:
+    """The comm= paths take NCHW data in this build (the channels-last kernels have no partials/sums flags yet)."""
+    if layout == "NCHW":
+        return 0
+    if layout == "NHWC":
+        raise NotImplementedError("comm= (SyncBatchNorm) takes layout='NCHW' data in this build; channels-last "
+                                  "SyncBatchNorm is not implemented yet: pass NCHW data (channel axis 1)")
+    raise ValueError(f"layout must be 'NCHW' (channel axis 1) or 'NHWC' (channel axis last), got {layout!r}")
+
 def forward_train_partials(x, mode="spatial", stream=None, *, layout="NCHW"):
     """This process's per-statistic partials of a training forward, from one pass over x (SyncBatchNorm's
     first half): returns (M, parts) with M the values per statistic and parts a (3, K) array of the
@@ -97,7 +107,7 @@ def forward_train_partials(x, mode="spatial", stream=None, *, layout="NCHW"):
     cdef bn_desc d
     cdef GPUArray gx = _array(x, "x")
     _fill_desc(&d, gx, mode, "x")
-    _set_layout(&d, layout)
+    _sync_layout(layout)
     d.epsilon = 1.0
     d.factor = 0
     d.flags = BN_DESC_PARTIALS
@@ -137,7 +147,7 @@ def _sync_forward_train(comm, x, scale, bias, running_mean, running_var, epsilon
     cdef bn_desc d
     if M:  # the normalisation's descriptor, checked before anything is launched or exchanged
         _fill_desc(&d, gx, mode, "x")
-        _set_layout(&d, layout)
+        _sync_layout(layout)
         _set_activation(&d, activation, activation_alpha)
         d.residual = gz is not None
         d.epsilon = eps
@@ -261,7 +271,7 @@ cdef _sync_dx(GPUArray gx, GPUArray gdy, GPUArray gdx, GPUArray mean, tail, mode
     layout, activation, activation_alpha, y, residual, bias, grad_residual = epi
     cdef bn_desc d
     _fill_desc(&d, gx, mode, "x")
-    _set_layout(&d, layout)
+    _sync_layout(layout)
     _set_activation(&d, activation, activation_alpha)
     pdt = _pdtype(&d)
     cdef GPUArray gyv = _like(y, "y", gx), gz = None
