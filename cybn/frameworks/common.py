@@ -1,16 +1,19 @@
 """What the framework faces share: device-array intake, the momentum -> factor rule, the channel-axis
-mapping onto the core's (N, C, S) view, and the refusal of features the engine lacks."""
+mapping onto the core's layouts (NCHW views, NHWC for the channel last), and the refusal of features the
+engine lacks."""
 import contextlib
 
 import numpy as np
 
 
 class EngineFeatureMissing(NotImplementedError):
-    """The call needs an engine feature cybn's core does not have yet (issue 11: channels-last layout,
-    float64, fused activation). Nothing was computed or changed."""
+    """The call needs an engine feature cybn's core does not have yet (an activation its epilogue lacks;
+    in this build's channels-last kernels, float64 or bfloat16 data and the fused epilogue). Nothing was
+    computed or changed."""
 
-    def __init__(self, what, feature):
-        super().__init__(f"{what} needs {feature}, which cybn's BatchNorm engine does not have yet (engine issue "
+    def __init__(self, what, feature=None):
+        super().__init__(what if feature is None else
+                         f"{what} needs {feature}, which cybn's BatchNorm engine does not have yet (engine issue "
                          f"11); nothing was computed or changed")
 
 
@@ -44,11 +47,10 @@ def factor(momentum, what="momentum", error=ValueError):
 
 
 def channel_view(x, axis, what, error=ValueError):
-    """x (a GPUArray) reshaped, without a copy, to the core's (N, C, S) with the channel at `axis`:
-    (prod(shape[:axis]), C, prod(shape[axis + 1:])). The last axis of data with more than two dimensions
-    (channels-last) is refused: the core reads one statistic's values as contiguous rows, and with the
-    channel last every row is one element with a stride of C between them, an access pattern the engine
-    does not plan for (issue 11 adds the layout)."""
+    """(view, layout, C): x (a GPUArray) as the core takes it, without a copy. The channel axis last
+    (of data with more than two dimensions): x itself with the core's layout "NHWC" ((N, *spatial, C), the
+    axes between N and C are its spatial extent); any other axis a: the reshape (prod(shape[:a]), C,
+    prod(shape[a + 1:])) with layout "NCHW" (2-d data's last axis is axis 1)."""
     nd = len(x.shape)
     if nd < 2:
         raise error(f"{what} must have at least 2 dimensions (N, C, ...), got shape {tuple(x.shape)}")
@@ -57,22 +59,26 @@ def channel_view(x, axis, what, error=ValueError):
     a = axis % nd
     if a == 0:
         raise error(f"axis 0 is the batch axis of {what}; the channel axis must be 1..{nd - 1} (or -1)")
+    C = x.shape[a]
     if a == nd - 1 and nd > 2:
-        raise EngineFeatureMissing(f"channel axis {axis} (channels-last) of {nd}-d {what}", "the channels-last layout")
+        return x, "NHWC", C
     if a == 1:
-        return x
-    lead = int(np.prod(x.shape[:a]))
-    return x.reshape(lead, x.shape[a], int(np.prod(x.shape[a + 1:])))
+        return x, "NCHW", C
+    return x.reshape(int(np.prod(x.shape[:a])), C, int(np.prod(x.shape[a + 1:]))), "NCHW", C
 
 
 @contextlib.contextmanager
 def errors_as(cls):
     """The core's ValueError/TypeError (argument checks, made before anything runs) re-raised as the
-    framework's kind of error, same message."""
+    framework's kind of error, same message; its NotImplementedError (a combination this build's kernels
+    lack, refused before anything runs) as EngineFeatureMissing, its message kept."""
     try:
         yield
     except EngineFeatureMissing:
         raise
+    except NotImplementedError as e:
+        raise EngineFeatureMissing(f"cybn's BatchNorm engine does not have yet what this call needs: {e}; "
+                                   f"nothing was computed or changed") from e
     except (ValueError, TypeError) as e:
         if isinstance(e, cls):
             raise

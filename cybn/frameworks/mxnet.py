@@ -25,10 +25,13 @@ Semantics, as measured on MXNet (peer-semantics.md, tests/frameworks/golden/mxne
   core calls: backward_infer (dgamma = sum(dy * xhat), dbeta = sum(dy)), forward_infer with dy as the
   residual and scale -dgamma/M, bias -dbeta/M (g = dy - xhat * dgamma/M - dbeta/M), backward_infer of g.
 - data float32, or float16 with float32 gamma/beta/moving statistics, or float64 with float64 everything
-  (MXNet's "uniform type" rule); axis any channel axis but the last of data with more than two dimensions.
-  cudnn_off is accepted and has no effect. bfloat16 is refused (MXNet's BatchNorm was not measured with it).
-Not supported yet (EngineFeatureMissing, nothing changed): channel axis -1 of 3-d+ data (engine:
-channels-last).
+  (MXNet's "uniform type" rule). cudnn_off is accepted and has no effect. bfloat16 is refused (MXNet's
+  BatchNorm was not measured with it).
+- axis: any channel axis. The last one of data with more than two dimensions (axis=-1, channels-last) runs
+  as the core's layout="NHWC" on data itself (no transpose, no copy); a middle one as an (N', C, S') view;
+  every mode above the same.
+Not supported yet (EngineFeatureMissing, nothing changed): float64 data with the channel last (this build's
+channels-last kernels take float32/float16).
 """
 import threading
 
@@ -43,8 +46,8 @@ class MXNetError(RuntimeError):
 
 class _Saved:
     """What one recorded training forward keeps for its backward."""
-    __slots__ = ("x", "gamma", "save_mean", "save_invstd", "moving", "scratch", "fix_gamma", "frozen", "eps",
-                 "momentum")
+    __slots__ = ("x", "layout", "C", "gamma", "save_mean", "save_invstd", "moving", "scratch", "fix_gamma", "frozen",
+                 "eps", "momentum")
 
 
 _local = threading.local()
@@ -80,9 +83,10 @@ class Tape:
             if s.frozen is None:
                 dx, dg, db = _eval_backward(s, dy)
             elif s.frozen:
-                dx, dg, db = batchnorm.backward_infer(s.x, dy, s.gamma, s.moving[0], s.moving[1], s.eps)
+                dx, dg, db = batchnorm.backward_infer(s.x, dy, s.gamma, s.moving[0], s.moving[1], s.eps,
+                                                      layout=s.layout)
             else:
-                dx, dg, db = batchnorm.backward(s.x, dy, s.gamma, s.save_mean, s.save_invstd)
+                dx, dg, db = batchnorm.backward(s.x, dy, s.gamma, s.save_mean, s.save_invstd, layout=s.layout)
         del self._saved[i]
         if s.scratch is not None:  # MXNet moves its statistics in the backward pass, from their value then:
             m = np.float32(s.momentum)  # moving = m * moving + (1 - m) * batch, in float32 as MXNet
@@ -97,11 +101,16 @@ def _eval_backward(s, dy):
     """MXNet's backward of an inference forward: the training formula around the statistics the forward
     used (s.scratch: the moving mean/variance then), from three core calls (module docstring)."""
     from cybn import batchnorm
+    from cybn.array import elementwise
     mean, var = s.scratch
-    _, dg, db = batchnorm.backward_infer(s.x, dy, s.gamma, mean, var, s.eps)
-    per = -1.0 / (s.x.size // s.x.shape[1])  # -1/M, M values per channel
-    g = batchnorm.forward_infer(s.x, dg * per, db * per, mean, var, s.eps, residual=dy)
-    dx = batchnorm.backward_infer(s.x, g, s.gamma, mean, var, s.eps, out=g)[0]
+    _, dg, db = batchnorm.backward_infer(s.x, dy, s.gamma, mean, var, s.eps, layout=s.layout)
+    per = -1.0 / (s.x.size // s.C)  # -1/M, M values per channel
+    if s.layout == "NCHW":
+        g = batchnorm.forward_infer(s.x, dg * per, db * per, mean, var, s.eps, residual=dy)
+    else:  # this build's channels-last kernels have no residual input: dy added by one axpby
+        g = elementwise.axpby(dy, batchnorm.forward_infer(s.x, dg * per, db * per, mean, var, s.eps, layout="NHWC"),
+                              1.0, 1.0)
+    dx = batchnorm.backward_infer(s.x, g, s.gamma, mean, var, s.eps, out=g, layout=s.layout)[0]
     return dx, dg, db
 
 
@@ -159,8 +168,7 @@ def BatchNorm(data, gamma, beta, moving_mean, moving_var, eps=0.001, momentum=0.
         raise MXNetError(f"BatchNorm: data must be float32, float16 or float64, got {x.dtype}")
     if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
         raise MXNetError(f"BatchNorm: axis must be an int, got {axis!r}")
-    xv = channel_view(x, int(axis), "data", MXNetError)
-    C = xv.shape[1]
+    xv, layout, C = channel_view(x, int(axis), "data", MXNetError)
     g, b = _param(gamma, "gamma", C, pdt), _param(beta, "beta", C, pdt)
     mm, mv = _param(moving_mean, "moving_mean", C, pdt), _param(moving_var, "moving_var", C, pdt)
     f = factor(momentum, "momentum", MXNetError)
@@ -171,10 +179,10 @@ def BatchNorm(data, gamma, beta, moving_mean, moving_var, eps=0.001, momentum=0.
             # factor 1 from zeros: the scratch pair receives the batch mean and biased variance exactly
             scratch = (gpuarray.zeros((C,), pdt), gpuarray.zeros((C,), pdt))
             y, mean, invstd = batchnorm.forward_train(xv, scale, b, scratch[0], scratch[1], eps, 1.0,
-                                                      running_var_unbiased=False)
+                                                      running_var_unbiased=False, layout=layout)
             frozen = False
         else:
-            y = batchnorm.forward_infer(xv, scale, b, mm, mv, eps)
+            y = batchnorm.forward_infer(xv, scale, b, mm, mv, eps, layout=layout)
             # use_global_stats: the backward is dy * gamma * invstd, nothing moves; inference otherwise:
             # MXNet's eval backward centres on the statistics used here and moves the moving ones to them
             if use_global_stats:
@@ -189,8 +197,8 @@ def BatchNorm(data, gamma, beta, moving_mean, moving_var, eps=0.001, momentum=0.
     y = y.reshape(*x.shape)
     if tape is not None:
         s = _Saved()
-        s.x, s.gamma, s.moving, s.scratch, s.fix_gamma, s.frozen, s.eps = xv, scale, (mm, mv), scratch, \
-            bool(fix_gamma), frozen, eps
+        s.x, s.layout, s.C, s.gamma, s.moving, s.scratch, s.fix_gamma, s.frozen, s.eps = \
+            xv, layout, C, scale, (mm, mv), scratch, bool(fix_gamma), frozen, eps
         s.momentum = float(np.float32(momentum))  # MXNet holds momentum as a float32
         if frozen is False:
             s.save_mean, s.save_invstd = mean, invstd

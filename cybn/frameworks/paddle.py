@@ -30,8 +30,11 @@ Semantics, as measured on Paddle (peer-semantics.md, tests/frameworks/golden/pad
   hard_sigmoid, hard_swish, mish, selu, softsign, tanh_shrink, ...) raise EngineFeatureMissing at
   construction; leaky_relu and softplus raise ValueError, as Paddle 3.3.1's layer does (its op reads their
   attribute with the wrong type); an unknown name raises ValueError.
-Not supported yet (EngineFeatureMissing, nothing changed): data_layout NHWC for 3-d+ input (engine:
-channels-last).
+- data_layout NHWC (the functional's NLC, NHWC, NDHWC): channel last, run by the core's layout="NHWC" on
+  the input itself (no transpose, no copy), every mode above included (in_place, use_global_stats,
+  trainable_statistics); 2-d input is channel axis 1 in either layout.
+Not supported yet (EngineFeatureMissing, nothing changed): with NHWC, float64 data and act (this build's
+channels-last kernels take float32/float16 without the fused epilogue); SyncBatchNorm with NHWC.
 """
 from collections import OrderedDict
 
@@ -95,6 +98,7 @@ def _initial(attr, C, default, what, dtype):
 
 
 def _data(x, layout_axis, what="input"):
+    """(x as a GPUArray, (view, core layout, C)) for channel axis 1 or -1."""
     a = as_device_array(x, what, ValueError)
     if len(a.shape) < 2:
         raise ValueError(f"(InvalidArgument) the dimension of {what} must be >= 2 (N, C, ...), got shape "
@@ -170,9 +174,10 @@ class BatchNorm:
 
     def forward(self, input):
         from cybn import batchnorm
-        x, xv = _data(input, -1 if self._data_layout == "NHWC" else 1)
-        if xv.shape[1] != self._num_channels:
-            raise ValueError(f"(InvalidArgument) ShapeError: the input has {xv.shape[1]} channels, the layer "
+        x, (xv, layout, C) = _data(input, -1 if self._data_layout == "NHWC" else 1)
+        if C != self._num_channels:
+            raise ValueError(f"(InvalidArgument) ShapeError: the input has {C} channels on its "
+                             f"{'last' if self._data_layout == 'NHWC' else 'second'} axis, the layer "
                              f"{self._num_channels} (input shape {list(x.shape)}, data_layout {self._data_layout})")
         if x.dtype != self._dtype:
             raise ValueError(f"(InvalidArgument) the input must be {self._dtype} like the layer, got {x.dtype}")
@@ -182,13 +187,14 @@ class BatchNorm:
         with errors_as(ValueError):
             if batch:
                 y, sm, si = batchnorm.forward_train(xv, w, b, rm, rv, self._epsilon, self._factor, out=out,
-                                                    running_var_unbiased=False, comm=self._comm, **self._epi)
+                                                    running_var_unbiased=False, comm=self._comm, layout=layout,
+                                                    **self._epi)
             else:
-                y = batchnorm.forward_infer(xv, w, b, rm, rv, self._epsilon, out=out, **self._epi)
+                y = batchnorm.forward_infer(xv, w, b, rm, rv, self._epsilon, out=out, layout=layout, **self._epi)
                 sm = si = None
         # eval with trainable_statistics: Paddle's backward is the frozen one, with the running statistics as
         # this forward updated them (act' still at this forward's values)
-        self._saved = (xv, x.shape, sm, si, not (batch and self.training), self._in_place, y)
+        self._saved = (xv, layout, x.shape, sm, si, not (batch and self.training), self._in_place, y)
         return y.reshape(*x.shape)
 
     def backward(self, grad):
@@ -197,7 +203,7 @@ class BatchNorm:
         from cybn.array import gpuarray
         if self._saved is None:
             raise RuntimeError("BatchNorm.backward: no forward to differentiate (call the layer first)")
-        xv, shape, sm, si, frozen, in_place, y = self._saved
+        xv, layout, shape, sm, si, frozen, in_place, y = self._saved
         if in_place:
             raise RuntimeError("BatchNorm.backward: the forward ran with in_place=True, so its input now holds "
                                "the output and the gradient (which needs the input) cannot be computed")
@@ -207,7 +213,7 @@ class BatchNorm:
                              f"{list(dy.shape)}")
         wg, bg = self.weight.grad, self.bias.grad
         acc = dict(scale_grad=wg, bias_grad=bg, scale_grad_beta=0.0 if wg is None else 1.0,
-                   bias_grad_beta=0.0 if bg is None else 1.0)
+                   bias_grad_beta=0.0 if bg is None else 1.0, layout=layout)
         epi = dict(self._epi, y=y, bias=self.bias.value) if self._act else {}  # act' from y (swish: recomputed)
         w = self.weight.value
         with errors_as(ValueError):
@@ -220,7 +226,7 @@ class BatchNorm:
                     # core may recompute from x and the statistics it is given (swish, relu6), so take
                     # dy * act'(v) from the training backward's residual path, then the frozen backward
                     zero = gpuarray.zeros(xv.shape, xv.dtype)
-                    dy = batchnorm.backward(xv, dy, w, sm, si, residual=zero, **epi)[1]
+                    dy = batchnorm.backward(xv, dy, w, sm, si, residual=zero, layout=layout, **epi)[1]
                     epi = {}
                 dx, dw, db = batchnorm.backward_infer(xv, dy, w, self._mean.value, self._variance.value,
                                                       self._epsilon, **acc, **epi)
@@ -267,19 +273,26 @@ class functional:
         if data_format not in FUNCTIONAL_FORMATS:
             raise ValueError(f"batch_norm: data_format must be one of {', '.join(FUNCTIONAL_FORMATS)}, got "
                              f"{data_format!r}")
-        a, xv = _data(x, FUNCTIONAL_FORMATS[data_format], "x")
+        a, (xv, layout, C) = _data(x, FUNCTIONAL_FORMATS[data_format], "x")
         f = factor(momentum, "momentum")
         epsilon = _float32_attr(epsilon, "epsilon")
         params = [as_device_array(t.value if isinstance(t, Tensor) else t, n, ValueError) if t is not None else None
                   for t, n in ((running_mean, "running_mean"), (running_var, "running_var"), (weight, "weight"),
                                (bias, "bias"))]
+        for t, n in zip(params, ("running_mean", "running_var", "weight", "bias")):
+            if t is not None and t.size != C:
+                raise ValueError(f"(InvalidArgument) batch_norm: {n} must have {C} elements, one per channel of x "
+                                 f"(shape {list(a.shape)}, data_format {data_format}: channel axis "
+                                 f"{'last' if FUNCTIONAL_FORMATS[data_format] == -1 else 1}), "
+                                 f"got shape {list(t.shape)}")
         rm, rv, w, b = params
         glob = (not training) if use_global_stats is None else bool(use_global_stats)
         with errors_as(ValueError):
             if training and not glob:
-                y = batchnorm.forward_train(xv, w, b, rm, rv, epsilon, f, running_var_unbiased=False)[0]
+                y = batchnorm.forward_train(xv, w, b, rm, rv, epsilon, f, running_var_unbiased=False,
+                                            layout=layout)[0]
             else:
-                y = batchnorm.forward_infer(xv, w, b, rm, rv, epsilon)
+                y = batchnorm.forward_infer(xv, w, b, rm, rv, epsilon, layout=layout)
         return y.reshape(*a.shape)
 
 
