@@ -30,7 +30,7 @@ MARKER = re.compile(r"<!-- readme-test: (\S+) -->\n\Z")
 TESTED = {"command-run", "command-test", "puzzlelib-example", "engine-example", "c-extension", "c-setup",
           "cython-extension", "cython-setup", "extensions-from-python", "mxnet-example", "paddle-example",
           "mpi-example", "engine-epilogue-example", "faces-float64-act-example",
-          "channels-last-example"}  # mpi-example: tests/distributed/test_mpi_sync.py runs it under mpiexec -n 3
+          "channels-last-example", "faces-channels-last-example"}  # mpi-example: tests/distributed/test_mpi_sync.py runs it under mpiexec -n 3
 
 
 def blocks():
@@ -267,3 +267,24 @@ def test_fresh_clone_readme_commands(tmp_path, install):
     out = tmp_path / "ext"
     out.mkdir()
     run_extensions_block(build_readme_extensions(str(out), python), python)
+
+
+def test_faces_channels_last_example():
+    """float64 numpy from the maths on (N, H, W, C) data: Paddle's NHWC layer and MXNet's axis=-1 (fix_gamma:
+    gamma 1, dgamma 0; the moving statistics moved by the backward); dy = 1 through a batch norm gives dx = 0."""
+    ns, _ = run_block("faces-channels-last-example")
+    x = ns["x"].get().astype(np.float64)
+    mu, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+    for y, eps in ((ns["y"], float(np.float32(1e-5))), (ns["y_mx"], 1e-3)):
+        np.testing.assert_allclose(y.get(), (x - mu) / np.sqrt(var + eps), rtol=1e-5, atol=1e-5)
+    for dx in (ns["dx"], ns["dx_mx"]):
+        assert dx.shape == x.shape
+        np.testing.assert_allclose(dx.get(), 0, atol=1e-5)
+    np.testing.assert_allclose(ns["bn"]._mean.numpy(), 0.1 * mu, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ns["bn"]._variance.numpy(), 0.9 + 0.1 * var, rtol=1e-5)
+    np.testing.assert_array_equal(ns["dgamma"].get(), 0)
+    np.testing.assert_allclose(ns["dbeta"].get(), x.size / 3, rtol=1e-6)
+    np.testing.assert_allclose(ns["moving_mean"].get(), 0.1 * mu, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ns["moving_var"].get(), 0.9 + 0.1 * var, rtol=1e-5)
+    del ns
+    gc.collect()

@@ -98,22 +98,32 @@ def test_unsupported_refused(name):
     np.testing.assert_array_equal(g.get(), g0)  # fix_gamma's overwrite happens only after a forward ran
 
 
+def _channels_last(p, a):
+    """The case with its data (and gradient) transposed to (N, H, W, C) and axis=-1; other arrays as given."""
+    a = dict(a, **{k: np.ascontiguousarray(np.moveaxis(v, 1, -1)) for k, v in a.items()
+                   if k.split(".")[0] in ("x", "dy", "y", "dx")})
+    return dict(p, axis=-1), a
+
+
+@pytest.mark.parametrize("layout", ["first", "last"])
 @pytest.mark.parametrize("name", HARD)
-def test_hard_inputs_not_worse_than_mxnet(name):
-    """Offsets 1e4 / 1e6: cybn's float32 error against float64 numpy is no larger than MXNet's own."""
+def test_hard_inputs_not_worse_than_mxnet(name, layout):
+    """Offsets 1e4 / 1e6: cybn's float32 error against float64 numpy is no larger than MXNet's own, with
+    the channel first as MXNet ran it, and the same data with the channel last (axis=-1, the core's NHWC
+    kernels) against MXNet's error on the channel-first run."""
     p, a = CASES[name]
     x, dy = a["x.0"].astype(np.float64), a["dy.0"].astype(np.float64)
     axes, eps = (0, 2, 3), p["eps"]
     mean, var = x.mean(axes, keepdims=True), x.var(axes, keepdims=True)
     xhat = (x - mean) / np.sqrt(var + eps)
     dx = (dy - dy.mean(axes, keepdims=True) - xhat * (dy * xhat).mean(axes, keepdims=True)) / np.sqrt(var + eps)
-    (_, r), = list(_run(p, a, None))
+    (_, r), = list(_run(*((p, a) if layout == "first" else _channels_last(p, a)), None))
     stored = ERRORS[name + "_err"][1]
     for what, ref in (("y", xhat), ("dx", dx), ("mean", mean.ravel())):
         theirs = nrel(a[f"{what}.0"], ref)
-        ours = nrel(r[what], ref)
+        ours = nrel(r[what] if layout == "first" or what == "mean" else np.moveaxis(r[what].get(), -1, 1), ref)
         np.testing.assert_allclose(theirs, stored[f"err_{what}"], rtol=1e-6)
-        assert ours <= theirs, f"{name} {what}: cybn {ours:.2e} vs MXNet {theirs:.2e}"
+        assert ours <= theirs, f"{name} {what} ({layout}): cybn {ours:.2e} vs MXNet {theirs:.2e}"
 
 
 def _args(C=3, shape=(4, 3, 5)):

@@ -1,6 +1,7 @@
 """Live cross-check against an installed PaddlePaddle (the optional `paddle` extra; skipped without it, like
 the torch tests): the same float32 inputs through paddle.nn.BatchNorm and cybn.paddle.BatchNorm, three
-training steps, then eval; y, dx, parameter gradients and running statistics within the golden tolerances."""
+training steps, then eval, NCHW and NHWC; y, dx, parameter gradients and running statistics within the golden
+tolerances."""
 import numpy as np
 import pytest
 
@@ -11,12 +12,15 @@ from cybn import gpuarray  # noqa: E402
 from cybn.paddle import BatchNorm  # noqa: E402
 
 
-@pytest.mark.parametrize("shape,momentum", [((6, 4), 0.9), ((4, 3, 7), 0.5), ((3, 5, 4, 6), 0.99),
-                                            ((2, 3, 2, 3, 4), 0.9)])
-def test_against_paddle(rng, shape, momentum):
+@pytest.mark.parametrize("shape,momentum,layout", [((6, 4), 0.9, "NCHW"), ((4, 3, 7), 0.5, "NCHW"),
+                                                   ((3, 5, 4, 6), 0.99, "NCHW"), ((2, 3, 2, 3, 4), 0.9, "NCHW"),
+                                                   ((4, 7, 3), 0.5, "NHWC"), ((3, 4, 6, 5), 0.9, "NHWC"),
+                                                   ((2, 2, 3, 4, 3), 0.99, "NHWC")])
+def test_against_paddle(rng, shape, momentum, layout):
     paddle.set_device("cpu")
-    C = shape[1]
-    theirs, ours = paddle.nn.BatchNorm(C, momentum=momentum), BatchNorm(C, momentum=momentum)
+    C = shape[-1 if layout == "NHWC" else 1]
+    theirs = paddle.nn.BatchNorm(C, momentum=momentum, data_layout=layout)
+    ours = BatchNorm(C, momentum=momentum, data_layout=layout)
     w = rng.uniform(0.5, 1.5, C).astype(np.float32)
     theirs.weight.set_value(w)
     ours.weight.set_value(w)
