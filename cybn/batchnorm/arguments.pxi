@@ -143,6 +143,29 @@ cdef int _no_aliasing(list outputs, list inputs, tuple in_place) except -1:
     return 0
 
 
+cdef GPUArray _fixed_gamma_scale(fix_gamma, GPUArray gs, GPUArray gb):
+    """The forward's scale after fix_gamma: None when fixed (1, not read: bias alone says affine), else the
+    scale, which must come with a bias (both None: non-affine)."""
+    if _flag(fix_gamma, "fix_gamma"):
+        return None
+    if (gs is None) != (gb is None):
+        raise TypeError("scale and bias must both be given or both be None (non-affine)")
+    return gs
+
+
+cdef bint _flag(value, str what) except -1:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{what} must be True or False, got {value!r}")
+    return bool(value)
+
+
+cdef int _no_sync_fix_gamma(fix_gamma) except -1:
+    if fix_gamma is not False:
+        raise NotImplementedError("fix_gamma=True with comm= (SyncBatchNorm) is not supported yet: pass a scale of "
+                                  "ones and ignore its gradient")
+    return 0
+
+
 cdef double _factor(factor) except? -1:
     f = _real(factor, "factor")
     if not 0.0 <= f <= 1.0:

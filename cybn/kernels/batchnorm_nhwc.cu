@@ -98,7 +98,7 @@ __device__ __forceinline__ float4 share_channel(int j, int W, float4 v) {
 __device__ __forceinline__ float4 nhwc_constants(long long c, const float* mean, const float* stat, const float* scale,
                                                  const float* bias, const float* tail, float eps, int flags) {
     const bool affine = flags & BN_AFFINE;
-    const float sc = affine ? scale[c] : 1.0f, b = affine ? bias[c] : 0.0f;
+    const float sc = affine && !(flags & BN_FIX_GAMMA) ? scale[c] : 1.0f, b = affine ? bias[c] : 0.0f;
     if (flags & BN_SHIFTED) {
         const float4 t = *reinterpret_cast<const float4*>(tail + c * FWD_TAIL);
         return make_float4(t.z, b, t.x, t.y);
@@ -132,7 +132,7 @@ __device__ __forceinline__ void fwd_train(const T* x, T* y, const float* scale, 
 #pragma unroll
     for (int j = 0; j < W; ++j) {
         float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (ok && threadIdx.y == 0) p = make_float4(s0[j], affine ? scale[c0 + j] : 1.0f, affine ? bias[c0 + j] : 0.0f, 0.0f);
+        if (ok && threadIdx.y == 0) p = make_float4(s0[j], affine && !(flags & BN_FIX_GAMMA) ? scale[c0 + j] : 1.0f, affine ? bias[c0 + j] : 0.0f, 0.0f);
         p = share_channel(j, W, p);
         shift[j] = p.x; ws[j] = welford_scale(p.x); sc[j] = p.y; b[j] = p.z;
     }
@@ -272,7 +272,7 @@ __device__ __forceinline__ void bwd(const T* x, const T* dy, T* dx, const float*
     for (int j = 0; j < W; ++j) {
         float4 p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         if (ok && threadIdx.y == 0) {
-            const float st = stat[c0 + j], sc = affine ? scale[c0 + j] : 1.0f;
+            const float st = stat[c0 + j], sc = affine && !(flags & BN_FIX_GAMMA) ? scale[c0 + j] : 1.0f;
             const double isd = frozen ? inv_std(st, eps) : (double)st;
             p = make_float4((float)isd, mean[c0 + j], (float)(sc * isd), 0.0f);
         }
@@ -320,7 +320,7 @@ __device__ __forceinline__ void bwd(const T* x, const T* dy, T* dx, const float*
             m = column_reduce(m);
             if (ok && threadIdx.y == 0) {
                 const float4 r = bwd_finish(m, invstd[j], Mf, frozen);
-                store_param_grads(c0 + j, r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
+                store_param_grads(c0 + j, flags & BN_FIX_GAMMA ? 0.0f : r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
                 if (!frozen) {
                     float* d = tail + (c0 + j) * NHWC_BWD_TAIL;
                     d[0] = a[j]; d[1] = r.y / Mf; d[2] = r.w; d[3] = r.z;
@@ -334,7 +334,7 @@ __device__ __forceinline__ void bwd(const T* x, const T* dy, T* dx, const float*
     for (int j = 0; j < W; ++j) {
         const float4 r = bwd_finish(t[j], invstd[j], Mf, frozen);
         if (ok && threadIdx.y == 0)
-            store_param_grads(c0 + j, r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
+            store_param_grads(c0 + j, flags & BN_FIX_GAMMA ? 0.0f : r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
         dbm[j] = r.y / Mf; kk[j] = r.w; lo[j] = r.z;
     }
     if (frozen) return;
