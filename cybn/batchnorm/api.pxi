@@ -1,6 +1,40 @@
 # The functional API: forward_train, forward_infer, backward, backward_infer over the nogil core.
 # Included by batchnorm.pyx.
 
+
+# ---------------------------------------------------------------- DLPack arguments
+def _dlpack_view(obj, str what):
+    """layout_of(obj): its pointer, shape and strides, C-contiguous or dense channels-last, no copy (a capsule
+    is consumed here, once; its owner keeps the memory)."""
+    from cybn.array.interop import layout_of
+    try:
+        return layout_of(obj)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what}: {e}") from None
+
+
+def _resolve_x(x, layout):
+    """(x, layout) as _resolve_layout, also for x through DLPack: channels-last strides (torch's channels_last,
+    a producer's or a capsule's) make x an NHWC GPUArray over the same memory in its memory order, whether
+    layout says "NHWC" or is left at "NCHW"; C-contiguous DLPack data is taken as given."""
+    if not _is_dlpack(x):
+        return _resolve_layout(x, layout)
+    view = _dlpack_view(x, "x")
+    if view.layout == "NHWC" and layout in ("NCHW", "NHWC"):
+        layout = "NHWC"
+    return view.as_gpuarray(), layout
+
+
+def _companion(obj, layout, str what):
+    """An array beside x (out, grad_y, residual, y, grad_residual) as _as_layout reads it; through DLPack the
+    same way as x (channels-last strides only beside a channels-last x)."""
+    if obj is None or not _is_dlpack(obj):
+        return _as_layout(obj, layout)
+    view = _dlpack_view(obj, what)
+    if view.layout == "NHWC" and layout != "NHWC":
+        raise ValueError(f"{what} has channels-last strides but x is NCHW (C-contiguous): give them one layout")
+    return view.as_gpuarray()
+
 def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, out=None, save_mean=None,
                   save_invstd=None, mode="spatial", stream=None, running_var_unbiased=True, *, layout="NCHW",
                   activation=None, activation_alpha=0.0, residual=None, fix_gamma=False, comm=None):
@@ -22,11 +56,11 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
                                    save_mean, save_invstd, mode, stream, running_var_unbiased, layout, activation,
                                    activation_alpha, residual)
     cdef bn_desc d
-    x, layout = _resolve_layout(x, layout)
+    x, layout = _resolve_x(x, layout)
     cdef GPUArray gx = _array(x, "x")
     cdef long long K = _fill_desc(&d, gx, mode, "x", layout)
     _set_activation(&d, activation, activation_alpha)
-    cdef GPUArray gz = _residual(_as_layout(residual, layout), gx, "residual")
+    cdef GPUArray gz = _residual(_companion(residual, layout, "residual"), gx, "residual")
     d.residual = gz is not None
     _check_layout(&d)
     pdt = _pdtype(&d)
@@ -41,7 +75,7 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
     cdef GPUArray rm = _param(running_mean, "running_mean", K, False, pdt)
     cdef GPUArray rv = _param(running_var, "running_var", K, False, pdt)
     cdef GPUArray sm = _param(save_mean, "save_mean", K, True, pdt), si = _param(save_invstd, "save_invstd", K, True, pdt)
-    cdef GPUArray gy = _like(_as_layout(out, layout), "out", gx)
+    cdef GPUArray gy = _like(_companion(out, layout, "out"), "out", gx)
     _no_aliasing([("out", gy), ("save_mean", sm), ("save_invstd", si), ("running_mean", rm), ("running_var", rv)],
                  [("x", gx), ("scale", gs), ("bias", gb)], (("out", "x"),))
     if gz is not None:
@@ -76,11 +110,11 @@ def forward_infer(x, scale, bias, running_mean, running_var, epsilon, out=None, 
     """Inference forward with the running statistics; returns y. out may be x (in place). Dtypes, the
     fused epilogue (activation, activation_alpha, residual) and fix_gamma as in forward_train."""
     cdef bn_desc d
-    x, layout = _resolve_layout(x, layout)
+    x, layout = _resolve_x(x, layout)
     cdef GPUArray gx = _array(x, "x")
     cdef long long K = _fill_desc(&d, gx, mode, "x", layout)
     _set_activation(&d, activation, activation_alpha)
-    cdef GPUArray gz = _residual(_as_layout(residual, layout), gx, "residual")
+    cdef GPUArray gz = _residual(_companion(residual, layout, "residual"), gx, "residual")
     d.residual = gz is not None
     _check_layout(&d)
     pdt = _pdtype(&d)
@@ -88,7 +122,7 @@ def forward_infer(x, scale, bias, running_mean, running_var, epsilon, out=None, 
     gs = _fixed_gamma_scale(fix_gamma, gs, gb)
     cdef GPUArray rm = _param(running_mean, "running_mean", K, False, pdt)
     cdef GPUArray rv = _param(running_var, "running_var", K, False, pdt)
-    cdef GPUArray gy = _like(_as_layout(out, layout), "out", gx)
+    cdef GPUArray gy = _like(_companion(out, layout, "out"), "out", gx)
     _no_aliasing([("out", gy)], [("x", gx), ("scale", gs), ("bias", gb), ("running_mean", rm), ("running_var", rv)],
                  (("out", "x"),))
     if gz is not None:
@@ -127,17 +161,17 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
                bint fix_gamma=False):
     cdef bn_desc d
     layout, activation, activation_alpha, y, residual, bias, grad_residual = epi
-    x, layout = _resolve_layout(x, layout)
+    x, layout = _resolve_x(x, layout)
     cdef GPUArray gx = _array(x, "x")
     cdef long long K = _fill_desc(&d, gx, mode, "x", layout)
     _set_activation(&d, activation, activation_alpha)
     pdt = _pdtype(&d)
-    cdef GPUArray gdy = _like(_as_layout(grad_y, layout), "grad_y", gx)
+    cdef GPUArray gdy = _like(_companion(grad_y, layout, "grad_y"), "grad_y", gx)
     if gdy is None:
         raise TypeError("grad_y must be a GPUArray, got None")
     cdef GPUArray gs = _param(scale, "scale", K, True, pdt)
     cdef GPUArray m = _param(mean, mean_name, K, False, pdt), v = _param(stat, stat_name, K, False, pdt)
-    cdef GPUArray gdx = _like(_as_layout(out, layout), "out", gx)
+    cdef GPUArray gdx = _like(_companion(out, layout, "out"), "out", gx)
     cdef GPUArray sg = _param(scale_grad, "scale_grad", K, True, pdt), bg = _param(bias_grad, "bias_grad", K, True, pdt)
     cdef GPUArray bsg = None, bbg = None
     if batch_grads is not None:
@@ -145,12 +179,12 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
         bbg = _param(batch_grads[1], "batch_bias_grad", K, False, pdt)
     # The epilogue: residual False/None (none), True (the forward had one; dz returned) or the residual array
     # (also read where the pre-activation is recomputed); y the forward's output; bias for the recompute.
-    cdef GPUArray gyv = _like(_as_layout(y, layout), "y", gx), gz = None
-    cdef GPUArray gdz = _like(_as_layout(grad_residual, layout), "grad_residual", gx)
+    cdef GPUArray gyv = _like(_companion(y, layout, "y"), "y", gx), gz = None
+    cdef GPUArray gdz = _like(_companion(grad_residual, layout, "grad_residual"), "grad_residual", gx)
     if isinstance(residual, (bool, np.bool_)) or residual is None:
         d.residual = bool(residual)
     else:
-        gz = _residual(_as_layout(residual, layout), gx, "residual")
+        gz = _residual(_companion(residual, layout, "residual"), gx, "residual")
         d.residual = 1
     _check_layout(&d)
     if gdz is not None and not d.residual:
