@@ -12,8 +12,7 @@ import time
 import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, os.path.join(ROOT, "tests", "softgpu"))  # ptxutil: NVRTC compile + launch helpers
-sys.path.insert(0, ROOT)
+sys.path.insert(0, ROOT)  # a source checkout that is not pip-installed
 
 SOURCE = r"""
 extern "C" __global__ void scale_shift(const float* x, float* y, float a, float b, long long n) {
@@ -65,7 +64,7 @@ def main():
     from cybn import softgpu
     softgpu.load(args.library)
     from cuda.bindings import driver as cu
-    import ptxutil as P
+    from cybn.testing import ptx as P  # NVRTC compile + launch helpers (shared with the PTX corpus tests)
 
     P.ok(cu.cuInit(0))
     ctx = P.ok(cu.cuDevicePrimaryCtxRetain(0))

@@ -1,9 +1,43 @@
 # The functional API: forward_train, forward_infer, backward, backward_infer over the nogil core.
 # Included by batchnorm.pyx.
 
+
+# ---------------------------------------------------------------- DLPack arguments
+def _dlpack_view(obj, str what):
+    """layout_of(obj): its pointer, shape and strides, C-contiguous or dense channels-last, no copy (a capsule
+    is consumed here, once; its owner keeps the memory)."""
+    from cybn.array.interop import layout_of
+    try:
+        return layout_of(obj)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what}: {e}") from None
+
+
+def _resolve_x(x, layout):
+    """(x, layout) as _resolve_layout, also for x through DLPack: channels-last strides (torch's channels_last,
+    a producer's or a capsule's) make x an NHWC GPUArray over the same memory in its memory order, whether
+    layout says "NHWC" or is left at "NCHW"; C-contiguous DLPack data is taken as given."""
+    if not _is_dlpack(x):
+        return _resolve_layout(x, layout)
+    view = _dlpack_view(x, "x")
+    if view.layout == "NHWC" and layout in ("NCHW", "NHWC"):
+        layout = "NHWC"
+    return view.as_gpuarray(), layout
+
+
+def _companion(obj, layout, str what):
+    """An array beside x (out, grad_y, residual, y, grad_residual) as _as_layout reads it; through DLPack the
+    same way as x (channels-last strides only beside a channels-last x)."""
+    if obj is None or not _is_dlpack(obj):
+        return _as_layout(obj, layout)
+    view = _dlpack_view(obj, what)
+    if view.layout == "NHWC" and layout != "NHWC":
+        raise ValueError(f"{what} has channels-last strides but x is NCHW (C-contiguous): give them one layout")
+    return view.as_gpuarray()
+
 def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, out=None, save_mean=None,
                   save_invstd=None, mode="spatial", stream=None, running_var_unbiased=True, *, layout="NCHW",
-                  activation=None, activation_alpha=0.0, residual=None, comm=None):
+                  activation=None, activation_alpha=0.0, residual=None, fix_gamma=False, comm=None):
     """Training forward. Updates running_mean/running_var in place; returns (y, save_mean, save_invstd).
     scale and bias may both be None (non-affine: 1 and 0). out may be x (in place).
     running_var_unbiased=False: the biased batch variance var_b (no M / (M - 1)) goes into running_var,
@@ -12,18 +46,21 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
     Fused epilogue: y = activation(bn(x) + residual), activation None or a name ("relu", "relu6",
     "clipped_relu", "leaky_relu", "elu", "sigmoid", "tanh", "swish"/"silu") with activation_alpha,
     residual None or an array of x's shape and dtype (out may be x or residual); same launches.
+    fix_gamma=True: scale is taken as 1 and not read (it may be None; bias alone decides affine), as MXNet's
+    fix_gamma (a kernel flag, same launches).
     comm: a cybn.distributed communicator: SyncBatchNorm, the statistics and the running update over the
     union of every process's x (which may have N == 0 on some; see sync.pxi); None: this process's x only."""
     if comm is not None:
+        _no_sync_fix_gamma(fix_gamma)
         return _sync_forward_train(comm, x, scale, bias, running_mean, running_var, epsilon, factor, out,
                                    save_mean, save_invstd, mode, stream, running_var_unbiased, layout, activation,
                                    activation_alpha, residual)
     cdef bn_desc d
-    x, layout = _resolve_layout(x, layout)
+    x, layout = _resolve_x(x, layout)
     cdef GPUArray gx = _array(x, "x")
     cdef long long K = _fill_desc(&d, gx, mode, "x", layout)
     _set_activation(&d, activation, activation_alpha)
-    cdef GPUArray gz = _residual(_as_layout(residual, layout), gx, "residual")
+    cdef GPUArray gz = _residual(_companion(residual, layout, "residual"), gx, "residual")
     d.residual = gz is not None
     pdt = _pdtype(&d)
     if (d.N * d.S if d.mode == BN_SPATIAL else d.N) == 1:
@@ -33,12 +70,11 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
                          f"({'N * spatial size' if d.mode == BN_SPATIAL else 'N'} is 1, so the batch variance is "
                          f"undefined); use a larger batch, or forward_infer with the running statistics")
     cdef GPUArray gs = _param(scale, "scale", K, True, pdt), gb = _param(bias, "bias", K, True, pdt)
-    if (gs is None) != (gb is None):
-        raise TypeError("scale and bias must both be given or both be None (non-affine)")
+    gs = _fixed_gamma_scale(fix_gamma, gs, gb)
     cdef GPUArray rm = _param(running_mean, "running_mean", K, False, pdt)
     cdef GPUArray rv = _param(running_var, "running_var", K, False, pdt)
     cdef GPUArray sm = _param(save_mean, "save_mean", K, True, pdt), si = _param(save_invstd, "save_invstd", K, True, pdt)
-    cdef GPUArray gy = _like(_as_layout(out, layout), "out", gx)
+    cdef GPUArray gy = _like(_companion(out, layout, "out"), "out", gx)
     _no_aliasing([("out", gy), ("save_mean", sm), ("save_invstd", si), ("running_mean", rm), ("running_var", rv)],
                  [("x", gx), ("scale", gs), ("bias", gb)], (("out", "x"),))
     if gz is not None:
@@ -46,7 +82,8 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
                       ("running_var", rv)], [("residual", gz)], (("out", "residual"),))
     d.epsilon = _epsilon(epsilon, d.dtype == BN_FLOAT64)
     d.factor = _factor(factor)
-    d.flags = (BN_DESC_AFFINE if gs is not None else 0) | (0 if running_var_unbiased else BN_DESC_BIASED_RUNNING_VAR)
+    d.flags = ((BN_DESC_AFFINE if gb is not None else 0) | (0 if running_var_unbiased else BN_DESC_BIASED_RUNNING_VAR)
+               | (BN_DESC_FIX_GAMMA if fix_gamma else 0))
     cdef cydriver.CUstream s = resolve_stream(stream)
     if gy is None:
         gy = _new(gx.shape, gx.dtype, stream)
@@ -68,30 +105,29 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
 
 
 def forward_infer(x, scale, bias, running_mean, running_var, epsilon, out=None, mode="spatial", stream=None, *,
-                  layout="NCHW", activation=None, activation_alpha=0.0, residual=None):
-    """Inference forward with the running statistics; returns y. out may be x (in place). Dtypes and the
-    fused epilogue (activation, activation_alpha, residual) as in forward_train."""
+                  layout="NCHW", activation=None, activation_alpha=0.0, residual=None, fix_gamma=False):
+    """Inference forward with the running statistics; returns y. out may be x (in place). Dtypes, the
+    fused epilogue (activation, activation_alpha, residual) and fix_gamma as in forward_train."""
     cdef bn_desc d
-    x, layout = _resolve_layout(x, layout)
+    x, layout = _resolve_x(x, layout)
     cdef GPUArray gx = _array(x, "x")
     cdef long long K = _fill_desc(&d, gx, mode, "x", layout)
     _set_activation(&d, activation, activation_alpha)
-    cdef GPUArray gz = _residual(_as_layout(residual, layout), gx, "residual")
+    cdef GPUArray gz = _residual(_companion(residual, layout, "residual"), gx, "residual")
     d.residual = gz is not None
     pdt = _pdtype(&d)
     cdef GPUArray gs = _param(scale, "scale", K, True, pdt), gb = _param(bias, "bias", K, True, pdt)
-    if (gs is None) != (gb is None):
-        raise TypeError("scale and bias must both be given or both be None (non-affine)")
+    gs = _fixed_gamma_scale(fix_gamma, gs, gb)
     cdef GPUArray rm = _param(running_mean, "running_mean", K, False, pdt)
     cdef GPUArray rv = _param(running_var, "running_var", K, False, pdt)
-    cdef GPUArray gy = _like(_as_layout(out, layout), "out", gx)
+    cdef GPUArray gy = _like(_companion(out, layout, "out"), "out", gx)
     _no_aliasing([("out", gy)], [("x", gx), ("scale", gs), ("bias", gb), ("running_mean", rm), ("running_var", rv)],
                  (("out", "x"),))
     if gz is not None:
         _no_aliasing([("out", gy)], [("residual", gz)], (("out", "residual"),))
     d.epsilon = _epsilon(epsilon, d.dtype == BN_FLOAT64)
     d.factor = 0
-    d.flags = BN_DESC_AFFINE if gs is not None else 0
+    d.flags = (BN_DESC_AFFINE if gb is not None else 0) | (BN_DESC_FIX_GAMMA if fix_gamma else 0)
     cdef cydriver.CUstream s = resolve_stream(stream)
     if gy is None:
         gy = _new(gx.shape, gx.dtype, stream)
@@ -119,20 +155,21 @@ cdef double _coefficient(value, str what) except? -1:
 
 
 cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad, mode, stream, int frozen,
-               str mean_name, str stat_name, accumulate, batch_grads, epi, GPUArray sums=None):
+               str mean_name, str stat_name, accumulate, batch_grads, epi, GPUArray sums=None,
+               bint fix_gamma=False):
     cdef bn_desc d
     layout, activation, activation_alpha, y, residual, bias, grad_residual = epi
-    x, layout = _resolve_layout(x, layout)
+    x, layout = _resolve_x(x, layout)
     cdef GPUArray gx = _array(x, "x")
     cdef long long K = _fill_desc(&d, gx, mode, "x", layout)
     _set_activation(&d, activation, activation_alpha)
     pdt = _pdtype(&d)
-    cdef GPUArray gdy = _like(_as_layout(grad_y, layout), "grad_y", gx)
+    cdef GPUArray gdy = _like(_companion(grad_y, layout, "grad_y"), "grad_y", gx)
     if gdy is None:
         raise TypeError("grad_y must be a GPUArray, got None")
     cdef GPUArray gs = _param(scale, "scale", K, True, pdt)
     cdef GPUArray m = _param(mean, mean_name, K, False, pdt), v = _param(stat, stat_name, K, False, pdt)
-    cdef GPUArray gdx = _like(_as_layout(out, layout), "out", gx)
+    cdef GPUArray gdx = _like(_companion(out, layout, "out"), "out", gx)
     cdef GPUArray sg = _param(scale_grad, "scale_grad", K, True, pdt), bg = _param(bias_grad, "bias_grad", K, True, pdt)
     cdef GPUArray bsg = None, bbg = None
     if batch_grads is not None:
@@ -140,16 +177,18 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
         bbg = _param(batch_grads[1], "batch_bias_grad", K, False, pdt)
     # The epilogue: residual False/None (none), True (the forward had one; dz returned) or the residual array
     # (also read where the pre-activation is recomputed); y the forward's output; bias for the recompute.
-    cdef GPUArray gyv = _like(_as_layout(y, layout), "y", gx), gz = None
-    cdef GPUArray gdz = _like(_as_layout(grad_residual, layout), "grad_residual", gx)
+    cdef GPUArray gyv = _like(_companion(y, layout, "y"), "y", gx), gz = None
+    cdef GPUArray gdz = _like(_companion(grad_residual, layout, "grad_residual"), "grad_residual", gx)
     if isinstance(residual, (bool, np.bool_)) or residual is None:
         d.residual = bool(residual)
     else:
-        gz = _residual(_as_layout(residual, layout), gx, "residual")
+        gz = _residual(_companion(residual, layout, "residual"), gx, "residual")
         d.residual = 1
     if gdz is not None and not d.residual:
         raise ValueError("grad_residual given but the forward had no residual (pass residual=True or the array)")
     cdef GPUArray gbias = _param(bias, "bias", K, True, pdt)
+    if fix_gamma:  # scale is 1 and not read; bias (the recompute's) alone says affine
+        gs = None
     if gyv is not None and not _epi(&d):
         raise ValueError("y is only read through an activation or a residual: pass activation= / residual=")
     if d.act != BN_ACT_NONE and (gyv is None or d.act == BN_ACT_SWISH or d.act == BN_ACT_CLIPPED_RELU):
@@ -163,7 +202,7 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
                              "residual array, not True")
     else:
         gz = None  # the derivative comes from y: z's values are not read
-    if gs is None:
+    if gs is None and not fix_gamma:
         gbias = None
     cdef double ab[4]
     for i, (value, name) in enumerate(zip(accumulate, ("scale_grad_alpha", "scale_grad_beta", "bias_grad_alpha",
@@ -185,7 +224,8 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
         _no_aliasing([("out", gdx), ("scale_grad", sg), ("bias_grad", bg)], [("y", gyv), ("bias", gbias)], ())
     d.epsilon = _epsilon(epsilon, d.dtype == BN_FLOAT64) if frozen else 1.0
     d.factor = 0
-    d.flags = (BN_DESC_AFFINE if gs is not None else 0)
+    d.flags = ((BN_DESC_AFFINE if gs is not None or gbias is not None else 0)
+               | (BN_DESC_FIX_GAMMA if fix_gamma else 0))
     if (ab[0], ab[1], ab[2], ab[3]) != (1, 0, 1, 0):
         d.flags |= BN_DESC_ACCUMULATE
         d.scale_grad_alpha, d.scale_grad_beta, d.bias_grad_alpha, d.bias_grad_beta = ab[0], ab[1], ab[2], ab[3]
@@ -221,7 +261,7 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
 def backward(x, grad_y, scale, save_mean, save_invstd, out=None, scale_grad=None, bias_grad=None,
              mode="spatial", stream=None, scale_grad_alpha=1.0, scale_grad_beta=0.0, bias_grad_alpha=1.0,
              bias_grad_beta=0.0, batch_grads=None, *, layout="NCHW", activation=None, activation_alpha=0.0,
-             y=None, residual=False, bias=None, grad_residual=None, comm=None):
+             y=None, residual=False, bias=None, grad_residual=None, fix_gamma=False, comm=None):
     """Backward of a training forward from its saved statistics: (grad_x, scale_grad, bias_grad).
     With xhat = (x - mean) * save_invstd: dbias = sum(dy), dscale = sum(dy * xhat),
     grad_x = scale * save_invstd * (dy - dbias / M - xhat * dscale / M). scale None: 1.
@@ -239,26 +279,29 @@ def backward(x, grad_y, scale, save_mean, save_invstd, out=None, scale_grad=None
     activation without y, recompute v from x, the statistics, bias
     (pass the forward's bias when affine) and the residual array. residual=True (or the array): returns
     (grad_x, grad_residual, scale_grad, bias_grad), grad_residual = g (into grad_residual= if given).
+    fix_gamma=True (the forward's): scale is 1 and not read (may be None); scale_grad is written 0
+    (scale_grad_beta * scale_grad with accumulation), batch_scale_grad 0.
     comm: the forward's communicator (SyncBatchNorm): the sums over every process, dx from them locally."""
     if comm is not None:
+        _no_sync_fix_gamma(fix_gamma)
         return _sync_backward(comm, x, grad_y, scale, save_mean, save_invstd, out, scale_grad, bias_grad, mode,
                               stream, (scale_grad_alpha, scale_grad_beta, bias_grad_alpha, bias_grad_beta),
                               batch_grads, (layout, activation, activation_alpha, y, residual, bias, grad_residual))
     return _backward(x, grad_y, scale, save_mean, save_invstd, None, out, scale_grad, bias_grad, mode, stream,
                      0, "save_mean", "save_invstd",
                      (scale_grad_alpha, scale_grad_beta, bias_grad_alpha, bias_grad_beta), batch_grads,
-                     (layout, activation, activation_alpha, y, residual, bias, grad_residual))
+                     (layout, activation, activation_alpha, y, residual, bias, grad_residual), None, _flag(fix_gamma, "fix_gamma"))
 
 
 def backward_infer(x, grad_y, scale, running_mean, running_var, epsilon, out=None, scale_grad=None,
                    bias_grad=None, mode="spatial", stream=None, scale_grad_alpha=1.0, scale_grad_beta=0.0,
                    bias_grad_alpha=1.0, bias_grad_beta=0.0, batch_grads=None, *, layout="NCHW", activation=None,
-                   activation_alpha=0.0, y=None, residual=False, bias=None, grad_residual=None):
+                   activation_alpha=0.0, y=None, residual=False, bias=None, grad_residual=None, fix_gamma=False):
     """Backward of an inference forward (frozen statistics): with invstd = 1/sqrt(running_var + eps)
     and xhat = (x - running_mean) * invstd: grad_x = scale * invstd * dy, dscale = sum(dy * xhat),
     dbias = sum(dy); the parameter gradients with alpha/beta and batch_grads as in backward. One launch.
-    The epilogue arguments and the residual's extra result as in backward."""
+    The epilogue arguments, the residual's extra result and fix_gamma as in backward."""
     return _backward(x, grad_y, scale, running_mean, running_var, epsilon, out, scale_grad, bias_grad, mode,
                      stream, 1, "running_mean", "running_var",
                      (scale_grad_alpha, scale_grad_beta, bias_grad_alpha, bias_grad_beta), batch_grads,
-                     (layout, activation, activation_alpha, y, residual, bias, grad_residual))
+                     (layout, activation, activation_alpha, y, residual, bias, grad_residual), None, _flag(fix_gamma, "fix_gamma"))

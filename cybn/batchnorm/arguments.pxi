@@ -30,12 +30,31 @@ cdef int _mode_code(mode) except -1:
     raise ValueError(f"mode must be 'spatial' or 'per_activation' (or a Mode), got {mode!r}")
 
 
+cdef bint _is_dlpack(obj) except -1:
+    """A device DLPack producer (__dlpack__; not a GPUArray, which exports one) or a raw "dltensor" capsule.
+    A producer on the host (numpy's arrays have __dlpack__) is not: it gets the GPUArray TypeError."""
+    if isinstance(obj, GPUArray):
+        return False
+    if type(obj).__name__ == "PyCapsule":
+        return True
+    if not hasattr(obj, "__dlpack__"):
+        return False
+    dev = getattr(obj, "__dlpack_device__", None)
+    return dev is None or tuple(dev())[0] in (2, 13)  # kDLCUDA, kDLCUDAManaged
+
+
 cdef GPUArray _array(obj, str what):
-    """obj as a GPUArray on the current device: a GPUArray, or a C-contiguous foreign device array
-    (__cuda_array_interface__)."""
+    """obj as a GPUArray on the current device: a GPUArray, or a C-contiguous foreign device array (a DLPack
+    producer or capsule, else __cuda_array_interface__), no copy."""
     cdef GPUArray a
     if isinstance(obj, GPUArray):
         a = obj
+    elif _is_dlpack(obj):  # preferred over __cuda_array_interface__, as layout_of does
+        from cybn.array.gpuarray import from_dlpack
+        try:
+            a = from_dlpack(obj)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{what}: {e}") from None
     elif hasattr(obj, "__cuda_array_interface__"):
         from cybn.array.gpuarray import from_cuda_array_interface
         try:
@@ -43,7 +62,8 @@ cdef GPUArray _array(obj, str what):
         except (TypeError, ValueError) as e:
             raise ValueError(f"{what}: {e}") from None
     else:
-        raise TypeError(f"{what} must be a GPUArray (or a C-contiguous device array), got {type(obj).__name__}")
+        raise TypeError(f"{what} must be a GPUArray (or a C-contiguous device array: __cuda_array_interface__, "
+                        f"__dlpack__ or a DLPack capsule), got {type(obj).__name__}")
     if a.size:  # an empty array has no memory to check (and is refused by the shape checks)
         _check_device(a, what)
     return a
@@ -140,6 +160,29 @@ cdef int _no_aliasing(list outputs, list inputs, tuple in_place) except -1:
     memset(&d, 0, sizeof(d))  # no workspace yet: the core checks it against the arguments when it runs
     if _no_overlap(outs, len(outputs), ins, len(inputs), &d, k) != BN_OK:
         raise ValueError(bn_last_error().decode())
+    return 0
+
+
+cdef GPUArray _fixed_gamma_scale(fix_gamma, GPUArray gs, GPUArray gb):
+    """The forward's scale after fix_gamma: None when fixed (1, not read: bias alone says affine), else the
+    scale, which must come with a bias (both None: non-affine)."""
+    if _flag(fix_gamma, "fix_gamma"):
+        return None
+    if (gs is None) != (gb is None):
+        raise TypeError("scale and bias must both be given or both be None (non-affine)")
+    return gs
+
+
+cdef bint _flag(value, str what) except -1:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{what} must be True or False, got {value!r}")
+    return bool(value)
+
+
+cdef int _no_sync_fix_gamma(fix_gamma) except -1:
+    if fix_gamma is not False:
+        raise NotImplementedError("fix_gamma=True with comm= (SyncBatchNorm) is not supported yet: pass a scale of "
+                                  "ones and ignore its gradient")
     return 0
 
 

@@ -25,6 +25,7 @@ cdef extern from "bn_abi.h":
         BN_DESC_AFFINE
         BN_DESC_ACCUMULATE
         BN_DESC_BIASED_RUNNING_VAR
+        BN_DESC_FIX_GAMMA
         BN_DESC_PARTIALS
         BN_DESC_SUMS
         BN_OK
@@ -39,6 +40,7 @@ cdef extern from "bn_abi.h":
         BN_BIASED_RUNVAR
         BN_PARTIALS
         BN_SUMS
+        BN_FIX_GAMMA
         BN_FWD_PART         # workspace entry sizes
         BN_FWD_TAIL
         BN_BWD_PART
@@ -69,7 +71,7 @@ ctypedef struct bn_desc:
     long long S                 # prod(spatial) (spatial mode) or prod(rest) (per-activation: C * S stats)
     double epsilon
     double factor               # running = (1 - factor) * running + factor * batch
-    int flags                   # BN_DESC_AFFINE, BN_DESC_ACCUMULATE
+    int flags                   # BN_DESC_AFFINE, BN_DESC_ACCUMULATE, BN_DESC_BIASED_RUNNING_VAR, BN_DESC_FIX_GAMMA
     double scale_grad_alpha     # with BN_DESC_ACCUMULATE: scale_grad = alpha * dscale + beta * scale_grad
     double scale_grad_beta      #   (beta == 0: scale_grad is not read)
     double bias_grad_alpha      # the same for bias_grad

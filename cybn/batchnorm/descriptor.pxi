@@ -119,6 +119,11 @@ cdef inline int _epi(const bn_desc* d) noexcept nogil:
     return 1 if (d.act != BN_ACT_NONE or d.residual) else 0
 
 
+cdef inline int _fix_gamma(const bn_desc* d) noexcept nogil:
+    """The kernels' BN_FIX_GAMMA flag: scale not read (1), its gradient written 0."""
+    return BN_FIX_GAMMA if d.flags & BN_DESC_FIX_GAMMA else 0
+
+
 cdef inline unsigned long long _data_bytes(const bn_desc* d) noexcept nogil:
     return <unsigned long long>d.N * d.C * d.S * _elem_bytes(d.dtype)
 

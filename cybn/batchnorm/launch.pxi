@@ -96,7 +96,7 @@ cdef int bn_forward_train_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.
         return st
     if x == 0 or y == 0 or running_mean == 0 or running_var == 0 or save_mean == 0 or save_invstd == 0:
         return _fail(BN_EINVAL, "forward_train: null x, y, running or saved statistics pointer")
-    if (d.flags & BN_DESC_AFFINE) and (scale == 0 or bias == 0):
+    if (d.flags & BN_DESC_AFFINE) and ((scale == 0 and not d.flags & BN_DESC_FIX_GAMMA) or bias == 0):
         return _fail(BN_EINVAL, "forward_train: affine descriptor with a null scale or bias")
     cdef unsigned long long xb = _data_bytes(d), kb = _stat_bytes(d), pb = kb if d.flags & BN_DESC_AFFINE else 0
     st = _check_epilogue(d, z, "forward_train")
@@ -139,7 +139,7 @@ cdef int bn_forward_train_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.
     _set_scalars(&sc, d)
     cdef int flags = ((BN_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec)
                       | (BN_BIASED_RUNVAR if d.flags & BN_DESC_BIASED_RUNNING_VAR else 0)
-                      | (BN_PARTIALS if d.flags & BN_DESC_PARTIALS else 0))
+                      | (BN_PARTIALS if d.flags & BN_DESC_PARTIALS else 0) | _fix_gamma(d))
     cdef int cache = p.cache_units, act = d.act
     cdef void* args[21]
     args[0] = &x; args[1] = &y; args[2] = &scale; args[3] = &bias; args[4] = &running_mean
@@ -168,7 +168,7 @@ cdef int bn_forward_infer_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.
         return st
     if x == 0 or y == 0 or running_mean == 0 or running_var == 0:
         return _fail(BN_EINVAL, "forward_infer: null x, y or running statistics pointer")
-    if (d.flags & BN_DESC_AFFINE) and (scale == 0 or bias == 0):
+    if (d.flags & BN_DESC_AFFINE) and ((scale == 0 and not d.flags & BN_DESC_FIX_GAMMA) or bias == 0):
         return _fail(BN_EINVAL, "forward_infer: affine descriptor with a null scale or bias")
     cdef unsigned long long xb = _data_bytes(d), kb = _stat_bytes(d), pb = kb if d.flags & BN_DESC_AFFINE else 0
     cdef _span outs[1]
@@ -192,7 +192,7 @@ cdef int bn_forward_infer_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.
     cdef long long N = d.N, C = d.C, S = d.S
     cdef _scalars sc
     _set_scalars(&sc, d)
-    cdef int flags = (BN_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec) | BN_STAT_IS_VAR
+    cdef int flags = (BN_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec) | BN_STAT_IS_VAR | _fix_gamma(d)
     cdef int act = d.act
     cdef cydriver.CUdeviceptr none = 0
     cdef void* args[15]
@@ -217,7 +217,7 @@ cdef int bn_backward_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdev
         return st
     if x == 0 or dy == 0 or dx == 0 or mean == 0 or stat == 0 or scale_grad == 0 or bias_grad == 0:
         return _fail(BN_EINVAL, "backward: null x, dy, dx, statistics or gradient pointer")
-    if (d.flags & BN_DESC_AFFINE) and scale == 0:
+    if (d.flags & BN_DESC_AFFINE) and scale == 0 and not d.flags & BN_DESC_FIX_GAMMA:
         return _fail(BN_EINVAL, "backward: affine descriptor with a null scale")
     cdef unsigned long long xb = _data_bytes(d), kb = _stat_bytes(d)
     cdef _span outs[5]
@@ -273,7 +273,7 @@ cdef int bn_backward_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdev
     _set_scalars(&sc, d)
     _set_grad_scalars(&sc, ab)
     cdef int flags = ((BN_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec)
-                      | (BN_STAT_IS_VAR if frozen else 0) | (BN_SUMS if d.flags & BN_DESC_SUMS else 0))
+                      | (BN_STAT_IS_VAR if frozen else 0) | (BN_SUMS if d.flags & BN_DESC_SUMS else 0) | _fix_gamma(d))
     cdef int cache = p.cache_units, act = d.act
     if not (d.flags & BN_DESC_AFFINE):
         bias = 0

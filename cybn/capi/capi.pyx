@@ -19,7 +19,7 @@ from cybn.batchnorm.batchnorm cimport (bn_desc, bn_check_desc, bn_prepare_desc, 
                              bn_forward_train_ex, bn_forward_infer_ex, bn_backward_ex, BN_NKERNELS,
                              BN_OK, BN_EINVAL, BN_ENOTPREPARED, BN_EWORKSPACE, BN_SPATIAL,
                              BN_PER_ACTIVATION, BN_FLOAT32, BN_FLOAT16, BN_DESC_AFFINE, BN_DESC_ACCUMULATE,
-                             BN_DESC_BIASED_RUNNING_VAR)
+                             BN_DESC_BIASED_RUNNING_VAR, BN_DESC_FIX_GAMMA)
 from libc.math cimport isfinite
 
 cdef extern from *:
@@ -35,9 +35,9 @@ cdef extern from *:
 
 # cybn.h's codes are the core's (checked once at import; a mismatch would silently mistranslate).
 if (CYBN_SPATIAL, CYBN_PER_ACTIVATION, CYBN_FLOAT32, CYBN_FLOAT16, CYBN_AFFINE, CYBN_ACCUMULATE_GRADS,
-        CYBN_BIASED_RUNNING_VAR, CYBN_OK, CYBN_EINVAL, CYBN_ENOTPREPARED, CYBN_EWORKSPACE) != (
+        CYBN_BIASED_RUNNING_VAR, CYBN_FIX_GAMMA, CYBN_OK, CYBN_EINVAL, CYBN_ENOTPREPARED, CYBN_EWORKSPACE) != (
         BN_SPATIAL, BN_PER_ACTIVATION, BN_FLOAT32, BN_FLOAT16, BN_DESC_AFFINE, BN_DESC_ACCUMULATE,
-        BN_DESC_BIASED_RUNNING_VAR, BN_OK, BN_EINVAL, BN_ENOTPREPARED, BN_EWORKSPACE):
+        BN_DESC_BIASED_RUNNING_VAR, BN_DESC_FIX_GAMMA, BN_OK, BN_EINVAL, BN_ENOTPREPARED, BN_EWORKSPACE):
     raise ImportError("cybn.capi: cybn.h's constants disagree with cybn.batchnorm's core")
 
 C_API_VERSION = CYBN_C_API_VERSION
@@ -195,7 +195,8 @@ cdef int _check(const cybn_desc* c, bn_desc* d, const char* op) noexcept nogil:
     d.epsilon = c.epsilon; d.factor = c.factor
     d.flags = ((BN_DESC_AFFINE if c.flags & CYBN_AFFINE else 0)
                | (BN_DESC_ACCUMULATE if c.flags & CYBN_ACCUMULATE_GRADS else 0)
-               | (BN_DESC_BIASED_RUNNING_VAR if c.flags & CYBN_BIASED_RUNNING_VAR else 0))
+               | (BN_DESC_BIASED_RUNNING_VAR if c.flags & CYBN_BIASED_RUNNING_VAR else 0)
+               | (BN_DESC_FIX_GAMMA if c.flags & CYBN_FIX_GAMMA else 0))
     d.layout = c.layout; d.act = c.activation; d.act_alpha = c.activation_alpha
     d.residual = 1 if c.flags & CYBN_RESIDUAL else 0
     d.scale_grad_alpha = c.scale_grad_alpha; d.scale_grad_beta = c.scale_grad_beta
@@ -213,8 +214,9 @@ cdef enum:
 
 
 cdef int _check_v3(const cybn_desc* c, const char* op) noexcept nogil:
-    """Version 3's fields: the codes and alpha checked for what they mean; what this build's core cannot do
-    yet refused by name (CYBN_EINVAL, nothing launched) rather than silently ignored."""
+    """Version 3's fields: the codes and alpha checked for what they mean. What the core's kernels cannot do
+    (e.g. a dtype or the epilogue in channels-last, where it lacks them) is its bn_check_desc's to refuse by
+    name: CYBN_EINVAL with its message, nothing launched."""
     if c.layout != CYBN_LAYOUT_NCHW and c.layout != CYBN_LAYOUT_NHWC:
         return _fail(CYBN_EINVAL, op, "descriptor: layout must be CYBN_LAYOUT_NCHW (0) or CYBN_LAYOUT_NHWC (1)")
     if c.layout == CYBN_LAYOUT_NHWC and c.mode == CYBN_PER_ACTIVATION:
@@ -229,13 +231,6 @@ cdef int _check_v3(const cybn_desc* c, const char* op) noexcept nogil:
                      "relu6: 6)")
     if (c.activation == CYBN_ACT_LEAKY_RELU or c.activation == CYBN_ACT_ELU) and c.activation_alpha < 0:
         return _fail(CYBN_EINVAL, op, "descriptor: CYBN_ACT_LEAKY_RELU and CYBN_ACT_ELU need activation_alpha >= 0")
-    # ---- not in this build's core yet (issue 11): refused by name
-    if c.layout == CYBN_LAYOUT_NHWC:
-        return _fail(CYBN_EINVAL, op, "descriptor: CYBN_LAYOUT_NHWC is not implemented by this cybn's core yet "
-                     "(CYBN_LAYOUT_NCHW is)")
-    if c.flags & CYBN_FIX_GAMMA:
-        return _fail(CYBN_EINVAL, op, "descriptor: CYBN_FIX_GAMMA is not implemented by this cybn's core yet "
-                     "(pass a scale of ones and ignore its gradient)")
     return CYBN_OK
 
 

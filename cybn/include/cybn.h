@@ -68,8 +68,9 @@
                                  * fields are ignored and the gradients overwritten (alpha 1, beta 0). */
 #define CYBN_BIASED_RUNNING_VAR 4 /* forward_train: the biased batch variance (divided by M, not M - 1) goes
                                  * into running_var, as MXNet and Paddle do (version 3) */
-#define CYBN_FIX_GAMMA 8        /* scale is treated as 1 (the pointer may be 0) and scale_grad is written 0,
-                                 * as MXNet's fix_gamma (version 3) */
+#define CYBN_FIX_GAMMA 8        /* scale is treated as 1 (the pointer may be 0) and scale_grad is written 0
+                                 * (with CYBN_ACCUMULATE_GRADS: scale_grad_beta * scale_grad), as MXNet's
+                                 * fix_gamma (version 3) */
 #define CYBN_RESIDUAL 16        /* y = act(bn(x) + z): the forward reads z, the backward writes dz (the
                                  * pre-activation's gradient, which is z's); only the *_ex calls take z and
                                  * dz, the others refuse the flag (version 3) */

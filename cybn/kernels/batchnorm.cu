@@ -173,7 +173,7 @@ __device__ __forceinline__ typename pv<P>::v4 normalize_constants(long long i, c
                                                                   const P* scale, const P* bias,
                                                                   const P* tail, P eps, int flags) {
     const bool affine = flags & BN_AFFINE;
-    const P sc = affine ? scale[i] : P(1), b = affine ? bias[i] : P(0);
+    const P sc = affine && !(flags & BN_FIX_GAMMA) ? scale[i] : P(1), b = affine ? bias[i] : P(0);
     if (flags & BN_SHIFTED) {
         const auto t = *reinterpret_cast<const typename pv<P>::v4*>(tail + i * FWD_TAIL);
         return mk4(t.z, b, t.x, t.y);
@@ -221,7 +221,7 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const typename io<T>::P* 
 
     const bool affine = flags & BN_AFFINE;
     auto p = mk4(P(0), P(0), P(0), P(0));
-    if (ok && leader<true>()) p = mk4(io<T>::load(x + c * S), affine ? scale[c] : P(1), affine ? bias[c] : P(0), P(0));
+    if (ok && leader<true>()) p = mk4(io<T>::load(x + c * S), affine && !(flags & BN_FIX_GAMMA) ? scale[c] : P(1), affine ? bias[c] : P(0), P(0));
     p = share<true>(p);
     const P shift = p.x;  // one sample of the channel: Welford runs on (x - shift) * ws
     const P ws = welford_scale(shift);
@@ -385,7 +385,7 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io
 
     auto p = mk4(P(0), P(0), P(0), P(0));
     if (ok && leader<true>()) {
-        const P st = stat[c], sc = affine ? scale[c] : P(1);
+        const P st = stat[c], sc = affine && !(flags & BN_FIX_GAMMA) ? scale[c] : P(1);
         const double isd = frozen ? inv_std((double)st, eps) : (double)st;
         p = mk4((P)isd, mean[c], (P)(sc * isd), (EPI && bias) ? bias[c] : P(0));
     }
@@ -464,7 +464,7 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io
         }
         if (ok && threadIdx.x == 0) {
             const auto r = bwd_finish(t, invstd, Mf, frozen);
-            store_param_grads(c, r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
+            store_param_grads(c, flags & BN_FIX_GAMMA ? P(0) : r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
             if (!frozen) store_dx_constants(tail, c, a, r, Mf);
         }
         return;  // dx is the second launch (bn_bwd_dx_spatial) unless frozen (already written)
@@ -474,7 +474,7 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io
         return;
     }
     const auto r = bwd_finish(t, invstd, Mf, frozen);
-    if (ok && threadIdx.x == 0) store_param_grads(c, r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
+    if (ok && threadIdx.x == 0) store_param_grads(c, flags & BN_FIX_GAMMA ? P(0) : r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
     if (frozen) return;
     const P dbm = r.y / Mf, k = r.w, lo = r.z;
     if (vec) {
@@ -616,7 +616,7 @@ __global__ void bn_fwd_train_pa(const T* x, T* y, const typename io<T>::P* scale
     const int nthreads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
     const bool affine = flags & BN_AFFINE;
     auto p = mk4(P(0), P(0), P(0), P(0));
-    if (ok && leader<false>()) p = mk4(io<T>::load(x + f), affine ? scale[f] : P(1), affine ? bias[f] : P(0), P(0));
+    if (ok && leader<false>()) p = mk4(io<T>::load(x + f), affine && !(flags & BN_FIX_GAMMA) ? scale[f] : P(1), affine ? bias[f] : P(0), P(0));
     p = share<false>(p);
     const P shift = p.x, ws = welford_scale(shift);
     Welford<P> w = welford_empty<P>();
@@ -695,7 +695,7 @@ __global__ void bn_bwd_pa(const T* x, const T* dy, T* dx, const typename io<T>::
     const T* ep = use_y ? y : z;
     auto p = mk4(P(0), P(0), P(0), P(0));
     if (ok && leader<false>()) {
-        const P st = stat[f], sc = affine ? scale[f] : P(1);
+        const P st = stat[f], sc = affine && !(flags & BN_FIX_GAMMA) ? scale[f] : P(1);
         const double isd = frozen ? inv_std((double)st, eps) : (double)st;
         p = mk4((P)isd, mean[f], (P)(sc * isd), (EPI && bias) ? bias[f] : P(0));
     }
@@ -734,7 +734,7 @@ __global__ void bn_bwd_pa(const T* x, const T* dy, T* dx, const typename io<T>::
         }
         if (ok && threadIdx.y == 0) {
             const auto r = bwd_finish(t, invstd, Mf, frozen);
-            store_param_grads(f, r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
+            store_param_grads(f, flags & BN_FIX_GAMMA ? P(0) : r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
             if (!frozen) store_dx_constants(tail, f, a, r, Mf);
         }
         return;  // dx is the second launch (bn_bwd_dx_pa) unless frozen (already written)
@@ -744,7 +744,7 @@ __global__ void bn_bwd_pa(const T* x, const T* dy, T* dx, const typename io<T>::
         return;
     }
     const auto r = bwd_finish(t, invstd, Mf, frozen);
-    if (ok && threadIdx.y == 0) store_param_grads(f, r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
+    if (ok && threadIdx.y == 0) store_param_grads(f, flags & BN_FIX_GAMMA ? P(0) : r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
     if (frozen || !ok) return;
     const P dbm = r.y / Mf, k = r.w, lo = r.z;
     walk_feature(f, F, N, ok, [&](int kk, long long off) {

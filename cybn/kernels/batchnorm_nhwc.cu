@@ -130,7 +130,7 @@ template <typename P>
 __device__ __forceinline__ typename pv<P>::v4 nhwc_constants(long long c, const P* mean, const P* stat, const P* scale,
                                                              const P* bias, const P* tail, P eps, int flags) {
     const bool affine = flags & BN_AFFINE;
-    const P sc = affine ? scale[c] : P(1), b = affine ? bias[c] : P(0);
+    const P sc = affine && !(flags & BN_FIX_GAMMA) ? scale[c] : P(1), b = affine ? bias[c] : P(0);
     if (flags & BN_SHIFTED) {
         const auto t = *reinterpret_cast<const typename pv<P>::v4*>(tail + c * FWD_TAIL);
         return mk4(t.z, b, t.x, t.y);
@@ -166,7 +166,7 @@ __device__ __forceinline__ void fwd_train(const T* x, T* y, const PT<T>* scale, 
 #pragma unroll
     for (int j = 0; j < W; ++j) {
         auto p = mk4(P(0), P(0), P(0), P(0));
-        if (ok && threadIdx.y == 0) p = mk4(s0[j], affine ? scale[c0 + j] : P(1), affine ? bias[c0 + j] : P(0), P(0));
+        if (ok && threadIdx.y == 0) p = mk4(s0[j], affine && !(flags & BN_FIX_GAMMA) ? scale[c0 + j] : P(1), affine ? bias[c0 + j] : P(0), P(0));
         p = share_channel(j, W, p);
         shift[j] = p.x; ws[j] = welford_scale(p.x); sc[j] = p.y; b[j] = p.z;
     }
@@ -320,7 +320,7 @@ __device__ __forceinline__ void bwd(const T* x, const T* dy, T* dx, const PT<T>*
     for (int j = 0; j < W; ++j) {
         auto p = mk4(P(0), P(0), P(0), P(0));
         if (ok && threadIdx.y == 0) {
-            const P st = stat[c0 + j], sc = affine ? scale[c0 + j] : P(1);
+            const P st = stat[c0 + j], sc = affine && !(flags & BN_FIX_GAMMA) ? scale[c0 + j] : P(1);
             const double isd = frozen ? inv_std((double)st, eps) : (double)st;
             p = mk4((P)isd, mean[c0 + j], (P)(sc * isd), (EPI && bias) ? bias[c0 + j] : P(0));
         }
@@ -380,7 +380,7 @@ __device__ __forceinline__ void bwd(const T* x, const T* dy, T* dx, const PT<T>*
             m = column_reduce(m);
             if (ok && threadIdx.y == 0) {
                 const auto r = bwd_finish(m, invstd[j], Mf, frozen);
-                store_param_grads(c0 + j, r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
+                store_param_grads(c0 + j, flags & BN_FIX_GAMMA ? P(0) : r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
                 if (!frozen) {
                     P* d = tail + (c0 + j) * NHWC_BWD_TAIL;
                     d[0] = a[j]; d[1] = r.y / Mf; d[2] = r.w; d[3] = r.z;
@@ -394,7 +394,7 @@ __device__ __forceinline__ void bwd(const T* x, const T* dy, T* dx, const PT<T>*
     for (int j = 0; j < W; ++j) {
         const auto r = bwd_finish(t[j], invstd[j], Mf, frozen);
         if (ok && threadIdx.y == 0)
-            store_param_grads(c0 + j, r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
+            store_param_grads(c0 + j, flags & BN_FIX_GAMMA ? P(0) : r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
         dbm[j] = r.y / Mf; kk[j] = r.w; lo[j] = r.z;
     }
     if (frozen) return;

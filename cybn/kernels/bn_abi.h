@@ -18,6 +18,8 @@
                                    save_invstd = mean lo, running_mean = biased variance; nothing else written */
 #define BN_SUMS 128             /* backward, SyncBatchNorm: only the raw sums, bias_grad = sum(dy), scale_grad =
                                    sum(dy * (x - mean)), batch_scale_grad = sum(x - mean); no dx */
+#define BN_FIX_GAMMA 256        /* scale is 1 (not read, may be null); the scale gradient is written as 0
+                                   (with alpha/beta: beta * old + alpha * 0), as MXNet's fix_gamma */
 
 /* Statistic modes (bn_desc.mode; CYBN_SPATIAL, CYBN_PER_ACTIVATION). */
 #define BN_SPATIAL 0            /* (N, C, *spatial): one statistic per channel */
@@ -49,6 +51,7 @@
 #define BN_DESC_ACCUMULATE 2    /* backward: grad = alpha * this batch + beta * grad with the desc's alphas/betas;
                                    without it alpha 1 and beta 0 (the gradients are overwritten) */
 #define BN_DESC_BIASED_RUNNING_VAR 4  /* forward train: the biased batch variance into running_var */
+#define BN_DESC_FIX_GAMMA 8     /* scale is 1 (the pointer may be 0), scale_grad written 0: BN_FIX_GAMMA */
 #define BN_DESC_PARTIALS 64     /* internal (SyncBatchNorm): forward train launches BN_PARTIALS, one launch */
 #define BN_DESC_SUMS 128        /* internal (SyncBatchNorm): backward launches BN_SUMS, one launch */
 

@@ -28,7 +28,7 @@ ABI = defines(os.path.join(paths.kernel_dir(), "bn_abi.h"))
 CAPI = defines(os.path.join(cybn.get_include(), "cybn.h"))
 # cybn.h names that are not CYBN_ + the bn_abi.h name without BN_
 RENAMED = {"CYBN_AFFINE": "BN_DESC_AFFINE", "CYBN_ACCUMULATE_GRADS": "BN_DESC_ACCUMULATE",
-           "CYBN_BIASED_RUNNING_VAR": "BN_DESC_BIASED_RUNNING_VAR"}
+           "CYBN_BIASED_RUNNING_VAR": "BN_DESC_BIASED_RUNNING_VAR", "CYBN_FIX_GAMMA": "BN_DESC_FIX_GAMMA"}
 
 
 def test_c_api_constants_agree_with_the_abi_header():
@@ -42,6 +42,7 @@ def test_c_api_constants_agree_with_the_abi_header():
             "CYBN_ACCUMULATE_GRADS", "CYBN_OK", "CYBN_EINVAL", "CYBN_ENOTPREPARED", "CYBN_EWORKSPACE",
             # version 3 (issue 11): dtypes, layouts, activations, the biased-variance flag
             "CYBN_BFLOAT16", "CYBN_FLOAT64", "CYBN_LAYOUT_NCHW", "CYBN_LAYOUT_NHWC", "CYBN_BIASED_RUNNING_VAR",
+            "CYBN_FIX_GAMMA",
             *("CYBN_ACT_" + a for a in ("NONE", "RELU", "CLIPPED_RELU", "LEAKY_RELU", "ELU", "SIGMOID", "TANH",
                                         "SWISH"))} <= set(pairs)
     assert {n: v for n, v in pairs.items() if v[0] != v[1]} == {}
@@ -53,7 +54,8 @@ def test_abi_header_holds_the_designed_ids():
     assert [ABI[n] for n in ("BN_LAYOUT_NCHW", "BN_LAYOUT_NHWC")] == [0, 1]
     acts = ("NONE", "RELU", "CLIPPED_RELU", "LEAKY_RELU", "ELU", "SIGMOID", "TANH", "SWISH")
     assert [ABI["BN_ACT_" + a] for a in acts] == list(range(8))
-    flags = [ABI[n] for n in ("BN_AFFINE", "BN_VEC", "BN_STAT_IS_VAR", "BN_SHIFTED", "BN_ROWVEC", "BN_BIASED_RUNVAR")]
+    flags = [ABI[n] for n in ("BN_AFFINE", "BN_VEC", "BN_STAT_IS_VAR", "BN_SHIFTED", "BN_ROWVEC", "BN_BIASED_RUNVAR",
+                              "BN_PARTIALS", "BN_SUMS", "BN_FIX_GAMMA")]
     assert all(f & (f - 1) == 0 for f in flags) and len(set(flags)) == len(flags)  # distinct single bits
 
 

@@ -178,10 +178,80 @@ def test_version_2_prepare_does_not_cover_the_epilogue(v3ext):
         run(v3ext, (5, 3, 2), "per_activation", np.float16, act=ACTIVATIONS["tanh"], plain=True)
 
 
-# ---- not in this build's core yet: refused by name, nothing launched
-@pytest.mark.parametrize("change", [dict(layout=NHWC), dict(flags=AFFINE | FIX_GAMMA)])
-def test_fields_the_core_lacks_are_refused_by_name(v3ext, change):
+def _nhwc_run(ext, shape, dtype, act, residual, seed=8):
+    """CYBN_LAYOUT_NHWC: the arrays are (N, S, C) in memory; the reference runs on their NCHW transpose and
+    its data results are turned back to (N, S, C) order."""
+    N, C, S = shape
+    rng = np.random.default_rng(seed)
+    x_nsc = (rng.standard_normal((N, S, C)) * 2 + 0.5).astype(dtype)
+    dy_nsc = rng.standard_normal((N, S, C)).astype(dtype)
+    z_nsc = rng.standard_normal((N, S, C)).astype(dtype) if residual else None
+    p = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    _, _, scale, bias, rm, rv = (a.astype(p) for a in inputs(shape, np.float32, "spatial", 0))
+    flags = AFFINE | (RESIDUAL if residual else 0)
+    out = ext.run_ex(SPATIAL, DTYPES[np.dtype(dtype)], NHWC, flags, ACTIVATIONS[act], 0.0, N, C, S, 1e-3, 0.25,
+                     True, False, x_nsc.tobytes(), b"" if z_nsc is None else z_nsc.tobytes(), scale.tobytes(),
+                     bias.tobytes(), rm.tobytes(), rv.tobytes(), dy_nsc.tobytes())
+    nchw = lambda a: None if a is None else np.ascontiguousarray(a.transpose(0, 2, 1))
+    return out, (nchw(x_nsc), nchw(dy_nsc), scale, bias, rm, rv), nchw(z_nsc)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=str)
+@pytest.mark.parametrize("shape", [(3, 4, 5), (2, 33, 6), (4, 1, 3), (2, 8, 2048)])  # the last one splits
+def test_nhwc_forward_and_backward_through_the_c_api(v3ext, shape, dtype):
     before = launches()
-    with pytest.raises((RuntimeError, ValueError), match="not implemented by this cybn's core yet"):
-        run(v3ext, **(dict(plain=True) | change))
-    assert launches() == before
+    out, args, _ = _nhwc_run(v3ext, shape, dtype, "none", False)
+    assert launches() - before >= 4  # the four calls ran (the refusal below launches nothing)
+    N, C, S = shape
+    for name in ("y", "dx", "y_infer", "dx_infer"):  # (N, S, C) -> the reference's NCHW order
+        out[name] = np.frombuffer(out[name], dtype).reshape(N, S, C).transpose(0, 2, 1).tobytes()
+    check(out, args, "spatial", AFFINE, dtype)
+
+
+@pytest.mark.parametrize("dtype, act, residual", [(np.float32, "relu", True), (np.float16, "swish", False),
+                                                  (BF16, "none", False), (np.float64, "none", False)], ids=str)
+def test_nhwc_beyond_the_cores_kernels_runs_or_says_so(v3ext, dtype, act, residual):
+    """Where the core's channels-last kernels lack a dtype or the epilogue, the C API passes on the core's
+    clear refusal (nothing launched); once they have it, the same call must match the reference."""
+    shape = (3, 4, 5)
+    before = launches()
+    try:
+        out, args, z = _nhwc_run(v3ext, shape, dtype, act, residual)
+    except (RuntimeError, ValueError) as e:
+        assert launches() == before
+        msg = str(e)
+        assert "channels-last" in msg and "NHWC" in msg and "use the NCHW layout" in msg, msg
+        return
+    N, C, S = shape
+    for name in ("y", "dx", "dz", "y_infer", "dx_infer", "dz_infer"):
+        if name in out:
+            out[name] = np.frombuffer(out[name], dtype).reshape(N, S, C).transpose(0, 2, 1).tobytes()
+    check(out, args, "spatial", AFFINE, dtype, act=act, z=z)
+
+
+@pytest.mark.parametrize("layout, mode, shape", [
+    (NCHW, "spatial", (3, 4, 5)), (NCHW, "per_activation", (6, 3, 2)), (NCHW, "spatial", (2, 1, 8192)),
+    (NHWC, "spatial", (3, 4, 5)), (NHWC, "spatial", (2, 8, 2048))])  # (2, 1, 8192) and (2, 8, 2048) split
+@pytest.mark.parametrize("null_scale", [True, False])
+def test_fix_gamma_through_the_c_api(v3ext, mode, shape, null_scale, layout):
+    """CYBN_FIX_GAMMA: scale is 1 (a null pointer, or an array of 7s that is never read), scale_grad 0."""
+    x, dy, _, bias, rm, rv = inputs(shape, np.float32, mode, 0)
+    K = bias.size
+    if layout == NHWC:  # the same values in (N, S, C) memory order
+        x, dy = (np.ascontiguousarray(a.transpose(0, 2, 1)) for a in (x, dy))
+    scale = b"" if null_scale else np.full(K, 7.0, np.float32).tobytes()
+    out = v3ext.run_ex(CODES[mode], 0, layout, AFFINE | FIX_GAMMA, 0, 0.0, *shape, 1e-3, 0.25, True, False,
+                       x.tobytes(), b"", scale, bias.tobytes(), rm.tobytes(), rv.tobytes(), dy.tobytes())
+    if layout == NHWC:
+        N, C, S = shape
+        x, dy = (np.ascontiguousarray(a.transpose(0, 2, 1)) for a in (x, dy))
+        for name in ("y", "dx", "y_infer", "dx_infer"):
+            out[name] = np.frombuffer(out[name], np.float32).reshape(N, S, C).transpose(0, 2, 1).tobytes()
+    ref = reference((x, dy, np.ones(K, np.float32), bias, rm, rv), mode, AFFINE)
+    assert np.abs(ref["scale_grad"]).max() > 0.1  # what a free scale's gradient would be
+    ref["scale_grad"] = ref["scale_grad_infer"] = np.zeros(K)
+    assert set(out) == set(ref)
+    for name, expected in ref.items():
+        got = np.frombuffer(out[name], np.float32).astype(np.float64)
+        np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-4 * max(1.0, np.abs(expected).max()),
+                                   err_msg=name)

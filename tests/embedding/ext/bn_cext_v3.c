@@ -31,8 +31,9 @@ static int is_data(int i)
  *        x, z, scale, bias, running_mean, running_var, dy) -> dict of bytes.
  * forward_train_ex, backward_ex, forward_infer_ex, backward_infer_ex on a stream of our own, GIL released;
  * the backward gets the forward's y when keep_y, else 0 (act' recomputed). z: b"" without CYBN_RESIDUAL
- * (then z and dz are passed as 0). prepare_plain: prepare the kernels with version 2's prepare (so that
- * the calls' own checks are what refuses the new fields), else with prepare_desc. A failing call raises
+ * (then z and dz are passed as 0); scale: b"" with CYBN_FIX_GAMMA passes a null scale. prepare_plain:
+ * prepare the kernels with version 2's prepare (so that the calls' own checks are what refuses the new
+ * fields), else with prepare_desc. A failing call raises
  * RuntimeError("<call> returned <status>: <last_error>"). */
 static PyObject *run_ex(PyObject *self, PyObject *args)
 {
@@ -81,6 +82,8 @@ static PyObject *run_ex(PyObject *self, PyObject *args)
             bytes[i] = is_data(i) ? data : stats;
         if (!residual)
             bytes[Z] = bytes[DZ] = bytes[DZI] = 0;
+        if ((flags & CYBN_FIX_GAMMA) && in[SCALE].len == 0)
+            bytes[SCALE] = 0;  /* CYBN_FIX_GAMMA: the scale pointer is 0 */
         bytes[WS] = (size_t)ws_bytes;
         for (i = 0; i < NIN; i++) {
             if ((size_t)in[i].len != bytes[i]) {
