@@ -156,7 +156,7 @@ cdef double _coefficient(value, str what) except? -1:
 
 cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad, mode, stream, int frozen,
                str mean_name, str stat_name, accumulate, batch_grads, epi, GPUArray sums=None,
-               bint fix_gamma=False):
+               bint fix_gamma=False, bint check_only=False):
     cdef bn_desc d
     layout, activation, activation_alpha, y, residual, bias, grad_residual = epi
     x, layout = _resolve_x(x, layout)
@@ -229,6 +229,8 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
     if (ab[0], ab[1], ab[2], ab[3]) != (1, 0, 1, 0):
         d.flags |= BN_DESC_ACCUMULATE
         d.scale_grad_alpha, d.scale_grad_beta, d.bias_grad_alpha, d.bias_grad_beta = ab[0], ab[1], ab[2], ab[3]
+    if check_only:  # SyncBatchNorm (sync.pxi): every check passed, before its header exchange
+        return None
     cdef cydriver.CUstream s = resolve_stream(stream)
     if gdx is None:
         gdx = _new(gx.shape, gx.dtype, stream)

@@ -125,36 +125,65 @@ def forward_train_partials(x, mode="spatial", stream=None, *, layout="NCHW"):
     return M, parts[:3]
 
 
+cdef int _empty_desc(bn_desc* d, GPUArray x, mode, activation, activation_alpha) except -1:
+    """A process with no samples checks what it can of the call (dtype, mode, the activation and its alpha)
+    as the others do, though it launches nothing: the same refusals on every rank."""
+    memset(d, 0, sizeof(bn_desc))
+    d.mode = _mode_code(mode)
+    d.dtype = _dtype_code(x.dtype, "x.dtype")
+    _set_activation(d, activation, activation_alpha)
+    return 0
+
+
+def _header(K, gx, mode, op, activation, activation_alpha, residual, affine):
+    from cybn.distributed.stats import call_header
+    act = None if activation is None else ("clipped_relu" if str(activation).lower() == "relu6" else activation)
+    alpha = 6.0 if activation is not None and str(activation).lower() == "relu6" else activation_alpha
+    return call_header(K, gx.dtype, str(mode.value if isinstance(mode, enum.Enum) else mode), op, activation=act,
+                       activation_alpha=alpha if act is not None else 0.0, residual=residual, affine=affine)
+
+
 def _sync_forward_train(comm, x, scale, bias, running_mean, running_var, epsilon, factor, out, save_mean,
                         save_invstd, mode, stream, running_var_unbiased, layout, activation, activation_alpha,
                         residual):
-    from cybn.distributed.stats import sync_moments
-    cdef GPUArray gx = _array(x, "x")
-    M, K = _local_shape(gx, mode)
-    _dtype_code(gx.dtype, "x.dtype")
-    pdt = _stat_dtype(gx)
-    cdef GPUArray gs = _param(scale, "scale", K, True, pdt), gb = _param(bias, "bias", K, True, pdt)
-    if (gs is None) != (gb is None):
-        raise TypeError("scale and bias must both be given or both be None (non-affine)")
-    cdef GPUArray rm = _param(running_mean, "running_mean", K, False, pdt)
-    cdef GPUArray rv = _param(running_var, "running_var", K, False, pdt)
-    cdef GPUArray sm = _param(save_mean, "save_mean", K, True, pdt), si = _param(save_invstd, "save_invstd", K, True, pdt)
-    cdef GPUArray gy = _like(out, "out", gx), gz = _residual(residual, gx, "residual")
-    _no_aliasing([("out", gy), ("save_mean", sm), ("save_invstd", si), ("running_mean", rm), ("running_var", rv)],
-                 [("x", gx), ("scale", gs), ("bias", gb)], (("out", "x"),))
-    eps = _epsilon(epsilon, pdt == np.float64)
-    f = _factor(factor)
+    from cybn.distributed.stats import exchange_call, sync_moments
     cdef bn_desc d
-    if M:  # the normalisation's descriptor, checked before anything is launched or exchanged
-        _fill_desc(&d, gx, mode, "x")
+    cdef GPUArray gx, gs, gb, rm, rv, sm, si, gy, gz
+    try:  # every check of the call, on every rank (also one with no samples), before the header exchange
+        gx = _array(x, "x")
+        M, K = _local_shape(gx, mode)
+        _dtype_code(gx.dtype, "x.dtype")
         _sync_layout(layout)
-        _set_activation(&d, activation, activation_alpha)
-        d.residual = gz is not None
-        d.epsilon = eps
-        d.flags = BN_DESC_AFFINE if gs is not None else 0
-        st = bn_check_desc(&d)
-        if st != BN_OK:
-            raise ValueError(bn_last_error().decode())
+        pdt = _stat_dtype(gx)
+        gs, gb = _param(scale, "scale", K, True, pdt), _param(bias, "bias", K, True, pdt)
+        if (gs is None) != (gb is None):
+            raise TypeError("scale and bias must both be given or both be None (non-affine)")
+        rm = _param(running_mean, "running_mean", K, False, pdt)
+        rv = _param(running_var, "running_var", K, False, pdt)
+        sm, si = _param(save_mean, "save_mean", K, True, pdt), _param(save_invstd, "save_invstd", K, True, pdt)
+        gy, gz = _like(out, "out", gx), _residual(residual, gx, "residual")
+        _no_aliasing([("out", gy), ("save_mean", sm), ("save_invstd", si), ("running_mean", rm),
+                      ("running_var", rv)], [("x", gx), ("scale", gs), ("bias", gb)], (("out", "x"),))
+        if gz is not None:
+            _no_aliasing([("out", gy), ("save_mean", sm), ("save_invstd", si), ("running_mean", rm),
+                          ("running_var", rv)], [("residual", gz)], (("out", "residual"),))
+        eps = _epsilon(epsilon, pdt == np.float64)
+        f = _factor(factor)
+        if M:  # the normalisation's descriptor, checked before anything is launched or exchanged
+            _fill_desc(&d, gx, mode, "x")
+            _set_activation(&d, activation, activation_alpha)
+            d.residual = gz is not None
+            d.epsilon = eps
+            d.flags = BN_DESC_AFFINE if gs is not None else 0
+            st = bn_check_desc(&d)
+            if st != BN_OK:
+                raise ValueError(bn_last_error().decode())
+        else:
+            _empty_desc(&d, gx, mode, activation, activation_alpha)
+        header = _header(K, gx, mode, "forward", activation, activation_alpha, gz is not None, gs is not None)
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        exchange_call(comm, None, exc)
+    exchange_call(comm, header)
     n, parts = forward_train_partials(gx, mode, stream, layout=layout)
     if n:
         h = parts.get(stream=stream).astype(np.float64)
@@ -162,7 +191,7 @@ def _sync_forward_train(comm, x, scale, bias, running_mean, running_var, epsilon
     else:
         mean_local = var_local = np.zeros(K)
     count, mean, var = sync_moments(comm, float(n), mean_local, var_local, dtype=gx.dtype, layout=str(mode),
-                                    op="forward", stream=stream)
+                                    op="forward", stream=stream, header=False)
     total = int(count[0])
     if total <= 1:
         raise ValueError(f"SyncBatchNorm: {total} value(s) per statistic over all {comm.size} processes: training "
@@ -204,26 +233,44 @@ def _sync_forward_train(comm, x, scale, bias, running_mean, running_var, epsilon
 
 def _sync_backward(comm, x, grad_y, scale, save_mean, save_invstd, out, scale_grad, bias_grad, mode, stream,
                    accumulate, batch_grads, epi):
-    from cybn.distributed.stats import sync_sums
-    cdef GPUArray gx = _array(x, "x")
-    M, K = _local_shape(gx, mode)
-    _dtype_code(gx.dtype, "x.dtype")
-    pdt = _stat_dtype(gx)
-    cdef GPUArray gs = _param(scale, "scale", K, True, pdt)
-    cdef GPUArray m = _param(save_mean, "save_mean", K, False, pdt), v = _param(save_invstd, "save_invstd", K, False, pdt)
-    cdef GPUArray sg = _param(scale_grad, "scale_grad", K, True, pdt), bg = _param(bias_grad, "bias_grad", K, True, pdt)
-    cdef GPUArray gdx = _like(out, "out", gx), gdy = _like(grad_y, "grad_y", gx)
-    if gdy is None:
-        raise TypeError("grad_y must be a GPUArray, got None")
-    ab = [_coefficient(a, nm) for a, nm in zip(accumulate, ("scale_grad_alpha", "scale_grad_beta",
-                                                           "bias_grad_alpha", "bias_grad_beta"))]
-    if ab[1] != 0 and sg is None:
-        raise ValueError("scale_grad_beta != 0 accumulates into scale_grad: pass the scale_grad array")
-    if ab[3] != 0 and bg is None:
-        raise ValueError("bias_grad_beta != 0 accumulates into bias_grad: pass the bias_grad array")
-    cdef GPUArray sums = _new((3, K), pdt, stream) if M else None
+    from cybn.distributed.stats import exchange_call, sync_sums
+    cdef bn_desc d
+    cdef GPUArray gx, gs, m, v, sg, bg, gdx, gdy, sums
+    layout, activation, activation_alpha, y, residual, bias, grad_residual = epi
+    try:  # every check of the call, on every rank (also one with no samples), before the header exchange
+        gx = _array(x, "x")
+        M, K = _local_shape(gx, mode)
+        _dtype_code(gx.dtype, "x.dtype")
+        _sync_layout(layout)
+        pdt = _stat_dtype(gx)
+        gs = _param(scale, "scale", K, True, pdt)
+        m, v = _param(save_mean, "save_mean", K, False, pdt), _param(save_invstd, "save_invstd", K, False, pdt)
+        sg, bg = _param(scale_grad, "scale_grad", K, True, pdt), _param(bias_grad, "bias_grad", K, True, pdt)
+        gdx, gdy = _like(out, "out", gx), _like(grad_y, "grad_y", gx)
+        if gdy is None:
+            raise TypeError("grad_y must be a GPUArray, got None")
+        ab = [_coefficient(a, nm) for a, nm in zip(accumulate, ("scale_grad_alpha", "scale_grad_beta",
+                                                               "bias_grad_alpha", "bias_grad_beta"))]
+        if ab[1] != 0 and sg is None:
+            raise ValueError("scale_grad_beta != 0 accumulates into scale_grad: pass the scale_grad array")
+        if ab[3] != 0 and bg is None:
+            raise ValueError("bias_grad_beta != 0 accumulates into bias_grad: pass the bias_grad array")
+        has_residual = residual is not None and residual is not False
+        if M:  # the local backward's own checks (nothing launched)
+            _backward(gx, gdy, gs, m, v, None, gdx, sg, bg, mode, stream, 0, "save_mean", "save_invstd",
+                      tuple(accumulate), batch_grads, epi, None, check_only=True)
+        else:
+            _empty_desc(&d, gx, mode, activation, activation_alpha)
+            if has_residual and not isinstance(residual, (bool, np.bool_)):
+                _residual(residual, gx, "residual")
+            _like(grad_residual, "grad_residual", gx)
+        header = _header(K, gx, mode, "backward", activation, activation_alpha, has_residual, gs is not None)
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        exchange_call(comm, None, exc)
+    exchange_call(comm, header)
+    sums = _new((3, K), pdt, stream) if M else None
     gdz = None
-    if M:  # the local sums (validates every argument as the local backward does; writes only `sums`)
+    if M:  # the local sums (checked above; writes only `sums`, and dz with a residual)
         r = _backward(gx, gdy, gs, m, v, None, gdx, sg, bg, mode, stream, 0, "save_mean", "save_invstd",
                       tuple(accumulate), batch_grads, epi, sums)
         gdz = r[1] if len(r) == 4 else None
@@ -231,7 +278,7 @@ def _sync_backward(comm, x, grad_y, scale, save_mean, save_invstd, out, scale_gr
     if M:
         local[:3] = sums.get(stream=stream)
     local[3] = M
-    tot = sync_sums(comm, local, dtype=gx.dtype, layout=str(mode), op="backward", stream=stream)
+    tot = sync_sums(comm, local, dtype=gx.dtype, layout=str(mode), op="backward", stream=stream, header=False)
     total = tot[3, 0]
     invstd = v.get(stream=stream).astype(np.float64).ravel()
     lo = tot[2] / total
@@ -250,8 +297,7 @@ def _sync_backward(comm, x, grad_y, scale, save_mean, save_invstd, out, scale_gr
         batch_grads[1].set(dbias.astype(pdt).reshape(batch_grads[1].shape), stream=stream)
     if gdx is None:
         gdx = _new(gx.shape, gx.dtype, stream)
-    layout, activation, activation_alpha, y, residual, bias, grad_residual = epi
-    residual_out = residual is not None and residual is not False
+    residual_out = has_residual
     if M:
         sc = gs.get(stream=stream).astype(np.float64).ravel() if gs is not None else 1.0
         tail = np.zeros((K, BN_BWD_TAIL), pdt)
@@ -279,8 +325,8 @@ cdef _sync_dx(GPUArray gx, GPUArray gdy, GPUArray gdx, GPUArray mean, tail, mode
     d.residual = not (isinstance(residual, (bool, np.bool_)) or residual is None) or bool(residual)
     if d.residual and not isinstance(residual, (bool, np.bool_)):
         gz = _residual(residual, gx, "residual")
-    if not (d.act != BN_ACT_NONE and (gyv is None or d.act == BN_ACT_SWISH)):
-        gz = None
+    if not (d.act != BN_ACT_NONE and (gyv is None or d.act == BN_ACT_SWISH or d.act == BN_ACT_CLIPPED_RELU)):
+        gz = None  # as _backward: only a recomputed pre-activation (no y; swish, clipped relu) reads z
     d.epsilon = 1.0
     d.flags = BN_DESC_AFFINE if gbias is not None else 0
     from cybn.array.gpuarray import to_gpu

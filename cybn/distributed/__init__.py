@@ -12,6 +12,7 @@ _EXPORTS = {
     "MPICommunicator": "mpi", "TorchCommunicator": "torch_comm", "NCCLCommunicator": "nccl",
     "DistributedError": "errors", "CommunicatorTimeout": "errors", "RankMismatchError": "errors",
     "combine_moments": "stats", "sync_moments": "stats", "sync_sums": "stats", "call_header": "stats",
+    "exchange_call": "stats",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -52,12 +52,12 @@ res["sums"] = sync_sums(comm, cybn.to_gpu(np.stack([x.sum(0), (x * x).sum(0)])),
                         layout="spatial")
 
 # 3b. SyncBatchNorm through the functional API (forward_train / backward with comm=): every dtype, run twice
-from sync_bn_cases import DTYPES, EPS, FACTOR, STEPS, params, rank_data  # noqa: E402
+from sync_bn_cases import COUNTS as COUNTS_BN, DTYPES, EPS, FACTOR, STEPS, params, rank_data  # noqa: E402
 import cybn.batchnorm  # noqa: E402
 
 
 def sync_bn_run(dtype):
-    gs, gb, rm, rv = (cybn.to_gpu(a) for a in params())
+    gs, gb, rm, rv = (cybn.to_gpu(a) for a in params(dtype))
     steps = []
     for step in range(STEPS):
         x, dy = rank_data(size, rank, dtype, step)
@@ -71,6 +71,94 @@ def sync_bn_run(dtype):
 for dt in DTYPES:
     res[f"sbn/{dt}"] = sync_bn_run(dt)
     res[f"sbn2/{dt}"] = sync_bn_run(dt)
+
+# 3b'. the fused epilogue through comm=: y = act(bn(x) + z), backward through act with dz
+from sync_bn_cases import EPI_DTYPES, EPILOGUES, epilogue_data  # noqa: E402
+
+for dt in EPI_DTYPES:
+    for k, (act, with_z, pass_y) in enumerate(EPILOGUES):
+        gs, gb, rm, rv = (cybn.to_gpu(a) for a in params(dt))
+        x, dy = rank_data(size, rank, dt, 0)
+        gx, gdy = cybn.to_gpu(x), cybn.to_gpu(dy)
+        gz = cybn.to_gpu(epilogue_data(size, rank, dt, k)) if with_z else None
+        y, sm, si = cybn.batchnorm.forward_train(gx, gs, gb, rm, rv, EPS, FACTOR, comm=comm, activation=act,
+                                                 residual=gz)
+        got = cybn.batchnorm.backward(gx, gdy, gs, sm, si, comm=comm, activation=act, y=y if pass_y else None,
+                                      residual=gz if with_z else False, bias=gb)
+        r = {"y": y.get(), "rm": rm.get(), "rv": rv.get(), "dx": got[0].get(), "ds": got[-2].get(),
+             "db": got[-1].get()}
+        if with_z:
+            r["dz"] = got[1].get()
+        res[f"epi/{dt}/{k}"] = r
+
+# 3b''. refused calls: the same error on every rank (a rank of 0 samples too), nothing changed anywhere
+from cybn.distributed import DistributedError  # noqa: E402
+
+zero = COUNTS_BN[size].index(min(COUNTS_BN[size]))  # the rank with the fewest samples (0 from 3 ranks on)
+
+
+def refused(name, call):
+    gs, gb, rm, rv = (cybn.to_gpu(a) for a in params())
+    x, dy = rank_data(size, rank, "float32", 0)
+    before = (rm.get(), rv.get())
+    try:
+        call(cybn.to_gpu(x), cybn.to_gpu(dy), gs, gb, rm, rv)
+        out = None
+    except (DistributedError, TypeError, ValueError) as exc:
+        out = f"{type(exc).__name__}: {exc}"
+    res[f"refused/{name}"] = {"error": out, "unchanged": all(a.tobytes() == b.get().tobytes()
+                                                            for a, b in zip(before, (rm, rv)))}
+
+
+def fwd(**kw):
+    return lambda gx, gdy, gs, gb, rm, rv: cybn.batchnorm.forward_train(gx, gs, gb, rm, rv, EPS, FACTOR, comm=comm,
+                                                                        **kw)
+
+
+mine = rank == zero
+refused("activation", fwd(activation="relu" if mine else "tanh"))
+refused("alpha", fwd(activation="leaky_relu", activation_alpha=0.2 if mine else 0.1))
+
+
+def residual_on_zero(gx, gdy, gs, gb, rm, rv):
+    z = cybn.to_gpu(np.zeros(gx.shape, np.float32)) if mine else None
+    return cybn.batchnorm.forward_train(gx, gs, gb, rm, rv, EPS, FACTOR, comm=comm, residual=z)
+
+
+refused("residual", residual_on_zero)
+
+
+def dtype_on_zero(gx, gdy, gs, gb, rm, rv):
+    if mine:
+        gx = cybn.to_gpu(gx.get().astype(np.float16))
+    return cybn.batchnorm.forward_train(gx, gs, gb, rm, rv, EPS, FACTOR, comm=comm)
+
+
+refused("dtype", dtype_on_zero)
+
+
+def channels_on_zero(gx, gdy, gs, gb, rm, rv):
+    if mine:
+        n = gx.shape[0]
+        gx = cybn.to_gpu(np.ones((n, C + 1) + tuple(gx.shape[2:]), np.float32))
+        gs, gb, rm2, rv2 = (cybn.to_gpu(np.ones(C + 1, np.float32)) for _ in range(4))
+        return cybn.batchnorm.forward_train(gx, gs, gb, rm2, rv2, EPS, FACTOR, comm=comm)
+    return cybn.batchnorm.forward_train(gx, gs, gb, rm, rv, EPS, FACTOR, comm=comm)
+
+
+refused("channels", channels_on_zero)
+refused("bad_name", fwd(activation="bogus" if mine else None))
+
+
+def backward_activation(gx, gdy, gs, gb, rm, rv):
+    y, sm, si = cybn.batchnorm.forward_train(gx, gs, gb, rm, rv, EPS, FACTOR, comm=comm, activation="tanh")
+    rm.set(params()[2]), rv.set(params()[3])  # the forward's update undone: "unchanged" checks the backward
+    return cybn.batchnorm.backward(gx, gdy, gs, sm, si, comm=comm, activation=None if mine else "tanh", y=None if
+                                   mine else y, bias=gb)
+
+
+refused("backward", backward_activation)
+res["after_refused"] = sync_bn_run("float32")[:1]  # the communicator goes on working
 
 # 3c. the faces, float32, one step: PuzzleLib-style SyncBatchNorm2D (scale 1, bias 0, factor 1 at the first
 # step) and Paddle's SyncBatchNorm (momentum 0.5: factor 0.5, biased running variance), direct and converted

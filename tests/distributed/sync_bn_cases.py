@@ -1,9 +1,10 @@
 """SyncBatchNorm's per-rank data (the MPI worker builds its slice, the test the concatenated batch, from the
 same seeds) and the float64 numpy BatchNorm the results are compared with."""
+import ml_dtypes  # noqa: F401  (registers np.dtype("bfloat16"))
 import numpy as np
 
 C, SPATIAL = 3, (2, 3)
-DTYPES = ("float32", "float16")
+DTYPES = ("float32", "float16", "bfloat16", "float64")
 STEPS = 3            # training steps (forward + backward) with the running statistics carried over
 EPS, FACTOR = 1e-5, 0.3
 # Samples per rank: uneven, a rank with 1 sample and (from 3 ranks on) one with 0.
@@ -19,10 +20,12 @@ def rank_data(size, rank, dtype, step):
     return x.astype(dtype), dy.astype(dtype)
 
 
-def params():
-    """scale, bias, the initial running mean and variance (float32, the same on every rank)."""
+def params(dtype="float32"):
+    """scale, bias, the initial running mean and variance (the same on every rank): float32, float64 for
+    float64 data."""
     rng = np.random.default_rng(99)
-    return tuple(a.astype(np.float32) for a in (1.0 + 0.3 * rng.standard_normal(C), rng.standard_normal(C),
+    p = np.float64 if dtype == "float64" else np.float32
+    return tuple(a.astype(p) for a in (1.0 + 0.3 * rng.standard_normal(C), rng.standard_normal(C),
                                                 rng.standard_normal(C), 1.0 + rng.random(C)))
 
 
@@ -41,3 +44,14 @@ def reference(x, dy, scale, bias, running_mean, running_var, factor=FACTOR, unbi
     dbias, dscale = dy.sum(axes), (dy * xhat).sum(axes)
     dx = b(scale * invstd) * (dy - b(dbias / m) - xhat * b(dscale / m))
     return y, rm, rv, dx, dscale, dbias
+
+
+# The fused epilogue through comm= (one step, float32 and float64): (activation, residual, pass y to backward).
+EPILOGUES = (("swish", True, False), ("relu6", True, True), ("sigmoid", False, True))
+EPI_DTYPES = ("float32", "float64")
+
+
+def epilogue_data(size, rank, dtype, k):
+    """This rank's residual z of epilogue case k (the x and dy are rank_data's step 0)."""
+    rng = np.random.default_rng([11, size, rank, k])
+    return rng.standard_normal((COUNTS[size][rank], C) + SPATIAL).astype(dtype)
