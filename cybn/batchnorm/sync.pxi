@@ -258,7 +258,7 @@ def _sync_backward(comm, x, grad_y, scale, save_mean, save_invstd, out, scale_gr
         has_residual = residual is not None and residual is not False
         if M:  # the local backward's own checks (nothing launched)
             _backward(gx, gdy, gs, m, v, None, gdx, sg, bg, mode, stream, 0, "save_mean", "save_invstd",
-                      tuple(accumulate), batch_grads, epi, None, check_only=True)
+                      tuple(accumulate), batch_grads, epi, None, False, True)  # sums, fix_gamma, check_only
         else:
             _empty_desc(&d, gx, mode, activation, activation_alpha)
             if has_residual and not isinstance(residual, (bool, np.bool_)):
