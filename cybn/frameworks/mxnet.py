@@ -25,18 +25,20 @@ Semantics, as measured on MXNet (peer-semantics.md, tests/frameworks/golden/mxne
   core calls: backward_infer (dgamma = sum(dy * xhat), dbeta = sum(dy)), forward_infer with dy as the
   residual and scale -dgamma/M, bias -dbeta/M (g = dy - xhat * dgamma/M - dbeta/M), backward_infer of g.
 - data float32, or float16 with float32 gamma/beta/moving statistics, or float64 with float64 everything
-  (MXNet's "uniform type" rule). cudnn_off is accepted and has no effect. bfloat16 is refused (MXNet's
-  BatchNorm was not measured with it).
+  (MXNet's "uniform type" rule). bfloat16 data (ml_dtypes.bfloat16) like float16, with float32 parameters
+  (no golden file: MXNet 1.9.1's CPU BatchNorm was not measured with bfloat16; tested against float64
+  numpy). cudnn_off is accepted and has no effect.
 - axis: any channel axis. The last one of data with more than two dimensions (axis=-1, channels-last) runs
   as the core's layout="NHWC" on data itself (no transpose, no copy); a middle one as an (N', C, S') view;
   every mode above the same.
-Not supported yet (EngineFeatureMissing, nothing changed): float64 data with the channel last (this build's
-channels-last kernels take float32/float16).
+Not supported yet (EngineFeatureMissing, nothing changed): float64 or bfloat16 data with the channel last
+(this build's channels-last kernels take float32/float16).
 """
 import threading
 
 import numpy as np
 
+from cybn.array.dtypes import BFLOAT16
 from cybn.frameworks.common import as_device_array, channel_view, errors_as, factor
 
 
@@ -138,16 +140,19 @@ class _Recording:
         return False
 
 
-# data dtype -> the parameters' dtype (MXNet's "uniform type" rule; float16 data keeps float32 parameters)
+# data dtype -> the parameters' dtype (MXNet's "uniform type" rule; float16 data keeps float32 parameters,
+# and so does bfloat16, ml_dtypes' numpy dtype, where installed)
 _PARAM_DTYPE = {np.dtype(np.float32): np.float32, np.dtype(np.float16): np.float32,
                 np.dtype(np.float64): np.float64}
+if BFLOAT16 is not None:
+    _PARAM_DTYPE[BFLOAT16] = np.float32
 
 
 def _param(obj, what, C, dtype):
     a = as_device_array(obj, what, MXNetError)
     if a.dtype != dtype:
         raise MXNetError(f"BatchNorm: {what} must be {np.dtype(dtype)} (MXNet requires uniform type: float32 "
-                         f"parameters for float32 or float16 data, float64 for float64 data), got {a.dtype}")
+                         f"parameters for float32, float16 or bfloat16 data, float64 for float64 data), got {a.dtype}")
     if a.size != C:
         raise MXNetError(f"BatchNorm: {what} must have {C} elements (the channel axis' size), got shape "
                          f"{tuple(a.shape)}")
@@ -165,7 +170,7 @@ def BatchNorm(data, gamma, beta, moving_mean, moving_var, eps=0.001, momentum=0.
     x = as_device_array(data, "data", MXNetError)
     pdt = _PARAM_DTYPE.get(x.dtype)
     if pdt is None:
-        raise MXNetError(f"BatchNorm: data must be float32, float16 or float64, got {x.dtype}")
+        raise MXNetError(f"BatchNorm: data must be float32, float16, bfloat16 or float64, got {x.dtype}")
     if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
         raise MXNetError(f"BatchNorm: axis must be an int, got {axis!r}")
     xv, layout, C = channel_view(x, int(axis), "data", MXNetError)

@@ -82,7 +82,7 @@ def test_mxnet_global_stats_backward_is_frozen_float64(rng):
     (np.float64, np.float32, "must be float64"),
     (np.float32, np.float64, "must be float32"),
     (np.float16, np.float64, "must be float32"),
-    (np.int32, np.float32, "data must be float32, float16 or float64"),
+    (np.int32, np.float32, "data must be float32, float16, bfloat16 or float64"),
 ])
 def test_mxnet_uniform_type_rule(data, param, match):
     x = gpuarray.to_gpu(np.ones((4, 3, 5), data))
