@@ -138,3 +138,26 @@ cdef int bn_backward_core(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUd
                           cydriver.CUdeviceptr stat, cydriver.CUdeviceptr scale_grad,
                           cydriver.CUdeviceptr bias_grad, cydriver.CUdeviceptr batch_scale_grad,
                           cydriver.CUdeviceptr batch_bias_grad, int frozen, cydriver.CUstream stream) noexcept nogil
+
+# SyncBatchNorm's second halves (sync.pxi; the C API's split entries use them too): the normalisation from a
+# tail of (hi, lo, scale * invstd, 0) per statistic (BN_FWD_TAIL values), and dx from (a, dbias / M, k, lo)
+# (BN_BWD_TAIL), mean = the saved mean (hi).
+cdef int bn_normalize_given_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr y,
+                               cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias, cydriver.CUdeviceptr tail,
+                               cydriver.CUdeviceptr z, cydriver.CUstream stream) noexcept nogil
+cdef int bn_backward_dx_given_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr dy,
+                                 cydriver.CUdeviceptr dx, cydriver.CUdeviceptr mean, cydriver.CUdeviceptr tail,
+                                 cydriver.CUdeviceptr bias, cydriver.CUdeviceptr y, cydriver.CUdeviceptr z,
+                                 cydriver.CUstream stream) noexcept nogil
+# Their aliasing checks for the C API's split (outputs against inputs, each other and the workspace).
+cdef int bn_sync_forward_overlap(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr y,
+                                 cydriver.CUdeviceptr z, cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                                 cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
+                                 cydriver.CUdeviceptr save_mean, cydriver.CUdeviceptr save_invstd,
+                                 cydriver.CUdeviceptr scratch) noexcept nogil
+cdef int bn_sync_backward_overlap(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr dy,
+                                  cydriver.CUdeviceptr dx, cydriver.CUdeviceptr y, cydriver.CUdeviceptr z,
+                                  cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                                  cydriver.CUdeviceptr save_mean, cydriver.CUdeviceptr save_invstd,
+                                  cydriver.CUdeviceptr scale_grad, cydriver.CUdeviceptr bias_grad,
+                                  cydriver.CUdeviceptr scratch) noexcept nogil

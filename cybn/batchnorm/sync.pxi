@@ -68,6 +68,44 @@ cdef int bn_backward_dx_given_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydri
     return _launch(d, BN_K_BWD_DX, &q, stream, dargs)
 
 
+cdef int bn_sync_forward_overlap(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr y,
+                                 cydriver.CUdeviceptr z, cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                                 cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
+                                 cydriver.CUdeviceptr save_mean, cydriver.CUdeviceptr save_invstd,
+                                 cydriver.CUdeviceptr scratch) noexcept nogil:
+    """The aliasing check of a combined training forward (the C API's split): y may be exactly x or z."""
+    cdef unsigned long long xb = _data_bytes(d), kb = _stat_bytes(d), pb = kb if d.flags & BN_DESC_AFFINE else 0
+    cdef _span outs[6]
+    cdef _span ins[3]
+    _set_span(&outs[0], "y", y, xb); _set_span(&outs[1], "running_mean", running_mean, kb)
+    _set_span(&outs[2], "running_var", running_var, kb); _set_span(&outs[3], "save_mean", save_mean, kb)
+    _set_span(&outs[4], "save_invstd", save_invstd, kb); _set_span(&outs[5], "scratch", scratch, BN_FWD_TAIL * kb)
+    _set_span(&ins[0], "x", x, xb); _set_span(&ins[1], "scale", scale, pb); _set_span(&ins[2], "bias", bias, pb)
+    cdef int st = _no_overlap(outs, 6, ins, 3, d, 1)
+    if st == BN_OK and z != 0:
+        _set_span(&ins[0], "residual", z, xb)
+        st = _no_overlap(outs, 6, ins, 1, d, 1)
+    return st
+
+
+cdef int bn_sync_backward_overlap(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr dy,
+                                  cydriver.CUdeviceptr dx, cydriver.CUdeviceptr y, cydriver.CUdeviceptr z,
+                                  cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                                  cydriver.CUdeviceptr save_mean, cydriver.CUdeviceptr save_invstd,
+                                  cydriver.CUdeviceptr scale_grad, cydriver.CUdeviceptr bias_grad,
+                                  cydriver.CUdeviceptr scratch) noexcept nogil:
+    """The aliasing check of a combined backward (the C API's split): dx may be exactly x or dy."""
+    cdef unsigned long long xb = _data_bytes(d), kb = _stat_bytes(d), pb = kb if d.flags & BN_DESC_AFFINE else 0
+    cdef _span outs[4]
+    cdef _span ins[8]
+    _set_span(&outs[0], "dx", dx, xb); _set_span(&outs[1], "scale_grad", scale_grad, kb)
+    _set_span(&outs[2], "bias_grad", bias_grad, kb); _set_span(&outs[3], "scratch", scratch, BN_BWD_TAIL * kb)
+    _set_span(&ins[0], "x", x, xb); _set_span(&ins[1], "dy", dy, xb); _set_span(&ins[2], "scale", scale, pb)
+    _set_span(&ins[3], "save_mean", save_mean, kb); _set_span(&ins[4], "save_invstd", save_invstd, kb)
+    _set_span(&ins[5], "y", y, xb); _set_span(&ins[6], "residual", z, xb); _set_span(&ins[7], "bias", bias, pb)
+    return _no_overlap(outs, 4, ins, 8, d, 2)
+
+
 def _local_shape(x, mode):
     """(values per statistic M, statistics K) of x, which may have N == 0 (a process with no samples)."""
     shape = tuple(x.shape)

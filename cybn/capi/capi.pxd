@@ -97,6 +97,22 @@ cdef extern from "cybn.h":
                                  cybn_deviceptr dy, cybn_deviceptr dx, cybn_deviceptr dz, cybn_deviceptr scale,
                                  cybn_deviceptr bias, cybn_deviceptr running_mean, cybn_deviceptr running_var,
                                  cybn_deviceptr scale_grad, cybn_deviceptr bias_grad, void* stream) noexcept nogil
+        int (*forward_train_partials)(const cybn_desc* d, cybn_deviceptr x, cybn_deviceptr partials,
+                                      void* stream) noexcept nogil
+        int (*forward_train_combined)(const cybn_desc* d, cybn_deviceptr x, cybn_deviceptr z, cybn_deviceptr y,
+                                      cybn_deviceptr scale, cybn_deviceptr bias, cybn_deviceptr running_mean,
+                                      cybn_deviceptr running_var, cybn_deviceptr save_mean,
+                                      cybn_deviceptr save_invstd, const double* mean, const double* var,
+                                      int64_t count, cybn_deviceptr scratch, void* stream) noexcept nogil
+        int (*backward_sums)(const cybn_desc* d, cybn_deviceptr x, cybn_deviceptr z, cybn_deviceptr y,
+                             cybn_deviceptr dy, cybn_deviceptr dz, cybn_deviceptr scale, cybn_deviceptr bias,
+                             cybn_deviceptr save_mean, cybn_deviceptr save_invstd, cybn_deviceptr sums,
+                             void* stream) noexcept nogil
+        int (*backward_combined)(const cybn_desc* d, cybn_deviceptr x, cybn_deviceptr z, cybn_deviceptr y,
+                                 cybn_deviceptr dy, cybn_deviceptr dx, cybn_deviceptr scale, cybn_deviceptr bias,
+                                 cybn_deviceptr save_mean, cybn_deviceptr save_invstd, const double* sums,
+                                 int64_t count, cybn_deviceptr scale_grad, cybn_deviceptr bias_grad,
+                                 cybn_deviceptr scratch, void* stream) noexcept nogil
 
 
 # With the GIL: compile (once per process) and load (once per context) the kernels of
@@ -151,3 +167,24 @@ cdef int backward_infer_ex(const cybn_desc* d, cydriver.CUdeviceptr x, cydriver.
                            cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
                            cydriver.CUdeviceptr scale_grad, cydriver.CUdeviceptr bias_grad,
                            cydriver.CUstream stream) noexcept nogil
+
+# Version 4, SyncBatchNorm's split (cybn.h): this process's partials / sums out, the combined values in (host
+# float64, combined by the caller over its own transport).
+cdef int forward_train_partials(const cybn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr partials,
+                                cydriver.CUstream stream) noexcept nogil
+cdef int forward_train_combined(const cybn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr z,
+                                cydriver.CUdeviceptr y, cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias,
+                                cydriver.CUdeviceptr running_mean, cydriver.CUdeviceptr running_var,
+                                cydriver.CUdeviceptr save_mean, cydriver.CUdeviceptr save_invstd,
+                                const double* mean, const double* var, int64_t count,
+                                cydriver.CUdeviceptr scratch, cydriver.CUstream stream) noexcept nogil
+cdef int backward_sums(const cybn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr z, cydriver.CUdeviceptr y,
+                       cydriver.CUdeviceptr dy, cydriver.CUdeviceptr dz, cydriver.CUdeviceptr scale,
+                       cydriver.CUdeviceptr bias, cydriver.CUdeviceptr save_mean, cydriver.CUdeviceptr save_invstd,
+                       cydriver.CUdeviceptr sums, cydriver.CUstream stream) noexcept nogil
+cdef int backward_combined(const cybn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr z,
+                           cydriver.CUdeviceptr y, cydriver.CUdeviceptr dy, cydriver.CUdeviceptr dx,
+                           cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias, cydriver.CUdeviceptr save_mean,
+                           cydriver.CUdeviceptr save_invstd, const double* sums, int64_t count,
+                           cydriver.CUdeviceptr scale_grad, cydriver.CUdeviceptr bias_grad,
+                           cydriver.CUdeviceptr scratch, cydriver.CUstream stream) noexcept nogil

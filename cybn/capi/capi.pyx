@@ -525,6 +525,9 @@ cdef int _c_backward_infer_ex(const cybn_desc* d, cybn_deviceptr x, cybn_devicep
                              <cydriver.CUstream>stream)
 
 
+include "sync_split.pxi"
+
+
 cdef cybn_api _table
 _table.version = CYBN_C_API_VERSION
 _table.size = sizeof(cybn_api)
@@ -541,6 +544,10 @@ _table.forward_train_ex = _c_forward_train_ex
 _table.forward_infer_ex = _c_forward_infer_ex
 _table.backward_ex = _c_backward_ex
 _table.backward_infer_ex = _c_backward_infer_ex
+_table.forward_train_partials = _c_forward_train_partials
+_table.forward_train_combined = _c_forward_train_combined
+_table.backward_sums = _c_backward_sums
+_table.backward_combined = _c_backward_combined
 
 # `cybn._C_API` (cybn/__init__.py forwards the attribute here): what cybn_import() fetches.
 _C_API = PyCapsule_New(<void*>&_table, b"cybn._C_API", NULL)

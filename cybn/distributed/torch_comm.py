@@ -1,6 +1,8 @@
 """TorchCommunicator: collectives over a torch.distributed process group the user created."""
 import datetime
 
+import numpy as np
+
 from cybn.distributed.communicator import Communicator
 from cybn.distributed.errors import CommunicatorTimeout, DistributedError
 
@@ -33,8 +35,10 @@ class TorchCommunicator(Communicator):
 
     def _allgather_host(self, send, recv):
         torch = self._torch
-        outs = [torch.from_numpy(recv[r]) for r in range(self.size)]  # views: results land in recv
-        work = self._dist.all_gather(outs, torch.from_numpy(send), group=self.group, async_op=True)
+        # as bytes: any numpy dtype travels (torch has no ml_dtypes bfloat16); views, so results land in recv
+        outs = [torch.from_numpy(recv[r].reshape(-1).view(np.uint8)) for r in range(self.size)]
+        work = self._dist.all_gather(outs, torch.from_numpy(send.reshape(-1).view(np.uint8)), group=self.group,
+                                     async_op=True)
         try:
             if self.timeout is None:
                 work.wait()

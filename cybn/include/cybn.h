@@ -31,8 +31,10 @@
  * An extension built against an older version gets cybn_import()'s version error (cybn.h's check is
  * compiled into it, so a newer cybn cannot answer to an older version number) and is rebuilt unchanged:
  * its calls keep their meaning, since desc_init zeroes the new fields (NCHW, no activation, no residual,
- * unbiased running variance) and the version 2 entries are kept. */
-#define CYBN_C_API_VERSION 3
+ * unbiased running variance) and the version 2 entries are kept. Version 4 (issue 14, SyncBatchNorm):
+ * the table gains the split entries forward_train_partials, forward_train_combined, backward_sums and
+ * backward_combined, appended after version 3's; the descriptor is unchanged. */
+#define CYBN_C_API_VERSION 4
 
 /* Layouts (cybn_desc.mode). */
 #define CYBN_SPATIAL 0          /* x is (N, C, S) with S = prod(spatial): one statistic per channel */
@@ -187,6 +189,42 @@ typedef struct cybn_api {
                              cybn_deviceptr dy, cybn_deviceptr dx, cybn_deviceptr dz, cybn_deviceptr scale,
                              cybn_deviceptr bias, cybn_deviceptr running_mean, cybn_deviceptr running_var,
                              cybn_deviceptr scale_grad, cybn_deviceptr bias_grad, void *stream);
+
+    /* ---- version 4: SyncBatchNorm split (the caller communicates between the halves) ----
+     * K = C (spatial) or C * S statistics; M = N * S (spatial) or N values per statistic on this process.
+     * d->N may be 0 in these four (set it after desc_init, which refuses 0): a process with no samples
+     * launches nothing, contributes count 0, and still calls the combined entries, which then write only the
+     * saved and running statistics / the gradients, so every process keeps the same copies.
+     * Training forward: 1. forward_train_partials writes this process's partials to `partials`, (4, K)
+     * parameter values: rows mean hi, mean lo (the mean is hi + lo, exact beyond one float), biased variance
+     * M2 / M; row 3 is scratch. One launch, nothing else written. 2. The caller gathers (M, hi + lo, variance)
+     * of every process and combines them in float64 (Chan's formula, in a fixed process order so that every
+     * process gets the same bits). 3. forward_train_combined takes the combined mean[K] and biased var[K]
+     * (host float64) and count (values per statistic over all processes, >= 2): writes y = act(bn(x) [+ z])
+     * (one launch), save_mean, save_invstd and the running statistics (unbiased with count - 1 unless
+     * CYBN_BIASED_RUNNING_VAR). scratch: 4 * K parameter values of device scratch.
+     * Backward: 1. backward_sums writes (3, K) parameter values to `sums`: sum(g), sum(g * (x - save_mean)),
+     * sum(x - save_mean), g = dy * act'(v) (dy without an activation; with CYBN_RESIDUAL also written to dz).
+     * 2. The caller sums them over the processes (float64, fixed order) and the counts. 3. backward_combined
+     * takes the summed sums[3 * K] (host float64) and count: writes dx (one launch) and scale_grad, bias_grad
+     * (CYBN_ACCUMULATE_GRADS honoured). y, z, bias as in backward_ex. scratch: 4 * K parameter values.
+     * The combined entries read what they need of scale, the running statistics, save_invstd and the
+     * accumulated gradients after the stream's earlier work and return with the stream synchronised; they
+     * check everything before writing (a refused call leaves every statistic and gradient as it was). */
+    int (*forward_train_partials)(const cybn_desc *d, cybn_deviceptr x, cybn_deviceptr partials, void *stream);
+    int (*forward_train_combined)(const cybn_desc *d, cybn_deviceptr x, cybn_deviceptr z, cybn_deviceptr y,
+                                  cybn_deviceptr scale, cybn_deviceptr bias, cybn_deviceptr running_mean,
+                                  cybn_deviceptr running_var, cybn_deviceptr save_mean, cybn_deviceptr save_invstd,
+                                  const double *mean, const double *var, int64_t count, cybn_deviceptr scratch,
+                                  void *stream);
+    int (*backward_sums)(const cybn_desc *d, cybn_deviceptr x, cybn_deviceptr z, cybn_deviceptr y,
+                         cybn_deviceptr dy, cybn_deviceptr dz, cybn_deviceptr scale, cybn_deviceptr bias,
+                         cybn_deviceptr save_mean, cybn_deviceptr save_invstd, cybn_deviceptr sums, void *stream);
+    int (*backward_combined)(const cybn_desc *d, cybn_deviceptr x, cybn_deviceptr z, cybn_deviceptr y,
+                             cybn_deviceptr dy, cybn_deviceptr dx, cybn_deviceptr scale, cybn_deviceptr bias,
+                             cybn_deviceptr save_mean, cybn_deviceptr save_invstd, const double *sums,
+                             int64_t count, cybn_deviceptr scale_grad, cybn_deviceptr bias_grad,
+                             cybn_deviceptr scratch, void *stream);
 } cybn_api;
 
 #ifdef __cplusplus
@@ -236,6 +274,10 @@ static CYBN_UNUSED int cybn_import(void)
 #define cybn_forward_infer_ex (cybn_api_table->forward_infer_ex)
 #define cybn_backward_ex (cybn_api_table->backward_ex)
 #define cybn_backward_infer_ex (cybn_api_table->backward_infer_ex)
+#define cybn_forward_train_partials (cybn_api_table->forward_train_partials)
+#define cybn_forward_train_combined (cybn_api_table->forward_train_combined)
+#define cybn_backward_sums (cybn_api_table->backward_sums)
+#define cybn_backward_combined (cybn_api_table->backward_combined)
 #endif /* CYBN_NO_IMPORT */
 
 #endif /* CYBN_H */

@@ -24,6 +24,7 @@ world = MPI.COMM_WORLD
 rank, size = world.rank, world.size
 comm = MPICommunicator(timeout=60.0)
 short = MPICommunicator(world.Dup(), timeout=1.0)  # the timeout scenario's own communicator
+short_bn = MPICommunicator(world.Dup(), timeout=1.0)  # and that of the forward_train one
 res = {"rank": rank, "size": size}
 
 
@@ -213,9 +214,21 @@ else:
     except Exception as exc:  # a timed-out communicator refuses further use
         res["after_timeout"] = f"{type(exc).__name__}: {exc}"
 res["timeout_s"] = time.monotonic() - t0
+# 5b. the same through SyncBatchNorm's forward: the others time out in the header exchange, changing nothing
+if rank != size - 1:
+    gs, gb, rm, rv = (cybn.to_gpu(a) for a in params())
+    x, _ = rank_data(size, rank, "float32", 0)
+    try:
+        cybn.batchnorm.forward_train(cybn.to_gpu(x), gs, gb, rm, rv, EPS, FACTOR, comm=short_bn)
+        res["timeout_bn"] = None
+    except CommunicatorTimeout as exc:
+        res["timeout_bn"] = str(exc)
+    res["timeout_bn_unchanged"] = rm.get().tobytes() == params()[2].tobytes() and rv.get().tobytes() == \
+        params()[3].tobytes()
 world.Barrier()
-if rank == size - 1:  # join late, so that the others' abandoned header exchange completes before MPI_Finalize
+if rank == size - 1:  # join late, so that the others' abandoned header exchanges complete before MPI_Finalize
     short.exchange_header(call_header(C, np.float32, "spatial", "moments"))
+    short_bn.exchange_header(call_header(C, np.float32, "spatial", "forward"))
 world.Barrier()  # the others' MPI progress (here) completes their side of it
 
 with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:

@@ -46,9 +46,10 @@ def reference(x, dy, scale, bias, running_mean, running_var, factor=FACTOR, unbi
     return y, rm, rv, dx, dscale, dbias
 
 
-# The fused epilogue through comm= (one step, float32 and float64): (activation, residual, pass y to backward).
+# The fused epilogue through comm= (one step): (activation, residual, pass y to backward). Under mpiexec in
+# float32 (each rank loads each epilogue program: seconds); the other dtypes in test_sync_local.py (one rank).
 EPILOGUES = (("swish", True, False), ("relu6", True, True), ("sigmoid", False, True))
-EPI_DTYPES = ("float32", "float64")
+EPI_DTYPES = ("float32",)
 
 
 def epilogue_data(size, rank, dtype, k):

@@ -122,3 +122,23 @@ def test_mpi_singleton_stages_device_buffers_on_a_stream():
     proc = subprocess.run([sys.executable, "-c", SINGLETON], capture_output=True, text=True, timeout=120,
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0 and "singleton ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_header_names_the_epilogue_and_the_refusing_ranks():
+    rows = np.stack([call_header(4, np.float32, "spatial", "forward", activation="leaky_relu", activation_alpha=0.1),
+                     call_header(4, np.float32, "spatial", "forward", activation="leaky_relu", activation_alpha=0.2,
+                                 residual=True)])
+    with pytest.raises(RankMismatchError) as info:
+        check_headers(rows)
+    msg = str(info.value)
+    assert "activation_alpha: rank 0=0.1, rank 1=0.2" in msg and "residual: rank 0=0, rank 1=1" in msg, msg
+    assert "activation:" not in msg and "C:" not in msg, msg
+    refused = rows.copy()
+    refused[1] = call_header(0, "none", "none", "none", refused=True)
+    with pytest.raises(DistributedError, match=r"rank\(s\) 1 of 2 refused the call's arguments") as info:
+        check_headers(refused)
+    assert not isinstance(info.value, RankMismatchError)
+    older = rows.copy()
+    older[1, 1] = 1  # another header version on rank 1
+    with pytest.raises(RankMismatchError, match=r"different cybn call-header protocols \(protocol, version: rank 0="):
+        check_headers(older)

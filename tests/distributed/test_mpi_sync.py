@@ -104,6 +104,14 @@ def test_a_rank_that_never_joins_makes_the_others_time_out(ranks):
                                                "used again"), res["after_timeout"]
 
 
+def test_a_rank_that_never_calls_forward_train_makes_the_others_time_out(ranks):
+    size, results = ranks
+    assert "timeout_bn" not in results[-1]
+    for res in results[:-1]:
+        assert res["timeout_bn"] is not None and f"rank {res['rank']} of {size} waited 1 s" in res["timeout_bn"], res
+        assert res["timeout_bn_unchanged"], res["rank"]  # the running statistics are as they were
+
+
 def test_readme_example_runs_as_shown():
     example = os.path.join(HERE, "sync_example.py")
     with open(example) as f:
