@@ -63,7 +63,7 @@ cdef GPUArray _array(obj, str what):
             raise ValueError(f"{what}: {e}") from None
     else:
         raise TypeError(f"{what} must be a GPUArray (or a C-contiguous device array: __cuda_array_interface__, "
-                        f"__dlpack__ or a DLPack capsule), got {type(obj).__name__}")
+                        f"__dlpack__ or a DLPack capsule), got {type(obj).__name__} (host data: cybn.to_gpu)")
     if a.size:  # an empty array has no memory to check (and is refused by the shape checks)
         _check_device(a, what)
     return a

@@ -221,7 +221,7 @@ def test_nhwc_beyond_the_cores_kernels_runs_or_says_so(v3ext, dtype, act, residu
     except (RuntimeError, ValueError) as e:
         assert launches() == before
         msg = str(e)
-        assert "channels-last" in msg and "NHWC" in msg and "use the NCHW layout" in msg, msg
+        assert ("NHWC" in msg or "channels-last" in msg) and "NCHW" in msg, msg  # what to use instead
         return
     N, C, S = shape
     for name in ("y", "dx", "dz", "y_infer", "dx_infer", "dz_infer"):

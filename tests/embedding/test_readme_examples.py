@@ -30,7 +30,7 @@ MARKER = re.compile(r"<!-- readme-test: (\S+) -->\n\Z")
 TESTED = {"command-run", "command-test", "puzzlelib-example", "engine-example", "c-extension", "c-setup",
           "cython-extension", "cython-setup", "extensions-from-python", "mxnet-example", "paddle-example",
           "mpi-example", "engine-epilogue-example", "faces-float64-act-example",
-          "channels-last-example", "faces-channels-last-example"}  # mpi-example: tests/distributed/test_mpi_sync.py runs it under mpiexec -n 3
+          "channels-last-example", "faces-channels-last-example", "engine-channels-last-dlpack-example"}  # mpi-example: tests/distributed/test_mpi_sync.py runs it under mpiexec -n 3
 
 
 def blocks():
@@ -197,6 +197,18 @@ def test_channels_last_example():
     ns, out = run_block("channels-last-example")
     assert out.startswith("channels-last y: max error") and float(out.split("error ")[1].split(";")[0]) < 1e-4
     assert ns["y"].shape == (4, 6, 6, 12)
+    del ns
+    gc.collect()
+
+
+def test_engine_channels_last_dlpack_example():
+    """The example asserts its values against cybn.testing's float64 references itself; here: the DLPack x
+    was used in place (results in its memory order), fixed gamma's gradient is exactly 0, and the middle
+    channel axis went through the (outer, C, inner) view."""
+    ns, out = run_block("engine-channels-last-dlpack-example")
+    assert out.startswith("y (4, 5, 5, 8): max error") and "dscale [0.0, 0.0" in out
+    assert ns["y"].shape == ns["dx"].shape == (4, 5, 5, 8) and not ns["dscale"].get().any()
+    assert ns["yz"].shape == (10, 8, 3)
     del ns
     gc.collect()
 

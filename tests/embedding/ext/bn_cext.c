@@ -23,21 +23,24 @@
 
 /* The buffers of one run: device copies of the inputs, outputs, statistics and gradients. */
 enum { X, SCALE, BIAS, RM, RV, DY, Y, SM, SI, DX, SG, BG, YI, DXI, SGI, BGI, WS, NBUF };
+/* Outputs, and the running statistics the training forward updated. */
+static const int out_ids[] = {Y, SM, SI, DX, SG, BG, YI, DXI, SGI, BGI, RM, RV};
 static const char *const out_names[] = {"y", "save_mean", "save_invstd", "dx", "scale_grad", "bias_grad",
-                                        "y_infer", "dx_infer", "scale_grad_infer", "bias_grad_infer"};
+                                        "y_infer", "dx_infer", "scale_grad_infer", "bias_grad_infer",
+                                        "running_mean", "running_var"};
+#define NOUT ((int)(sizeof(out_ids) / sizeof(out_ids[0])))
 
 /* run(mode, dtype, N, C, S, epsilon, factor, affine, x, scale, bias, running_mean, running_var, dy)
  * (buffers: bytes-like host data) -> dict of bytes: forward_train, backward, then forward_infer and
  * backward_infer with the updated running statistics, all on a stream of its own, GIL released. */
 static PyObject *run(PyObject *self, PyObject *args)
 {
-    int mode, dtype, affine, st = CYBN_OK, i, retained = 0;
+    int mode, dtype, affine, st = CYBN_OK, i;
     long long N, C, S;
     float eps, factor;
     Py_buffer in[6];
-    CUdevice dev;
-    CUcontext ctx;
-    CUstream stream = NULL;
+    cext_run run;
+    CUstream stream;
     CUdeviceptr buf[NBUF];
     size_t bytes[NBUF];
     uint64_t ws_bytes = 0;
@@ -48,6 +51,7 @@ static PyObject *run(PyObject *self, PyObject *args)
     (void)self;
     memset(in, 0, sizeof(in));
     memset(buf, 0, sizeof(buf));
+    memset(&run, 0, sizeof(run));
     if (!PyArg_ParseTuple(args, "iiLLLffpy*y*y*y*y*y*", &mode, &dtype, &N, &C, &S, &eps, &factor, &affine,
                           &in[0], &in[1], &in[2], &in[3], &in[4], &in[5]))
         return NULL;
@@ -75,14 +79,8 @@ static PyObject *run(PyObject *self, PyObject *args)
     }
     Py_BEGIN_ALLOW_THREADS
     /* The primary context (cybn's) current on this thread, then a stream and buffers of our own. */
-    if ((r = drv.DeviceGet(&dev, 0)) != CUDA_SUCCESS) failed = "cuDeviceGet";
-    else if ((r = drv.PrimaryCtxRetain(&ctx, dev)) != CUDA_SUCCESS) failed = "cuDevicePrimaryCtxRetain";
-    else if ((retained = 1) && (r = drv.CtxSetCurrent(ctx)) != CUDA_SUCCESS) failed = "cuCtxSetCurrent";
-    else if ((r = drv.StreamCreate(&stream, CU_STREAM_NON_BLOCKING)) != CUDA_SUCCESS) failed = "cuStreamCreate";
-    for (i = 0; !failed && i < NBUF; i++)
-        if (bytes[i] && (r = drv.MemAlloc(&buf[i], bytes[i])) != CUDA_SUCCESS) failed = "cuMemAlloc";
-    for (i = 0; !failed && i < 6; i++)
-        if ((r = drv.MemcpyHtoDAsync(buf[i], in[i].buf, bytes[i], stream)) != CUDA_SUCCESS) failed = "cuMemcpyHtoD";
+    failed = cext_begin(&run, buf, bytes, NBUF, in, 6, &r);
+    stream = run.stream;
     /* The workspace is scratch with no required content: fill it with garbage to prove it. */
     if (!failed && bytes[WS] && (r = drv.MemsetD8Async(buf[WS], 0xA5, bytes[WS], stream)) != CUDA_SUCCESS)
         failed = "cuMemsetD8Async";
@@ -107,47 +105,9 @@ static PyObject *run(PyObject *self, PyObject *args)
         bn_fail("BatchNorm", st);
         goto cleanup;
     }
-    {
-        /* Outputs, and the running statistics the training forward updated. */
-        static const int out_ids[] = {Y, SM, SI, DX, SG, BG, YI, DXI, SGI, BGI};
-        PyObject *host[12];
-        int k, n_out = (int)(sizeof(out_ids) / sizeof(out_ids[0]));
-        for (k = 0; k < n_out + 2; k++) {
-            int id = k < n_out ? out_ids[k] : (k == n_out ? RM : RV);
-            host[k] = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)bytes[id]);
-            if (!host[k]) {
-                while (k--) Py_DECREF(host[k]);
-                goto cleanup;
-            }
-            r = drv.MemcpyDtoHAsync(PyBytes_AS_STRING(host[k]), buf[id], bytes[id], stream);
-            if (r != CUDA_SUCCESS) {
-                for (; k >= 0; k--) Py_DECREF(host[k]);
-                cuda_fail("cuMemcpyDtoHAsync", r);
-                goto cleanup;
-            }
-        }
-        if ((r = drv.StreamSynchronize(stream)) != CUDA_SUCCESS) {
-            for (k = 0; k < n_out + 2; k++) Py_DECREF(host[k]);
-            cuda_fail("cuStreamSynchronize", r);
-            goto cleanup;
-        }
-        result = PyDict_New();
-        for (k = 0; result && k < n_out + 2; k++) {
-            const char *key = k < n_out ? out_names[k] : (k == n_out ? "running_mean" : "running_var");
-            if (PyDict_SetItemString(result, key, host[k]) < 0)
-                Py_CLEAR(result);
-        }
-        for (k = 0; k < n_out + 2; k++) Py_DECREF(host[k]);
-    }
+    result = cext_results(&run, buf, bytes, out_ids, out_names, NOUT);
 cleanup:
-    if (stream)
-        drv.StreamSynchronize(stream);
-    for (i = 0; i < NBUF; i++)
-        if (buf[i]) drv.MemFree(buf[i]);
-    if (stream)
-        drv.StreamDestroy(stream);
-    if (retained)
-        drv.PrimaryCtxRelease(dev);
+    cext_end(&run, buf, NBUF);
 release:
     for (i = 0; i < 6; i++)
         if (in[i].obj) PyBuffer_Release(&in[i]);

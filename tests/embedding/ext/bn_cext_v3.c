@@ -37,13 +37,12 @@ static int is_data(int i)
  * RuntimeError("<call> returned <status>: <last_error>"). */
 static PyObject *run_ex(PyObject *self, PyObject *args)
 {
-    int mode, dtype, layout, flags, act, keep_y, plain, st = CYBN_OK, i, retained = 0;
+    int mode, dtype, layout, flags, act, keep_y, plain, st = CYBN_OK, i;
     long long N, C, S;
     float alpha, eps, factor;
     Py_buffer in[NIN];
-    CUdevice dev;
-    CUcontext ctx;
-    CUstream stream = NULL;
+    cext_run run;
+    CUstream stream;
     CUdeviceptr buf[NBUF];
     size_t bytes[NBUF];
     uint64_t ws_bytes = 0;
@@ -54,6 +53,7 @@ static PyObject *run_ex(PyObject *self, PyObject *args)
     (void)self;
     memset(in, 0, sizeof(in));
     memset(buf, 0, sizeof(buf));
+    memset(&run, 0, sizeof(run));
     if (!PyArg_ParseTuple(args, "iiiiifLLLffppy*y*y*y*y*y*y*", &mode, &dtype, &layout, &flags, &act, &alpha, &N, &C,
                           &S, &eps, &factor, &keep_y, &plain, &in[0], &in[1], &in[2], &in[3], &in[4], &in[5], &in[6]))
         return NULL;
@@ -93,15 +93,8 @@ static PyObject *run_ex(PyObject *self, PyObject *args)
         }
     }
     Py_BEGIN_ALLOW_THREADS
-    if ((r = drv.DeviceGet(&dev, 0)) != CUDA_SUCCESS) failed = "cuDeviceGet";
-    else if ((r = drv.PrimaryCtxRetain(&ctx, dev)) != CUDA_SUCCESS) failed = "cuDevicePrimaryCtxRetain";
-    else if ((retained = 1) && (r = drv.CtxSetCurrent(ctx)) != CUDA_SUCCESS) failed = "cuCtxSetCurrent";
-    else if ((r = drv.StreamCreate(&stream, CU_STREAM_NON_BLOCKING)) != CUDA_SUCCESS) failed = "cuStreamCreate";
-    for (i = 0; !failed && i < NBUF; i++)
-        if (bytes[i] && (r = drv.MemAlloc(&buf[i], bytes[i])) != CUDA_SUCCESS) failed = "cuMemAlloc";
-    for (i = 0; !failed && i < NIN; i++)
-        if (bytes[i] && (r = drv.MemcpyHtoDAsync(buf[i], in[i].buf, bytes[i], stream)) != CUDA_SUCCESS)
-            failed = "cuMemcpyHtoD";
+    failed = cext_begin(&run, buf, bytes, NBUF, in, NIN, &r);
+    stream = run.stream;
     if (!failed) {
         d.workspace = buf[WS];
         d.workspace_bytes = bytes[WS];
@@ -132,32 +125,9 @@ static PyObject *run_ex(PyObject *self, PyObject *args)
         bn_fail(call, st);
         goto cleanup;
     }
-    result = PyDict_New();
-    for (i = 0; result && i < NOUT; i++) {
-        int id = out_ids[i];
-        PyObject *host;
-        if (!bytes[id])
-            continue;
-        host = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)bytes[id]);
-        if (!host || (r = drv.MemcpyDtoHAsync(PyBytes_AS_STRING(host), buf[id], bytes[id], stream)) != CUDA_SUCCESS ||
-            (r = drv.StreamSynchronize(stream)) != CUDA_SUCCESS || PyDict_SetItemString(result, out_names[i], host) < 0) {
-            if (host && !PyErr_Occurred())
-                cuda_fail("cuMemcpyDtoHAsync", r);
-            Py_XDECREF(host);
-            Py_CLEAR(result);
-            break;
-        }
-        Py_DECREF(host);
-    }
+    result = cext_results(&run, buf, bytes, out_ids, out_names, NOUT);
 cleanup:
-    if (stream)
-        drv.StreamSynchronize(stream);
-    for (i = 0; i < NBUF; i++)
-        if (buf[i]) drv.MemFree(buf[i]);
-    if (stream)
-        drv.StreamDestroy(stream);
-    if (retained)
-        drv.PrimaryCtxRelease(dev);
+    cext_end(&run, buf, NBUF);
 release:
     for (i = 0; i < NIN; i++)
         if (in[i].obj) PyBuffer_Release(&in[i]);
