@@ -8,6 +8,9 @@
 # with M - 1, or biased) are written from float64 rounded once. Backward: BN_SUMS launch (sum dy,
 # sum dy * (x - hi), sum (x - hi)), sync_sums with the counts, then the dx kernel from a tail
 # (a, dbias / M, k, lo). A process with no samples launches nothing but joins both collectives.
+# Both layouts: the NHWC kernels take the same flags and tails; x with channels-last strides is NHWC in
+# place, as in the local calls. The collectives' header names the mode, not the layout (the statistics do
+# not depend on where the channel axis lies).
 
 cdef int bn_normalize_given_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr y,
                                cydriver.CUdeviceptr scale, cydriver.CUdeviceptr bias, cydriver.CUdeviceptr tail,
@@ -106,17 +109,21 @@ cdef int bn_sync_backward_overlap(const bn_desc* d, cydriver.CUdeviceptr x, cydr
     return _no_overlap(outs, 4, ins, 8, d, 2)
 
 
-def _local_shape(x, mode):
-    """(values per statistic M, statistics K) of x, which may have N == 0 (a process with no samples)."""
+def _local_shape(x, mode, layout="NCHW"):
+    """(values per statistic M, statistics K) of x, (N, C, ...) or with layout NHWC (N, ..., C), which may
+    have N == 0 (a process with no samples)."""
     shape = tuple(x.shape)
+    _layout_code(layout, _mode_code(mode))
     if len(shape) < 2:
-        raise ValueError(f"x must be (N, C, ...) with at least 2 dimensions, got shape {shape}")
+        raise ValueError(f"x must be (N, C, ...) or (N, ..., C) with at least 2 dimensions, got shape {shape}")
     if any(n < 1 for n in shape[1:]):
         raise ValueError(f"x has an empty dimension: shape {shape}")
-    rest = int(np.prod(shape[2:], dtype=np.int64))
+    last = len(shape) - 1  # (the module is compiled without wraparound: no negative indices)
+    C = shape[last] if layout == "NHWC" else shape[1]
+    rest = int(np.prod(shape[1:last] if layout == "NHWC" else shape[2:], dtype=np.int64))
     if _mode_code(mode) == BN_SPATIAL:
-        return shape[0] * rest, shape[1]
-    return shape[0], shape[1] * rest
+        return shape[0] * rest, C
+    return shape[0], C * rest
 
 
 def _stat_dtype(x):
@@ -124,28 +131,20 @@ def _stat_dtype(x):
 
 
 
-cdef int _sync_layout(layout) except -1:
-    """The comm= paths take NCHW data in this build (the channels-last kernels have no partials/sums flags yet)."""
-    if layout == "NCHW":
-        return 0
-    if layout == "NHWC":
-        raise NotImplementedError("comm= (SyncBatchNorm) takes layout='NCHW' data in this build; channels-last "
-                                  "SyncBatchNorm is not implemented yet: pass NCHW data (channel axis 1)")
-    raise ValueError(f"layout must be 'NCHW' (channel axis 1) or 'NHWC' (channel axis last), got {layout!r}")
-
 def forward_train_partials(x, mode="spatial", stream=None, *, layout="NCHW"):
     """This process's per-statistic partials of a training forward, from one pass over x (SyncBatchNorm's
     first half): returns (M, parts) with M the values per statistic and parts a (3, K) array of the
     statistics type (float32; float64 for float64 data): mean hi, mean lo (mean = hi + lo, exact beyond
-    one float) and the biased variance M2 / M. Nothing else is written. N may be 0: (0, None), no launch."""
-    M, K = _local_shape(_array(x, "x"), mode)
+    one float) and the biased variance M2 / M. Nothing else is written. N may be 0: (0, None), no launch.
+    layout: "NCHW" or "NHWC" (channel axis last; channels-last strides are taken as NHWC in place)."""
+    x, layout = _resolve_layout(x, layout)
+    cdef GPUArray gx = _array(x, "x")
+    M, K = _local_shape(gx, mode, layout)
     if M == 0:
-        _dtype_code(x.dtype, "x.dtype")
+        _dtype_code(gx.dtype, "x.dtype")
         return 0, None
     cdef bn_desc d
-    cdef GPUArray gx = _array(x, "x")
-    _fill_desc(&d, gx, mode, "x")
-    _sync_layout(layout)
+    _fill_desc(&d, gx, mode, "x", layout)
     d.epsilon = 1.0
     d.factor = 0
     d.flags = BN_DESC_PARTIALS
@@ -188,10 +187,10 @@ def _sync_forward_train(comm, x, scale, bias, running_mean, running_var, epsilon
     cdef bn_desc d
     cdef GPUArray gx, gs, gb, rm, rv, sm, si, gy, gz
     try:  # every check of the call, on every rank (also one with no samples), before the header exchange
+        x, layout = _resolve_layout(x, layout)
         gx = _array(x, "x")
-        M, K = _local_shape(gx, mode)
+        M, K = _local_shape(gx, mode, layout)
         _dtype_code(gx.dtype, "x.dtype")
-        _sync_layout(layout)
         pdt = _stat_dtype(gx)
         gs, gb = _param(scale, "scale", K, True, pdt), _param(bias, "bias", K, True, pdt)
         if (gs is None) != (gb is None):
@@ -199,7 +198,8 @@ def _sync_forward_train(comm, x, scale, bias, running_mean, running_var, epsilon
         rm = _param(running_mean, "running_mean", K, False, pdt)
         rv = _param(running_var, "running_var", K, False, pdt)
         sm, si = _param(save_mean, "save_mean", K, True, pdt), _param(save_invstd, "save_invstd", K, True, pdt)
-        gy, gz = _like(out, "out", gx), _residual(residual, gx, "residual")
+        gy = _like(_as_layout(out, layout), "out", gx)
+        gz = _residual(_as_layout(residual, layout), gx, "residual")
         _no_aliasing([("out", gy), ("save_mean", sm), ("save_invstd", si), ("running_mean", rm),
                       ("running_var", rv)], [("x", gx), ("scale", gs), ("bias", gb)], (("out", "x"),))
         if gz is not None:
@@ -208,7 +208,7 @@ def _sync_forward_train(comm, x, scale, bias, running_mean, running_var, epsilon
         eps = _epsilon(epsilon, pdt == np.float64)
         f = _factor(factor)
         if M:  # the normalisation's descriptor, checked before anything is launched or exchanged
-            _fill_desc(&d, gx, mode, "x")
+            _fill_desc(&d, gx, mode, "x", layout)
             _set_activation(&d, activation, activation_alpha)
             d.residual = gz is not None
             d.epsilon = eps
@@ -276,15 +276,17 @@ def _sync_backward(comm, x, grad_y, scale, save_mean, save_invstd, out, scale_gr
     cdef GPUArray gx, gs, m, v, sg, bg, gdx, gdy, sums
     layout, activation, activation_alpha, y, residual, bias, grad_residual = epi
     try:  # every check of the call, on every rank (also one with no samples), before the header exchange
+        x, layout = _resolve_layout(x, layout)
+        epi = (layout,) + tuple(epi[1:])
         gx = _array(x, "x")
-        M, K = _local_shape(gx, mode)
+        M, K = _local_shape(gx, mode, layout)
         _dtype_code(gx.dtype, "x.dtype")
-        _sync_layout(layout)
         pdt = _stat_dtype(gx)
         gs = _param(scale, "scale", K, True, pdt)
         m, v = _param(save_mean, "save_mean", K, False, pdt), _param(save_invstd, "save_invstd", K, False, pdt)
         sg, bg = _param(scale_grad, "scale_grad", K, True, pdt), _param(bias_grad, "bias_grad", K, True, pdt)
-        gdx, gdy = _like(out, "out", gx), _like(grad_y, "grad_y", gx)
+        gdx = _like(_as_layout(out, layout), "out", gx)
+        gdy = _like(_as_layout(grad_y, layout), "grad_y", gx)
         if gdy is None:
             raise TypeError("grad_y must be a GPUArray, got None")
         ab = [_coefficient(a, nm) for a, nm in zip(accumulate, ("scale_grad_alpha", "scale_grad_beta",
@@ -300,8 +302,8 @@ def _sync_backward(comm, x, grad_y, scale, save_mean, save_invstd, out, scale_gr
         else:
             _empty_desc(&d, gx, mode, activation, activation_alpha)
             if has_residual and not isinstance(residual, (bool, np.bool_)):
-                _residual(residual, gx, "residual")
-            _like(grad_residual, "grad_residual", gx)
+                _residual(_as_layout(residual, layout), gx, "residual")
+            _like(_as_layout(grad_residual, layout), "grad_residual", gx)
         header = _header(K, gx, mode, "backward", activation, activation_alpha, has_residual, gs is not None)
     except (TypeError, ValueError, NotImplementedError) as exc:
         exchange_call(comm, None, exc)
@@ -345,7 +347,7 @@ def _sync_backward(comm, x, grad_y, scale, save_mean, save_invstd, out, scale_gr
         tail[:, 3] = lo.astype(pdt)
         _sync_dx(gx, gdy, gdx, m, tail, mode, stream, epi)
     elif residual_out and gdz is None:
-        gdz = _like(grad_residual, "grad_residual", gx) or _new(gx.shape, gx.dtype, stream)
+        gdz = _like(_as_layout(grad_residual, layout), "grad_residual", gx) or _new(gx.shape, gx.dtype, stream)
     if residual_out:
         return gdx, gdz, sg, bg
     return gdx, sg, bg
@@ -354,15 +356,14 @@ def _sync_backward(comm, x, grad_y, scale, save_mean, save_invstd, out, scale_gr
 cdef _sync_dx(GPUArray gx, GPUArray gdy, GPUArray gdx, GPUArray mean, tail, mode, stream, epi):
     layout, activation, activation_alpha, y, residual, bias, grad_residual = epi
     cdef bn_desc d
-    _fill_desc(&d, gx, mode, "x")
-    _sync_layout(layout)
+    _fill_desc(&d, gx, mode, "x", layout)
     _set_activation(&d, activation, activation_alpha)
     pdt = _pdtype(&d)
-    cdef GPUArray gyv = _like(y, "y", gx), gz = None
+    cdef GPUArray gyv = _like(_as_layout(y, layout), "y", gx), gz = None
     cdef GPUArray gbias = _param(bias, "bias", mean.size, True, pdt)
     d.residual = not (isinstance(residual, (bool, np.bool_)) or residual is None) or bool(residual)
     if d.residual and not isinstance(residual, (bool, np.bool_)):
-        gz = _residual(residual, gx, "residual")
+        gz = _residual(_as_layout(residual, layout), gx, "residual")
     if not (d.act != BN_ACT_NONE and (gyv is None or d.act == BN_ACT_SWISH or d.act == BN_ACT_CLIPPED_RELU)):
         gz = None  # as _backward: only a recomputed pre-activation (no y; swish, clipped relu) reads z
     d.epsilon = 1.0

@@ -145,6 +145,8 @@ enum : int { NHWC_BWD_TAIL = BN_BWD_TAIL };
 
 // ---------------------------------------------------------------- forward, training
 // EPI 1: y = act(bn(x) + z); z is read once, in the normalising pass.
+// BN_PARTIALS (SyncBatchNorm): only this process's statistics (finish_statistics: mean hi, lo, biased
+// variance), no normalisation in either plan; the host combines them and launches bn_nhwc_normalize.
 template <typename T, int EPI, bool VEC>
 __device__ __forceinline__ void fwd_train(const T* x, T* y, const PT<T>* scale, const PT<T>* bias, PT<T>* running_mean,
                                           PT<T>* running_var, PT<T>* save_mean, PT<T>* save_invstd, PT<T>* partials,
@@ -216,6 +218,7 @@ __device__ __forceinline__ void fwd_train(const T* x, T* y, const PT<T>* scale, 
         const auto m = welford_mean_hi_lo(t[j], shift[j], ws[j], M);
         hi[j] = m.x; lo[j] = m.y;
     }
+    if (flags & BN_PARTIALS) return;  // SyncBatchNorm: the partials only (finish_statistics wrote them)
     walk_rows<1>(n0, n1, [&](int k, long long n) {
         const R r = k < cache_units ? cache[k * nthreads + tid] : L::load(x, n * C + c0);
         if constexpr (EPI) return pair2<R>{r, load_or_0<L>(z, n * C + c0)}; else return r;
@@ -295,6 +298,7 @@ __global__ void bn_nhwc_normalize(const T* x, T* y, const PT<T>* mean, const PT<
 // EPI 1: the sums and dx run on g = dy * act'(v) (epi_grad: act' from y, or from v recomputed from x,
 // the statistics, bias and z); g is written to dz (when given) in the first pass and replaces dy in the
 // replay cache; the non-cached replay and the split's second launch recompute it.
+// BN_SUMS (SyncBatchNorm): only the raw sums (store_sums: sum g, sum g (x - hi), sum (x - hi)), no dx.
 template <typename T, int EPI, bool VEC>
 __device__ __forceinline__ void bwd(const T* x, const T* dy, T* dx, const PT<T>* scale, const PT<T>* mean,
                                     const PT<T>* stat, PT<T>* scale_grad, PT<T>* bias_grad, PT<T>* batch_scale_grad,
@@ -378,7 +382,9 @@ __device__ __forceinline__ void bwd(const T* x, const T* dy, T* dx, const PT<T>*
                 for (int q = threadIdx.y; q < gridDim.y; q += blockDim.y)
                     m = merge(m, load_bwd(partials + ((c0 + j) * gridDim.y + q) * BWD_PART));
             m = column_reduce(m);
-            if (ok && threadIdx.y == 0) {
+            if (ok && threadIdx.y == 0 && (flags & BN_SUMS)) {
+                store_sums(c0 + j, m, scale_grad, bias_grad, batch_scale_grad);
+            } else if (ok && threadIdx.y == 0) {
                 const auto r = bwd_finish(m, invstd[j], Mf, frozen);
                 store_param_grads(c0 + j, flags & BN_FIX_GAMMA ? P(0) : r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
                 if (!frozen) {
@@ -387,7 +393,13 @@ __device__ __forceinline__ void bwd(const T* x, const T* dy, T* dx, const PT<T>*
                 }
             }
         }
-        return;  // dx is the second launch (bn_nhwc_bwd_dx) unless frozen (already written)
+        return;  // dx is the second launch (bn_nhwc_bwd_dx) unless frozen (already written) or BN_SUMS
+    }
+    if (flags & BN_SUMS) {  // SyncBatchNorm: the raw sums only; dx is the host's dx launch
+        if (ok && threadIdx.y == 0)
+#pragma unroll
+            for (int j = 0; j < W; ++j) store_sums(c0 + j, t[j], scale_grad, bias_grad, batch_scale_grad);
+        return;
     }
     P dbm[W], kk[W], lo[W];
 #pragma unroll
