@@ -25,7 +25,6 @@ def forward_train(x, scale, bias, running_mean, running_var, epsilon, factor, ou
     _set_activation(&d, activation, activation_alpha)
     cdef GPUArray gz = _residual(_as_layout(residual, layout), gx, "residual")
     d.residual = gz is not None
-    _check_layout(&d)
     pdt = _pdtype(&d)
     if (d.N * d.S if d.mode == BN_SPATIAL else d.N) == 1:
         # Batch statistics of one value: variance 0, output 0, and the unbiased running variance would
@@ -79,7 +78,6 @@ def forward_infer(x, scale, bias, running_mean, running_var, epsilon, out=None, 
     _set_activation(&d, activation, activation_alpha)
     cdef GPUArray gz = _residual(_as_layout(residual, layout), gx, "residual")
     d.residual = gz is not None
-    _check_layout(&d)
     pdt = _pdtype(&d)
     cdef GPUArray gs = _param(scale, "scale", K, True, pdt), gb = _param(bias, "bias", K, True, pdt)
     if (gs is None) != (gb is None):
@@ -149,7 +147,6 @@ cdef _backward(x, grad_y, scale, mean, stat, epsilon, out, scale_grad, bias_grad
     else:
         gz = _residual(_as_layout(residual, layout), gx, "residual")
         d.residual = 1
-    _check_layout(&d)
     if gdz is not None and not d.residual:
         raise ValueError("grad_residual given but the forward had no residual (pass residual=True or the array)")
     cdef GPUArray gbias = _param(bias, "bias", K, True, pdt)

@@ -27,9 +27,6 @@ cdef int bn_check_desc(const bn_desc* d) noexcept nogil:
     if d.layout != BN_LAYOUT_NCHW and not (d.layout == BN_LAYOUT_NHWC and d.mode == BN_SPATIAL):
         return _fail(BN_EINVAL, "descriptor: unknown layout (NHWC is for spatial mode; per-activation is (N, F) "
                      "rows in either layout)")
-    if d.layout == BN_LAYOUT_NHWC and ((d.dtype != BN_FLOAT32 and d.dtype != BN_FLOAT16) or _epi(d)):
-        return _fail(BN_EINVAL, "descriptor: the channels-last (NHWC) kernels take float32 or float16 data without "
-                     "a fused epilogue (activation, residual) here; use the NCHW layout for those")
     if d.act < BN_ACT_NONE or d.act > BN_ACT_SWISH:
         return _fail(BN_EINVAL, "descriptor: unknown activation")
     if not (d.act_alpha == d.act_alpha and d.act_alpha > -1.7976931348623157e308 and d.act_alpha < 1.7976931348623157e308):

@@ -25,15 +25,6 @@ cdef int _fill_shape(bn_desc* d, tuple shape, layout) except -1:
     return 0
 
 
-cdef int _check_layout(const bn_desc* d) except -1:
-    """What the channels-last kernels take (d.dtype, d.act, d.residual set): refused before anything is touched."""
-    if d.layout == BN_LAYOUT_NHWC and ((d.dtype != BN_FLOAT32 and d.dtype != BN_FLOAT16) or _epi(d)):
-        raise NotImplementedError("layout='NHWC' (channels last) takes float32 or float16 data without activation= "
-                                  "or residual= in this build; use layout='NCHW' (channel axis 1) for bfloat16, "
-                                  "float64 and the fused epilogue")
-    return 0
-
-
 # ---------------------------------------------------------------- channels-last strides
 class _ChannelsLastView:
     """A foreign array's memory seen in its memory order (N, *spatial, C): the same pointer, the permuted

@@ -10,12 +10,15 @@ cdef enum:
 
 
 _NHWC_KERNEL_NAMES = ("bn_nhwc_fwd_train", "bn_nhwc_normalize", "bn_nhwc_bwd", "bn_nhwc_bwd_dx")
-_NHWC_CTYPES = ("float", "__half")
 
 
-def nhwc_kernel_expressions():
-    """Every kernel instantiation of batchnorm_nhwc.cu (name expressions), compiled together."""
-    return [f"{k}<{t}>" for t in _NHWC_CTYPES for k in _NHWC_KERNEL_NAMES]
+def nhwc_kernel_expressions(dtype=None, epi=0):
+    """The name expressions of one NVRTC program of batchnorm_nhwc.cu, split as batchnorm.cu's are: the base
+    program (dtype None, or float32/float16 with EPI 0) holds `<float, 0>` and `<__half, 0>`; every other
+    (dtype, EPI) is a program of its own, compiled on first use."""
+    if dtype is None or (dtype in _BASE_DTYPES and epi == 0):
+        return [f"{k}<{t}, 0>" for t in ("float", "__half") for k in _NHWC_KERNEL_NAMES]
+    return [f"{k}<{_CTYPES[dtype]}, {epi}>" for k in _NHWC_KERNEL_NAMES]
 
 
 cdef inline long long _nhwc_width(const bn_desc* d, int vec) noexcept nogil:

@@ -46,7 +46,8 @@ def variants():
 # `python -m cybn warmup` and the per-architecture build check compile every registered variant.
 from cybn.jit.variants import register_variants
 register_variants("batchnorm.cu", [(kernel_expressions(dt, epi), compile_options(dt, epi)) for dt, epi in variants()])
-register_variants("batchnorm_nhwc.cu", [(nhwc_kernel_expressions(), compile_options())])
+register_variants("batchnorm_nhwc.cu",
+                  [(nhwc_kernel_expressions(dt, epi), compile_options(dt, epi)) for dt, epi in variants()])
 
 
 cdef class _Prepared:
@@ -101,7 +102,7 @@ cdef int _query_occupancy(_Prepared pr, int k, int max_threads) except -1:
 
 def prepare(dtype, mode="spatial", layout="NCHW"):
     """Compile (once per process, through the kernel cache) and load (once per context) the plain kernels
-    for `dtype` (float32, float16, bfloat16, float64; channels-last: float32, float16), `mode` and `layout`."""
+    for `dtype` (float32, float16, bfloat16, float64), `mode` and `layout`."""
     cdef int md = _mode_code(mode)
     return _prepare(_dtype_code(dtype, "dtype"), md, 0, _layout_code(layout, md))
 
@@ -119,11 +120,8 @@ cdef _Prepared _prepare(int dt, int md, int epi, int layout=BN_LAYOUT_NCHW):
     pr.functions = []
     cdef Function f
     if layout == BN_LAYOUT_NHWC:  # the spatial kernels' arguments (batchnorm_nhwc.cu)
-        if (dt != BN_FLOAT32 and dt != BN_FLOAT16) or epi:
-            raise NotImplementedError("the channels-last (NHWC) kernels take float32 or float16 data without a fused "
-                                      "epilogue here; use layout='NCHW' for bfloat16, float64, activation or residual")
-        source, exprs, opts = "batchnorm_nhwc.cu", nhwc_kernel_expressions(), compile_options()
-        names = [f"{_NHWC_KERNEL_NAMES[i]}<{_NHWC_CTYPES[dt]}>" for i in range(BN_NKERNELS)]
+        source, exprs, opts = "batchnorm_nhwc.cu", nhwc_kernel_expressions(dt, epi), compile_options(dt, epi)
+        names = [f"{_NHWC_KERNEL_NAMES[i]}<{_CTYPES[dt]}, {epi}>" for i in range(BN_NKERNELS)]
     else:
         source, exprs, opts = "batchnorm.cu", kernel_expressions(dt, epi), compile_options(dt, epi)
         names = [exprs[md * BN_NKERNELS + i] if len(exprs) == 2 * BN_NKERNELS else
