@@ -7,9 +7,8 @@ import numpy as np
 
 
 class EngineFeatureMissing(NotImplementedError):
-    """The call needs an engine feature cybn's core does not have yet (an activation its epilogue lacks;
-    in this build's channels-last kernels, float64 or bfloat16 data and the fused epilogue). Nothing was
-    computed or changed."""
+    """The call needs an engine feature cybn's core does not have yet (an activation its epilogue lacks,
+    channels-last SyncBatchNorm). Nothing was computed or changed."""
 
     def __init__(self, what, feature=None):
         super().__init__(what if feature is None else

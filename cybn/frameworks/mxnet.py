@@ -30,9 +30,7 @@ Semantics, as measured on MXNet (peer-semantics.md, tests/frameworks/golden/mxne
   numpy). cudnn_off is accepted and has no effect.
 - axis: any channel axis. The last one of data with more than two dimensions (axis=-1, channels-last) runs
   as the core's layout="NHWC" on data itself (no transpose, no copy); a middle one as an (N', C, S') view;
-  every mode above the same.
-Not supported yet (EngineFeatureMissing, nothing changed): float64 or bfloat16 data with the channel last
-(this build's channels-last kernels take float32/float16).
+  every mode and dtype above the same.
 """
 import threading
 
@@ -103,15 +101,10 @@ def _eval_backward(s, dy):
     """MXNet's backward of an inference forward: the training formula around the statistics the forward
     used (s.scratch: the moving mean/variance then), from three core calls (module docstring)."""
     from cybn import batchnorm
-    from cybn.array import elementwise
     mean, var = s.scratch
     _, dg, db = batchnorm.backward_infer(s.x, dy, s.gamma, mean, var, s.eps, layout=s.layout)
     per = -1.0 / (s.x.size // s.C)  # -1/M, M values per channel
-    if s.layout == "NCHW":
-        g = batchnorm.forward_infer(s.x, dg * per, db * per, mean, var, s.eps, residual=dy)
-    else:  # this build's channels-last kernels have no residual input: dy added by one axpby
-        g = elementwise.axpby(dy, batchnorm.forward_infer(s.x, dg * per, db * per, mean, var, s.eps, layout="NHWC"),
-                              1.0, 1.0)
+    g = batchnorm.forward_infer(s.x, dg * per, db * per, mean, var, s.eps, residual=dy, layout=s.layout)
     dx = batchnorm.backward_infer(s.x, g, s.gamma, mean, var, s.eps, out=g, layout=s.layout)[0]
     return dx, dg, db
 

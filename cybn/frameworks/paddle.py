@@ -33,8 +33,9 @@ Semantics, as measured on Paddle (peer-semantics.md, tests/frameworks/golden/pad
 - data_layout NHWC (the functional's NLC, NHWC, NDHWC): channel last, run by the core's layout="NHWC" on
   the input itself (no transpose, no copy), every mode above included (in_place, use_global_stats,
   trainable_statistics); 2-d input is channel axis 1 in either layout.
-Not supported yet (EngineFeatureMissing, nothing changed): with NHWC, float64 data and act (this build's
-channels-last kernels take float32/float16 without the fused epilogue); SyncBatchNorm with NHWC.
+  act and float64 the same.
+Not supported yet (EngineFeatureMissing, nothing changed): SyncBatchNorm with NHWC (the core's comm= paths
+take NCHW).
 """
 from collections import OrderedDict
 

@@ -1,20 +1,20 @@
 """The faces' channel-last paths (MXNet axis=-1 / the last axis, Paddle data_layout='NHWC' and the functional's
 NLC/NHWC/NDHWC) in the combinations the golden files do not hold: fix_gamma, use_global_stats,
-output_mean_var and float16 data in MXNet; in_place, use_global_stats and trainable_statistics in Paddle;
-that the face hands the core the caller's memory (layout="NHWC", no transpose, no copy); and the refusals of
-what this build's channels-last kernels lack (float64 data, the fused activation), which change nothing.
+output_mean_var, float16 and float64 data in MXNet; in_place, use_global_stats, trainable_statistics and the
+fused act (float32, float64) in Paddle; that the face hands the core the caller's memory (layout="NHWC", no
+transpose, no copy); bad input specific to the channel last.
 References: float64 numpy from the maths (cybn.testing.reference, written for the channel at axis 1, applied
 to np.moveaxis(x, -1, 1)), not the kernels' own output."""
 import numpy as np
 import pytest
 
 from cybn import batchnorm, gpuarray, softgpu
-from cybn.frameworks import EngineFeatureMissing
 from cybn.mxnet import BatchNorm as mx_bn, MXNetError, autograd
 from cybn.paddle import BatchNorm as PaddleBN, batch_norm
-from cybn.testing import reference
+from cybn.testing import bn_ref_epilogue, reference
 
 TOL = {np.dtype(np.float32): (2e-5, 2e-5), np.dtype(np.float16): (1e-2, 1e-2)}
+TOL64 = bn_ref_epilogue.tolerances(np.float64)
 EPS32 = float(np.float32(1e-5))  # Paddle's float32 epsilon attribute
 M32 = float(np.float32(0.9))
 
@@ -116,18 +116,25 @@ def test_mxnet_last_axis_is_the_callers_memory(rng):
     _close(y, _cl(reference.forward_infer(_nc(x), g, b, mm, mv, 1e-3)))
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_mxnet_last_axis_float64_refused_changes_nothing(rng, training):
-    """float64 data with the channel last: this build's channels-last kernels take float32/float16; refused
-    by name before anything ran (gamma not overwritten, moving statistics and the tape untouched)."""
-    x, dy, g, b, mm, mv = _inputs(rng, (2, 3, 4, 5), np.float64, np.float64)
-    dg_, mm_, mv_ = gpuarray.to_gpu(g), gpuarray.to_gpu(mm), gpuarray.to_gpu(mv)
-    with autograd.record() as tape:
-        with pytest.raises(EngineFeatureMissing, match="NHWC.*float32 or float16.*nothing was computed"):
-            mx_bn(gpuarray.to_gpu(x), dg_, gpuarray.to_gpu(b), mm_, mv_, axis=-1, training=training)
-    assert tape._saved == []
-    for dev, host in ((dg_, g), (mm_, mm), (mv_, mv)):
-        np.testing.assert_array_equal(dev.get(), host)
+@pytest.mark.parametrize("shape", [(4, 5, 3), (2, 3, 4, 5)])
+def test_mxnet_last_axis_float64_train(rng, shape):
+    """float64 data with the channel last, float64 everything: three steps compounding the moving
+    statistics, each forward + backward, against float64 numpy."""
+    x, dy, g, b, mm, mv = _inputs(rng, shape, np.float64, np.float64)
+    g_, b_, mm_, mv_ = (gpuarray.to_gpu(a) for a in (g, b, mm, mv))
+    rmm, rmv = mm.copy(), mv.copy()
+    for step in range(3):
+        xs = x + step
+        with autograd.record() as tape:
+            y = mx_bn(gpuarray.to_gpu(xs), g_, b_, mm_, mv_, fix_gamma=False, momentum=0.5, axis=-1)
+        dx, dgamma, dbeta = tape.backward(y, gpuarray.to_gpu(dy))
+        ry, _, _, mean, invstd = reference.forward_train(_nc(xs), g, b, rmm, rmv, 1e-3, 0.5,
+                                                         running_var_unbiased=False)
+        rdx, rdg, rdb = reference.backward(_nc(xs), _nc(dy), g, mean, invstd)
+        rmm, rmv = 0.5 * rmm + 0.5 * mean, 0.5 * rmv + 0.5 * (1 / invstd ** 2 - 1e-3)
+        assert y.dtype == dx.dtype == dgamma.dtype == np.float64
+        for got, want in ((y, _cl(ry)), (dx, _cl(rdx)), (dgamma, rdg), (dbeta, rdb), (mm_, rmm), (mv_, rmv)):
+            np.testing.assert_allclose(got.get(), want, *TOL64)
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -237,20 +244,34 @@ def test_paddle_nhwc_is_the_callers_memory(rng):
     assert (face.load_bytes, face.store_bytes) == (core.load_bytes, core.store_bytes)
 
 
-@pytest.mark.parametrize("make,x_dtype", [
-    (lambda: PaddleBN(5, data_layout="NHWC", dtype="float64"), np.float64),
-    (lambda: PaddleBN(5, data_layout="NHWC", act="relu"), np.float32),
-])
-def test_paddle_nhwc_refusals_change_nothing(rng, make, x_dtype):
-    """What this build's channels-last kernels lack (float64 data, the fused activation) is refused by name
-    at the forward, before anything moved."""
-    bn = make()
-    before = [t.numpy().copy() for t in bn.state_dict().values()]
-    with pytest.raises(EngineFeatureMissing, match="NHWC.*nothing was computed"):
-        bn(gpuarray.to_gpu(rng.standard_normal((2, 3, 4, 5)).astype(x_dtype)))
-    for b0, t in zip(before, bn.state_dict().values()):
-        np.testing.assert_array_equal(t.numpy(), b0)
-    assert bn._saved is None
+@pytest.mark.parametrize("act,alpha", [("relu", 0.0), ("relu6", 6.0), ("elu", 1.0), ("sigmoid", 0.0),
+                                       ("tanh", 0.0), ("swish", 0.0), ("silu", 0.0)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_paddle_nhwc_act(rng, act, alpha, dtype):
+    """act fused with NHWC: a training step (y = act(bn(x)), the backward through act') then an eval step
+    (the frozen backward through act' at the running statistics), against float64 numpy."""
+    dt = np.dtype(dtype)
+    x, dy, w, b, rm, rv = _inputs(rng, (2, 3, 4, 5), dt, dt)
+    x = x * 3  # past relu6's ceiling too
+    tol = TOL64 if dt == np.float64 else (2e-4, 2e-4)
+    bn = _paddle(5, w, b, rm, rv, act=act, dtype=dtype)
+    y = bn(gpuarray.to_gpu(x))
+    dx = bn.backward(gpuarray.to_gpu(dy))
+    ry, rrm, _, mean, invstd, v = bn_ref_epilogue.forward_train(_nc(x), w, b, rm, rv, EPS32, 1 - M32, act, alpha)
+    rrv = M32 * rv + (1 - M32) * (1 / invstd ** 2 - EPS32)
+    rdx, _, rdw, rdb = bn_ref_epilogue.backward(_nc(x), _nc(dy), w, mean, invstd, v, act, alpha)
+    for got, want in ((y, _cl(ry)), (dx, _cl(rdx)), (bn.weight.grad, rdw), (bn.bias.grad, rdb),
+                      (bn._mean.value, rrm), (bn._variance.value, rrv)):
+        np.testing.assert_allclose(got.get(), want, *tol)
+    bn.clear_gradients()
+    bn.eval()
+    y = bn(gpuarray.to_gpu(x))
+    dx = bn.backward(gpuarray.to_gpu(dy))
+    v = reference.forward_infer(_nc(x), w, b, rrm, rrv, EPS32)
+    rdx, _, rdw, rdb = bn_ref_epilogue.backward_infer(_nc(x), _nc(dy), w, rrm, rrv, EPS32, v, act, alpha)
+    np.testing.assert_allclose(y.get(), _cl(bn_ref_epilogue.act_forward(act, v, alpha)), *tol)
+    for got, want in ((dx, _cl(rdx)), (bn.weight.grad, rdw), (bn.bias.grad, rdb)):
+        np.testing.assert_allclose(got.get(), want, *tol)
 
 
 @pytest.mark.parametrize("call,match", [

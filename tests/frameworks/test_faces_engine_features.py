@@ -28,11 +28,15 @@ def _mx_inputs(rng, shape, axis, dtype):
 
 
 def _to_nc(a, axis):
-    """a with the channel axis moved to 1 and the axes before it folded into N (the core's view)."""
+    """a with the channel axis at 1: the last one moved there, a middle one with the axes before it folded
+    into N (the face's view)."""
+    if axis % a.ndim == a.ndim - 1 and a.ndim > 2:
+        return np.moveaxis(a, -1, 1)
     return a if axis == 1 else a.reshape(int(np.prod(a.shape[:axis])), a.shape[axis], -1)
 
 
-@pytest.mark.parametrize("shape,axis", [((4, 3, 5), 1), ((2, 3, 4, 5), 2), ((6, 4), 1), ((2, 3, 4, 5), 1)])
+@pytest.mark.parametrize("shape,axis", [((4, 3, 5), 1), ((2, 3, 4, 5), 2), ((6, 4), 1), ((2, 3, 4, 5), 1),
+                                        ((4, 5, 3), -1), ((2, 3, 4, 5), 3)])
 @pytest.mark.parametrize("fix_gamma", [False, True])
 def test_mxnet_eval_backward_float64(rng, shape, axis, fix_gamma):
     x, dy, g, b, mm, mv = _mx_inputs(rng, shape, axis, np.float64)
@@ -46,9 +50,9 @@ def test_mxnet_eval_backward_float64(rng, shape, axis, fix_gamma):
     scale = np.ones_like(g) if fix_gamma else g
     invstd = 1.0 / np.sqrt(mv + eps)
     rdx, rdg, rdb = reference.backward(xs, dys, scale, mm, invstd)  # the training formula, moving statistics
-    np.testing.assert_allclose(y.get().reshape(xs.shape), reference.forward_infer(xs, scale, b, mm, mv, eps),
+    np.testing.assert_allclose(_to_nc(y.get(), axis), reference.forward_infer(xs, scale, b, mm, mv, eps),
                                *TOL64)
-    np.testing.assert_allclose(dx.get().reshape(xs.shape), rdx, *TOL64)
+    np.testing.assert_allclose(_to_nc(dx.get(), axis), rdx, *TOL64)
     np.testing.assert_allclose(dbeta.get(), rdb, *TOL64)
     np.testing.assert_allclose(dgamma.get(), 0.0 if fix_gamma else rdg, *TOL64)
     assert dx.dtype == dgamma.dtype == np.float64

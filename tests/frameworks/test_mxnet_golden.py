@@ -1,5 +1,5 @@
-"""cybn.mxnet.BatchNorm against MXNet 1.9.1's own results (golden/mxnet.npz), every case the engine supports
-(channel axis first, middle or last); the others must be refused with EngineFeatureMissing and change nothing."""
+"""cybn.mxnet.BatchNorm against MXNet 1.9.1's own results (golden/mxnet.npz): every case (channel axis first,
+middle or last; float32, float16, float64)."""
 import os
 
 import numpy as np
@@ -8,7 +8,6 @@ import pytest
 from golden_common import load
 from golden_compare import assert_close, nrel
 from cybn import gpuarray
-from cybn.frameworks import EngineFeatureMissing
 from cybn.mxnet import BatchNorm, MXNetError, autograd
 
 CASES = load(os.path.join(os.path.dirname(__file__), "golden", "mxnet.npz"))
@@ -16,29 +15,17 @@ ERRORS = {n: c for n, c in CASES.items() if n.endswith("_err")}
 HARD = sorted(n for n in CASES if n.startswith("hard_") and n not in ERRORS)
 
 
-def needs(p):
-    """The missing engine feature a case needs, or None."""
-    nd = len(p["shape"])
-    if p["axis"] % nd == nd - 1 and nd > 2 and p["dtype"] == "float64":
-        return "float64 channels-last"
-    return None
-
-
 NAMES = sorted(n for n in CASES if n not in ERRORS and n not in HARD)
-SUPPORTED = [n for n in NAMES if needs(CASES[n][0]) is None]
-# Channels-last (axis -1 / the last axis of 3-d..5-d data, the core's layout="NHWC"), compared:
-#   train_{3,4,5}d_last_m{0.9,0.5,0.99}, eval_{3,4,5}d_last, evalbwd_{3,4,5}d_last, train_4d_axis3.
-# Left out of the golden comparison (refusal asserted instead), by the rule of needs(): float64_last_4d
-#   (this build's channels-last kernels take float32/float16 only).
-# (2-d data with axis=-1 is axis 1, NCHW.) Every other case is compared.
-UNSUPPORTED = [n for n in NAMES if n not in SUPPORTED]
-CHANNELS_LAST = [n for n in SUPPORTED if len(CASES[n][0]["shape"]) > 2
+# Every case is compared. Channels-last (axis -1 / the last axis of 3-d..5-d data, the core's layout="NHWC"):
+#   train_{3,4,5}d_last_m{0.9,0.5,0.99}, eval_{3,4,5}d_last, evalbwd_{3,4,5}d_last, train_4d_axis3,
+#   float64_last_4d. (2-d data with axis=-1 is axis 1, NCHW.)
+CHANNELS_LAST = [n for n in NAMES if len(CASES[n][0]["shape"]) > 2
                  and CASES[n][0]["axis"] % len(CASES[n][0]["shape"]) == len(CASES[n][0]["shape"]) - 1]
 
 
 def test_case_counts():
-    assert len(NAMES) == 63 and len(UNSUPPORTED) == 1 and len(HARD) == 2, (len(NAMES), len(UNSUPPORTED))
-    assert len(CHANNELS_LAST) == 16, CHANNELS_LAST
+    assert len(NAMES) == 63 and len(HARD) == 2, len(NAMES)
+    assert len(CHANNELS_LAST) == 17, CHANNELS_LAST
 
 
 def _run(p, a, step):
@@ -69,7 +56,7 @@ KINDS = {"y": "y", "mean": "stat", "invstd": "stat", "moving_mean": "stat", "mov
          "dx": "grad", "dgamma": "grad", "dbeta": "grad"}
 
 
-@pytest.mark.parametrize("name", SUPPORTED)
+@pytest.mark.parametrize("name", NAMES)
 def test_golden(name):
     p, a = CASES[name]
     for k, r in _run(p, a, None):
@@ -80,22 +67,6 @@ def test_golden(name):
                 continue
             assert got.dtype == want.dtype, (what, got.dtype, want.dtype)
             assert_close(got, want, f"{name} step {k} {what}", KINDS[what], np.dtype(p["dtype"]))
-
-
-@pytest.mark.parametrize("name", UNSUPPORTED)
-def test_unsupported_refused(name):
-    p, a = CASES[name]
-    mm0, mv0, g0 = a["mean0"].copy(), a["var0"].copy(), a["gamma"].copy()
-    with pytest.raises(EngineFeatureMissing, match="engine does not have yet.*NHWC.*float32 or float16"):
-        for k, r in _run(p, a, None):
-            pass
-    # refused before anything ran: the arrays _run passed are fresh copies, so check through a second call
-    g, mm, mv = gpuarray.to_gpu(g0), gpuarray.to_gpu(mm0), gpuarray.to_gpu(mv0)
-    with pytest.raises(EngineFeatureMissing):
-        BatchNorm(gpuarray.to_gpu(a["x.0"]), g, gpuarray.to_gpu(a["beta"]), mm, mv, axis=p["axis"], training=True)
-    np.testing.assert_array_equal(mm.get(), mm0)
-    np.testing.assert_array_equal(mv.get(), mv0)
-    np.testing.assert_array_equal(g.get(), g0)  # fix_gamma's overwrite happens only after a forward ran
 
 
 def _channels_last(p, a):
