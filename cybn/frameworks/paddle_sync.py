@@ -11,7 +11,6 @@ Paddle takes its process group from paddle.distributed's global environment; cyb
 behind the caller's back, so the communicator is a required keyword (`comm=`). Semantics otherwise as the
 face's BatchNorm: factor = 1 - momentum, the biased batch variance into _variance (Paddle's sync_batch_norm
 kernel keeps that convention), eval() local with the running statistics (the same on every rank)."""
-from cybn.frameworks.common import EngineFeatureMissing
 from cybn.frameworks.paddle import BatchNorm
 
 # Paddle's data_format names: channel second (C first after N) or channel last.
@@ -40,14 +39,6 @@ class SyncBatchNorm(BatchNorm):
                          bias_attr=bias_attr, data_layout=_FORMATS[data_format])
         self._comm = comm
         self._name = name
-
-    def forward(self, input):
-        # the core's comm= paths take NCHW data; it checks the parameters against an NCHW view first, so say
-        # so here, before anything ran (2-d input is channel axis 1 in either layout)
-        if self._data_layout == "NHWC" and len(getattr(input, "shape", ())) > 2:
-            raise EngineFeatureMissing(f"SyncBatchNorm with channel-last data (data_format NLC/NHWC/NDHWC, input "
-                                       f"shape {list(input.shape)})", "channels-last comm= paths (they take NCHW)")
-        return super().forward(input)
 
     @classmethod
     def convert_sync_batchnorm(cls, layer, comm):
