@@ -39,10 +39,14 @@ cdef extern from "bn_abi.h":
         BN_BIASED_RUNVAR
         BN_PARTIALS
         BN_SUMS
+        BN_SPAN
         BN_FWD_PART         # workspace entry sizes
         BN_FWD_TAIL
         BN_BWD_PART
         BN_BWD_TAIL
+        BN_SPAN_SLOT_FWD
+        BN_SPAN_SLOT_BWD
+        BN_SPAN_SLOT_EW
 
 # Which kernels an operation uses.
 cdef enum:

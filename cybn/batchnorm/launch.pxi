@@ -78,8 +78,8 @@ cdef inline int _vec_with(int vec, cydriver.CUdeviceptr x, cydriver.CUdeviceptr 
     """16-byte units only where an epilogue array e (0: none) lines up with x as the kernels read it."""
     if e == 0 or vec == 0:
         return vec
-    if vec == 1:
-        return 1 if _aligned(e) else 0
+    if vec == 1 or vec == 3:
+        return vec if _aligned(e) else 0
     return 2 if e % 16 == x % 16 else 0
 
 

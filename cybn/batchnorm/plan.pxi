@@ -50,7 +50,7 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
     CTAs per channel (the split, _split). Per-activation: BX consecutive features (coalesced) times R
     row lanes per CTA, the rows split over P CTAs. The replay cache stays within the shared memory that
     keeps the kernel's occupancy."""
-    cdef long long units = 0, per_thread, cols, G, CPB, P, BX, R, slots, slot_bytes, arrays, budget, cap
+    cdef long long units = 0, per_thread, cols, G, CPB, P, BX, R, slots, slot_bytes, arrays, budget, cap, V, q
     cdef long long stats = d.C if d.mode == BN_SPATIAL else d.C * d.S
     memset(p, 0, sizeof(bn_plan))
     p.vec = vec
@@ -58,7 +58,8 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
     if d.layout == BN_LAYOUT_NHWC:
         _nhwc_block(d, vec, p, &cols, &per_thread, &slot_bytes)
     elif d.mode == BN_SPATIAL:
-        units = d.N * (d.S // (16 // _elem_bytes(d.dtype)) if vec else d.S)
+        V = 16 // _elem_bytes(d.dtype)
+        units = d.N * (_cdiv(d.S, V) if vec == 3 else (d.S // V if vec else d.S))
         slot_bytes = 16 if vec else _elem_bytes(d.dtype)
         if d.force_group > 0:  # whole warps, at most 1024 threads
             G = min(max(d.force_group // 32, 1) * 32, 1024)
@@ -67,8 +68,13 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
             while G < TARGET_THREADS and units > G * 4:
                 G *= 2
         CPB = TARGET_THREADS // G if G < TARGET_THREADS else 1
+        if vec == 3:  # SPAN: CPB x S elements a multiple of V (CPB a power of two, q = V / gcd(S, V) too)
+            q = _span_quantum(d.S, V)
+            if CPB < q:
+                CPB = q
+                G = max(32, min(G, (TARGET_THREADS // q) // 32 * 32))
         if CPB > stats:
-            CPB = stats
+            CPB = stats  # SPAN: C is a multiple of q (_vec_ok)
         cols = _cdiv(stats, CPB)
         per_thread = _cdiv(units, G)
         p.block[0] = <unsigned int>G
@@ -95,12 +101,21 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
     p.grid[1] = <unsigned int>P
     p.grid[2] = 1
     p.split = <int>P
+    # SPAN scratch (dynamic shared memory after the cache): BN_SPAN_SLOT_* values per thread of a reduction,
+    # per group (and one past the last) of an element-wise launch.
+    cdef long long span_bytes = 0, threads = <long long>p.block[0] * p.block[1]
+    if vec == 3 and d.layout != BN_LAYOUT_NHWC and d.mode == BN_SPATIAL:
+        span_bytes = _param_bytes(d.dtype) * (
+            BN_SPAN_SLOT_FWD * threads if kernel == BN_K_FWD_TRAIN else (BN_SPAN_SLOT_BWD * threads if kernel == BN_K_BWD
+                                                                       else BN_SPAN_SLOT_EW * (<long long>p.block[1] + 1)))
+    p.shared_bytes = <unsigned int>span_bytes
     # The replay cache: only the fused one-launch paths (P == 1) read x (and dy) twice.
     if P == 1 and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD):
         slot_bytes = 16 if (d.mode == BN_SPATIAL and vec) else _param_bytes(d.dtype)  # scalar slots hold P
-        budget = SMEM_LIMIT - <long long>d.static_shared[kernel]
+        budget = SMEM_LIMIT - <long long>d.static_shared[kernel] - span_bytes
         if p.ctas_per_sm > 0:
-            budget = min(budget, <long long>d.smem_budget[kernel][min(_cdiv(<long long>p.block[0] * p.block[1], 32), 32) - 1])
+            budget = min(budget, <long long>d.smem_budget[kernel][min(_cdiv(<long long>p.block[0] * p.block[1], 32), 32) - 1]
+                         - span_bytes)
         cap = budget // (<long long>p.block[0] * p.block[1] * slot_bytes * arrays)
         if d.force_cache >= 0:
             p.cache_units = <int>min(<long long>d.force_cache, cap)
@@ -108,7 +123,18 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
             p.cache_units = <int>min(per_thread, cap)
         if p.cache_units < 0:
             p.cache_units = 0
-        p.shared_bytes = <unsigned int>(p.cache_units * p.block[0] * p.block[1] * slot_bytes * arrays)
+        p.shared_bytes = <unsigned int>(p.cache_units * p.block[0] * p.block[1] * slot_bytes * arrays + span_bytes)
+    # SPAN's CTAs hold several channels, so a fused reduction's cache may hold less of each than the
+    # element path's one-channel CTAs: where the element path re-reads fewer bytes, it is taken instead.
+    cdef bn_plan alt
+    cdef long long alt_walk
+    if vec == 3 and P == 1 and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD) and d.force_cache < 0 \
+            and p.cache_units < per_thread:
+        bn_make_plan(d, kernel, 0, &alt)
+        alt_walk = _cdiv(d.N * d.S, <long long>alt.block[0])
+        if alt.split == 1 and (max(0, alt_walk - alt.cache_units) * alt.block[0] * _elem_bytes(d.dtype)
+                               < (per_thread - p.cache_units) * <long long>p.block[0] * 16):
+            p[0] = alt
     return BN_OK
 
 
@@ -126,11 +152,21 @@ cdef int _check_limits(const bn_plan* p) noexcept nogil:
     return BN_OK
 
 
+cdef inline long long _span_quantum(long long S, long long V) noexcept nogil:
+    """The fewest channels whose S elements fill whole V-element units: V / gcd(S, V)."""
+    cdef long long q = 1
+    while (S * q) % V != 0:
+        q *= 2
+    return q
+
+
 cdef inline int _vec_ok(const bn_desc* d, cydriver.CUdeviceptr a, cydriver.CUdeviceptr b,
                         cydriver.CUdeviceptr c) noexcept nogil:
     """16-byte units: 1 when every row is 16-byte aligned (S a multiple of the vector width, pointers
     aligned); 2 (ROWVEC) when N == 1 and the pointers agree modulo 16, so each channel is one row
-    whose aligned middle is vectorised between a scalar head and tail; else 0 (element loads)."""
+    whose aligned middle is vectorised between a scalar head and tail; 3 (SPAN) when S >= V, C * S is
+    a multiple of V and the pointers are aligned: the units of each CTA's span of channels, a row's
+    last unit of a channel shared with the next (CPB a multiple of _span_quantum); else 0 (elements)."""
     cdef long long V = 16 // _elem_bytes(d.dtype)
     if d.layout == BN_LAYOUT_NHWC:
         return _nhwc_vec_ok(d, a, b, c)
@@ -140,8 +176,10 @@ cdef inline int _vec_ok(const bn_desc* d, cydriver.CUdeviceptr a, cydriver.CUdev
         return 1
     if d.N == 1 and d.S >= 2 * V and a % 16 == b % 16 and a % 16 == c % 16:
         return 2
+    if d.S >= V and (d.C * d.S) % V == 0 and _aligned(a) and _aligned(b) and _aligned(c):
+        return 3  # SPAN: every row and every CTA's channels x S span 16-byte aligned
     return 0
 
 
 cdef inline int _vec_flags(int vec) noexcept nogil:
-    return 0 if vec == 0 else (BN_VEC if vec == 1 else BN_VEC | BN_ROWVEC)
+    return 0 if vec == 0 else (BN_VEC if vec == 1 else (BN_VEC | BN_ROWVEC if vec == 2 else BN_VEC | BN_SPAN))

@@ -9,7 +9,9 @@
 // CTA; grid (ceil(C / CPB), P): the P CTAs of a grid column split each channel's elements. Units are
 // 16-byte vectors (4 floats / 8 halves) when rows are 16-byte aligned (flag VEC); with N == 1 (each
 // channel one row) the row's aligned middle is vectorised between a scalar head and tail (ROWVEC);
-// otherwise elements.
+// when S is not a multiple of V but each CTA's span of CPB channels x S elements of a row is 16-byte
+// aligned (7x7, fp16 14x14), a channel walks the 16-byte units that start in its elements and hands the
+// next channel's share of its rows' last units to that channel's reduction (SPAN); otherwise elements.
 // Per-activation kernels: block (BX, R): BX consecutive features (coalesced) times R row lanes;
 // grid (ceil(F / BX), P): the P CTAs split the batch rows.
 // With P == 1 a CTA owns its channels whole and fuses statistics and normalisation (or reduction
@@ -67,34 +69,37 @@ __device__ __forceinline__ typename io<T>::P elem_or_0(const T* p, long long off
 }
 
 // ---------------------------------------------------------------- spatial traversal
-// Walks units u0 + lane, u0 + lane + G, ... < u1 of channel c, where unit u is column u % su of
-// row u / su, at unit offset (row * C + c) * su + column from the tensor start; without a division
+// Walks units u0 + lane, u0 + lane + G, ... < u1 of one channel, where unit u is column u % su of
+// row u / su, at unit offset row * rowlen + base + column from the tensor start; without a division
 // per step. In batches of B units per thread: load(k, offset) of the batch's units first (independent
 // loads, all in flight together), then use(k, offset, value) of each in walk order, so the
 // accumulation order is the unbatched walk's (deterministic) and a store in use() never has to wait on
-// aliasing analysis (y may be x: each unit is read before it is written, by its owner). The streaming
-// kernels (normalize, bwd_dx) take B = LOADS_IN_FLIGHT; the fused reductions B = 1, since four batched
-// units there cost 20-50 more registers (one CTA fewer per SM, fp16 backward 131 on sm_90).
+// aliasing analysis (y may be x: each unit is read before it is written, by its owner). `last` is set
+// before each use(): whether the unit is its row's last column (SPAN: the one that may hold the next
+// channel's first elements). The streaming kernels (normalize, bwd_dx) take B = LOADS_IN_FLIGHT; the
+// fused reductions B = 1, since four batched units there cost 20-50 more registers (one CTA fewer per
+// SM, fp16 backward 131 on sm_90).
 enum : int { LOADS_IN_FLIGHT = 4 };
 template <int B, typename L, typename U>
-__device__ __forceinline__ void walk_channel(long long c, long long C, long long su, long long u0, long long u1,
-                                            L load, U use) {
+__device__ __forceinline__ void walk_rows(long long rowlen, long long base, long long su, long long u0, long long u1,
+                                          L load, U use, bool& last) {
     const int G = blockDim.x;
     long long u = u0 + threadIdx.x;
     if (u >= u1) return;
     long long n = u / su, s = u - n * su;
-    const long long row = C * su;
-    long long off = (n * C + c) * su + s;
+    long long off = n * rowlen + base + s;
     const long long dn = G / su, ds = G - dn * su;
-    const long long step = dn * row + ds, wrap = row - su;
+    const long long step = dn * rowlen + ds, wrap = rowlen - su;
     using R = decltype(load(0, off));
     for (int k = 0; u < u1; k += B) {
         long long o[B];
+        unsigned l = 0;  // bit j: unit j is its row's last
         R r[B];
         int m = 0;
 #pragma unroll
         for (int j = 0; j < B; ++j) {
             o[j] = off;
+            l |= (s == su - 1 ? 1u : 0u) << j;
             if (u < u1) {
                 r[j] = load(k + j, off);
                 m = j + 1;
@@ -109,27 +114,98 @@ __device__ __forceinline__ void walk_channel(long long c, long long C, long long
         }
 #pragma unroll
         for (int j = 0; j < B; ++j)
-            if (j < m) use(k + j, o[j], r[j]);
+            if (j < m) {
+                last = (l >> j) & 1u;
+                use(k + j, o[j], r[j]);
+            }
     }
 }
+template <int B, typename L, typename U>
+__device__ __forceinline__ void walk_rows(long long rowlen, long long base, long long su, long long u0, long long u1,
+                                          L load, U use) {
+    bool last;
+    walk_rows<B>(rowlen, base, su, u0, u1, load, use, last);
+}
 
-// Where a channel's units are. VEC: 16-byte unit `off` of the tensor, walk_channel over (N, C, S / V).
-// ROWVEC: the channel is one contiguous row (N == 1); units start at element `base` (16-byte aligned)
-// and cover su * V elements, between a scalar head of h and a tail of t elements. Otherwise: elements.
+// Where a channel's units are: walk_rows over (N, rowlen) units from unit `ub`, su of them per row.
+// VEC: 16-byte units of (N, C, S / V). ROWVEC: the channel is one contiguous row (N == 1); units start at
+// element `base` (16-byte aligned) and cover su * V elements, between a scalar head of h and a tail of t
+// elements. SPAN (S not a multiple of V, rows and each CTA's span of channels x S elements 16-byte
+// aligned): a channel owns the aligned units that start inside its S elements of a row; the row's last
+// one holds `own` of them and then the first V - own elements of channel c + 1 (the next threadIdx.y
+// group: a span never ends inside a unit), whose head the channel's walk thereby covers.
+// Otherwise: elements of (N, C, S).
 struct ChannelView {
-    long long cw, Cw, su;  // walk_channel's channel, channel count and units per row
-    long long base;        // element offset of unit 0
-    long long h, t;        // ROWVEC head and tail element counts
+    long long rowlen, ub, su;  // walk_rows' units per tensor row, first unit, units per row
+    long long base;            // element offset of unit 0
+    long long h, t;            // ROWVEC head and tail element counts
+    int own;                   // SPAN: the channel's elements in a row's last unit; else V
 };
 
 template <typename T>
 __device__ __forceinline__ ChannelView channel_view(const T* x, long long c, long long C, long long S, int flags) {
     constexpr int V = io<T>::vec;
-    if (!(flags & BN_ROWVEC)) return ChannelView{c, C, (flags & BN_VEC) ? S / V : S, 0, 0, 0};
+    if (!(flags & BN_VEC)) return ChannelView{C * S, c * S, S, 0, 0, 0, 1};
+    if (flags & BN_SPAN) {
+        const long long ub = (c * S + V - 1) / V, ue = ((c + 1) * S + V - 1) / V;
+        return ChannelView{C * S / V, ub, ue - ub, 0, 0, 0, (int)((c + 1) * S - (ue - 1) * V)};
+    }
+    if (!(flags & BN_ROWVEC)) return ChannelView{C * (S / V), c * (S / V), S / V, 0, 0, 0, V};
     const unsigned mis = (unsigned)(reinterpret_cast<unsigned long long>(x + c * S) & 15u);
     long long h = mis ? (16 - mis) / sizeof(T) : 0;
     if (h > S) h = S;
-    return ChannelView{0, 1, (S - h) / V, c * S + h, h, (S - h) % V};
+    return ChannelView{(S - h) / V, 0, (S - h) / V, c * S + h, h, (S - h) % V, V};
+}
+
+// SPAN scratch in dynamic shared memory after the replay cache (cache_units 16-byte slots per thread):
+// W P values per thread (reductions: the next channel's spill accumulator, shift and later constants)
+// or per group (element-wise: the group's constants, read by the previous group), so the next
+// channel's state costs no registers across the walk; only a row's last unit touches it.
+template <typename P, int W>
+__device__ __forceinline__ P* span_scratch(uint4* cache, int cache_units, int slot) {
+    return reinterpret_cast<P*>(cache + cache_units * (int)(blockDim.x * blockDim.y)) + slot * W;
+}
+template <typename P>
+__device__ __forceinline__ Welford<P> welford_at(const P* q) { return Welford<P>{q[0], q[1], q[2], CSum<P>{q[3], q[4]}}; }
+template <typename P>
+__device__ __forceinline__ BwdSums<P> bwd_at(const P* q) {
+    return BwdSums<P>{CSum<P>{q[0], q[1]}, CSum<P>{q[2], q[3]}, CSum<P>{q[4], q[5]}};
+}
+
+// g = dy * act'(v) of a unit's elements (EPI 1); spill (SPAN): elements from own on take the next
+// channel's hi, a and bias from the scratch (*hn, *an, *bn), read only then.
+template <int EPI, int V, typename P>
+__device__ __forceinline__ void epi_grad_unit(P* vd, const P* vx, const P* ve, bool use_y, P hi, P a, P bb, bool spill,
+                                              int own, const P* hn, const P* an, const P* bn, int act, P alpha) {
+    if (spill) {
+        const P h = *hn, s = *an, b = *bn;
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+            const bool nx = i >= own;
+            vd[i] = epi_grad<EPI>(vd[i], vx[i], ve[i], use_y, nx ? h : hi, nx ? s : a, nx ? b : bb, act, alpha);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < V; ++i) vd[i] = epi_grad<EPI>(vd[i], vx[i], ve[i], use_y, hi, a, bb, act, alpha);
+    }
+}
+
+// dx of a unit's elements; spill (SPAN): elements from own on take the next channel's constants from
+// the scratch q = (a, dbias / M, k, lo, hi), read only then.
+template <int V, typename P>
+__device__ __forceinline__ void dx_unit(P* vd, const P* vx, P hi, P lo, P a, P dbm, P k, bool spill, int own,
+                                        const P* q) {
+    if (spill) {
+        const P an = q[0], dn = q[1], kn = q[2], ln = q[3], hn = q[4];
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+            const bool nx = i >= own;
+            vd[i] = dx1(vx[i], vd[i], nx ? hn : hi, nx ? ln : lo, nx ? an : a, nx ? dn : dbm, nx ? kn : k);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < V; ++i) vd[i] = dx1(vx[i], vd[i], hi, lo, a, dbm, k);
+    }
 }
 
 // ROWVEC: the channel's scalar head and tail elements, one per lane of the first CTA of the column.
@@ -155,13 +231,15 @@ __device__ __forceinline__ void split_range(long long units, long long& u0, long
 template <bool SPATIAL>
 __device__ __forceinline__ bool leader() { return SPATIAL ? threadIdx.x == 0 : threadIdx.y == 0; }
 
+// next (spatial, SPAN): also the next group's values (its own where it is the CTA's last group).
 template <bool SPATIAL, typename V4>
-__device__ __forceinline__ V4 share(V4 v) {
+__device__ __forceinline__ V4 share(V4 v, V4* next = nullptr) {
     __shared__ V4 slot[32];
     const int i = SPATIAL ? threadIdx.y : threadIdx.x;
     if (leader<SPATIAL>()) slot[i] = v;
     __syncthreads();
     const V4 r = slot[i];
+    if (next) *next = SPATIAL && i + 1 < (int)blockDim.y ? slot[i + 1] : r;
     __syncthreads();  // slot is reused by the next call
     return r;
 }
@@ -222,26 +300,48 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const typename io<T>::P* 
     const bool affine = flags & BN_AFFINE;
     auto p = mk4(P(0), P(0), P(0), P(0));
     if (ok && leader<true>()) p = mk4(io<T>::load(x + c * S), affine ? scale[c] : P(1), affine ? bias[c] : P(0), P(0));
-    p = share<true>(p);
+    const bool span = flags & BN_SPAN;
+    decltype(p) pn;  // SPAN: the next channel's (shift, scale, bias)
+    p = share<true>(p, &pn);
     const P shift = p.x;  // one sample of the channel: Welford runs on (x - shift) * ws
     const P ws = welford_scale(shift);
     Welford<P> w = welford_empty<P>();
+    P* sp = span ? span_scratch<P, BN_SPAN_SLOT_FWD>(cache, cache_units, tid) : nullptr;  // the next channel's spill
+    if (span) {
+        store_welford(sp, w);
+        sp[5] = pn.x;
+    }
+    bool last = false;
     if (vec) {
-        walk_channel<1>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) { return xu[off]; },
+        walk_rows<1>(cv.rowlen, cv.ub, cv.su, u0, u1, [&](int, long long off) { return xu[off]; },
                              [&](int k, long long, uint4 u) {
             if (k < cache_units) cache[k * nthreads + tid] = u;
             P v[V];
             io<T>::unpack(u, v);
+            if (last && cv.own < V) {  // SPAN: elements from own on are the next channel's
+                Welford<P> wn = welford_at(sp);
+                const P shn = sp[5], wsn = welford_scale(shn);
 #pragma unroll
-            for (int i = 0; i < V; ++i) welford_push(w, v[i], shift, ws);
-        });
+                for (int i = 0; i < V; ++i)
+                    if (i < cv.own) welford_push(w, v[i], shift, ws);
+                    else welford_push(wn, v[i], shn, wsn);
+                store_welford(sp, wn);
+            } else {
+#pragma unroll
+                for (int i = 0; i < V; ++i) welford_push(w, v[i], shift, ws);
+            }
+        }, last);
         walk_edges(cv, c, S, ok, [&](long long e) { welford_push(w, io<T>::load(x + e), shift, ws); });
     } else {
-        walk_channel<1>(c, C, cv.su, u0, u1, [&](int, long long off) { return io<T>::load(x + off); },
+        walk_rows<1>(cv.rowlen, cv.ub, cv.su, u0, u1, [&](int, long long off) { return io<T>::load(x + off); },
                              [&](int k, long long, P v) {
             if (k < cache_units) cachef[k * nthreads + tid] = v;
             welford_push(w, v, shift, ws);
         });
+    }
+    if (span) {  // the spill to the same lane of the next group, merged after its own walk's values
+        __syncthreads();
+        if (threadIdx.y > 0) w = welford_merge(w, welford_at(sp - blockDim.x * BN_SPAN_SLOT_FWD));
     }
     Welford<P> t = group_reduce(w);
     const long long M = N * S;
@@ -268,22 +368,37 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const typename io<T>::P* 
     const P a = (P)(p.y * inv_std(welford_variance(t, ws), eps)), b = p.z;
     const auto m = welford_mean_hi_lo(t, shift, ws, M);
     if (vec) {
-        walk_channel<1>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int k, long long off) {
+        if (span) {  // the next channel's constants into this thread's scratch
+            decltype(p) kn;
+            share<true>(mk4(a, b, m.x, m.y), &kn);
+            sp[0] = kn.x; sp[1] = kn.y; sp[2] = kn.z; sp[3] = kn.w;
+        }
+        walk_rows<1>(cv.rowlen, cv.ub, cv.su, u0, u1, [&](int k, long long off) {
             const uint4 u = k < cache_units ? cache[k * nthreads + tid] : xu[off];
             if constexpr (EPI) return make_uint4x2(u, unit_or_0(zu, off)); else return u;
         }, [&](int, long long off, auto q) {
             P v[V], e[V];
             io<T>::unpack(first(q), v);
             epi_e<T>(q, e);
+            if (last && cv.own < V) {
+                const P an = sp[0], bn = sp[1], hn = sp[2], ln = sp[3];
 #pragma unroll
-            for (int i = 0; i < V; ++i) v[i] = epi_out<EPI>(normalize1(v[i], m.x, m.y, a, b), e[i], act, alpha);
+                for (int i = 0; i < V; ++i) {
+                    const bool nx = i >= cv.own;
+                    v[i] = epi_out<EPI>(normalize1(v[i], nx ? hn : m.x, nx ? ln : m.y, nx ? an : a, nx ? bn : b), e[i],
+                                        act, alpha);
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < V; ++i) v[i] = epi_out<EPI>(normalize1(v[i], m.x, m.y, a, b), e[i], act, alpha);
+            }
             yu[off] = io<T>::pack(v);
-        });
+        }, last);
         walk_edges(cv, c, S, ok, [&](long long e) {
             io<T>::store(y + e, epi_out<EPI>(normalize1(io<T>::load(x + e), m.x, m.y, a, b), elem_or_0(z, e), act, alpha));
         });
     } else {
-        walk_channel<1>(c, C, cv.su, u0, u1, [&](int k, long long off) {
+        walk_rows<1>(cv.rowlen, cv.ub, cv.su, u0, u1, [&](int k, long long off) {
             const P v = k < cache_units ? cachef[k * nthreads + tid] : io<T>::load(x + off);
             if constexpr (EPI) return mk2(v, elem_or_0(z, off)); else return v;
         }, [&](int, long long off, auto q) {
@@ -316,24 +431,42 @@ __global__ void bn_normalize_spatial(const T* x, T* y, const typename io<T>::P* 
     if (!ok) u1 = u0;
     auto p = mk4(P(0), P(0), P(0), P(0));
     if (ok && leader<true>()) p = normalize_constants(c, mean, stat, scale, bias, stat_tail, eps, flags);
-    p = share<true>(p);
+    extern __shared__ uint4 cache[];
+    const bool span = flags & BN_SPAN;
+    P* sp = span ? span_scratch<P, BN_SPAN_SLOT_EW>(cache, 0, threadIdx.y + 1) : nullptr;  // SPAN: the next group's constants
+    if (span && leader<true>()) {
+        P* mine = span_scratch<P, BN_SPAN_SLOT_EW>(cache, 0, threadIdx.y);
+        mine[0] = p.x; mine[1] = p.y; mine[2] = p.z; mine[3] = p.w;
+    }
+    p = share<true>(p);  // its barrier publishes the scratch too
     const P a = p.x, b = p.y, hi = p.z, lo = p.w;
+    bool last = false;
     if (vec) {
-        walk_channel<LOADS_IN_FLIGHT>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) {
+        walk_rows<LOADS_IN_FLIGHT>(cv.rowlen, cv.ub, cv.su, u0, u1, [&](int, long long off) {
             if constexpr (EPI) return make_uint4x2(xu[off], unit_or_0(zu, off)); else return xu[off];
         }, [&](int, long long off, auto q) {
             P v[V], e[V];
             io<T>::unpack(first(q), v);
             epi_e<T>(q, e);
+            if (last && cv.own < V) {
+                const P an = sp[0], bn = sp[1], hn = sp[2], ln = sp[3];
 #pragma unroll
-            for (int i = 0; i < V; ++i) v[i] = epi_out<EPI>(normalize1(v[i], hi, lo, a, b), e[i], act, alpha);
+                for (int i = 0; i < V; ++i) {
+                    const bool nx = i >= cv.own;
+                    v[i] = epi_out<EPI>(normalize1(v[i], nx ? hn : hi, nx ? ln : lo, nx ? an : a, nx ? bn : b), e[i],
+                                        act, alpha);
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < V; ++i) v[i] = epi_out<EPI>(normalize1(v[i], hi, lo, a, b), e[i], act, alpha);
+            }
             yu[off] = io<T>::pack(v);
-        });
+        }, last);
         walk_edges(cv, c, S, ok, [&](long long e) {
             io<T>::store(y + e, epi_out<EPI>(normalize1(io<T>::load(x + e), hi, lo, a, b), elem_or_0(z, e), act, alpha));
         });
     } else {
-        walk_channel<LOADS_IN_FLIGHT>(c, C, cv.su, u0, u1, [&](int, long long off) {
+        walk_rows<LOADS_IN_FLIGHT>(cv.rowlen, cv.ub, cv.su, u0, u1, [&](int, long long off) {
             const P v = io<T>::load(x + off);
             if constexpr (EPI) return mk2(v, elem_or_0(z, off)); else return v;
         }, [&](int, long long off, auto q) {
@@ -389,11 +522,19 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io
         const double isd = frozen ? inv_std((double)st, eps) : (double)st;
         p = mk4((P)isd, mean[c], (P)(sc * isd), (EPI && bias) ? bias[c] : P(0));
     }
-    p = share<true>(p);
+    const bool span = flags & BN_SPAN;
+    decltype(p) pn;  // SPAN: the next channel's
+    p = share<true>(p, &pn);
     const P invstd = p.x, hi = p.y, a = p.z, bb = p.w;
     BwdSums<P> acc = bwd_empty<P>();
+    P* sp = span ? span_scratch<P, BN_SPAN_SLOT_BWD>(cache, 2 * cache_units, tid) : nullptr;  // after x's, dy's cache
+    if (span) {
+        store_bwd(sp, acc);
+        sp[6] = pn.y; sp[7] = pn.z; sp[8] = pn.w;  // its hi, a, bb
+    }
+    bool last = false;
     if (vec) {
-        walk_channel<1>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) {
+        walk_rows<1>(cv.rowlen, cv.ub, cv.su, u0, u1, [&](int, long long off) {
             if constexpr (EPI) return uint4x3{xu[off], du[off], unit_or_0(eu, off)};
             else return make_uint4x2(xu[off], du[off]);
         }, [&](int k, long long off, auto q) {
@@ -401,11 +542,11 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io
             io<T>::unpack(q.x, vx);
             io<T>::unpack(q.d, vd);
             uint4 ud = q.d;
+            const bool spill = last && cv.own < V;
             if constexpr (EPI) {
                 P ve[V];
                 io<T>::unpack(q.e, ve);
-#pragma unroll
-                for (int i = 0; i < V; ++i) vd[i] = epi_grad<EPI>(vd[i], vx[i], ve[i], use_y, hi, a, bb, act, alpha);
+                epi_grad_unit<EPI, V>(vd, vx, ve, use_y, hi, a, bb, spill, cv.own, sp + 6, sp + 7, sp + 8, act, alpha);
                 ud = io<T>::pack(vd);
                 if (dzu) dzu[off] = ud;
             }
@@ -413,13 +554,29 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io
                 cache[k * nthreads + tid] = q.x;
                 cache[slots + k * nthreads + tid] = ud;
             }
+            if (spill) {
+                BwdSums<P> an = bwd_at(sp);
+                const P hn = sp[6], ann = sp[7];
 #pragma unroll
-            for (int i = 0; i < V; ++i) {
-                bwd_push(acc, vx[i], vd[i], hi);
-                vd[i] *= a;
+                for (int i = 0; i < V; ++i) {
+                    if (i < cv.own) {
+                        bwd_push(acc, vx[i], vd[i], hi);
+                        vd[i] *= a;
+                    } else {
+                        bwd_push(an, vx[i], vd[i], hn);
+                        vd[i] *= ann;
+                    }
+                }
+                store_bwd(sp, an);
+            } else {
+#pragma unroll
+                for (int i = 0; i < V; ++i) {
+                    bwd_push(acc, vx[i], vd[i], hi);
+                    vd[i] *= a;
+                }
             }
             if (frozen) dxu[off] = io<T>::pack(vd);
-        });
+        }, last);
         walk_edges(cv, c, S, ok, [&](long long e) {
             const P vx = io<T>::load(x + e);
             const P vd = epi_grad<EPI>(io<T>::load(dy + e), vx, elem_or_0(ep, e), use_y, hi, a, bb, act, alpha);
@@ -428,7 +585,7 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io
             if (frozen) io<T>::store(dx + e, a * vd);
         });
     } else {
-        walk_channel<1>(c, C, cv.su, u0, u1, [&](int, long long off) {
+        walk_rows<1>(cv.rowlen, cv.ub, cv.su, u0, u1, [&](int, long long off) {
             if constexpr (EPI) return mk3(io<T>::load(x + off), io<T>::load(dy + off), elem_or_0(ep, off));
             else return mk2(io<T>::load(x + off), io<T>::load(dy + off));
         }, [&](int k, long long off, auto q) {
@@ -445,6 +602,10 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io
             bwd_push(acc, vx, vd, hi);
             if (frozen) io<T>::store(dx + off, a * vd);
         });
+    }
+    if (span) {  // the spill to the same lane of the next group, merged after its own walk's values
+        __syncthreads();
+        if (threadIdx.y > 0) acc = merge(acc, bwd_at(sp - blockDim.x * BN_SPAN_SLOT_BWD));
     }
     BwdSums<P> t = group_reduce(acc);
     const P Mf = (P)(N * S);
@@ -478,7 +639,13 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io
     if (frozen) return;
     const P dbm = r.y / Mf, k = r.w, lo = r.z;
     if (vec) {
-        walk_channel<1>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int kk, long long off) {
+        if (span) {  // the next channel's (dbm, k, lo) and hi, a into this thread's scratch
+            const P hn = sp[6], an = sp[7];
+            decltype(p) dn;
+            share<true>(mk4(dbm, k, lo, P(0)), &dn);
+            sp[0] = an; sp[1] = dn.x; sp[2] = dn.y; sp[3] = dn.z; sp[4] = hn;  // bn_bwd_dx_spatial's layout
+        }
+        walk_rows<1>(cv.rowlen, cv.ub, cv.su, u0, u1, [&](int kk, long long off) {
             const bool hit = kk < cache_units;
             if constexpr (EPI)
                 return hit ? uint4x3{cache[kk * nthreads + tid], cache[slots + kk * nthreads + tid], make_uint4(0u, 0u, 0u, 0u)}
@@ -494,21 +661,20 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io
                 if (kk >= cache_units) {  // the cache holds g already
                     P ve[V];
                     io<T>::unpack(q.e, ve);
-#pragma unroll
-                    for (int i = 0; i < V; ++i) vd[i] = epi_grad<EPI>(vd[i], vx[i], ve[i], use_y, hi, a, bb, act, alpha);
+                    epi_grad_unit<EPI, V>(vd, vx, ve, use_y, hi, a, bb, last && cv.own < V, cv.own, sp + 4, sp, sp + 8,
+                                          act, alpha);
                 }
             }
-#pragma unroll
-            for (int i = 0; i < V; ++i) vd[i] = dx1(vx[i], vd[i], hi, lo, a, dbm, k);
+            dx_unit<V>(vd, vx, hi, lo, a, dbm, k, last && cv.own < V, cv.own, sp);
             dxu[off] = io<T>::pack(vd);
-        });
+        }, last);
         walk_edges(cv, c, S, ok, [&](long long e) {
             const P vx = io<T>::load(x + e);
             const P vd = epi_grad<EPI>(io<T>::load(dy + e), vx, elem_or_0(ep, e), use_y, hi, a, bb, act, alpha);
             io<T>::store(dx + e, dx1(vx, vd, hi, lo, a, dbm, k));
         });
     } else {
-        walk_channel<1>(c, C, cv.su, u0, u1, [&](int kk, long long off) {
+        walk_rows<1>(cv.rowlen, cv.ub, cv.su, u0, u1, [&](int kk, long long off) {
             const bool hit = kk < cache_units;
             const P vx = hit ? cachef[kk * nthreads + tid] : io<T>::load(x + off);
             P vd = hit ? cachef[slots + kk * nthreads + tid] : io<T>::load(dy + off);
@@ -546,36 +712,43 @@ __global__ void bn_bwd_dx_spatial(const T* x, const T* dy, T* dx, const typename
         hi = mean[c];
         if (EPI && bias) bb = bias[c];
     }
-    p = share<true>(p);
+    extern __shared__ uint4 cache[];
+    const bool span = flags & BN_SPAN;
+    P* sp = span ? span_scratch<P, BN_SPAN_SLOT_EW>(cache, 0, threadIdx.y + 1) : nullptr;  // SPAN: the next group's constants
+    if (span && leader<true>()) {
+        P* mine = span_scratch<P, BN_SPAN_SLOT_EW>(cache, 0, threadIdx.y);
+        mine[0] = p.x; mine[1] = p.y; mine[2] = p.z; mine[3] = p.w; mine[4] = hi; mine[5] = bb;
+    }
+    p = share<true>(p);  // its barrier publishes the scratch too
     const P a = p.x, dbm = p.y, k = p.z, lo = p.w;
     const auto hb = share<true>(mk4(hi, bb, P(0), P(0)));
     hi = hb.x;
     bb = hb.y;
+    bool last = false;
     if (vec) {
-        walk_channel<LOADS_IN_FLIGHT>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) {
+        walk_rows<LOADS_IN_FLIGHT>(cv.rowlen, cv.ub, cv.su, u0, u1, [&](int, long long off) {
             if constexpr (EPI) return uint4x3{xu[off], du[off], unit_or_0(eu, off)};
             else return make_uint4x2(xu[off], du[off]);
         }, [&](int, long long off, auto q) {
             P vx[V], vd[V];
             io<T>::unpack(q.x, vx);
             io<T>::unpack(q.d, vd);
+            const bool spill = last && cv.own < V;
             if constexpr (EPI) {
                 P ve[V];
                 io<T>::unpack(q.e, ve);
-#pragma unroll
-                for (int i = 0; i < V; ++i) vd[i] = epi_grad<EPI>(vd[i], vx[i], ve[i], use_y, hi, a, bb, act, alpha);
+                epi_grad_unit<EPI, V>(vd, vx, ve, use_y, hi, a, bb, spill, cv.own, sp + 4, sp, sp + 5, act, alpha);
             }
-#pragma unroll
-            for (int i = 0; i < V; ++i) vd[i] = dx1(vx[i], vd[i], hi, lo, a, dbm, k);
+            dx_unit<V>(vd, vx, hi, lo, a, dbm, k, spill, cv.own, sp);
             dxu[off] = io<T>::pack(vd);
-        });
+        }, last);
         walk_edges(cv, c, S, ok, [&](long long e) {
             const P vx = io<T>::load(x + e);
             const P vd = epi_grad<EPI>(io<T>::load(dy + e), vx, elem_or_0(ep, e), use_y, hi, a, bb, act, alpha);
             io<T>::store(dx + e, dx1(vx, vd, hi, lo, a, dbm, k));
         });
     } else {
-        walk_channel<LOADS_IN_FLIGHT>(c, C, cv.su, u0, u1, [&](int, long long off) {
+        walk_rows<LOADS_IN_FLIGHT>(cv.rowlen, cv.ub, cv.su, u0, u1, [&](int, long long off) {
             if constexpr (EPI) return mk3(io<T>::load(x + off), io<T>::load(dy + off), elem_or_0(ep, off));
             else return mk2(io<T>::load(x + off), io<T>::load(dy + off));
         }, [&](int, long long off, auto q) {

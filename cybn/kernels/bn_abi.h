@@ -18,6 +18,9 @@
                                    save_invstd = mean lo, running_mean = biased variance; nothing else written */
 #define BN_SUMS 128             /* backward, SyncBatchNorm: only the raw sums, bias_grad = sum(dy), scale_grad =
                                    sum(dy * (x - mean)), batch_scale_grad = sum(x - mean); no dx */
+#define BN_SPAN 256             /* spatial (with VEC): S not a multiple of the vector width, rows and each CTA's
+                                   channels x S span 16-byte aligned: a channel owns the 16-byte units starting in
+                                   its elements, the row's last one shared with the next channel (batchnorm.cu) */
 
 /* Statistic modes (bn_desc.mode; CYBN_SPATIAL, CYBN_PER_ACTIVATION). */
 #define BN_SPATIAL 0            /* (N, C, *spatial): one statistic per channel */
@@ -64,5 +67,11 @@
 #define BN_FWD_TAIL 4           /* per statistic for the second launch: the mean (hi, lo), scale * invstd, pad */
 #define BN_BWD_PART 6           /* the backward's compensated sums (dy, dy * (x - hi), x - hi), 2 floats each */
 #define BN_BWD_TAIL 4           /* dx constants (a, dbias / M, k, lo) for the second launch */
+/* SPAN scratch in dynamic shared memory after the replay cache, P values per thread of the reductions and per
+   group of the element-wise kernels: forward (Welford + shift, later 4 constants), backward (sums + 3, later 5),
+   element-wise (6 constants). */
+#define BN_SPAN_SLOT_FWD 6
+#define BN_SPAN_SLOT_BWD 9
+#define BN_SPAN_SLOT_EW 6
 
 #endif
