@@ -124,16 +124,13 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
         if p.cache_units < 0:
             p.cache_units = 0
         p.shared_bytes = <unsigned int>(p.cache_units * p.block[0] * p.block[1] * slot_bytes * arrays + span_bytes)
-    # SPAN's CTAs hold several channels, so a fused reduction's cache may hold less of each than the
-    # element path's one-channel CTAs: where the element path re-reads fewer bytes, it is taken instead.
+    # SPAN's CTAs hold several channels, so a fused reduction's cache may hold less of each (or the
+    # reduction splits where the element path's one-channel CTAs fuse): where the element path reads
+    # fewer bytes, it is taken instead, so SPAN never moves more bytes than the element path.
     cdef bn_plan alt
-    cdef long long alt_walk
-    if vec == 3 and P == 1 and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD) and d.force_cache < 0 \
-            and p.cache_units < per_thread:
+    if vec == 3 and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD) and d.force_cache < 0 and d.force_split <= 0:
         bn_make_plan(d, kernel, 0, &alt)
-        alt_walk = _cdiv(d.N * d.S, <long long>alt.block[0])
-        if alt.split == 1 and (max(0, alt_walk - alt.cache_units) * alt.block[0] * _elem_bytes(d.dtype)
-                               < (per_thread - p.cache_units) * <long long>p.block[0] * 16):
+        if _reread_bytes(d, &alt, d.N * d.S, _elem_bytes(d.dtype)) < _reread_bytes(d, p, d.N * _cdiv(d.S, V), 16):
             p[0] = alt
     return BN_OK
 
@@ -150,6 +147,14 @@ cdef int _check_limits(const bn_plan* p) noexcept nogil:
                  "the device's launch limits", p.grid[0], p.grid[1], p.grid[2], p.block[0], p.block[1], p.block[2])
         return BN_EINVAL
     return BN_OK
+
+
+cdef inline long long _reread_bytes(const bn_desc* d, const bn_plan* p, long long units, long long unit_bytes) noexcept nogil:
+    """Bytes per channel and array a reduction plan reads beyond one pass: a fused plan's units past its
+    cache, a split plan's second launch."""
+    if p.split > 1:
+        return d.N * d.S * _elem_bytes(d.dtype)
+    return max(0, _cdiv(units, <long long>p.block[0]) - p.cache_units) * <long long>p.block[0] * unit_bytes
 
 
 cdef inline long long _span_quantum(long long S, long long V) noexcept nogil:
