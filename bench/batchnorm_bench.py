@@ -19,8 +19,11 @@ sys.path.append(_ROOT)  # a source checkout that is not pip-installed
 
 from cybn.testing.traffic import BAR, IDEAL, MAX_LAUNCHES, allowance, measure_call  # noqa: E402
 
-SHAPES = [((32, 64, 28, 28), "spatial"), ((2, 4, 256, 256), "spatial"), ((4096, 512), "per_activation")]
-QUICK = [((8, 16, 14, 14), "spatial"), ((2, 4, 64, 64), "spatial"), ((1024, 128), "per_activation")]
+# (32, 64, 7, 7): rows of 49 elements, not whole 16-byte units (the SPAN path, vec 3)
+SHAPES = [((32, 64, 28, 28), "spatial"), ((2, 4, 256, 256), "spatial"), ((32, 64, 7, 7), "spatial"),
+          ((4096, 512), "per_activation")]
+QUICK = [((8, 16, 14, 14), "spatial"), ((2, 4, 64, 64), "spatial"), ((8, 16, 7, 7), "spatial"),
+         ((1024, 128), "per_activation")]
 
 
 def main():
@@ -28,7 +31,7 @@ def main():
     backend.init()
     shapes = QUICK if "--quick" in sys.argv else SHAPES
     print(f"{'shape':>20} {'mode':>15} {'dtype':>8} {'op':>14} {'B/elem':>8} {'ideal':>6} {'bar':>6} "
-          f"{'launches':>8} {'plan (grid, block, split)':>30}")
+          f"{'launches':>8} {'plan (grid, block, split), vec':>34}")
     for shape, mode in shapes:
         for dtype in (np.float32, np.float16):
             size = np.dtype(dtype).itemsize
@@ -38,7 +41,7 @@ def main():
                 ok = per_element <= allowance(shape, mode, dtype, op, launches) and launches <= MAX_LAUNCHES[op]
                 print(f"{str(shape):>20} {mode:>15} {np.dtype(dtype).name:>8} {op:>14} {per_element:8.3f} "
                       f"{IDEAL[op] * size:6d} {BAR[op] * size:6d} {launches:8d} "
-                      f"{str((p['grid'][:2], p['block'][:2], p['split'])):>30}{'' if ok else '  OVER BAR'}")
+                      f"{str((p['grid'][:2], p['block'][:2], p['split'])):>30} v{p['vec']}{'' if ok else '  OVER BAR'}")
     print()
     print(f"{'PuzzleLib module':>20} {'shape':>20} {'backward(grad, scale=0.5, momentum=0.9) launches':>50}")
     for shape, mode in shapes:
