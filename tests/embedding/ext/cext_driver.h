@@ -84,9 +84,10 @@ typedef struct {
     CUstream stream;
 } cext_run;
 
+/* static inline: an extension that includes this header but uses none of these still builds under -Werror. */
 /* Without the GIL: the context and a non-blocking stream, buf[i] of bytes[i] (0: none, left 0), the first nin
  * filled from in[i] on the stream. Returns the failing driver call's name (its CUresult in *r), or NULL. */
-static const char *cext_begin(cext_run *run, CUdeviceptr *buf, const size_t *bytes, int nbuf, const Py_buffer *in,
+static inline const char *cext_begin(cext_run *run, CUdeviceptr *buf, const size_t *bytes, int nbuf, const Py_buffer *in,
                               int nin, CUresult *r)
 {
     CUcontext ctx;
@@ -107,7 +108,7 @@ static const char *cext_begin(cext_run *run, CUdeviceptr *buf, const size_t *byt
 
 /* {names[k]: the bytes of buf[ids[k]]} for every buffer that exists, copied back on the run's stream; NULL with
  * an exception set on failure. */
-static PyObject *cext_results(const cext_run *run, const CUdeviceptr *buf, const size_t *bytes, const int *ids,
+static inline PyObject *cext_results(const cext_run *run, const CUdeviceptr *buf, const size_t *bytes, const int *ids,
                               const char *const *names, int n)
 {
     CUresult r = CUDA_SUCCESS;
@@ -133,7 +134,7 @@ static PyObject *cext_results(const cext_run *run, const CUdeviceptr *buf, const
 }
 
 /* Whatever cext_begin reached, undone: synchronise, free the buffers, destroy the stream, release the context. */
-static void cext_end(cext_run *run, CUdeviceptr *buf, int nbuf)
+static inline void cext_end(cext_run *run, CUdeviceptr *buf, int nbuf)
 {
     int i;
     if (run->stream)
