@@ -2,19 +2,13 @@
 ranks with uneven batches (a rank of 1 sample; with 3 ranks one of 0), C = 65, a fused plan, a larger spatial
 size split over the rows, relu with a residual (dz), float32 and float16, several steps, against float64
 numpy BatchNorm over the concatenated batch (sync_nhwc_cases.py), computed here from the same seeds."""
-import os
-import pickle
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-from mpi_launch import mpiexec
+from mpi_launch import run_ranks
 from sync_nhwc_cases import COUNTS, DTYPES, SCENARIOS, STEPS, params, rank_data, reference
 from test_sync_batchnorm import _close  # relative to the largest magnitude, as the NCHW SyncBatchNorm test
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 # Relative to each quantity's largest magnitude: one rounding of the output dtype plus float32 statistics
 # (float16: 2^-11 per stored element of x, dy, z, y and dx), as test_sync_batchnorm.py.
 TOL = {"float32": 2e-5, "float16": 4e-3}
@@ -25,14 +19,7 @@ def nhwc_ranks(request, tmp_path_factory):
     pytest.importorskip("mpi4py", reason="the test extra installs mpi4py and mpich: pip install -e '.[test]'")
     size = request.param
     out = tmp_path_factory.mktemp(f"mpi_nhwc{size}")
-    cmd = [mpiexec(), "-n", str(size), sys.executable, os.path.join(HERE, "mpi_worker_nhwc.py"), str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    results = []
-    for r in range(size):
-        with open(out / f"rank{r}.pkl", "rb") as f:
-            results.append(pickle.load(f))
-    assert [res["rank"] for res in results] == list(range(size))
+    results = run_ranks(size, "mpi_worker_nhwc.py", out, timeout=300)
     return size, results
 
 
