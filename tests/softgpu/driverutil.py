@@ -8,17 +8,9 @@ import pytest
 from cuda.bindings import driver as cu
 from cuda.bindings import nvrtc
 
+from cybn.testing.ptx import SUCCESS, ok  # noqa: F401  (one result unpacker for the tests and the benches)
+
 R = cu.CUresult
-SUCCESS = R.CUDA_SUCCESS
-
-
-def ok(result):
-    """Unpack a cuda.bindings result tuple after asserting CUDA_SUCCESS."""
-    err, rest = result[0], result[1:]
-    assert err == SUCCESS, f"expected CUDA_SUCCESS, got {err!r}"
-    if not rest:
-        return None
-    return rest[0] if len(rest) == 1 else rest
 
 
 def code(result):
