@@ -222,6 +222,7 @@ cdef DeviceBuffer _finish_desc(bn_desc* d, cydriver.CUstream stream):
         ws = _workspace(ensure_context(), stream, need)
         d.workspace = ws.ptr
         d.workspace_bytes = ws.nbytes
+        d.counters_armed = &(<_Workspace>ws).armed  # one stream, one thread: scratch.pxi's trust rule
     return ws
 
 

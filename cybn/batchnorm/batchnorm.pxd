@@ -81,8 +81,11 @@ ctypedef struct bn_desc:
     unsigned int smem_budget[4][32]    # dynamic shared bytes per CTA that keep occ (the replay cache's room)
     cydriver.CUfunction kernels[4]     # BN_K_*, filled by prepare() for (dtype, mode)
     unsigned int static_shared[4]      # their static shared memory (the cache gets the rest of 48 KiB)
-    cydriver.CUdeviceptr workspace     # scratch: counters (zeroed by each split call) + partials; bn_workspace_size
+    cydriver.CUdeviceptr workspace     # scratch: counters + partials; bn_workspace_size
     size_t workspace_bytes
+    size_t* counters_armed      # NULL: the workspace's contents are unknown (each split call zeroes its counters);
+                                #   else the bytes at its start known to be armed (zero) counters, kept by the
+                                #   owner of the workspace (the Python face's) and updated by the core: scratch.pxi
     int force_group             # tests: threads per channel (spatial) / row lanes (per-activation); 0 auto
     int force_split             # tests: CTAs per channel; 0 auto
     int force_cache             # tests: cache slots per thread; -1 auto

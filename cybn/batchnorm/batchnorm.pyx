@@ -20,8 +20,9 @@ variance (M2 / n) on power-of-two-scaled samples, finished in double: no overflo
 fits float32. Parameter gradients take cuDNN's alpha/beta in the backward's own launch.
 
 Workspace: the split plan (several CTAs per channel) needs per-column counters and scratch for the
-partial statistics. It is plain scratch: each split call zeroes its counters on the stream first
-(an async memset, not a launch), so its earlier content never matters. Allocated on first need per
+partial statistics. The last CTA of each column re-arms its counter, so a split call is its two launches
+and no memset on a workspace the previous call left armed; each workspace here tracks that (scratch.pxi's
+rule) and any other content gets one async memset of the counters first. Allocated on first need per
 (device, stream, thread) and kept for the life of the process; one per stream and thread so that no
 two calls' launches interleave on one workspace.
 """

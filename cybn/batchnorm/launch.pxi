@@ -1,5 +1,6 @@
 # The nogil core: validate, plan, and launch the kernels of cybn/kernels/batchnorm.cu with
-# cuLaunchKernel (one or two launches per call). No Python object is touched: the Python, Cython
+# cuLaunchKernel (one or two launches per call; a split call's counters need a memset only where
+# scratch.pxi's rule cannot trust them). No Python object is touched: the Python, Cython
 # and C faces all end here. Included by batchnorm.pyx.
 
 cdef int _launch(const bn_desc* d, int kernel, const bn_plan* p, cydriver.CUstream stream, void** args) noexcept nogil:
@@ -129,7 +130,7 @@ cdef int bn_forward_train_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.
     cdef cydriver.CUdeviceptr shifted = 0
     if p.split > 1:
         shifted = partials + _partials_bytes(d, &p, BN_K_FWD_TRAIN)
-        st = _zero_counters(d, stream)
+        st = _arm_counters(d, stream)
         if st != BN_OK:
             return st
     else:
@@ -148,15 +149,17 @@ cdef int bn_forward_train_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.
     args[14] = _scalar(&sc, 0); args[15] = _scalar(&sc, 1); args[16] = &flags; args[17] = &cache
     args[18] = &z; args[19] = &act; args[20] = _scalar(&sc, 2)
     st = _launch(d, BN_K_FWD_TRAIN, &p, stream, args)
-    if st != BN_OK or p.split == 1 or d.flags & BN_DESC_PARTIALS:  # partials: no normalisation (sync.pxi)
+    if p.split == 1:
         return st
+    if st != BN_OK or d.flags & BN_DESC_PARTIALS:  # partials: no normalisation (sync.pxi)
+        return _counters_done(d, st)
     # Second launch of the split plan (q, planned above): normalise with the combined statistics.
     flags = flags | BN_SHIFTED
     cdef void* nargs[15]
     nargs[0] = &x; nargs[1] = &y; nargs[2] = &save_mean; nargs[3] = &save_invstd; nargs[4] = &scale
     nargs[5] = &bias; nargs[6] = &shifted; nargs[7] = &N; nargs[8] = &C; nargs[9] = &S; nargs[10] = _scalar(&sc, 0)
     nargs[11] = &flags; nargs[12] = &z; nargs[13] = &act; nargs[14] = _scalar(&sc, 2)
-    return _launch(d, BN_K_NORMALIZE, &q, stream, nargs)
+    return _counters_done(d, _launch(d, BN_K_NORMALIZE, &q, stream, nargs))
 
 
 cdef int bn_forward_infer_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdeviceptr y,
@@ -278,7 +281,7 @@ cdef int bn_backward_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdev
     if not (d.flags & BN_DESC_AFFINE):
         bias = 0
     if p.split > 1:
-        st = _zero_counters(d, stream)
+        st = _arm_counters(d, stream)
         if st != BN_OK:
             return st
     cdef void* args[29]
@@ -289,12 +292,14 @@ cdef int bn_backward_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdev
     args[20] = _scalar(&sc, 6); args[21] = &flags; args[22] = &cache
     args[23] = &bias; args[24] = &y; args[25] = &z; args[26] = &dz; args[27] = &act; args[28] = _scalar(&sc, 2)
     st = _launch(d, BN_K_BWD, &p, stream, args)
-    if st != BN_OK or p.split == 1 or frozen or d.flags & BN_DESC_SUMS:  # sums: dx is sync.pxi's
+    if p.split == 1:
         return st
+    if st != BN_OK or frozen or d.flags & BN_DESC_SUMS:  # sums: dx is sync.pxi's
+        return _counters_done(d, st)
     # Second launch of the split plan (q, planned above): dx from the constants the first launch's last CTAs wrote.
     cdef cydriver.CUdeviceptr none = 0
     cdef void* dargs[15]
     dargs[0] = &x; dargs[1] = &dy; dargs[2] = &dx; dargs[3] = &mean; dargs[4] = &tail; dargs[5] = &N
     dargs[6] = &C; dargs[7] = &S; dargs[8] = &flags
     dargs[9] = &bias; dargs[10] = &y; dargs[11] = &z; dargs[12] = &none; dargs[13] = &act; dargs[14] = _scalar(&sc, 2)
-    return _launch(d, BN_K_BWD_DX, &q, stream, dargs)
+    return _counters_done(d, _launch(d, BN_K_BWD_DX, &q, stream, dargs))

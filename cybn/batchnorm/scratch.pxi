@@ -1,6 +1,6 @@
 # The split plans' scratch inside the caller's workspace: counters, per-CTA partials and the
 # second launch's tail (P values per entry from bn_abi.h), its size (bn_workspace_size), its check and
-# the counters' zeroing. Included by batchnorm.pyx.
+# the counters' arming (when they need a memset). Included by batchnorm.pyx.
 
 cdef inline size_t _round256(size_t n) noexcept nogil:
     return (n + 255) // 256 * 256
@@ -48,13 +48,33 @@ cdef int _check_workspace(const bn_desc* d, const bn_plan* p, int kernel) noexce
     return BN_OK
 
 
-cdef int _zero_counters(const bn_desc* d, cydriver.CUstream stream) noexcept nogil:
-    """A split plan's per-column counters start at zero. Zeroed on the stream before every split call,
-    so the workspace is plain scratch for every face (Python, Cython, C): an earlier call with another
-    shape may have left partials where this call's counters lie, and a failed call may have left
-    counters part-way. C * 4 bytes by the driver, not a kernel launch."""
-    cdef cydriver.CUresult r = cydriver.cuMemsetD32Async(d.workspace, 0, _counter_bytes(d) // 4, stream)
+# The counters' contract. A split call needs its _counter_bytes(d) at the workspace's start to be zero
+# (armed); its last CTA of each column re-arms its counter (atomicInc wrap, bn_reduce.cuh), so a finished
+# call leaves them armed, while its partials and tail overwrite whatever lies past them. The core trusts
+# the counters only through d.counters_armed, an extent the workspace's owner keeps beside that one
+# allocation and stream (the Python face's workspaces do: workspaces.pxi): it skips the memset when the
+# extent covers this call's counters, and afterwards sets it to exactly this call's counter bytes when
+# every driver call was accepted, to 0 when any failed. Everything else -- NULL (the C API and Cython
+# callers' own memory, whose contents between calls the engine cannot know), a fresh allocation (extent
+# 0), an extent smaller than this call's counters (another descriptor's partials lie there), a failed
+# call -- gets one memset of the counters on the stream before the first launch.
+cdef int _arm_counters(const bn_desc* d, cydriver.CUstream stream) noexcept nogil:
+    cdef size_t need = _counter_bytes(d)
+    cdef cydriver.CUresult r
+    if d.counters_armed != NULL:
+        if d.counters_armed[0] >= need:
+            d.counters_armed[0] = 0  # unknown until _counters_done says the launches were accepted
+            return BN_OK
+        d.counters_armed[0] = 0
+    r = cydriver.cuMemsetD32Async(d.workspace, 0, need // 4, stream)
     if r != cydriver.CUDA_SUCCESS:
         snprintf(cybn_bn_error, sizeof(cybn_bn_error), "cuMemsetD32Async failed: %d", <int>r)
         return <int>r
     return BN_OK
+
+
+cdef inline int _counters_done(const bn_desc* d, int st) noexcept nogil:
+    """After a split call's launches: the counters are armed again for the next call when all were accepted."""
+    if d.counters_armed != NULL:
+        d.counters_armed[0] = _counter_bytes(d) if st == BN_OK else 0
+    return st

@@ -1,8 +1,9 @@
 # The Python face's workspaces: one per (context, stream, thread), kept, reused, and dropped with
 # their stream or thread. Included by batchnorm.pyx.
 
-# (context, stream, thread) -> DeviceBuffer, least recently used first. Plain scratch: the cores zero a split
-# call's counters on the stream themselves (_zero_counters), so no content needs to survive between calls.
+# (context, stream, thread) -> _Workspace, least recently used first. Each one is used on one stream by one
+# thread, in stream order, so it can carry its counters' armed extent (scratch.pxi's rule): a split call on a
+# workspace the previous call left armed needs no memset. A fresh allocation starts at 0 (unknown contents).
 # Lifetime: a cybn Stream's entries go when it is destroyed (cybn.stream's destroy hook), a thread's when the
 # thread exits (_ThreadWorkspaces), and at most MAX_WORKSPACES stay (foreign handles cannot grow the table).
 # A call holds its buffer (_busy) from _finish_desc to the end of its launches; nothing frees a held buffer.
@@ -36,6 +37,21 @@ class _ThreadWorkspaces:
             pass
 
 
+cdef class _Workspace(DeviceBuffer):
+    """A kept workspace: its allocation plus the bytes at its start that hold armed (zero) counters. The core
+    reads and updates `armed` through bn_desc.counters_armed while the caller holds the workspace."""
+    cdef size_t armed
+
+
+def _counters_armed(stream=None):
+    """The calling thread's workspace on `stream` (None: the current stream): its counters' armed extent in
+    bytes, or None when it has none. For tests of the counter contract."""
+    cdef cydriver.CUstream s = resolve_stream(stream)
+    with _ws_lock:
+        ws = _workspaces.get(_workspace_key(ensure_context(), s))
+    return None if ws is None else (<_Workspace>ws).armed
+
+
 cdef DeviceBuffer _workspace(cydriver.CUcontext ctx, cydriver.CUstream stream, size_t nbytes):
     """The stream's (and thread's) workspace of at least nbytes, held (_busy) until _release."""
     if getattr(_ws_tls, "owner", None) is None:
@@ -53,7 +69,7 @@ cdef DeviceBuffer _workspace(cydriver.CUcontext ctx, cydriver.CUstream stream, s
     cdef size_t size = 1 << 16
     while size < nbytes:
         size *= 2
-    buf = DeviceBuffer(size)
+    buf = _Workspace(size)
     with _ws_lock:
         _workspaces[key] = buf
         _busy[id(buf)] = _busy.get(id(buf), 0) + 1

@@ -91,8 +91,9 @@ extern "C" {
 typedef unsigned long long cybn_deviceptr;   /* a CUdeviceptr */
 
 /* What to normalise. Fill with cybn_desc_init(), then set workspace/workspace_bytes if
- * cybn_workspace_size() is non-zero. The workspace is device scratch with no required content (each
- * call that needs it zeroes its counters on the stream first), used by one stream and thread at a time. */
+ * cybn_workspace_size() is non-zero. The workspace is device scratch with no required content: the engine
+ * cannot know what the caller's memory held since its last call, so each split call zeroes its counters
+ * with one async memset on the stream before its two launches. Used by one stream and thread at a time. */
 typedef struct cybn_desc {
     int32_t mode;                /* CYBN_SPATIAL / CYBN_PER_ACTIVATION */
     int32_t dtype;               /* CYBN_FLOAT32 / CYBN_FLOAT16 */

@@ -15,7 +15,7 @@
 // With P == 1 a CTA owns its channels whole and fuses statistics and normalisation (or reduction
 // and dx) into one launch, replaying x from a shared-memory cache where it fits. With P > 1 each CTA
 // writes its partial to a workspace and the last CTA of a grid column (an atomic counter per
-// column, zeroed on the stream by the host before each split call) combines them in a fixed order
+// column, re-armed by that CTA: bn_reduce.cuh; zeroed by the host only where it cannot trust it) combines them in a fixed order
 // (deterministic); the element-wise second half is then a second launch.
 // All offsets are 64-bit; loops are grid-stride so any size fits the grid limits.
 //

@@ -7,8 +7,8 @@
 // P): the P CTAs of a grid column split the M rows. A thread walks rows n0 + ty, n0 + ty + BY, ... of
 // its CTA's share, in batches of B rows whose loads are issued together (several 16-byte loads in flight).
 // The in-CTA reduction over the row lanes is column_reduce (a fixed tree); across CTAs the scheme of
-// batchnorm.cu: per-CTA partials in the workspace, the last CTA of a column (atomic counter, zeroed by
-// the host before each split call) combines them in a fixed order (deterministic) and finishes the
+// batchnorm.cu: per-CTA partials in the workspace, the last CTA of a column (atomic counter, re-armed by
+// that CTA; bn_reduce.cuh) combines them in a fixed order (deterministic) and finishes the
 // statistics; the element-wise half is then a second launch (bn_nhwc_normalize / bn_nhwc_bwd_dx).
 // With P == 1 the kernel fuses both halves, replaying x (and dy) from a shared-memory cache where it fits.
 //

@@ -1,7 +1,7 @@
 // bn_reduce.cuh: the BatchNorm kernels' reductions, shared by every layout's kernels: the backward's
 // compensated sums (BwdSums), merge/shfl_down for each reduced type, the in-CTA reductions over a
 // threadIdx.y group (group_reduce) or a threadIdx.x column (column_reduce), the last-CTA election of a
-// split grid column, and the workspace partials' layout (FWD_PART, BWD_PART).
+// split grid column (which re-arms its counter), and the workspace partials' layout (FWD_PART, BWD_PART).
 #pragma once
 #include "bn_abi.h"
 #include "welford.cuh"
@@ -100,12 +100,15 @@ __device__ R column_reduce(R v) {
 
 // Marks this CTA done for its grid column; true in every thread of the CTA that finished last.
 // The partials written before it are visible to that CTA (fence before the atomic, fence after).
+// atomicInc wraps at gridDim.y - 1: the last CTA's increment stores 0, so a column's counter is back
+// at 0 when the grid ends and the next split call on the workspace needs no memset (the host's
+// armed-extent rule, cybn/batchnorm/scratch.pxi, decides when it can trust that).
 __device__ __forceinline__ bool last_cta_of_column(unsigned* counters) {
     __shared__ int last;
     __syncthreads();  // every partial of this CTA is written
     if (threadIdx.x == 0 && threadIdx.y == 0) {
         __threadfence();
-        const unsigned prev = atomicAdd(&counters[blockIdx.x], 1u);
+        const unsigned prev = atomicInc(&counters[blockIdx.x], gridDim.y - 1u);
         last = prev == gridDim.y - 1;
         __threadfence();
     }

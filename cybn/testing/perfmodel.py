@@ -161,8 +161,10 @@ def launches(shape, dtype, mode, op, plan):
         kname = main["bwd" if op == "backward" else "fwd"]
         return [dict(kernel=kname, bytes=arrays * (stream + reread) + E * z + over, ctas=ctas, block=block,
                      shared=plan["shared_bytes"])]
+    # No counter memset: the last CTAs re-arm them, so the Python face's workspaces need none after their first
+    # split call (cybn/batchnorm/scratch.pxi); caller-provided memory (C API) still gets one per call.
     first = dict(kernel=main["bwd" if op == "backward" else "fwd"], bytes=arrays * stream + over + 12 * K * P,
-                 ctas=ctas, block=block, shared=0, memset=True)
+                 ctas=ctas, block=block, shared=0, memset=False)
     q = plan.get("second", plan)  # the element-wise launch is planned on its own (batchnorm.plan)
     P2 = q["split"]
     second = dict(kernel="bn_bwd_dx" if op == "backward" else "bn_normalize",
