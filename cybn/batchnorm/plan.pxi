@@ -57,7 +57,7 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
     p.vec = vec
     arrays = 2 if (kernel == BN_K_BWD or kernel == BN_K_BWD_DX) else 1
     if _is_rows(d):  # channels last, and every per-activation call: row-major (M, K) (plan_nhwc.pxi)
-        _nhwc_block(d, vec, p, &cols, &per_thread, &slot_bytes)
+        _nhwc_block(d, kernel, vec, p, &cols, &per_thread, &slot_bytes)
     else:
         units = d.N * (d.S // (16 // _elem_bytes(d.dtype)) if vec else d.S)
         slot_bytes = 16 if vec else _elem_bytes(d.dtype)

@@ -45,27 +45,39 @@ cdef inline long long _nhwc_width(const bn_desc* d, int vec) noexcept nogil:
     return 16 // _elem_bytes(d.dtype)
 
 
-cdef void _nhwc_block(const bn_desc* d, int vec, bn_plan* p, long long* cols, long long* per_thread,
+cdef void _nhwc_block(const bn_desc* d, int kernel, int vec, bn_plan* p, long long* cols, long long* per_thread,
                       long long* unit_bytes) noexcept nogil:
     """Block (BX, BY) and grid columns of a row-major plan; per_thread = rows a thread walks (unsplit),
     unit_bytes = bytes it loads per row and array. Columns before row splits: while the columns do not
-    cover the SMs, the CTA's channel span halves (BX halved while BX x unit stays >= NHWC_MIN_SPAN bytes,
-    BY doubled: still 256 threads, and no more row lanes than rows). More columns mean fewer CTAs per column
-    for the same fill: a short wide (N, F) runs fused (one read of x, the replay cache) instead of splitting
-    its rows (a second launch that reads x again), and a split reads each CTA's per-channel values (scale,
-    bias, statistics, partials) fewer times."""
+    cover the SMs, narrower CTAs are candidates too (BX halved while BX x unit stays >= NHWC_MIN_SPAN bytes,
+    BY doubled: still 256 threads, no more row lanes than rows). Of the candidates, with their split
+    (_split) and the occupancy calculator's slots, the plan takes the one covering the most SMs, then whole
+    waves, then the fewest CTAs per column (a fused launch reads x once and replays it from the cache; a
+    split reads each column's per-channel values once per CTA), then the widest."""
     cdef long long W = _nhwc_width(d, vec), M = d.N * _rows_s(d), ub = 16 if vec else _elem_bytes(d.dtype)
-    cdef long long units = _cdiv(_rows_k(d), W)
+    cdef long long units = _cdiv(_rows_k(d), W), M2 = _pow2_at_least(M)
     cdef long long BX = min(_pow2_at_least(units), <long long>NHWC_MAX_BX)
-    cdef long long BY = TARGET_THREADS // BX
+    cdef long long BY = TARGET_THREADS // BX, c, P, slots, ctas, cover, whole
+    cdef long long best_bx = BX, best_cover = -1, best_whole = 0, best_p = 0
     if d.force_group > 0:  # row lanes: a power of two
         BY = min(_pow2_at_least(d.force_group + 1) // 2, TARGET_THREADS // BX)
     else:
-        while BX * ub >= 2 * NHWC_MIN_SPAN and _cdiv(units, BX) < d.sm_count and BY * 2 <= _pow2_at_least(M):
+        while True:
+            BY = min(TARGET_THREADS // BX, M2)
+            c = _cdiv(units, BX)
+            slots = _slots(d, kernel, BX * BY, p)
+            P = d.force_split if d.force_split > 0 else _split(d, kernel, c, _cdiv(M, BY) * ub, slots)
+            ctas = c * P
+            cover = min(ctas, <long long>max(d.sm_count, 1))
+            whole = 1 if (P == 1 or ctas > _cdiv(ctas, slots) * slots - c) else 0
+            if (cover > best_cover or (cover == best_cover and (whole > best_whole or
+                                                               (whole == best_whole and P < best_p)))):
+                best_bx, best_cover, best_whole, best_p = BX, cover, whole, P
+            if not (BX * ub >= 2 * NHWC_MIN_SPAN and c < d.sm_count and BY * 2 <= M2):
+                break
             BX //= 2
-            BY *= 2
-        if BY > _pow2_at_least(M):
-            BY = _pow2_at_least(M)
+        BX = best_bx
+        BY = min(TARGET_THREADS // BX, M2)
     p.block[0] = <unsigned int>BX
     p.block[1] = <unsigned int>BY
     cols[0] = _cdiv(units, BX)
