@@ -51,14 +51,19 @@ cdef void _nhwc_block(const bn_desc* d, int kernel, int vec, bn_plan* p, long lo
     unit_bytes = bytes it loads per row and array. Columns before row splits: while the columns do not
     cover the SMs, narrower CTAs are candidates too (BX halved while BX x unit stays >= NHWC_MIN_SPAN bytes,
     BY doubled: still 256 threads, no more row lanes than rows). Of the candidates, with their split
-    (_split) and the occupancy calculator's slots, the plan takes the one covering the most SMs, then whole
-    waves, then the fewest CTAs per column (a fused launch reads x once and replays it from the cache; a
-    split reads each column's per-channel values once per CTA), then the widest."""
+    (_split) and the occupancy calculator's slots, the plan ranks first those covering every SM, then whole
+    waves, then fused (one launch: x read once and replayed from the cache, no memset), then more SMs
+    covered, then the fewest CTAs per column (a split reads each column's per-channel values once per
+    CTA), then the widest: a tensor too small to cover the SMs stays one fused launch."""
     cdef long long W = _nhwc_width(d, vec), M = d.N * _rows_s(d), ub = 16 if vec else _elem_bytes(d.dtype)
     cdef long long units = _cdiv(_rows_k(d), W), M2 = _pow2_at_least(M)
     cdef long long BX = min(_pow2_at_least(units), <long long>NHWC_MAX_BX)
-    cdef long long BY = TARGET_THREADS // BX, c, P, slots, ctas, cover, whole
-    cdef long long best_bx = BX, best_cover = -1, best_whole = 0, best_p = 0
+    cdef long long BY = TARGET_THREADS // BX, c, P, slots, ctas, cover, whole, sms = max(d.sm_count, 1)
+    cdef long long key[5]
+    cdef long long best[5]
+    cdef long long best_bx = BX
+    cdef int i
+    best[0] = -1
     if d.force_group > 0:  # row lanes: a power of two
         BY = min(_pow2_at_least(d.force_group + 1) // 2, TARGET_THREADS // BX)
     else:
@@ -68,11 +73,20 @@ cdef void _nhwc_block(const bn_desc* d, int kernel, int vec, bn_plan* p, long lo
             slots = _slots(d, kernel, BX * BY, p)
             P = d.force_split if d.force_split > 0 else _split(d, kernel, c, _cdiv(M, BY) * ub, slots)
             ctas = c * P
-            cover = min(ctas, <long long>max(d.sm_count, 1))
+            cover = min(ctas, sms)
             whole = 1 if (P == 1 or ctas > _cdiv(ctas, slots) * slots - c) else 0
-            if (cover > best_cover or (cover == best_cover and (whole > best_whole or
-                                                               (whole == best_whole and P < best_p)))):
-                best_bx, best_cover, best_whole, best_p = BX, cover, whole, P
+            key[0] = 1 if cover == sms else 0
+            key[1] = whole
+            key[2] = 1 if P == 1 else 0
+            key[3] = cover
+            key[4] = -P
+            for i in range(5):  # lexicographic: the first candidate wins ties (the widest)
+                if key[i] != best[i]:
+                    break
+            if i < 5 and key[i] > best[i] or best[0] < 0:
+                best_bx = BX
+                for i in range(5):
+                    best[i] = key[i]
             if not (BX * ub >= 2 * NHWC_MIN_SPAN and c < d.sm_count and BY * 2 <= M2):
                 break
             BX //= 2
