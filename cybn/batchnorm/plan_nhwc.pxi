@@ -66,12 +66,14 @@ cdef void _nhwc_block(const bn_desc* d, int kernel, int vec, bn_plan* p, long lo
     best[0] = -1
     if d.force_group > 0:  # row lanes: a power of two
         BY = min(_pow2_at_least(d.force_group + 1) // 2, TARGET_THREADS // BX)
+    elif d.force_split > 0:  # a test's forced split: the widest block, whatever the occupancy
+        BY = min(BY, M2)
     else:
         while True:
             BY = min(TARGET_THREADS // BX, M2)
             c = _cdiv(units, BX)
             slots = _slots(d, kernel, BX * BY, p)
-            P = d.force_split if d.force_split > 0 else _split(d, kernel, c, _cdiv(M, BY) * ub, slots)
+            P = _split(d, kernel, c, _cdiv(M, BY) * ub, slots)
             ctas = c * P
             cover = min(ctas, sms)
             whole = 1 if (P == 1 or ctas > _cdiv(ctas, slots) * slots - c) else 0
