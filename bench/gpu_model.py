@@ -1,11 +1,16 @@
 """MODEL of cybn's BatchNorm calls on a named GPU, beside the 1-read limit and PyTorch-native's kernels
 modelled the same way. Nothing here is a GPU timing: no GPU is used, every figure is a model output.
 
-    python bench/gpu_model.py                      # ResNet-50's BatchNorm layers (N = 32, 256), per-activation
+    python bench/gpu_model.py                      # ResNet-50's BatchNorm layers (N = 32, 256) channels first
+                                                   # and channels last, per-activation
     python bench/gpu_model.py --profile a100       # h100 (default), h200, a100
-    python bench/gpu_model.py --shape 64,256,14,14 --shape 4096,1024:per_activation
+    python bench/gpu_model.py --shape 64,256,14,14 --shape 4096,1024:per_activation --shape 32,56,56,64:nhwc
     python bench/gpu_model.py --quick              # a few shapes
     python bench/gpu_model.py --markdown           # the table as Markdown (the README's)
+
+Layouts: channels first (NCHW, batchnorm.cu's kernels), channels last (NHWC, shape (N, H, W, C): the
+row-major kernels of batchnorm_nhwc.cu and their plans, cybn.batchnorm.plan(..., layout="NHWC")) and
+per-activation (N, F) rows, which run the same row-major kernels (M = N rows of F features).
 
 Per call it prints: the plan (cybn.batchnorm.plan; see below for the SM count it is made for), the bytes
 the call moves (element streams computed exactly from the plan's walk, plus 48 B per statistic, CTA and
@@ -35,12 +40,16 @@ RESNET50 = [((64, 112, 112), 1), ((64, 56, 56), 6), ((256, 56, 56), 4), ((128, 5
             ((1024, 14, 14), 7), ((512, 14, 14), 1), ((512, 7, 7), 5), ((2048, 7, 7), 4)]
 PER_ACTIVATION = [(256, 4096), (4096, 1024)]
 OPS = ("forward_train", "backward", "forward_infer")
-QUICK = [((32, 64, 56, 56), "spatial"), ((256, 2048, 7, 7), "spatial"), ((256, 4096), "per_activation")]
+QUICK = [((32, 64, 56, 56), "spatial", "NCHW"), ((256, 2048, 7, 7), "spatial", "NCHW"),
+         ((32, 56, 56, 64), "spatial", "NHWC"), ((256, 4096), "per_activation", "NCHW")]
 
 
 def default_shapes():
-    out = [((n,) + chw, "spatial") for n in (32, 256) for chw, _ in RESNET50]
-    return out + [(s, "per_activation") for s in PER_ACTIVATION]
+    """(shape, mode, layout): ResNet-50's layers channels first, then channels last (shape (N, H, W, C)),
+    then the per-activation shapes."""
+    out = [((n,) + chw, "spatial", "NCHW") for n in (32, 256) for chw, _ in RESNET50]
+    out += [((n,) + chw[1:] + chw[:1], "spatial", "NHWC") for n in (32, 256) for chw, _ in RESNET50]
+    return out + [(s, "per_activation", "NCHW") for s in PER_ACTIVATION]
 
 
 def engine_dtypes():
@@ -100,17 +109,21 @@ def model_rows(shapes, dtypes, profile):
     from cybn.testing import cubin_report, perfmodel
     dev = perfmodel.DEVICES[profile]
     rows = []
-    for shape, mode in shapes:
+    for shape, mode, layout in shapes:
         for dt in dtypes:
-            facts = cubin_report.kernel_facts(dev.arch, dt.name, mode)
+            facts = cubin_report.kernel_facts(dev.arch, dt.name, mode, layout)
             for op in OPS:
-                plan = batchnorm.plan(shape, dt, mode, op)
-                m = perfmodel.model_call(shape, dt, mode, op, plan, facts, dev)
+                plan = batchnorm.plan(shape, dt, mode, op, layout=layout)
+                m = perfmodel.model_call(shape, dt, mode, op, plan, facts, dev, layout)
                 limit = perfmodel.ideal_seconds(shape, dt, op, dev)
-                torch_t = perfmodel.model_torch(shape, dt, op, dev)
-                rows.append(dict(shape=shape, mode=mode, dtype=dt.name, op=op, plan=plan, model=m, limit=limit,
-                                 torch=torch_t, elements=int(np.prod(shape))))
+                torch_t = perfmodel.model_torch(shape, dt, op, dev, layout)
+                rows.append(dict(shape=shape, mode=mode, layout=_layout_name(mode, layout), dtype=dt.name, op=op,
+                                 plan=plan, model=m, limit=limit, torch=torch_t, elements=int(np.prod(shape))))
     return rows
+
+
+def _layout_name(mode, layout):
+    return "rows" if mode == "per_activation" else layout
 
 
 def _plan_text(r):
@@ -119,14 +132,14 @@ def _plan_text(r):
 
 
 def print_table(rows):
-    print(f"{'shape':>20} {'dtype':>7} {'op':>13} {'plan grid/block vec cache':>26} {'CTA/SM':>6} {'waves':>6} "
+    print(f"{'shape':>20} {'layout':>6} {'dtype':>7} {'op':>13} {'plan grid/block vec cache':>26} {'CTA/SM':>6} {'waves':>6} "
           f"{'regs':>5} {'spill':>5} {'B/thr':>5} {'B/el':>6} {'MODEL us':>9} {'limit us':>8} {'MODEL xlim':>10} "
           f"{'MODEL %pk':>9} {'torch MODEL us':>14} {'MODEL cybn/torch':>16}")
     for r in rows:
         m = r["model"]
         first = m["launches"][0]
         regs = "/".join(str(ln["registers"]) for ln in m["launches"])
-        print(f"{str(r['shape']):>20} {r['dtype']:>7} {r['op']:>13} {_plan_text(r):>26} "
+        print(f"{str(r['shape']):>20} {r['layout']:>6} {r['dtype']:>7} {r['op']:>13} {_plan_text(r):>26} "
               f"{'/'.join(str(ln['ctas_per_sm']) for ln in m['launches']):>6} {first['waves']:6.2f} {regs:>5} "
               f"{sum(ln['spills'] for ln in m['launches']):5d} "
               f"{'/'.join(str(ln['bytes_per_thread']) for ln in m['launches']):>5} "
@@ -136,41 +149,44 @@ def print_table(rows):
 
 
 def print_markdown(rows):
-    print("| shape | dtype | op | plan grid / block | CTAs/SM | regs | spill B | B/thread | B/el | MODEL us | limit us | "
+    print("| shape | layout | dtype | op | plan grid / block | CTAs/SM | regs | spill B | B/thread | B/el | MODEL us | limit us | "
           "MODEL x limit | MODEL % peak | PyTorch-native MODEL us |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         m, p = r["model"], r["plan"]
         per = lambda key: "/".join(str(ln[key]) for ln in m["launches"])  # noqa: E731
-        print(f"| {r['shape']} | {r['dtype']} | {r['op']} | {p['grid'][0]}x{p['grid'][1]} / {p['block'][0]}x{p['block'][1]} "
+        print(f"| {r['shape']} | {r['layout']} | {r['dtype']} | {r['op']} | {p['grid'][0]}x{p['grid'][1]} / {p['block'][0]}x{p['block'][1]} "
               f"| {per('ctas_per_sm')} | {per('registers')} | {per('spills')} | {per('bytes_per_thread')} | "
               f"{m['bytes'] / r['elements']:.2f} | {m['seconds'] * 1e6:.1f} | {r['limit'] * 1e6:.1f} | "
               f"{m['seconds'] / r['limit']:.2f} | {100 * m['peak_fraction']:.0f} | {r['torch'] * 1e6:.1f} |")
 
 
-def summary(rows):
+def summary(rows, label=""):
+    """The summary lines of rows; label (e.g. "NHWC: ") names a subset."""
     lines = []
     ratios = [r["model"]["seconds"] / r["limit"] for r in rows]
     slower = [r for r in rows if r["model"]["seconds"] > r["torch"]]
-    lines.append(f"MODEL: {len(rows)} calls; time / 1-read limit from {min(ratios):.2f}x to {max(ratios):.2f}x "
+    lines.append(f"MODEL: {label}{len(rows)} calls; time / 1-read limit from {min(ratios):.2f}x to {max(ratios):.2f}x "
                  f"(median {np.median(ratios):.2f}x); within 1.5x of the limit: {sum(x <= 1.5 for x in ratios)}")
-    lines.append(f"MODEL: cybn slower than PyTorch-native on {len(slower)} of {len(rows)} calls")
+    lines.append(f"MODEL: {label}cybn slower than PyTorch-native on {len(slower)} of {len(rows)} calls")
     for op in OPS:
         sel = [r for r in rows if r["op"] == op]
         if sel:
             t = sum(r["model"]["seconds"] for r in sel) / sum(r["limit"] for r in sel)
             tt = sum(r["torch"] for r in sel) / sum(r["limit"] for r in sel)
-            lines.append(f"MODEL: {op}: sum of times / sum of limits: cybn {t:.2f}x, PyTorch-native {tt:.2f}x")
+            lines.append(f"MODEL: {label}{op}: sum of times / sum of limits: cybn {t:.2f}x, PyTorch-native {tt:.2f}x")
     return lines
 
 
 def parse_shape(text):
+    """(shape, mode, layout) from N,C[,spatial...][:spatial|per_activation|nhwc]; nhwc: spatial mode,
+    channels last, the shape given as N,[spatial...,]C."""
     dims, _, mode = text.partition(":")
     shape = tuple(int(v) for v in dims.split(","))
     mode = mode or ("spatial" if len(shape) > 2 else "per_activation")
-    if len(shape) < 2 or mode not in ("spatial", "per_activation"):
-        raise argparse.ArgumentTypeError(f"--shape wants N,C[,spatial...][:spatial|per_activation], got {text!r}")
-    return shape, mode
+    if len(shape) < 2 or mode not in ("spatial", "per_activation", "nhwc"):
+        raise argparse.ArgumentTypeError(f"--shape wants N,C[,spatial...][:spatial|per_activation|nhwc], got {text!r}")
+    return (shape, "spatial", "NHWC") if mode == "nhwc" else (shape, mode, "NCHW")
 
 
 def main(argv=None):
@@ -200,9 +216,11 @@ def main(argv=None):
     (print_markdown if args.markdown else print_table)(rows)
     for line in summary(rows):
         print(line)
-    layouts = engine_layouts()
-    if "channels_last" not in layouts:
-        print("channels_last (all shapes): not supported by the engine yet")
+    for name, label in (("NCHW", "channels first: "), ("NHWC", "channels last: "), ("rows", "per-activation: ")):
+        sel = [r for r in rows if r["layout"] == name]
+        if sel and len(sel) < len(rows):
+            for line in summary(sel, label):
+                print(line)
     for name in refused:
         print(f"{name} (all shapes): not supported by the engine yet")
     return 0

@@ -135,7 +135,7 @@ cdef int bn_forward_train_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.
             return st
     else:
         counters = partials = 0
-    cdef long long N = d.N, C = d.C, S = d.S
+    cdef long long N = d.N, C = _rows_k(d), S = _rows_s(d)  # per-activation: (N, F) rows
     cdef _scalars sc
     _set_scalars(&sc, d)
     cdef int flags = ((BN_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec)
@@ -192,7 +192,7 @@ cdef int bn_forward_infer_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.
     st = _check_limits(&p)
     if st != BN_OK:
         return st
-    cdef long long N = d.N, C = d.C, S = d.S
+    cdef long long N = d.N, C = _rows_k(d), S = _rows_s(d)  # per-activation: (N, F) rows
     cdef _scalars sc
     _set_scalars(&sc, d)
     cdef int flags = (BN_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec) | BN_STAT_IS_VAR | _fix_gamma(d)
@@ -271,7 +271,7 @@ cdef int bn_backward_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdev
     cdef cydriver.CUdeviceptr counters = d.workspace if p.split > 1 else 0
     cdef cydriver.CUdeviceptr partials = d.workspace + _counter_bytes(d) if p.split > 1 else 0
     cdef cydriver.CUdeviceptr tail = partials + _partials_bytes(d, &p, BN_K_BWD) if p.split > 1 else 0
-    cdef long long N = d.N, C = d.C, S = d.S
+    cdef long long N = d.N, C = _rows_k(d), S = _rows_s(d)  # per-activation: (N, F) rows
     cdef _scalars sc
     _set_scalars(&sc, d)
     _set_grad_scalars(&sc, ab)

@@ -3,7 +3,8 @@
 
 cdef int _layout_code(layout, int mode) except -1:
     """NCHW: the channel axis is 1; NHWC: the channel axis is last. Per-activation statistics are one per
-    non-batch position, so either layout is the same (N, F) rows: the NCHW per-activation kernels."""
+    non-batch position, so either layout is the same (N, F) rows, run by the row-major kernels of
+    batchnorm_nhwc.cu (plan_nhwc.pxi's _is_rows) whatever the layout code says."""
     if layout == "NCHW":
         return BN_LAYOUT_NCHW
     if layout == "NHWC":

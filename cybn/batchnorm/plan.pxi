@@ -47,17 +47,18 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
     """The launch heuristic, a pure function of the descriptor and the device facts prepare() put in
     it (SM count, the occupancy calculator's CTAs per SM per kernel and block size). Spatial: a group
     of G threads (whole warps) per channel, several channels per CTA when channels are small, and P
-    CTAs per channel (the split, _split). Per-activation: BX consecutive features (coalesced) times R
-    row lanes per CTA, the rows split over P CTAs. The replay cache stays within the shared memory that
+    CTAs per channel (the split, _split). Channels last and per-activation ((N, F) rows): _nhwc_block,
+    BX threads of 16-byte feature vectors (coalesced) times BY row lanes per CTA, the rows split over P
+    CTAs. The replay cache stays within the shared memory that
     keeps the kernel's occupancy."""
-    cdef long long units = 0, per_thread, cols, G, CPB, P, BX, R, slots, slot_bytes, arrays, budget, cap
-    cdef long long stats = d.C if d.mode == BN_SPATIAL else d.C * d.S
+    cdef long long units = 0, per_thread, cols, G, CPB, P, slots, slot_bytes, arrays, budget, cap
+    cdef long long stats = d.C
     memset(p, 0, sizeof(bn_plan))
     p.vec = vec
     arrays = 2 if (kernel == BN_K_BWD or kernel == BN_K_BWD_DX) else 1
-    if d.layout == BN_LAYOUT_NHWC:
-        _nhwc_block(d, vec, p, &cols, &per_thread, &slot_bytes)
-    elif d.mode == BN_SPATIAL:
+    if _is_rows(d):  # channels last, and every per-activation call: row-major (M, K) (plan_nhwc.pxi)
+        _nhwc_block(d, kernel, vec, p, &cols, &per_thread, &slot_bytes)
+    else:
         units = d.N * (d.S // (16 // _elem_bytes(d.dtype)) if vec else d.S)
         slot_bytes = 16 if vec else _elem_bytes(d.dtype)
         if d.force_group > 0:  # whole warps, at most 1024 threads
@@ -73,19 +74,6 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
         per_thread = _cdiv(units, G)
         p.block[0] = <unsigned int>G
         p.block[1] = <unsigned int>CPB
-    else:
-        stats = d.C * d.S
-        slot_bytes = _elem_bytes(d.dtype)
-        BX = _pow2_at_least(stats) if stats < 32 else 32
-        R = TARGET_THREADS // BX
-        if d.force_group > 0:  # a power of two (the column reduction is a tree), at most 256 threads
-            R = min(_pow2_at_least(d.force_group + 1) // 2, TARGET_THREADS // BX)
-        elif R > _pow2_at_least(d.N):
-            R = _pow2_at_least(d.N)
-        cols = _cdiv(stats, BX)
-        per_thread = _cdiv(d.N, R)
-        p.block[0] = <unsigned int>BX
-        p.block[1] = <unsigned int>R
     p.block[2] = 1
     slots = _slots(d, kernel, <long long>p.block[0] * p.block[1], p)
     P = d.force_split if d.force_split > 0 else _split(d, kernel, cols, per_thread * slot_bytes, slots)
@@ -97,7 +85,7 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
     p.split = <int>P
     # The replay cache: only the fused one-launch paths (P == 1) read x (and dy) twice.
     if P == 1 and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD):
-        slot_bytes = 16 if (d.mode == BN_SPATIAL and vec) else _param_bytes(d.dtype)  # scalar slots hold P
+        slot_bytes = 16 if vec else _param_bytes(d.dtype)  # scalar slots hold P
         budget = SMEM_LIMIT - <long long>d.static_shared[kernel]
         if p.ctas_per_sm > 0:
             budget = min(budget, <long long>d.smem_budget[kernel][min(_cdiv(<long long>p.block[0] * p.block[1], 32), 32) - 1])
@@ -132,10 +120,8 @@ cdef inline int _vec_ok(const bn_desc* d, cydriver.CUdeviceptr a, cydriver.CUdev
     aligned); 2 (ROWVEC) when N == 1 and the pointers agree modulo 16, so each channel is one row
     whose aligned middle is vectorised between a scalar head and tail; else 0 (element loads)."""
     cdef long long V = 16 // _elem_bytes(d.dtype)
-    if d.layout == BN_LAYOUT_NHWC:
+    if _is_rows(d):
         return _nhwc_vec_ok(d, a, b, c)
-    if d.mode != BN_SPATIAL:
-        return 0
     if d.S % V == 0 and _aligned(a) and _aligned(b) and _aligned(c):
         return 1
     if d.N == 1 and d.S >= 2 * V and a % 16 == b % 16 and a % 16 == c % 16:

@@ -1,12 +1,29 @@
-# Channels-last (NHWC) part of the core: its kernels (kernels/batchnorm_nhwc.cu), its block shape and
-# its 16-byte rule. Included by batchnorm.pyx: the cores, the split rule (_split), the replay cache, the
-# workspace and the argument lists are shared with NCHW; only the kernels and the block shape differ.
-# x is (M = N * S, C) row-major; a block is (BX, BY): BX threads over the channels, W each (W = one
+# Row-major (M, K) data: channels-last (NHWC) part of the core, and every per-activation call, whose (N, F)
+# rows (F = C * S, either layout) are the same thing with M = N rows and K = F "channels". Their kernels
+# (kernels/batchnorm_nhwc.cu), block shape and 16-byte rule. Included by batchnorm.pyx: the cores, the split
+# rule (_split), the replay cache, the workspace and the argument lists are shared with NCHW; only the
+# kernels and the block shape differ. A block is (BX, BY): BX threads over the channels, W each (W = one
 # 16-byte unit when vec, else 1), BY row lanes (a power of two: column_reduce's tree); the grid's P CTAs
 # per column split the M rows.
 
 cdef enum:
     NHWC_MAX_BX = 32        # threads across the channels: 32 x 16 bytes = 512 contiguous bytes per row
+    NHWC_MIN_SPAN = 32      # a narrowed CTA still reads >= 32 contiguous bytes per row: whole DRAM sectors
+
+
+cdef inline bint _is_rows(const bn_desc* d) noexcept nogil:
+    """The descriptor runs the row-major kernels (batchnorm_nhwc.cu): channels last, or per-activation."""
+    return d.layout == BN_LAYOUT_NHWC or d.mode == BN_PER_ACTIVATION
+
+
+cdef inline long long _rows_k(const bn_desc* d) noexcept nogil:
+    """Statistics = the row length K the row-major kernels see as C (per-activation: F = C * S)."""
+    return d.C * d.S if d.mode == BN_PER_ACTIVATION else d.C
+
+
+cdef inline long long _rows_s(const bn_desc* d) noexcept nogil:
+    """The kernels' S argument (their M = N * S rows): 1 per-activation (M = N), else d.S."""
+    return 1 if d.mode == BN_PER_ACTIVATION else d.S
 
 
 _NHWC_KERNEL_NAMES = ("bn_nhwc_fwd_train", "bn_nhwc_normalize", "bn_nhwc_bwd", "bn_nhwc_bwd_dx")
@@ -28,26 +45,63 @@ cdef inline long long _nhwc_width(const bn_desc* d, int vec) noexcept nogil:
     return 16 // _elem_bytes(d.dtype)
 
 
-cdef void _nhwc_block(const bn_desc* d, int vec, bn_plan* p, long long* cols, long long* per_thread,
+cdef void _nhwc_block(const bn_desc* d, int kernel, int vec, bn_plan* p, long long* cols, long long* per_thread,
                       long long* unit_bytes) noexcept nogil:
-    """Block (BX, BY) and grid columns of a channels-last plan; per_thread = rows a thread walks
-    (unsplit), unit_bytes = bytes it loads per row and array."""
-    cdef long long W = _nhwc_width(d, vec), M = d.N * d.S
-    cdef long long units = _cdiv(d.C, W)
+    """Block (BX, BY) and grid columns of a row-major plan; per_thread = rows a thread walks (unsplit),
+    unit_bytes = bytes it loads per row and array. Columns before row splits: while the columns do not
+    cover the SMs, narrower CTAs are candidates too (BX halved while BX x unit stays >= NHWC_MIN_SPAN bytes,
+    BY doubled: still 256 threads, no more row lanes than rows). Of the candidates, with their split
+    (_split) and the occupancy calculator's slots, the plan ranks first those covering every SM, then whole
+    waves, then fused (one launch: x read once and replayed from the cache, no memset), then more SMs
+    covered, then the fewest CTAs per column (a split reads each column's per-channel values once per
+    CTA), then the widest: a tensor too small to cover the SMs stays one fused launch."""
+    cdef long long W = _nhwc_width(d, vec), M = d.N * _rows_s(d), ub = 16 if vec else _elem_bytes(d.dtype)
+    cdef long long units = _cdiv(_rows_k(d), W), M2 = _pow2_at_least(M)
     cdef long long BX = min(_pow2_at_least(units), <long long>NHWC_MAX_BX)
-    cdef long long BY = TARGET_THREADS // BX
+    cdef long long BY = TARGET_THREADS // BX, c, P, slots, ctas, cover, whole, sms = max(d.sm_count, 1)
+    cdef long long key[5]
+    cdef long long best[5]
+    cdef long long best_bx = BX
+    cdef int i
+    best[0] = -1
     if d.force_group > 0:  # row lanes: a power of two
         BY = min(_pow2_at_least(d.force_group + 1) // 2, TARGET_THREADS // BX)
-    elif BY > _pow2_at_least(M):
-        BY = _pow2_at_least(M)
+    elif d.force_split > 0:  # a test's forced split: the widest block, whatever the occupancy
+        BY = min(BY, M2)
+    else:
+        while True:
+            BY = min(TARGET_THREADS // BX, M2)
+            c = _cdiv(units, BX)
+            slots = _slots(d, kernel, BX * BY, p)
+            P = _split(d, kernel, c, _cdiv(M, BY) * ub, slots)
+            ctas = c * P
+            cover = min(ctas, sms)
+            whole = 1 if (P == 1 or ctas > _cdiv(ctas, slots) * slots - c) else 0
+            key[0] = 1 if cover == sms else 0
+            key[1] = whole
+            key[2] = 1 if P == 1 else 0
+            key[3] = cover
+            key[4] = -P
+            for i in range(5):  # lexicographic: the first candidate wins ties (the widest)
+                if key[i] != best[i]:
+                    break
+            if i < 5 and key[i] > best[i] or best[0] < 0:
+                best_bx = BX
+                for i in range(5):
+                    best[i] = key[i]
+            if not (BX * ub >= 2 * NHWC_MIN_SPAN and c < d.sm_count and BY * 2 <= M2):
+                break
+            BX //= 2
+        BX = best_bx
+        BY = min(TARGET_THREADS // BX, M2)
     p.block[0] = <unsigned int>BX
     p.block[1] = <unsigned int>BY
     cols[0] = _cdiv(units, BX)
     per_thread[0] = _cdiv(M, BY)
-    unit_bytes[0] = 16 if vec else _elem_bytes(d.dtype)
+    unit_bytes[0] = ub
 
 
 cdef inline int _nhwc_vec_ok(const bn_desc* d, cydriver.CUdeviceptr a, cydriver.CUdeviceptr b,
                              cydriver.CUdeviceptr c) noexcept nogil:
-    """16-byte units when every row starts 16-byte aligned: C a multiple of the unit, pointers aligned."""
-    return 1 if d.C % _nhwc_width(d, 1) == 0 and _aligned(a) and _aligned(b) and _aligned(c) else 0
+    """16-byte units when every row starts 16-byte aligned: K a multiple of the unit, pointers aligned."""
+    return 1 if _rows_k(d) % _nhwc_width(d, 1) == 0 and _aligned(a) and _aligned(b) and _aligned(c) else 0

@@ -8,7 +8,6 @@ _KERNEL_NAMES = ("bn_fwd_train", "bn_normalize", "bn_bwd", "bn_bwd_dx")
 _SIGNATURES = ("PPPPPPPPPPPqqqffii" "Pif", "PPPPPPPqqqfi" "Pif", "PPPPPPPPPPPPPqqqfffffii" "PPPPif",
                "PPPPPqqqi" "PPPPif")
 _CTYPES = ("float", "__half", "__nv_bfloat16", "double")  # by dtype code (BN_FLOAT32 ... BN_FLOAT64)
-_MODE_SUFFIX = ("spatial", "pa")
 _BASE_DTYPES = (BN_FLOAT32, BN_FLOAT16)
 
 
@@ -19,12 +18,13 @@ def signature(kernel, dtype=BN_FLOAT32):
 
 
 def kernel_expressions(dtype=None, epi=0):
-    """The name expressions of one NVRTC program of batchnorm.cu: (dtype code, EPI) = (BN_FLOAT32 or BN_FLOAT16, 0)
-    (the default, dtype None) is one program holding both as `<float>` / `<__half>` (EPI defaults to 0);
-    every other (dtype, EPI) is a program of its own, compiled on first use."""
+    """The name expressions of one NVRTC program of batchnorm.cu (NCHW spatial; per-activation calls run
+    batchnorm_nhwc.cu's kernels): (dtype code, EPI) = (BN_FLOAT32 or BN_FLOAT16, 0) (the default, dtype
+    None) is one program holding both as `<float>` / `<__half>` (EPI defaults to 0); every other
+    (dtype, EPI) is a program of its own, compiled on first use."""
     if dtype is None or (dtype in _BASE_DTYPES and epi == 0):
-        return [f"{k}_{m}<{t}>" for t in ("float", "__half") for m in _MODE_SUFFIX for k in _KERNEL_NAMES]
-    return [f"{k}_{m}<{_CTYPES[dtype]}, {epi}>" for m in _MODE_SUFFIX for k in _KERNEL_NAMES]
+        return [f"{k}_spatial<{t}>" for t in ("float", "__half") for k in _KERNEL_NAMES]
+    return [f"{k}_spatial<{_CTYPES[dtype]}, {epi}>" for k in _KERNEL_NAMES]
 
 
 def compile_options(dtype=None, epi=0):
@@ -108,7 +108,8 @@ def prepare(dtype, mode="spatial", layout="NCHW"):
 
 
 cdef _Prepared _prepare(int dt, int md, int epi, int layout=BN_LAYOUT_NCHW):
-    """The kernels of (dtype, mode, layout, EPI) in the current context."""
+    """The kernels of (dtype, mode, layout, EPI) in the current context: batchnorm_nhwc.cu's row-major
+    kernels for channels last and for every per-activation call ((N, F) rows), batchnorm.cu's otherwise."""
     cdef cydriver.CUcontext ctx = ensure_context()
     key = (<size_t>ctx, dt, md, layout, epi)
     cdef _Prepared pr = _prepared.get(key)
@@ -119,13 +120,13 @@ cdef _Prepared _prepare(int dt, int md, int epi, int layout=BN_LAYOUT_NCHW):
     pr = _Prepared.__new__(_Prepared)
     pr.functions = []
     cdef Function f
-    if layout == BN_LAYOUT_NHWC:  # the spatial kernels' arguments (batchnorm_nhwc.cu)
+    if layout == BN_LAYOUT_NHWC or md == BN_PER_ACTIVATION:  # the spatial kernels' arguments (batchnorm_nhwc.cu)
         source, exprs, opts = "batchnorm_nhwc.cu", nhwc_kernel_expressions(dt, epi), compile_options(dt, epi)
         names = [f"{_NHWC_KERNEL_NAMES[i]}<{_CTYPES[dt]}, {epi}>" for i in range(BN_NKERNELS)]
     else:
         source, exprs, opts = "batchnorm.cu", kernel_expressions(dt, epi), compile_options(dt, epi)
-        names = [exprs[md * BN_NKERNELS + i] if len(exprs) == 2 * BN_NKERNELS else
-                 f"{_KERNEL_NAMES[i]}_{_MODE_SUFFIX[md]}<{_CTYPES[dt]}>" for i in range(BN_NKERNELS)]
+        names = [exprs[i] if len(exprs) == BN_NKERNELS else f"{_KERNEL_NAMES[i]}_spatial<{_CTYPES[dt]}>"
+                 for i in range(BN_NKERNELS)]
     for i in range(BN_NKERNELS):
         f = kernels.get_function(source, names[i], signature(i, dt), options=opts, name_expressions=exprs)
         pr.functions.append(f)

@@ -31,7 +31,7 @@ cdef int bn_normalize_given_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydrive
     st = _check_limits(&p)
     if st != BN_OK:
         return st
-    cdef long long N = d.N, C = d.C, S = d.S
+    cdef long long N = d.N, C = _rows_k(d), S = _rows_s(d)  # per-activation: (N, F) rows
     cdef _scalars sc
     _set_scalars(&sc, d)
     cdef int flags = (BN_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec) | BN_SHIFTED
@@ -58,7 +58,7 @@ cdef int bn_backward_dx_given_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydri
     st = _check_limits(&q)
     if st != BN_OK:
         return st
-    cdef long long N = d.N, C = d.C, S = d.S
+    cdef long long N = d.N, C = _rows_k(d), S = _rows_s(d)  # per-activation: (N, F) rows
     cdef _scalars sc
     _set_scalars(&sc, d)
     cdef int flags = (BN_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(q.vec)

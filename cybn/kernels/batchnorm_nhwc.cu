@@ -1,5 +1,7 @@
-// batchnorm_nhwc.cu: channels-last BatchNorm (spatial mode): x viewed as (M = N * spatial, C) row-major,
-// one statistic per channel over its M rows. Not a transpose: the kernels read x where it lies.
+// batchnorm_nhwc.cu: row-major BatchNorm: x viewed as (M, C) rows, one statistic per column over its M rows.
+// Channels last (spatial mode): M = N * spatial rows of C channels. Per-activation mode (either layout):
+// the (N, F) rows themselves, M = N and C = F (the host passes N, F, S = 1). Not a transpose: the kernels
+// read x where it lies.
 //
 // Block (BX, BY): BX threads side by side over the channels (coalesced), each owning W channels
 // (W = io<T>::vec, one 16-byte unit, when C is a multiple of it and the pointers are 16-byte aligned:
@@ -178,7 +180,7 @@ __device__ __forceinline__ void fwd_train(const T* x, T* y, const PT<T>* scale, 
     Welford<P> w[W];
 #pragma unroll
     for (int j = 0; j < W; ++j) w[j] = welford_empty<P>();
-    walk_rows<1>(n0, n1, [&](int, long long n) { return L::load(x, n * C + c0); }, [&](int k, long long, R r) {
+    walk_rows<NHWC_LOADS_IN_FLIGHT>(n0, n1, [&](int, long long n) { return L::load(x, n * C + c0); }, [&](int k, long long, R r) {
         if (k < cache_units) cache[k * nthreads + tid] = r;
         P v[W];
         L::unpack(r, v);
@@ -219,16 +221,24 @@ __device__ __forceinline__ void fwd_train(const T* x, T* y, const PT<T>* scale, 
         hi[j] = m.x; lo[j] = m.y;
     }
     if (flags & BN_PARTIALS) return;  // SyncBatchNorm: the partials only (finish_statistics wrote them)
-    walk_rows<1>(n0, n1, [&](int k, long long n) {
-        const R r = k < cache_units ? cache[k * nthreads + tid] : L::load(x, n * C + c0);
-        if constexpr (EPI) return pair2<R>{r, load_or_0<L>(z, n * C + c0)}; else return r;
-    }, [&](int, long long n, auto q) {
+    const auto out = [&](int, long long n, auto q) {
         P v[W], e[W];
         unpack_xz<L>(q, v, e);
 #pragma unroll
         for (int j = 0; j < W; ++j) v[j] = epi_out<EPI>(normalize1(v[j], hi[j], lo[j], a[j], b[j]), e[j], act, alpha);
         L::store(y, n * C + c0, v);
-    });
+    };
+    // The thread's first cache_units rows (k < cache_units) lie below nc: replayed from the cache, then the
+    // rest loaded in batches with no select between the two (each load stays in flight until its batch is used).
+    const long long nc = min(n1, n0 + (long long)cache_units * blockDim.y);
+    walk_rows<NHWC_LOADS_IN_FLIGHT>(n0, nc, [&](int k, long long n) {
+        if constexpr (EPI) return pair2<R>{cache[k * nthreads + tid], load_or_0<L>(z, n * C + c0)};
+        else return cache[k * nthreads + tid];
+    }, out);
+    walk_rows<NHWC_LOADS_IN_FLIGHT>(nc, n1, [&](int, long long n) {
+        if constexpr (EPI) return pair2<R>{L::load(x, n * C + c0), load_or_0<L>(z, n * C + c0)};
+        else return L::load(x, n * C + c0);
+    }, out);
 }
 
 template <typename T, int EPI>
@@ -337,7 +347,7 @@ __device__ __forceinline__ void bwd(const T* x, const T* dy, T* dx, const PT<T>*
     BwdSums<P> acc[W];
 #pragma unroll
     for (int j = 0; j < W; ++j) acc[j] = bwd_empty<P>();
-    walk_rows<1>(n0, n1, [&](int, long long n) {
+    walk_rows<NHWC_LOADS_IN_FLIGHT>(n0, n1, [&](int, long long n) {
         const long long e = n * C + c0;
         if constexpr (EPI) return rows3<R>{L::load(x, e), L::load(dy, e), load_or_0<L>(ep, e)};
         else return pair2<R>{L::load(x, e), L::load(dy, e)};
@@ -410,7 +420,7 @@ __device__ __forceinline__ void bwd(const T* x, const T* dy, T* dx, const PT<T>*
         dbm[j] = r.y / Mf; kk[j] = r.w; lo[j] = r.z;
     }
     if (frozen) return;
-    walk_rows<1>(n0, n1, [&](int k, long long n) {
+    walk_rows<NHWC_LOADS_IN_FLIGHT>(n0, n1, [&](int k, long long n) {
         const long long e = n * C + c0;
         const bool hit = k < cache_units;
         if constexpr (EPI)

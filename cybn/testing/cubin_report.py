@@ -218,14 +218,20 @@ def ptx_inflight(ptx_text):
     return result
 
 
+_SOURCES = {"nchw": ("batchnorm.cu", "kernel_expressions"), "nhwc": ("batchnorm_nhwc.cu", "nhwc_kernel_expressions")}
+
+
 @functools.lru_cache(maxsize=None)
-def kernel_report(arch, program=(None, 0)):
-    """{(kernel base name, ctype, mode suffix): {"registers", "spill_stores", "spill_loads", "smem",
+def kernel_report(arch, program=(None, 0), source="nchw"):
+    """{(kernel base name, ctype, family): {"registers", "spill_stores", "spill_loads", "smem",
     "inflight": {"vec", "scalar"}}} for every BatchNorm kernel of one program (dtype code, EPI; default the
-    float32/float16 plain one) on `arch` (e.g. "sm_90"), and the method used for the in-flight count
-    ("SASS (nvdisasm)" or "PTX")."""
-    text, name, directory = cache.resolve_source("batchnorm.cu")
-    exprs = batchnorm.kernel_expressions(*program)
+    float32/float16 plain one) of one source on `arch` (e.g. "sm_90"), and the method used for the in-flight
+    count ("SASS (nvdisasm)" or "PTX"). source "nchw": batchnorm.cu (family "spatial"); "nhwc":
+    batchnorm_nhwc.cu (family "nhwc": channels last and every per-activation call), its kernels named by the
+    base names of batchnorm.cu's (bn_nhwc_fwd_train -> bn_fwd_train)."""
+    filename, exprs_of = _SOURCES[source]
+    text, name, directory = cache.resolve_source(filename)
+    exprs = getattr(batchnorm, exprs_of)(*program)
     options = batchnorm.compile_options(*program)
     # Through the kernel cache (its entries keep NVRTC's log, i.e. the ptxas report): compiled once per machine.
     img = cache.compile_cached(text, name, options + ("--ptxas-options=-v",), exprs, "cubin",
@@ -239,23 +245,35 @@ def kernel_report(arch, program=(None, 0)):
         inflight, method = ptx_inflight(ptx.image.rstrip(b"\0").decode()), "PTX (nvdisasm not installed)"
     report = {}
     for expr in exprs:
-        m = re.match(r"(\w+?)_(spatial|pa)<(\w+)(?:, \d+)?>", expr)
+        if source == "nhwc":
+            m = re.match(r"bn_nhwc_(\w+?)<(\w+)(?:, \d+)?>", expr)
+            key = ("bn_" + m.group(1), m.group(2), "nhwc")
+        else:
+            m = re.match(r"(\w+?)_(spatial)<(\w+)(?:, \d+)?>", expr)
+            key = (m.group(1), m.group(3), m.group(2))
         mangled = img.lowered[expr]
-        report[(m.group(1), m.group(3), m.group(2))] = dict(facts[mangled], inflight=inflight.get(mangled, {}))
+        report[key] = dict(facts[mangled], inflight=inflight.get(mangled, {}))
     return report, method
 
 
-def kernel_facts(arch, dtype, mode):
-    """{kernel base name: facts} for one dtype ("float32", "float16", "bfloat16", "float64") and mode, from kernel_report, with
-    each missing in-flight class filled by the other (a kernel without a 16-byte loop has one path)."""
+def family(mode="spatial", layout="NCHW"):
+    """The kernel family of a call: "nhwc" (batchnorm_nhwc.cu) for channels last and every per-activation
+    call ((N, F) rows), "spatial" (batchnorm.cu) otherwise."""
+    return "nhwc" if (layout == "NHWC" or mode == "per_activation") else "spatial"
+
+
+def kernel_facts(arch, dtype, mode, layout="NCHW"):
+    """{kernel base name: facts} for one dtype ("float32", "float16", "bfloat16", "float64"), mode and layout,
+    from kernel_report, with each missing in-flight class filled by the other (a kernel without a 16-byte
+    loop has one path)."""
     programs = {"float32": ((None, 0), "float"), "float16": ((None, 0), "__half"),
                 "bfloat16": ((2, 0), "__nv_bfloat16"), "float64": ((3, 0), "double")}  # dtype codes of bn_abi.h
     program, ctype = programs[str(dtype)]
-    report, _ = kernel_report(arch, program)
-    suffix = "spatial" if mode == "spatial" else "pa"
+    fam = family(mode, layout)
+    report, _ = kernel_report(arch, program, "nhwc" if fam == "nhwc" else "nchw")
     out = {}
     for k in KERNELS:
-        f = dict(report[(k, ctype, suffix)])
+        f = dict(report[(k, ctype, fam)])
         fl = dict(f["inflight"])
         fl["vec"] = fl.get("vec") or fl.get("scalar") or 4
         fl["scalar"] = fl.get("scalar") or fl["vec"]

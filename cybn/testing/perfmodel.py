@@ -134,10 +134,61 @@ def _rowvec_edges(shape, dtype):
     return edges / shape[1]
 
 
-def launches(shape, dtype, mode, op, plan):
+# The row-major kernels' bytes per (statistic, CTA, launch) besides the element streams, in parameter-sized
+# values (P: 4 bytes, 8 for float64), from the software GPU's counters: inference / a split's normalise 4 (mean,
+# variance or constants, scale, bias), fused forward-train 9 (+ the shift sample, running statistics read and
+# written, saved statistics), fused backward 5, a split's first launch 13 (forward) / 12.5 (backward; partials
+# written, combined and the tail written, on top of the 12 B charged per statistic and CTA), bwd_dx 5.
+ROWS_OVERHEAD = {"bn_normalize": 4, "bn_fwd_train": 9, "bn_bwd": 5, "split bn_fwd_train": 13, "split bn_bwd": 12.5,
+                 "bn_bwd_dx": 5}
+
+
+def rows_family(mode, layout="NCHW"):
+    """True where the call runs the row-major kernels (batchnorm_nhwc.cu): channels last, per-activation."""
+    return layout == "NHWC" or mode == "per_activation"
+
+
+def _rows_launches(shape, dtype, mode, op, plan, layout):
+    """launches() for the row-major kernels: x is (M, K) rows (per-activation: M = N, K = F; channels last:
+    M = N * spatial, K = C); a CTA of a grid column walks its share of the M rows in BY lanes, each thread
+    one 16-byte unit (or element) of K per row, so one read of x is exactly E * z bytes and the fused plan
+    re-reads, per lane, the rows past its cache_units slots."""
+    z = np.dtype(dtype).itemsize
+    E = int(np.prod(shape, dtype=np.int64))
+    K = E // shape[0] if mode == "per_activation" else shape[-1]
+    M = E // K
+    P, BY = plan["split"], plan["block"][1]
+    pz = 8 if np.dtype(dtype).itemsize == 8 else 4
+    over = lambda name, ctas_per_column: ROWS_OVERHEAD[name] * pz * K * ctas_per_column  # noqa: E731
+    stream = E * z
+    ctas = plan["grid"][0] * P
+    block = plan["block"][:2]
+    if op == "forward_infer":
+        return [dict(kernel="bn_normalize", bytes=stream + E * z + over("bn_normalize", P), ctas=ctas, block=block,
+                     shared=0)]
+    arrays = 2 if op == "backward" else 1
+    kname = "bn_bwd" if op == "backward" else "bn_fwd_train"
+    if P == 1:
+        reread = K * z * _reread_units(M, BY, plan["cache_units"])
+        return [dict(kernel=kname, bytes=arrays * (stream + reread) + E * z + over(kname, 1), ctas=ctas, block=block,
+                     shared=plan["shared_bytes"])]
+    first = dict(kernel=kname, bytes=arrays * stream + over("split " + kname, P) + 12 * K * P, ctas=ctas,
+                 block=block, shared=0, memset=True)
+    q = plan.get("second", plan)
+    P2 = q["split"]
+    sname = "bn_bwd_dx" if op == "backward" else "bn_normalize"
+    second = dict(kernel=sname, bytes=arrays * stream + E * z + over(sname, P2), ctas=q["grid"][0] * P2,
+                  block=q["block"][:2], shared=0)
+    return [first, second]
+
+
+def launches(shape, dtype, mode, op, plan, layout="NCHW"):
     """cybn's launches for one call: [{"kernel", "bytes", "grid", "block", "shared", "memset"}], bytes being
     the element streams exactly (from the plan's walk) plus OVERHEAD_PER_STAT_CTA per statistic, CTA and
-    launch. A test checks the total against the software GPU's counters."""
+    launch. A test checks the total against the software GPU's counters. Channels last (layout "NHWC",
+    shape (N, *spatial, C)) and per-activation calls run the row-major kernels (_rows_launches)."""
+    if rows_family(mode, layout):
+        return _rows_launches(shape, dtype, mode, op, plan, layout)
     z = np.dtype(dtype).itemsize
     E = int(np.prod(shape, dtype=np.int64))
     K = shape[1] if mode == "spatial" else E // shape[0]
@@ -177,15 +228,16 @@ def ideal_seconds(shape, dtype, op, dev):
     return IDEAL[op] * np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64)) / (dev.hbm_gbs * 1e9)
 
 
-def model_call(shape, dtype, mode, op, plan, kernels, dev):
+def model_call(shape, dtype, mode, op, plan, kernels, dev, layout="NCHW"):
     """The modelled time of one cybn call. kernels: {kernel base name: {"registers", "smem", "inflight"}}
-    (cubin_report.kernel_facts for this dtype and mode; "inflight" is {"vec", "scalar"} bytes per thread)."""
+    (cubin_report.kernel_facts for this dtype, mode and layout; "inflight" is {"vec", "scalar"} bytes per
+    thread)."""
     total_t, total_b, rows = 0.0, 0.0, []
-    for ln in launches(shape, dtype, mode, op, plan):
+    for ln in launches(shape, dtype, mode, op, plan, layout):
         k = kernels[ln["kernel"]]
         threads = ln["block"][0] * ln["block"][1]
         per_sm = occupancy(threads, k["registers"], k["smem"] + ln["shared"], dev)
-        vec = mode == "spatial" and plan["vec"]
+        vec = bool(plan["vec"])  # 16-byte units (NCHW rows, row vectors, row-major feature vectors)
         bpt = k["inflight"]["vec" if vec else "scalar"]
         t = launch_seconds(ln["bytes"], ln["ctas"], threads, bpt, per_sm, dev)
         t += LAUNCH_US * 1e-6 + (MEMSET_US * 1e-6 if ln.get("memset") else 0)
@@ -206,22 +258,23 @@ def _torch_threads(n):
     return 512
 
 
-def torch_native_launches(shape, dtype, op, dev):
+def torch_native_launches(shape, dtype, op, dev, layout="NCHW"):
     """PyTorch-native's launches for the call (modelled from ATen's Normalization.cu/.cuh as read, v2.x):
     contiguous NCHW (ndim > 2): statistics one CTA per channel, block (tf, 512/tf), tf = getNumThreads(S);
     then update+invert (a tiny TensorIterator kernel) and the element-wise transform, grid (C, min(256K/C,
     ceil(N/tb))), block (tf', tb), tf' = max(getNumThreads(S/4), min(getNumThreads(S), 64)), tb =
     max(64/tf', 1); eval: a copy of the running mean, an invstd kernel, the transform; backward: one fused
-    kernel per channel, same block as the statistics, reading x and dy twice. 2-D (N, F) inputs take the
+    kernel per channel, same block as the statistics, reading x and dy twice. 2-D (N, F) inputs and
+    channels-last tensors (layout "NHWC": shape (N, *spatial, C), torch's channels_last) take the
     channels-last kernels: modelled as device-filling grids of 256 threads with 4 loads in flight per
     thread (ATen's PARALLEL_LOADS) for reductions and 1 for element-wise passes. One scalar load in flight
     per thread per tensor elsewhere; registers assumed not limiting (occupancy from threads only)."""
     z = np.dtype(dtype).itemsize
     E = int(np.prod(shape, dtype=np.int64))
-    N, C = shape[0], shape[1]
+    N, C = shape[0], (shape[-1] if layout == "NHWC" else shape[1])
     # TensorIterator kernels over C values: 128 threads x 4 values each (4 loads in flight)
     tiny = lambda nbytes: dict(bytes=nbytes, ctas=max(1, _cdiv(C, 512)), threads=128, bpt=16)  # noqa: E731
-    if len(shape) == 2:
+    if len(shape) == 2 or layout == "NHWC":
         fill = dev.sms * (2048 // 256)
         red = lambda nb, arrays: dict(bytes=nb, ctas=fill, threads=256, bpt=4 * z * arrays)  # noqa: E731
         elt = lambda nb, arrays: dict(bytes=nb, ctas=max(1, E // 1024), threads=256, bpt=z * arrays)  # noqa: E731
@@ -244,9 +297,9 @@ def torch_native_launches(shape, dtype, op, dev):
     return [dict(stats, bytes=5 * E * z, bpt=2 * z)]
 
 
-def model_torch(shape, dtype, op, dev):
+def model_torch(shape, dtype, op, dev, layout="NCHW"):
     t = 0.0
-    for ln in torch_native_launches(shape, dtype, op, dev):
+    for ln in torch_native_launches(shape, dtype, op, dev, layout):
         per_sm = occupancy(ln["threads"], 32, 0, dev)
         t += launch_seconds(ln["bytes"], ln["ctas"], ln["threads"], ln["bpt"], per_sm, dev) + LAUNCH_US * 1e-6
     return t

@@ -17,36 +17,44 @@ MAX_LAUNCHES = {"forward_train": 2, "backward": 2, "backward_acc": 2, "forward_i
 PER_STAT_CTA = 64
 
 
-def allowance(shape, mode="spatial", dtype=np.float32, op="forward_train", launches=1):
+def _stats(shape, mode, layout):
+    """Statistics of a call: C (channel axis 1, or last with layout NHWC) or F = prod(shape[1:])."""
+    if mode != "spatial":
+        return int(np.prod(shape[1:]))
+    return shape[-1] if layout == "NHWC" else shape[1]
+
+
+def allowance(shape, mode="spatial", dtype=np.float32, op="forward_train", launches=1, layout="NCHW"):
     """Bytes per element allowed: the bar plus the per-(statistic, CTA, launch) allowance."""
-    K = shape[1] if mode == "spatial" else int(np.prod(shape[1:]))
-    split = batchnorm.plan(shape, dtype, mode, op.replace("_acc", ""))["split"]
+    K = _stats(shape, mode, layout)
+    split = batchnorm.plan(shape, dtype, mode, op.replace("_acc", ""), layout=layout)["split"]
     elements = int(np.prod(shape))
     return BAR[op] * np.dtype(dtype).itemsize + PER_STAT_CTA * K * split * launches / elements
 
 
-def measure_call(shape, dtype=np.float32, mode="spatial", op="forward_train", seed=0):
+def measure_call(shape, dtype=np.float32, mode="spatial", op="forward_train", seed=0, layout="NCHW"):
     """(bytes per element, launches) of one call on random data (the inputs are uploaded outside the
-    measured block)."""
+    measured block); layout "NHWC": shape is (N, *spatial, C)."""
     rng = np.random.default_rng(seed)
-    K = shape[1] if mode == "spatial" else int(np.prod(shape[1:]))
+    K = _stats(shape, mode, layout)
     x = gpuarray.to_gpu(rng.standard_normal(shape).astype(dtype))
     dy = gpuarray.to_gpu(rng.standard_normal(shape).astype(dtype))
     scale, bias, rm = (gpuarray.to_gpu(rng.standard_normal(K).astype(np.float32)) for _ in range(3))
     rv = gpuarray.to_gpu(rng.uniform(0.5, 2, K).astype(np.float32))
     outs = [gpuarray.empty(shape, dtype)] + [gpuarray.empty((K,), np.float32) for _ in range(2)]
     acc = [gpuarray.to_gpu(rng.standard_normal(K).astype(np.float32)) for _ in range(2)]  # gradients to accumulate into
-    batchnorm.prepare(dtype, mode)  # compile/load outside the measurement
+    batchnorm.prepare(dtype, mode, layout)  # compile/load outside the measurement
+    kw = dict(mode=mode, layout=layout)
     with softgpu.measure() as m:
         if op == "forward_train":
             batchnorm.forward_train(x, scale, bias, rm, rv, 1e-5, 0.1, out=outs[0], save_mean=outs[1],
-                                    save_invstd=outs[2], mode=mode)
+                                    save_invstd=outs[2], **kw)
         elif op == "backward":
-            batchnorm.backward(x, dy, scale, rm, rv, out=outs[0], scale_grad=outs[1], bias_grad=outs[2], mode=mode)
+            batchnorm.backward(x, dy, scale, rm, rv, out=outs[0], scale_grad=outs[1], bias_grad=outs[2], **kw)
         elif op == "backward_acc":
-            batchnorm.backward(x, dy, scale, rm, rv, out=outs[0], scale_grad=acc[0], bias_grad=acc[1], mode=mode,
+            batchnorm.backward(x, dy, scale, rm, rv, out=outs[0], scale_grad=acc[0], bias_grad=acc[1], **kw,
                                scale_grad_alpha=0.5, scale_grad_beta=0.9, bias_grad_alpha=0.5, bias_grad_beta=0.9)
         else:
-            batchnorm.forward_infer(x, scale, bias, rm, rv, 1e-5, out=outs[0], mode=mode)
+            batchnorm.forward_infer(x, scale, bias, rm, rv, 1e-5, out=outs[0], **kw)
     elements = int(np.prod(shape))
     return (m.load_bytes + m.store_bytes) / elements, m.launches_count

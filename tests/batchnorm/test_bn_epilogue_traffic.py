@@ -6,7 +6,11 @@ import pytest
 
 from cybn import batchnorm, gpuarray, softgpu
 
-SHAPES = [((4, 8, 16, 16), {}), ((4, 8, 16, 16), {"split": 3}), ((2048, 24), {}), ((3, 5, 7), {})]
+# Per-activation (N, F) rows run the row-major kernels, whose EPI 1 builds hold more registers: the
+# occupancy-sized split of (2048, 24) may then differ between the plain and the epilogue call, so it is
+# pinned (the traffic comparison needs one plan); (64, 24) is the heuristic's fused per-activation plan.
+SHAPES = [((4, 8, 16, 16), {}), ((4, 8, 16, 16), {"split": 3}), ((2048, 24), {"split": 4}), ((64, 24), {}),
+          ((3, 5, 7), {})]
 
 
 def _measure(shape, dtype, override, op, act, residual, mode):

@@ -25,10 +25,16 @@ OPS = {"forward_train": ("bn_fwd_train", "bn_normalize"), "backward": ("bn_bwd",
 
 
 def _function(name, dtype, mode):
+    """The kernel a launch runs: batchnorm.cu's NCHW spatial ones; per-activation calls ((N, F) rows) run
+    batchnorm_nhwc.cu's row-major kernels."""
     i = batchnorm._KERNEL_NAMES.index(name)
-    expr = f"{name}_{'spatial' if mode == 'spatial' else 'pa'}<{'float' if dtype == np.float32 else '__half'}>"
-    return kernels.get_function("batchnorm.cu", expr, batchnorm._SIGNATURES[i], options=batchnorm.compile_options(),
-                                name_expressions=batchnorm.kernel_expressions())
+    ctype = "float" if dtype == np.float32 else "__half"
+    if mode == "spatial":
+        return kernels.get_function("batchnorm.cu", f"{name}_spatial<{ctype}>", batchnorm._SIGNATURES[i],
+                                    options=batchnorm.compile_options(), name_expressions=batchnorm.kernel_expressions())
+    return kernels.get_function("batchnorm_nhwc.cu", f"{name.replace('bn_', 'bn_nhwc_', 1)}<{ctype}, 0>",
+                                batchnorm._SIGNATURES[i], options=batchnorm.compile_options(),
+                                name_expressions=batchnorm.nhwc_kernel_expressions())
 
 
 def _calculator(f, threads, dynamic_smem):
@@ -92,3 +98,40 @@ def test_element_wise_launches_are_planned_on_their_own(dtype):
 def test_plan_rejects_an_unknown_kernel():
     with pytest.raises(ValueError, match="kernel must be one of"):
         batchnorm.plan((2, 3, 8), np.float32, kernel="bogus")
+
+
+@pytest.mark.parametrize("shape", [(256, 4096), (4096, 1024)], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("op", list(OPS))
+def test_per_activation_plans_fill_the_device(shape, dtype, op):
+    """The per-activation shapes (row-major kernels, 16-byte feature vectors) fill the device under every
+    profile (a100 and h100 through tests/softgpu/test_profiles_plans.py), stricter than the general rule
+    above: every launch, whatever the tensor's size, holds at least one CTA per SM, at the calculator's CTAs
+    per SM, and a split grid fills its last wave to within one column of CTAs unless its threads' walks
+    are already as short as a split may make them."""
+    for name, p in _launches(shape, dtype, "per_activation", op):
+        threads = p["block"][0] * p["block"][1]
+        per_sm = _calculator(_function(name, dtype, "per_activation"), threads, p["shared_bytes"])
+        slots = per_sm * p["sm_count"]
+        ctas, cols = p["grid"][0] * p["grid"][1], p["grid"][0]
+        assert p["vec"] == 1 and p["ctas_per_sm"] == per_sm, (name, p)
+        assert ctas >= p["sm_count"], (name, p)
+        waves = -(-ctas // slots)
+        if p["split"] > 1:
+            walk = shape[0] * 16 / (p["block"][1] * p["split"])  # bytes per thread: its rows x 16
+            assert ctas > waves * slots - cols or walk < 2 * MIN_WALK, (name, p)
+
+
+@pytest.mark.parametrize("shape", [(256, 4096), (64, 64)], ids=str)
+def test_short_wide_rows_run_fused_on_narrowed_ctas(shape):
+    """Short wide (N, F) rows: when 32-thread-wide CTAs would leave SMs without a column and a thread would
+    walk too few rows to split, the CTA's feature span narrows (at least 32 contiguous bytes per row) until
+    the columns cover the SMs, and the call stays one fused launch replaying x from the cache (one read of
+    x). (256, 4096) narrows on a100/h100 (tests/softgpu/test_profiles_plans.py), (64, 64) on the default
+    4-SM profile too."""
+    p = batchnorm.plan(shape, np.float32, "per_activation")
+    units = shape[1] // 4
+    assert p["split"] == 1 and p["block"][0] * 16 >= 32
+    if units // min(32, units) < p["sm_count"]:
+        assert p["block"][0] < min(32, units) and p["grid"][0] == units // p["block"][0], p
+        assert p["cache_units"] * p["block"][1] >= shape[0], p  # every row of every thread cached

@@ -25,28 +25,53 @@ CASES = [
     ((1, 3, 37), "spatial", {}),                          # N == 1 row vectors between scalar edges
     ((4, 3, 16, 8), "spatial", {"split": 4}),             # split: partials, last-CTA combine, second launch
     ((4, 3, 5, 7), "spatial", {"split": 3, "group": 64}),
-    ((300, 5), "per_activation", {"split": 6}),
-    ((37, 70), "per_activation", {"cache": 0}),
-    ((40, 3, 2), "per_activation", {}),
+    # per-activation (N, F) rows: the row-major kernels of batchnorm_nhwc.cu
+    ((300, 5), "per_activation", {"split": 6}),           # scalar features, split rows
+    ((37, 70), "per_activation", {"cache": 0}),           # fused, x read twice
+    ((40, 3, 2), "per_activation", {}),                   # F = 6: scalar features
+    ((64, 64), "per_activation", {}),                     # 16-byte features, the narrowed CTA (more columns)
+    ((96, 32), "per_activation", {"split": 3}),           # 16-byte features, split rows
+    # channels last (NHWC, shape (N, H, W, C)): every plan class of the row-major kernels
+    ((4, 8, 8, 16), "spatial", {}, "NHWC"),               # fused, 16-byte units, replayed from shared memory
+    ((3, 5, 8, 12), "spatial", {"cache": 0}, "NHWC"),     # fused, x read twice
+    ((4, 6, 8, 8), "spatial", {"cache": 1}, "NHWC"),      # fused, the cache holds part of x
+    ((2, 3, 5, 7), "spatial", {}, "NHWC"),                # C = 7: element loads
+    ((4, 16, 8, 8), "spatial", {"split": 4}, "NHWC"),     # split rows, second launch
+    ((4, 5, 7, 12), "spatial", {"split": 3, "group": 64}, "NHWC"),
 ]
 
 
-@pytest.mark.parametrize("shape,mode,override", CASES)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{'-'.join(map(str, c[2].values()))}"
+                         f"{'-' + c[3] if len(c) > 3 else ''}")
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("op", ["forward_train", "backward", "forward_infer"])
-def test_bytes_from_the_plan_match_the_counters(shape, mode, override, dtype, op):
+def test_bytes_from_the_plan_match_the_counters(case, dtype, op):
     """The model's bytes (element streams from the plan's walk + a per-statistic allowance) equal the
     counters' within 64 B per statistic, CTA and launch, and its launch count is the engine's."""
+    shape, mode, override = case[:3]
+    layout = case[3] if len(case) > 3 else "NCHW"
     with batchnorm.plan_override(**override):
-        plan = batchnorm.plan(shape, dtype, mode, op)
-        per_element, launches = measure_call(shape, dtype, mode, op)
-    model = perfmodel.launches(shape, dtype, mode, op, plan)
+        plan = batchnorm.plan(shape, dtype, mode, op, layout=layout)
+        per_element, launches = measure_call(shape, dtype, mode, op, layout=layout)
+    model = perfmodel.launches(shape, dtype, mode, op, plan, layout)
     elements = int(np.prod(shape))
-    K = shape[1] if mode == "spatial" else elements // shape[0]
+    K = (shape[-1] if layout == "NHWC" else shape[1]) if mode == "spatial" else elements // shape[0]
     measured = per_element * elements
     assert len(model) == launches
     modelled = sum(ln["bytes"] for ln in model)
     assert abs(modelled - measured) <= PER_STAT_CTA * K * plan["split"] * launches, (modelled, measured)
+
+
+def test_the_row_major_comparison_sees_a_re_read():
+    """Channels last and per-activation with the replay cache off: x is read twice, far above the allowance."""
+    for shape, mode, layout, K in (((3, 5, 8, 12), "spatial", "NHWC", 12), ((37, 70), "per_activation", "NCHW", 70)):
+        full = perfmodel.launches(shape, np.float32, mode, "forward_train",
+                                  batchnorm.plan(shape, np.float32, mode, layout=layout), layout)
+        with batchnorm.plan_override(cache=0):
+            none = perfmodel.launches(shape, np.float32, mode, "forward_train",
+                                      batchnorm.plan(shape, np.float32, mode, layout=layout), layout)
+        assert none[0]["bytes"] - full[0]["bytes"] == pytest.approx(np.prod(shape) * 4)
+        assert np.prod(shape) * 4 > PER_STAT_CTA * K
 
 
 def test_the_comparison_sees_a_re_read():
@@ -154,19 +179,43 @@ def test_engine_kernel_report(arch):
             assert facts["inflight"]["vec"] >= 16, key
 
 
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_row_major_kernel_report(arch):
+    """The row-major kernels (channels last and per-activation) are in the report under family "nhwc", named
+    by batchnorm.cu's base names, with no spills; on sm_90 each streaming loop of their 16-byte path keeps
+    four 16-byte loads per array in flight (walk_rows' batches: x, and dy in the backward)."""
+    report, method = cubin_report.kernel_report(arch, (None, 0), "nhwc")
+    assert method.startswith("SASS")
+    assert len(report) == len(batchnorm.nhwc_kernel_expressions())
+    for key, facts in report.items():
+        assert key[0] in cubin_report.KERNELS and key[2] == "nhwc", key
+        assert 0 < facts["registers"] <= 255 and facts["spill_stores"] == facts["spill_loads"] == 0, key
+        if arch == "sm_90":
+            arrays = 2 if key[0].startswith("bn_bwd") else 1
+            assert facts["inflight"]["vec"] >= 4 * 16 * arrays, key
+    assert cubin_report.kernel_facts(arch, "float32", "per_activation") == \
+        cubin_report.kernel_facts(arch, "float32", "spatial", "NHWC")
+
+
 def test_gpu_model_script_runs_and_labels_its_figures():
     env = dict(os.environ, CYBN_DEVICE="softgpu")
     out = subprocess.run([sys.executable, os.path.join(REPO, "bench", "gpu_model.py"), "--shape", "8,16,7,7",
-                          "--shape", "64,12:per_activation"], capture_output=True, text=True, env=env, timeout=300)
+                          "--shape", "64,12:per_activation", "--shape", "8,7,7,16:nhwc"], capture_output=True,
+                         text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith("MODEL, not a measurement")
     header = next(i for i, line in enumerate(lines) if line.strip().startswith("shape"))
     assert "MODEL us" in lines[header] and "MODEL xlim" in lines[header]
-    nd = len(gpu_model.engine_dtypes()[0])  # 2 shapes x the engine's dtypes x 3 ops
-    rows = lines[header + 1:header + 1 + 2 * nd * 3]
-    assert len(rows) == 6 * nd and all("float" in r for r in rows)
-    assert all(line.startswith("MODEL:") for line in lines[header + 6 * nd + 1:header + 6 * nd + 6])
+    nd = len(gpu_model.engine_dtypes()[0])  # 3 shapes x the engine's dtypes x 3 ops
+    rows = lines[header + 1:header + 1 + 3 * nd * 3]
+    assert len(rows) == 9 * nd and all("float" in r for r in rows)
+    for i, layout in enumerate(("NCHW", "rows", "NHWC")):  # the layout column, in the order given
+        assert all(f" {layout} " in r for r in rows[3 * nd * i:3 * nd * (i + 1)]), layout
+    tail = lines[header + 9 * nd + 1:]
+    assert all(line.startswith("MODEL:") for line in tail[:5])
+    for label in ("channels first: ", "channels last: ", "per-activation: "):  # a summary per layout
+        assert any(line.startswith("MODEL: " + label) for line in tail), label
     # The engine offers layout="NHWC" (channels last): the script no longer lists it as missing.
     assert "channels_last (all shapes): not supported by the engine yet" not in lines
 
