@@ -114,9 +114,11 @@ __device__ __forceinline__ void walk_channel_as(I c, I C, I su, long long u0, lo
     }
 }
 // The reach of the 32-bit walk: unsigned offsets (16-byte units, or elements) below 2^32, i.e. 64 GiB of
-// vectorised data. A device variable, not a constant, only so that the tests can lower it (to 0) and run
-// the 64-bit walk on small tensors.
-__device__ long long cybn_walk32_reach = 1LL << 32;
+// vectorised data. A macro only so that a test can compile the kernels with a reach of 0 and run the
+// 64-bit walk on small tensors (tests/batchnorm/test_bn_walk_offsets.py).
+#ifndef CYBN_WALK32_REACH
+#define CYBN_WALK32_REACH (1LL << 32)
+#endif
 
 // 32-bit offsets and counters whenever this channel's walk stays within the reach (every offset it forms,
 // including the step past its last unit: at most one row of C * su units and G * (C + 1) beyond the
@@ -126,7 +128,7 @@ __device__ __forceinline__ void walk_channel(long long c, long long C, long long
                                             L load, U use) {
     if (u0 >= u1) return;
     const long long end = (((u1 - 1) / su + 1) * C + c + 1) * su + (long long)blockDim.x * (C + 1);
-    if (end <= cybn_walk32_reach)
+    if (end <= CYBN_WALK32_REACH)
         walk_channel_as<B, unsigned>((unsigned)c, (unsigned)C, (unsigned)su, u0, u1, load, use);
     else
         walk_channel_as<B, long long>(c, C, su, u0, u1, load, use);
