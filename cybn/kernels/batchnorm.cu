@@ -17,7 +17,8 @@
 // writes its partial to a workspace and the last CTA of a grid column (an atomic counter per
 // column, re-armed by that CTA: bn_reduce.cuh; zeroed by the host only where it cannot trust it) combines them in a fixed order
 // (deterministic); the element-wise second half is then a second launch.
-// All offsets are 64-bit; loops are grid-stride so any size fits the grid limits.
+// Offsets: 64-bit at the tensor base, 32-bit inside the walks wherever they fit (walk_channel); loops are
+// grid-stride so any size fits the grid limits.
 //
 // Numerics. The batch mean is carried as an unevaluated float pair hi + lo (from the statistics'
 // float-float sum of x - shift, welford.cuh; save_mean holds hi) and every kernel forms x - mean as
@@ -69,37 +70,37 @@ __device__ __forceinline__ typename io<T>::P elem_or_0(const T* p, long long off
 // ---------------------------------------------------------------- spatial traversal
 // Walks units u0 + lane, u0 + lane + G, ... < u1 of channel c, where unit u is column u % su of
 // row u / su, at unit offset (row * C + c) * su + column from the tensor start; without a division
-// per step. In batches of B units per thread: load(k, offset) of the batch's units first (independent
+// per step, in index type I (unsigned where the offsets fit: walk_channel). In batches of B units per thread: load(k, offset) of the batch's units first (independent
 // loads, all in flight together), then use(k, offset, value) of each in walk order, so the
 // accumulation order is the unbatched walk's (deterministic) and a store in use() never has to wait on
 // aliasing analysis (y may be x: each unit is read before it is written, by its owner). The streaming
 // kernels (normalize, bwd_dx) take B = LOADS_IN_FLIGHT; the fused reductions B = 1, since four batched
 // units there cost 20-50 more registers (one CTA fewer per SM, fp16 backward 131 on sm_90).
 enum : int { LOADS_IN_FLIGHT = 4 };
-template <int B, typename L, typename U>
-__device__ __forceinline__ void walk_channel(long long c, long long C, long long su, long long u0, long long u1,
-                                            L load, U use) {
-    const int G = blockDim.x;
-    long long u = u0 + threadIdx.x;
-    if (u >= u1) return;
-    long long n = u / su, s = u - n * su;
-    const long long row = C * su;
-    long long off = (n * C + c) * su + s;
-    const long long dn = G / su, ds = G - dn * su;
-    const long long step = dn * row + ds, wrap = row - su;
+template <int B, typename I, typename L, typename U>
+__device__ __forceinline__ void walk_channel_as(I c, I C, I su, long long u0, long long u1, L load, U use) {
+    const I G = blockDim.x;
+    if (u0 + threadIdx.x >= u1) return;
+    unsigned left = (unsigned)((u1 - u0 - threadIdx.x - 1) / G) + 1;  // < 2^32 steps per thread
+    const I u = (I)(u0 + threadIdx.x);
+    I n = u / su, s = u - n * su;
+    const I row = C * su;
+    I off = (n * C + c) * su + s;
+    const I dn = G / su, ds = G - dn * su;
+    const I step = dn * row + ds, wrap = row - su;
     using R = decltype(load(0, off));
-    for (int k = 0; u < u1; k += B) {
-        long long o[B];
+    for (int k = 0; left; k += B) {
+        I o[B];
         R r[B];
         int m = 0;
 #pragma unroll
         for (int j = 0; j < B; ++j) {
             o[j] = off;
-            if (u < u1) {
+            if (left) {
                 r[j] = load(k + j, off);
                 m = j + 1;
+                --left;
             }
-            u += G;
             s += ds;
             off += step;
             if (s >= su) {
@@ -111,6 +112,26 @@ __device__ __forceinline__ void walk_channel(long long c, long long C, long long
         for (int j = 0; j < B; ++j)
             if (j < m) use(k + j, o[j], r[j]);
     }
+}
+// The reach of the 32-bit walk: unsigned offsets (16-byte units, or elements) below 2^32, i.e. 64 GiB of
+// vectorised data. A macro only so that a test can compile the kernels with a reach of 0 and run the
+// 64-bit walk on small tensors (tests/batchnorm/test_bn_walk_offsets.py).
+#ifndef CYBN_WALK32_REACH
+#define CYBN_WALK32_REACH (1LL << 32)
+#endif
+
+// 32-bit offsets and counters whenever this channel's walk stays within the reach (every offset it forms,
+// including the step past its last unit: at most one row of C * su units and G * (C + 1) beyond the
+// channel's last row), 64-bit otherwise; the same walk and the same order either way.
+template <int B, typename L, typename U>
+__device__ __forceinline__ void walk_channel(long long c, long long C, long long su, long long u0, long long u1,
+                                            L load, U use) {
+    if (u0 >= u1) return;
+    const long long end = (((u1 - 1) / su + 1) * C + c + 1) * su + (long long)blockDim.x * (C + 1);
+    if (end <= CYBN_WALK32_REACH)
+        walk_channel_as<B, unsigned>((unsigned)c, (unsigned)C, (unsigned)su, u0, u1, load, use);
+    else
+        walk_channel_as<B, long long>(c, C, su, u0, u1, load, use);
 }
 
 // Where a channel's units are. VEC: 16-byte unit `off` of the tensor, walk_channel over (N, C, S / V).
@@ -232,8 +253,7 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const typename io<T>::P* 
             if (k < cache_units) cache[k * nthreads + tid] = u;
             P v[V];
             io<T>::unpack(u, v);
-#pragma unroll
-            for (int i = 0; i < V; ++i) welford_push(w, v[i], shift, ws);
+            welford_push_unit<V>(w, v, shift, ws);
         });
         walk_edges(cv, c, S, ok, [&](long long e) { welford_push(w, io<T>::load(x + e), shift, ws); });
     } else {

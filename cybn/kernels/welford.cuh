@@ -115,6 +115,45 @@ __device__ __forceinline__ void welford_push(Welford<P>& w, P v, P shift, P scal
     w.sum.c = add_rn(w.sum.c, e);
 }
 
+// Pushes the V samples of one 16-byte unit (V a power of two) with one division, not V: the unit's
+// own (V, mean, variance) in registers first (two passes over them, by the exact reciprocal 1 / V),
+// then one Chan merge into the running state. The compensated sum takes each exact shifted sample as
+// welford_push does (so the mean, hi + lo, is the per-element walk's bit for bit); only the variance
+// recurrence's rounding differs, and the unit's two-pass variance is at least as accurate as V steps.
+// Overflow: every term is a squared deviation times a weight <= 1, as in welford_push.
+template <int V, typename P>
+__device__ __forceinline__ void welford_push_unit(Welford<P>& w, const P* v, P shift, P scale) {
+    static_assert(V > 0 && (V & (V - 1)) == 0, "a unit's count must be a power of two (exact reciprocal)");
+    constexpr P inv = P(1) / P(V);
+    P t[V];
+    P m = P(0);
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+        P e;
+        t[i] = two_sum(v[i], -shift, e) * scale;  // v - shift == t + e exactly, then scaled exactly
+        csum_add(w.sum, t[i]);
+        w.sum.c = add_rn(w.sum.c, e * scale);
+        m = add_rn(m, t[i]);
+    }
+    m = mul_rn(m, inv);
+    P q = P(0);
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+        const P d = sub_rn(t[i], m);
+        q = fma_(mul_rn(d, inv), d, q);
+    }
+    // Merge (V, m, q), fb = V / n' (V r: exact, one rounding in r), fa = n / n':
+    // mean' = mean + d fb, var' = var + fb (q - var) + (d fa)(d fb). The old variance's weight 1 - fb is
+    // implicit (exact), as in welford_push; an inf variance stays inf instead of inf - inf = NaN.
+    const P n = w.n + P(V);
+    const P r = P(1) / n;
+    const P fa = w.n * r, fb = P(V) * r;
+    const P d = m - w.mean;
+    w.mean = fma_(d, fb, w.mean);
+    w.var = isinf(w.var) ? w.var : fma_(fb, q - w.var, fma_(d * fa, d * fb, w.var));
+    w.n = n;
+}
+
 // Chan, Golub and LeVeque's pairwise formula in the variance form:
 // var = fa var_a + fb var_b + (d fa)(d fb), fa = na / n, fb = nb / n, d = mean_b - mean_a.
 // Exact when either side is empty; a delta of 0 (equal means) adds nothing. Sums merge error-free.
