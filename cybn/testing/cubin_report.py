@@ -222,11 +222,14 @@ def ptx_inflight(ptx_text):
 def kernel_report(arch, program=(None, 0)):
     """{(kernel base name, ctype, mode suffix): {"registers", "spill_stores", "spill_loads", "smem",
     "inflight": {"vec", "scalar"}}} for every BatchNorm kernel of one program (dtype code, EPI; default the
-    float32/float16 plain one) on `arch` (e.g. "sm_90"), and the method used for the in-flight count
+    float32/float16 plain one; ("span", EPI): a SPAN program, its kernels named "<base>_span") on `arch` (e.g. "sm_90"), and the method used for the in-flight count
     ("SASS (nvdisasm)" or "PTX")."""
     text, name, directory = cache.resolve_source("batchnorm.cu")
-    exprs = batchnorm.kernel_expressions(*program)
-    options = batchnorm.compile_options(*program)
+    if program[0] == "span":  # ("span", EPI): a SPAN program (its kernels keyed "<base>_span")
+        exprs, options = batchnorm.span_kernel_expressions(program[1]), batchnorm.span_compile_options(program[1])
+    else:
+        exprs = batchnorm.kernel_expressions(*program)
+        options = batchnorm.compile_options(*program)
     # Through the kernel cache (its entries keep NVRTC's log, i.e. the ptxas report): compiled once per machine.
     img = cache.compile_cached(text, name, options + ("--ptxas-options=-v",), exprs, "cubin",
                                arch, source_dir=directory)
@@ -239,9 +242,10 @@ def kernel_report(arch, program=(None, 0)):
         inflight, method = ptx_inflight(ptx.image.rstrip(b"\0").decode()), "PTX (nvdisasm not installed)"
     report = {}
     for expr in exprs:
-        m = re.match(r"(\w+?)_(spatial|pa)<(\w+)(?:, \d+)?>", expr)
+        m = re.match(r"(\w+?)_(spatial|pa)<(\w+)(?:, \d+)?(, true)?>", expr)
         mangled = img.lowered[expr]
-        report[(m.group(1), m.group(3), m.group(2))] = dict(facts[mangled], inflight=inflight.get(mangled, {}))
+        report[(m.group(1) + ("_span" if m.group(4) else ""), m.group(3), m.group(2))] = dict(
+            facts[mangled], inflight=inflight.get(mangled, {}))
     return report, method
 
 
@@ -253,8 +257,11 @@ def kernel_facts(arch, dtype, mode):
     program, ctype = programs[str(dtype)]
     report, _ = kernel_report(arch, program)
     suffix = "spatial" if mode == "spatial" else "pa"
+    names = [(k, report) for k in KERNELS]
+    if mode == "spatial":  # and the SPAN program's ("<base>_span": plans with vec 3)
+        names += [(k + "_span", kernel_report(arch, ("span", 0))[0]) for k in KERNELS]
     out = {}
-    for k in KERNELS:
+    for k, report in names:
         f = dict(report[(k, ctype, suffix)])
         fl = dict(f["inflight"])
         fl["vec"] = fl.get("vec") or fl.get("scalar") or 4

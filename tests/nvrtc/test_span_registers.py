@@ -1,0 +1,38 @@
+"""The SPAN walk (bn_span.cuh) lives in programs of its own, so the plain NCHW spatial kernels keep exactly the
+registers they had before it (the non-SPAN build: main at 8f0927c, ptxas -v of the same NVRTC): SPAN code
+compiled into the plain kernels had raised every one of them (sm_90 fused forward fp16 74 -> 93). The SPAN
+kernels are listed by the report and compile without spills (the build check covers every architecture)."""
+import pytest
+
+from cybn import batchnorm
+from cybn.testing import cubin_report
+
+# (kernel, ctype) -> registers of the plain program (float32 + float16, EPI 0) before SPAN landed. A change to
+# the plain kernels themselves (not SPAN's) updates this table, with the reason in the commit.
+PLAIN_REGISTERS = {
+    "sm_80": {("bn_fwd_train", "float"): 74, ("bn_normalize", "float"): 64, ("bn_bwd", "float"): 72,
+              ("bn_bwd_dx", "float"): 96, ("bn_fwd_train", "__half"): 72, ("bn_normalize", "__half"): 67,
+              ("bn_bwd", "__half"): 78, ("bn_bwd_dx", "__half"): 96},
+    "sm_90": {("bn_fwd_train", "float"): 76, ("bn_normalize", "float"): 64, ("bn_bwd", "float"): 72,
+              ("bn_bwd_dx", "float"): 96, ("bn_fwd_train", "__half"): 80, ("bn_normalize", "__half"): 72,
+              ("bn_bwd", "__half"): 80, ("bn_bwd_dx", "__half"): 96},
+}
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_plain_spatial_kernels_keep_their_registers(arch):
+    report, _ = cubin_report.kernel_report(arch)  # the plain program, as the engine loads it
+    got = {(k, t): report[(k, t, "spatial")]["registers"] for k, t in PLAIN_REGISTERS[arch]}
+    assert got == PLAIN_REGISTERS[arch]
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_span_program_is_separate_and_spill_free(arch):
+    report, _ = cubin_report.kernel_report(arch, ("span", 0))
+    exprs = batchnorm.span_kernel_expressions(0)
+    assert len(report) == len(exprs) == 16  # the four spatial kernels x four dtypes, nothing else
+    assert not set(exprs) & set(batchnorm.kernel_expressions())  # none of them in the plain program
+    for key, facts in report.items():
+        assert key[0].endswith("_span") and key[2] == "spatial", key
+        assert 0 < facts["registers"] <= 255 and facts["spill_stores"] == facts["spill_loads"] == 0, key
+        assert facts["inflight"]["vec"] >= 16, key  # its walks load 16-byte units
