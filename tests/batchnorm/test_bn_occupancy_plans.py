@@ -24,9 +24,14 @@ OPS = {"forward_train": ("bn_fwd_train", "bn_normalize"), "backward": ("bn_bwd",
        "forward_infer": ("bn_normalize", None)}
 
 
-def _function(name, dtype, mode):
+def _function(name, dtype, mode, span=False):
     i = batchnorm._KERNEL_NAMES.index(name)
-    expr = f"{name}_{'spatial' if mode == 'spatial' else 'pa'}<{'float' if dtype == np.float32 else '__half'}>"
+    ctype = "float" if dtype == np.float32 else "__half"
+    if span:  # a SPAN plan (vec 3) launches the SPAN program's kernel
+        return kernels.get_function("batchnorm.cu", f"{name}_spatial<{ctype}, 0, true>", batchnorm._SIGNATURES[i],
+                                    options=batchnorm.span_compile_options(0),
+                                    name_expressions=batchnorm.span_kernel_expressions(0))
+    expr = f"{name}_{'spatial' if mode == 'spatial' else 'pa'}<{ctype}>"
     return kernels.get_function("batchnorm.cu", expr, batchnorm._SIGNATURES[i], options=batchnorm.compile_options(),
                                 name_expressions=batchnorm.kernel_expressions())
 
@@ -59,7 +64,7 @@ def _launches(shape, dtype, mode, op):
 @pytest.mark.parametrize("op", list(OPS))
 def test_plans_fill_the_device(shape, mode, dtype, op):
     for name, p in _launches(shape, dtype, mode, op):
-        f = _function(name, dtype, mode)
+        f = _function(name, dtype, mode, p["vec"] == 3)
         threads = p["block"][0] * p["block"][1]
         sms = p["sm_count"]
         per_sm = _calculator(f, threads, p["shared_bytes"])
