@@ -36,3 +36,36 @@ def test_span_program_is_separate_and_spill_free(arch):
         assert key[0].endswith("_span") and key[2] == "spatial", key
         assert 0 < facts["registers"] <= 255 and facts["spill_stores"] == facts["spill_loads"] == 0, key
         assert facts["inflight"]["vec"] >= 16, key  # its walks load 16-byte units
+
+
+def test_only_span_shapes_load_the_span_programs():
+    """Calls on shapes that cannot take SPAN (whole 16-byte rows, C * S not whole units) load the plain programs
+    only; the first call on a SPAN shape loads its program's four kernels, once (prepare() decides by shape)."""
+    from nvrtc_helpers import last_json, run_py
+    result = last_json(run_py("""
+        import json
+        import numpy as np
+        import cybn
+        from cybn import batchnorm, gpuarray
+        from cybn.jit import functions
+
+        loaded = []
+        real = functions.get_function
+        def spy(source, name, signature, options=(), name_expressions=None, **kw):
+            loaded.append(name)
+            return real(source, name, signature, options=options, name_expressions=name_expressions, **kw)
+        functions.get_function = spy
+
+        def infer(shape, offset=0):
+            n = int(np.prod(shape))
+            x = gpuarray.to_gpu(np.ones(n + offset, np.float32))[offset:].reshape(shape)
+            one = cybn.to_gpu(np.ones(shape[1], np.float32))
+            batchnorm.forward_infer(x, one, one, one, one, 1e-5)
+            return sum("true>" in name for name in loaded)
+
+        counts = [infer((2, 8, 16)), infer((2, 3, 7)), infer((2, 8, 16, 16))]  # whole rows; C * S not whole units
+        counts.append(infer((2, 8, 9)))    # SPAN: its four kernels
+        counts.append(infer((4, 8, 7, 7)))  # loaded already
+        print(json.dumps(counts))
+    """))
+    assert result == [0, 0, 0, 4, 4]
