@@ -45,6 +45,9 @@ cdef extern from "bn_abi.h":
         BN_FWD_TAIL
         BN_BWD_PART
         BN_BWD_TAIL
+        BN_SPAN_SLOT_FWD    # the SPAN kernels' shared scratch (P values per thread / group)
+        BN_SPAN_SLOT_BWD
+        BN_SPAN_SLOT_EW
 
 # Which kernels an operation uses.
 cdef enum:
@@ -59,7 +62,8 @@ ctypedef struct bn_plan:
     unsigned int block[3]
     unsigned int shared_bytes   # dynamic shared memory (the x / dy replay cache)
     int cache_units             # cache slots per thread
-    int vec                     # spatial: 16-byte units (1: aligned rows; 2: N == 1, scalar head/tail)
+    int vec                     # spatial: 16-byte units (1: aligned rows; 2: N == 1, scalar head/tail;
+                                #   3: SPAN, each CTA's channels x S span, the kernels of d.span_kernels)
     int split                   # CTAs per channel (grid.y); > 1: partials + last-CTA combine + 2nd launch
     int ctas_per_sm             # resident CTAs per SM for this launch (the occupancy calculator; 0: cannot run)
 
@@ -94,6 +98,12 @@ ctypedef struct bn_desc:
     int act                     # BN_ACT_*: the fused epilogue y = act(bn(x) [+ z]) (prepare picks EPI 1 kernels)
     double act_alpha            # clipped relu's ceiling, leaky relu's slope, elu's alpha
     int residual                # 1: the forward adds z (x's shape) before act; the backward writes dz
+    # The SPAN programs' NCHW spatial kernels and their facts, as kernels .. smem_budget above; prepare() loads
+    # them for shapes that can take SPAN (plan.pxi, _span_shape); NULL: not loaded, no SPAN plans.
+    cydriver.CUfunction span_kernels[4]
+    unsigned int span_static_shared[4]
+    unsigned char span_occ[4][32]
+    unsigned int span_smem_budget[4][32]
 
 cdef const char* bn_last_error() noexcept nogil
 # Shape/value checks of a descriptor (not its kernels or workspace): BN_OK or BN_EINVAL with a message.

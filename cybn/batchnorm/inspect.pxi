@@ -32,14 +32,14 @@ class plan_override:
 
 
 def plan(shape, dtype=np.float32, mode="spatial", kernel="forward_train", aligned=True, epilogue=False,
-         layout="NCHW"):
+         layout="NCHW", span=True):
     """The launch plan the heuristic picks for x of `shape` (for tests and the benchmark): a dict with
     grid, block, shared_bytes, cache_units, vec (0 elements, 1 16-byte units, 2 16-byte units between
     a scalar head and tail), split, ctas_per_sm (the occupancy calculator's resident CTAs per SM for
     that launch), sm_count, and for a split forward_train/backward "second": the plan of its second,
     element-wise launch. kernel: forward_train, backward, forward_infer, normalize (= forward_infer),
     backward_dx. aligned: whether the data pointers are 16-byte aligned. layout: "NCHW" or "NHWC"
-    (shape then channels last)."""
+    (shape then channels last). span=False: the plan without the SPAN programs (vec 3), as before them."""
     cdef bn_desc d
     memset(&d, 0, sizeof(bn_desc))
     d.mode = _mode_code(mode)
@@ -52,7 +52,12 @@ def plan(shape, dtype=np.float32, mode="spatial", kernel="forward_train", aligne
         raise ValueError(f"plan: kernel must be one of {', '.join(kernels)}, not {kernel!r}")
     cdef int k = kernels[kernel]
     d.act = BN_ACT_RELU if epilogue else BN_ACT_NONE  # any activation: the EPI 1 kernels' plan
-    _prepare(d.dtype, d.mode, _epi(&d), d.layout).fill(&d)
+    cdef _Prepared pr = _prepare(d.dtype, d.mode, _epi(&d), d.layout)
+    if span and _span_shape(&d):
+        _prepare_span(pr, d.dtype, _epi(&d))
+    pr.fill(&d)
+    if not span:
+        memset(d.span_kernels, 0, sizeof(d.span_kernels))
     cdef bn_plan p
     cdef cydriver.CUdeviceptr ptr = 0 if aligned else 4  # a misaligned pointer: 4 bytes past 16
     bn_make_plan(&d, k, _vec_ok(&d, ptr, ptr, ptr), &p)

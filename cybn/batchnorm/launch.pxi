@@ -4,8 +4,9 @@
 # and C faces all end here. Included by batchnorm.pyx.
 
 cdef int _launch(const bn_desc* d, int kernel, const bn_plan* p, cydriver.CUstream stream, void** args) noexcept nogil:
+    cdef cydriver.CUfunction f = d.span_kernels[kernel] if p.vec == 3 else d.kernels[kernel]  # SPAN: its programs'
     cdef cydriver.CUresult r = cydriver.cuLaunchKernel(
-        d.kernels[kernel], p.grid[0], p.grid[1], p.grid[2], p.block[0], p.block[1], p.block[2],
+        f, p.grid[0], p.grid[1], p.grid[2], p.block[0], p.block[1], p.block[2],
         p.shared_bytes, stream, args, NULL)
     if r != cydriver.CUDA_SUCCESS:
         snprintf(cybn_bn_error, sizeof(cybn_bn_error), "cuLaunchKernel failed: %d", <int>r)
@@ -79,8 +80,8 @@ cdef inline int _vec_with(int vec, cydriver.CUdeviceptr x, cydriver.CUdeviceptr 
     """16-byte units only where an epilogue array e (0: none) lines up with x as the kernels read it."""
     if e == 0 or vec == 0:
         return vec
-    if vec == 1:
-        return 1 if _aligned(e) else 0
+    if vec == 1 or vec == 3:  # rows (SPAN: every CTA's span) 16-byte aligned from an aligned base
+        return vec if _aligned(e) else 0
     return 2 if e % 16 == x % 16 else 0
 
 

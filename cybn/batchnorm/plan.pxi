@@ -24,7 +24,7 @@ cdef inline long long _pow2_at_least(long long v) noexcept nogil:
 cdef inline long long _slots(const bn_desc* d, int kernel, long long threads, bn_plan* p) noexcept nogil:
     """Resident CTAs of this kernel and block size on the whole device (at least one per SM)."""
     cdef long long w = min(max(_cdiv(threads, 32), 1), 32)
-    p.ctas_per_sm = d.occ[kernel][w - 1]
+    p.ctas_per_sm = d.span_occ[kernel][w - 1] if p.vec == 3 else d.occ[kernel][w - 1]  # SPAN: its program's
     return max(<long long>p.ctas_per_sm, 1) * max(<long long>d.sm_count, 1)
 
 
@@ -51,7 +51,8 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
     BX threads of 16-byte feature vectors (coalesced) times BY row lanes per CTA, the rows split over P
     CTAs. The replay cache stays within the shared memory that
     keeps the kernel's occupancy."""
-    cdef long long units = 0, per_thread, cols, G, CPB, P, slots, slot_bytes, arrays, budget, cap
+    cdef long long units = 0, per_thread, cols, G, CPB, P, BX, R, slots, slot_bytes, arrays, budget, cap, q, w, span_bytes = 0
+    cdef bn_plan alt
     cdef long long stats = d.C
     memset(p, 0, sizeof(bn_plan))
     p.vec = vec
@@ -60,6 +61,8 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
         _nhwc_block(d, kernel, vec, p, &cols, &per_thread, &slot_bytes)
     else:
         units = d.N * (d.S // (16 // _elem_bytes(d.dtype)) if vec else d.S)
+        if vec == 3:  # SPAN: a channel's units per row are floor or ceil(S / V)
+            units = _cdiv(d.N * d.S, 16 // _elem_bytes(d.dtype))
         slot_bytes = 16 if vec else _elem_bytes(d.dtype)
         if d.force_group > 0:  # whole warps, at most 1024 threads
             G = min(max(d.force_group // 32, 1) * 32, 1024)
@@ -68,7 +71,12 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
             while G < TARGET_THREADS and units > G * 4:
                 G *= 2
         CPB = TARGET_THREADS // G if G < TARGET_THREADS else 1
-        if CPB > stats:
+        if vec == 3:  # SPAN: CPB x S elements whole 16-byte units (CPB a power of two, so a multiple of q)
+            q = _span_quantum(d.S, 16 // _elem_bytes(d.dtype))
+            if CPB < q:
+                CPB = q
+                G = max(32, min(G, (TARGET_THREADS // q) // 32 * 32))
+        if CPB > stats:  # SPAN: then C * S is whole units (_span_shape)
             CPB = stats
         cols = _cdiv(stats, CPB)
         per_thread = _cdiv(units, G)
@@ -79,16 +87,27 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
     P = d.force_split if d.force_split > 0 else _split(d, kernel, cols, per_thread * slot_bytes, slots)
     if P > 65535:
         P = 65535
+    if vec == 3 and P > 1 and d.force_split <= 0 and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD):
+        bn_make_plan(d, kernel, 0, &alt)  # within the partials bn_workspace_size counts (the element plan's)
+        P = max(1, min(P, <long long>alt.split))
     p.grid[0] = <unsigned int>cols
     p.grid[1] = <unsigned int>P
     p.grid[2] = 1
     p.split = <int>P
+    if vec == 3:  # SPAN scratch after the cache: BN_SPAN_SLOT_* P values per thread (reductions) or group (+ 1)
+        span_bytes = _param_bytes(d.dtype) * (
+            BN_SPAN_SLOT_FWD * <long long>p.block[0] * p.block[1] if kernel == BN_K_FWD_TRAIN else
+            (BN_SPAN_SLOT_BWD * <long long>p.block[0] * p.block[1] if kernel == BN_K_BWD else
+             BN_SPAN_SLOT_EW * (<long long>p.block[1] + 1)))
+        p.shared_bytes = <unsigned int>span_bytes
     # The replay cache: only the fused one-launch paths (P == 1) read x (and dy) twice.
     if P == 1 and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD):
         slot_bytes = 16 if vec else _param_bytes(d.dtype)  # scalar slots hold P
-        budget = SMEM_LIMIT - <long long>d.static_shared[kernel]
+        budget = SMEM_LIMIT - <long long>(d.span_static_shared[kernel] if vec == 3 else d.static_shared[kernel])
         if p.ctas_per_sm > 0:
-            budget = min(budget, <long long>d.smem_budget[kernel][min(_cdiv(<long long>p.block[0] * p.block[1], 32), 32) - 1])
+            w = min(_cdiv(<long long>p.block[0] * p.block[1], 32), 32) - 1
+            budget = min(budget, <long long>(d.span_smem_budget[kernel][w] if vec == 3 else d.smem_budget[kernel][w]))
+        budget -= span_bytes
         cap = budget // (<long long>p.block[0] * p.block[1] * slot_bytes * arrays)
         if d.force_cache >= 0:
             p.cache_units = <int>min(<long long>d.force_cache, cap)
@@ -96,8 +115,39 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
             p.cache_units = <int>min(per_thread, cap)
         if p.cache_units < 0:
             p.cache_units = 0
-        p.shared_bytes = <unsigned int>(p.cache_units * p.block[0] * p.block[1] * slot_bytes * arrays)
+        p.shared_bytes = <unsigned int>(p.cache_units * p.block[0] * p.block[1] * slot_bytes * arrays + span_bytes)
+    # SPAN's CTAs hold several channels, so a fused reduction's cache may hold less of each: where the element
+    # path would read fewer bytes, it is taken instead (SPAN never moves more bytes than the element path).
+    if vec == 3 and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD) and d.force_cache < 0 and d.force_split <= 0:
+        bn_make_plan(d, kernel, 0, &alt)
+        if _reread_bytes(d, &alt, d.N * d.S, _elem_bytes(d.dtype)) < _reread_bytes(d, p, units, 16):
+            p[0] = alt
     return BN_OK
+
+
+cdef inline long long _reread_bytes(const bn_desc* d, const bn_plan* p, long long units, long long unit_bytes) noexcept nogil:
+    """Bytes per channel and array a reduction plan reads beyond one pass: a fused plan's units past its
+    cache, a split plan's second launch."""
+    if p.split > 1:
+        return d.N * d.S * _elem_bytes(d.dtype)
+    return max(0, _cdiv(units, <long long>p.block[0]) - p.cache_units) * <long long>p.block[0] * unit_bytes
+
+
+cdef inline long long _span_quantum(long long S, long long V) noexcept nogil:
+    """The fewest channels (a power of two) whose S elements fill whole V-element units: V / gcd(S, V)."""
+    cdef long long q = 1
+    while (S * q) % V != 0:
+        q *= 2
+    return q
+
+
+cdef inline bint _span_shape(const bn_desc* d) noexcept nogil:
+    """Whether x's shape can take SPAN plans (vec 3, the SPAN programs' kernels; with 16-byte aligned
+    pointers): NCHW spatial, S not a multiple of the vector width V but at least V (a unit spans at most
+    two channels), C * S whole units (the last CTA's span ends on a unit)."""
+    cdef long long V = 16 // _elem_bytes(d.dtype)
+    return (d.layout == BN_LAYOUT_NCHW and d.mode == BN_SPATIAL and d.S % V != 0 and d.S >= V
+            and (d.C * d.S) % V == 0)
 
 
 cdef inline bint _aligned(cydriver.CUdeviceptr p) noexcept nogil:
@@ -118,7 +168,9 @@ cdef inline int _vec_ok(const bn_desc* d, cydriver.CUdeviceptr a, cydriver.CUdev
                         cydriver.CUdeviceptr c) noexcept nogil:
     """16-byte units: 1 when every row is 16-byte aligned (S a multiple of the vector width, pointers
     aligned); 2 (ROWVEC) when N == 1 and the pointers agree modulo 16, so each channel is one row
-    whose aligned middle is vectorised between a scalar head and tail; else 0 (element loads)."""
+    whose aligned middle is vectorised between a scalar head and tail; 3 (SPAN) when the shape takes it
+    (_span_shape) and the pointers are aligned: each CTA walks its channels x S span in 16-byte units;
+    else 0 (element loads)."""
     cdef long long V = 16 // _elem_bytes(d.dtype)
     if _is_rows(d):
         return _nhwc_vec_ok(d, a, b, c)
@@ -126,8 +178,10 @@ cdef inline int _vec_ok(const bn_desc* d, cydriver.CUdeviceptr a, cydriver.CUdev
         return 1
     if d.N == 1 and d.S >= 2 * V and a % 16 == b % 16 and a % 16 == c % 16:
         return 2
+    if d.span_kernels[0] != NULL and _span_shape(d) and _aligned(a) and _aligned(b) and _aligned(c):
+        return 3  # SPAN (prepare() loaded its kernels for this shape)
     return 0
 
 
 cdef inline int _vec_flags(int vec) noexcept nogil:
-    return 0 if vec == 0 else (BN_VEC if vec == 1 else BN_VEC | BN_ROWVEC)
+    return 0 if vec == 0 else (BN_VEC | BN_ROWVEC if vec == 2 else BN_VEC)  # SPAN (3): the template argument

@@ -36,6 +36,17 @@ def compile_options(dtype=None, epi=0):
     return (f"-DCYBN_BN_VARIANT={_CTYPES[dtype].strip('_')}_epi{epi}",)
 
 
+def span_kernel_expressions(epi=0):
+    """The name expressions of a SPAN program of batchnorm.cu (bn_span.cuh): the four NCHW spatial kernels with
+    SPAN = true for every dtype, one program per EPI, loaded only for shapes that take SPAN plans."""
+    return [f"{k}_spatial<{t}, {epi}, true>" for t in _CTYPES for k in _KERNEL_NAMES]
+
+
+def span_compile_options(epi=0):
+    """NVRTC options of a SPAN program: a -D naming it (its own program and cache entry; the source doesn't read it)."""
+    return (f"-DCYBN_BN_VARIANT=span_epi{epi}",)
+
+
 def variants():
     """Every (dtype code, EPI) program of batchnorm.cu, the base one first."""
     out = [(BN_FLOAT32, 0)]
@@ -46,6 +57,7 @@ def variants():
 # `python -m cybn warmup` and the per-architecture build check compile every registered variant.
 from cybn.jit.variants import register_variants
 register_variants("batchnorm.cu", [(kernel_expressions(dt, epi), compile_options(dt, epi)) for dt, epi in variants()])
+register_variants("batchnorm.cu", [(span_kernel_expressions(epi), span_compile_options(epi)) for epi in (0, 1)])
 register_variants("batchnorm_nhwc.cu",
                   [(nhwc_kernel_expressions(dt, epi), compile_options(dt, epi)) for dt, epi in variants()])
 
@@ -58,6 +70,10 @@ cdef class _Prepared:
     cdef readonly int sm_count
     cdef unsigned char occ[4][32]
     cdef unsigned int smem_budget[4][32]
+    cdef cydriver.CUfunction span_kernels[4]  # the SPAN program's (NCHW spatial only; NULL until _prepare_span)
+    cdef unsigned int span_static_shared[4]
+    cdef unsigned char span_occ[4][32]
+    cdef unsigned int span_smem_budget[4][32]
 
     cdef void fill(self, bn_desc* d) noexcept:
         """Copy the kernels and the device facts the plans are made from into a descriptor."""
@@ -66,6 +82,10 @@ cdef class _Prepared:
         d.sm_count = self.sm_count
         d.occ = self.occ
         d.smem_budget = self.smem_budget
+        d.span_kernels = self.span_kernels
+        d.span_static_shared = self.span_static_shared
+        d.span_occ = self.span_occ
+        d.span_smem_budget = self.span_smem_budget
 
 
 cdef dict _prepared = {}
@@ -78,25 +98,28 @@ cdef int _occupancy(cydriver.CUfunction f, int threads, size_t smem) except -1:
     return n
 
 
-cdef int _query_occupancy(_Prepared pr, int k, int max_threads) except -1:
+cdef int _query_occupancy(_Prepared pr, int k, int max_threads, bint span=False) except -1:
     """Once per (kernel, whole warps per block): CTAs per SM from the driver's occupancy calculator with no dynamic
     shared memory (registers, warps, slots), and the most dynamic shared memory (256-byte steps, within
     the 48 KiB a CTA gets without opt-in) that keeps that many resident, found by bisection on the same
     calculator: the replay cache may use that room and never lowers occupancy."""
     cdef int i, threads, occ
-    cdef size_t lo, hi, mid, cap = SMEM_LIMIT - pr.static_shared[k]
+    cdef cydriver.CUfunction f = pr.span_kernels[k] if span else pr.kernels[k]  # span: the SPAN program's facts
+    cdef unsigned char* occs = &pr.span_occ[k][0] if span else &pr.occ[k][0]
+    cdef unsigned int* budgets = &pr.span_smem_budget[k][0] if span else &pr.smem_budget[k][0]
+    cdef size_t lo, hi, mid, cap = SMEM_LIMIT - (pr.span_static_shared[k] if span else pr.static_shared[k])
     for i in range(32):
         threads = 32 * (i + 1)
-        occ = _occupancy(pr.kernels[k], threads, 0) if threads <= max_threads else 0
-        pr.occ[k][i] = <unsigned char>min(occ, 255)
+        occ = _occupancy(f, threads, 0) if threads <= max_threads else 0
+        occs[i] = <unsigned char>min(occ, 255)
         lo, hi = 0, cap // 256
         while occ > 0 and lo < hi:  # largest 256-byte multiple with the same occupancy
             mid = (lo + hi + 1) // 2
-            if _occupancy(pr.kernels[k], threads, mid * 256) >= occ:
+            if _occupancy(f, threads, mid * 256) >= occ:
                 lo = mid
             else:
                 hi = mid - 1
-        pr.smem_budget[k][i] = <unsigned int>(lo * 256)
+        budgets[i] = <unsigned int>(lo * 256)
     return 0
 
 
@@ -119,6 +142,7 @@ cdef _Prepared _prepare(int dt, int md, int epi, int layout=BN_LAYOUT_NCHW):
     from cybn.driver.device import Device
     pr = _Prepared.__new__(_Prepared)
     pr.functions = []
+    memset(pr.span_kernels, 0, sizeof(pr.span_kernels))
     cdef Function f
     if layout == BN_LAYOUT_NHWC or md == BN_PER_ACTIVATION:  # the spatial kernels' arguments (batchnorm_nhwc.cu)
         source, exprs, opts = "batchnorm_nhwc.cu", nhwc_kernel_expressions(dt, epi), compile_options(dt, epi)
@@ -139,6 +163,24 @@ cdef _Prepared _prepare(int dt, int md, int epi, int layout=BN_LAYOUT_NCHW):
     return pr
 
 
+cdef int _prepare_span(_Prepared pr, int dt, int epi) except -1:
+    """Load the SPAN program's kernels of (dtype, EPI) into pr (once): NCHW spatial shapes that take SPAN plans."""
+    if pr.span_kernels[0] != NULL:
+        return 0
+    from cybn.jit import functions as kernels
+    exprs, opts = span_kernel_expressions(epi), span_compile_options(epi)
+    cdef Function f
+    cdef int i
+    for i in range(BN_NKERNELS):
+        f = kernels.get_function("batchnorm.cu", f"{_KERNEL_NAMES[i]}_spatial<{_CTYPES[dt]}, {epi}, true>",
+                                 signature(i, dt), options=opts, name_expressions=exprs)
+        pr.functions.append(f)
+        pr.span_static_shared[i] = <unsigned int>f.attributes["shared_size_bytes"]
+        pr.span_kernels[i] = f.func
+        _query_occupancy(pr, i, f.attributes["max_threads_per_block"], True)
+    return 0
+
+
 cdef int bn_prepare_desc(bn_desc* d) except -1:
     """Kernel handles, their static shared memory, the SM count and occupancy of d.dtype/d.mode for the current
     (primary) context; compiles/loads on first use. For the Cython/C faces (cybn.capi)."""
@@ -148,5 +190,8 @@ cdef int bn_prepare_desc(bn_desc* d) except -1:
         raise ValueError(f"unknown mode code {d.mode}")
     if d.layout != BN_LAYOUT_NCHW and not (d.layout == BN_LAYOUT_NHWC and d.mode == BN_SPATIAL):
         raise ValueError(f"unknown layout code {d.layout} (NHWC is for spatial mode)")
-    _prepare(d.dtype, d.mode, _epi(d), d.layout).fill(d)
+    cdef _Prepared pr = _prepare(d.dtype, d.mode, _epi(d), d.layout)
+    if _span_shape(d):
+        _prepare_span(pr, d.dtype, _epi(d))
+    pr.fill(d)
     return 0

@@ -9,7 +9,8 @@
 // CTA; grid (ceil(C / CPB), P): the P CTAs of a grid column split each channel's elements. Units are
 // 16-byte vectors (4 floats / 8 halves) when rows are 16-byte aligned (flag VEC); with N == 1 (each
 // channel one row) the row's aligned middle is vectorised between a scalar head and tail (ROWVEC);
-// otherwise elements.
+// otherwise elements. S not a multiple of V (7x7, fp16 14x14, odd S): the SPAN instantiations (template
+// argument SPAN = true, separate programs, bn_span.cuh) walk each CTA's 16-byte span of CPB channels x S.
 // Per-activation kernels: block (BX, R): BX consecutive features (coalesced) times R row lanes;
 // grid (ceil(F / BX), P): the P CTAs split the batch rows.
 // With P == 1 a CTA owns its channels whole and fuses statistics and normalisation (or reduction
@@ -37,6 +38,7 @@
 #include "bn_reduce.cuh"
 #include "bn_stats.cuh"
 #include "bn_epilogue.cuh"
+#include "bn_span.cuh"  // the SPAN walk (only the SPAN = true instantiations use it)
 
 // x's and dy's (and, fused, the epilogue's e: y or z) 16-byte units of one position, loaded together.
 struct uint4x2 { uint4 x, d; };
@@ -216,7 +218,7 @@ __device__ __forceinline__ void store_dx_constants(P* tail, long long i, P a, V4
 // Statistics (+ running update, saved mean/invstd) and, when P == 1, the normalisation too.
 // Dynamic shared memory: cache_units 16-byte slots (VEC) or sizeof(P)-byte slots (scalar) per thread.
 // EPI 1: y = act(bn(x) + z) (bn_epilogue.cuh); z is read once, in the normalising pass.
-template <typename T, int EPI = 0>
+template <typename T, int EPI = 0, bool SPAN = false>
 __global__ void bn_fwd_train_spatial(const T* x, T* y, const typename io<T>::P* scale, const typename io<T>::P* bias,
                                      typename io<T>::P* running_mean, typename io<T>::P* running_var,
                                      typename io<T>::P* save_mean, typename io<T>::P* save_invstd,
@@ -235,7 +237,8 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const typename io<T>::P* 
     const uint4* zu = z ? reinterpret_cast<const uint4*>(z + cv.base) : nullptr;
     uint4* yu = reinterpret_cast<uint4*>(y + cv.base);
     long long u0 = 0, u1 = 0;
-    split_range(N * cv.su, u0, u1);
+    [[maybe_unused]] const SpanView sv = span_view<V>(c, C, S);  // SPAN: the channel's units
+    split_range(N * (SPAN ? sv.su : cv.su), u0, u1);
     if (!ok) u1 = u0;
     const int nthreads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
     P* cachef = reinterpret_cast<P*>(cache);
@@ -243,11 +246,24 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const typename io<T>::P* 
     const bool affine = flags & BN_AFFINE;
     auto p = mk4(P(0), P(0), P(0), P(0));
     if (ok && leader<true>()) p = mk4(io<T>::load(x + c * S), affine && !(flags & BN_FIX_GAMMA) ? scale[c] : P(1), affine ? bias[c] : P(0), P(0));
-    p = share<true>(p);
+    [[maybe_unused]] decltype(p) pn;  // SPAN: the next channel's
+    if constexpr (SPAN) p = span_share(p, pn); else p = share<true>(p);
     const P shift = p.x;  // one sample of the channel: Welford runs on (x - shift) * ws
     const P ws = welford_scale(shift);
     Welford<P> w = welford_empty<P>();
-    if (vec) {
+    [[maybe_unused]] P* sp = SPAN ? span_scratch<P>(16LL * cache_units * nthreads, tid, BN_SPAN_SLOT_FWD) : nullptr;
+    if constexpr (SPAN) {  // the next channel's spill accumulator and shift in this thread's slot
+        span_acc<Welford<P>>(sp) = welford_empty<P>();
+        sp[5] = pn.x;
+        span_walk<1>(sv, u0, u1, [&](int, long long off) { return xu[off]; },
+                     [&](int k, long long, uint4 u, bool last) {
+            if (k < cache_units) cache[k * nthreads + tid] = u;
+            P v[V];
+            io<T>::unpack(u, v);
+            span_welford_unit<V>(w, sp, v, shift, ws, last && sv.own < V, sv.own);
+        });
+        w = span_merge_prev(w, sp, BN_SPAN_SLOT_FWD);
+    } else if (vec) {
         walk_channel<1>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) { return xu[off]; },
                              [&](int k, long long, uint4 u) {
             if (k < cache_units) cache[k * nthreads + tid] = u;
@@ -287,7 +303,21 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const typename io<T>::P* 
     // ((x - hi) - lo): exact near the mean at any offset, and exactly 0 for a constant channel.
     const P a = (P)(p.y * inv_std(welford_variance(t, ws), eps)), b = p.z;
     const auto m = welford_mean_hi_lo(t, shift, ws, M);
-    if (vec) {
+    if constexpr (SPAN) {
+        decltype(p) kn;  // the next channel's (a, b, hi, lo) into this thread's slot
+        span_share(mk4(a, b, m.x, m.y), kn);
+        sp[0] = kn.x; sp[1] = kn.y; sp[2] = kn.z; sp[3] = kn.w;
+        span_walk<1>(sv, u0, u1, [&](int k, long long off) {
+            const uint4 u = k < cache_units ? cache[k * nthreads + tid] : xu[off];
+            if constexpr (EPI) return make_uint4x2(u, unit_or_0(zu, off)); else return u;
+        }, [&](int, long long off, auto q, bool last) {
+            P v[V], e[V];
+            io<T>::unpack(first(q), v);
+            epi_e<T>(q, e);
+            span_normalize_unit<EPI, V>(v, e, m.x, m.y, a, b, last && sv.own < V, sv.own, sp, act, alpha);
+            yu[off] = io<T>::pack(v);
+        });
+    } else if (vec) {
         walk_channel<1>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int k, long long off) {
             const uint4 u = k < cache_units ? cache[k * nthreads + tid] : xu[off];
             if constexpr (EPI) return make_uint4x2(u, unit_or_0(zu, off)); else return u;
@@ -317,7 +347,7 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const typename io<T>::P* 
 // else stat itself. SHIFTED (second launch of training): x - mean as (x - hi) - lo with the
 // workspace's float pair, as the fused path does. y may be x (in place: each thread reads a unit, then writes it).
 // EPI 1: y = act(that + z).
-template <typename T, int EPI = 0>
+template <typename T, int EPI = 0, bool SPAN = false>
 __global__ void bn_normalize_spatial(const T* x, T* y, const typename io<T>::P* mean, const typename io<T>::P* stat,
                                      const typename io<T>::P* scale, const typename io<T>::P* bias,
                                      const typename io<T>::P* stat_tail, long long N, long long C, long long S,
@@ -332,13 +362,31 @@ __global__ void bn_normalize_spatial(const T* x, T* y, const typename io<T>::P* 
     const uint4* zu = z ? reinterpret_cast<const uint4*>(z + cv.base) : nullptr;
     uint4* yu = reinterpret_cast<uint4*>(y + cv.base);
     long long u0 = 0, u1 = 0;
-    split_range(N * cv.su, u0, u1);
+    [[maybe_unused]] const SpanView sv = span_view<V>(c, C, S);  // SPAN: the channel's units
+    split_range(N * (SPAN ? sv.su : cv.su), u0, u1);
     if (!ok) u1 = u0;
     auto p = mk4(P(0), P(0), P(0), P(0));
     if (ok && leader<true>()) p = normalize_constants(c, mean, stat, scale, bias, stat_tail, eps, flags);
-    p = share<true>(p);
+    [[maybe_unused]] P* sp = SPAN ? span_scratch<P>(0, threadIdx.y + 1, BN_SPAN_SLOT_EW) : nullptr;  // the next group's
+    if constexpr (SPAN) {
+        if (leader<true>()) {
+            P* mine = sp - BN_SPAN_SLOT_EW;
+            mine[0] = p.x; mine[1] = p.y; mine[2] = p.z; mine[3] = p.w;
+        }
+    }
+    p = share<true>(p);  // its barrier publishes the SPAN slots too
     const P a = p.x, b = p.y, hi = p.z, lo = p.w;
-    if (vec) {
+    if constexpr (SPAN) {
+        span_walk<LOADS_IN_FLIGHT>(sv, u0, u1, [&](int, long long off) {
+            if constexpr (EPI) return make_uint4x2(xu[off], unit_or_0(zu, off)); else return xu[off];
+        }, [&](int, long long off, auto q, bool last) {
+            P v[V], e[V];
+            io<T>::unpack(first(q), v);
+            epi_e<T>(q, e);
+            span_normalize_unit<EPI, V>(v, e, hi, lo, a, b, last && sv.own < V, sv.own, sp, act, alpha);
+            yu[off] = io<T>::pack(v);
+        });
+    } else if (vec) {
         walk_channel<LOADS_IN_FLIGHT>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) {
             if constexpr (EPI) return make_uint4x2(xu[off], unit_or_0(zu, off)); else return xu[off];
         }, [&](int, long long off, auto q) {
@@ -373,7 +421,7 @@ __global__ void bn_normalize_spatial(const T* x, T* y, const typename io<T>::P* 
 // EPI 1: the reduction and dx run on g = dy * act'(v) (epi_grad) instead of dy; g is written to dz
 // (when given) in the first pass and replaces dy in the replay cache; the non-cached replay and the
 // split's second launch recompute it.
-template <typename T, int EPI = 0>
+template <typename T, int EPI = 0, bool SPAN = false>
 __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io<T>::P* scale,
                                const typename io<T>::P* mean, const typename io<T>::P* stat,
                                typename io<T>::P* scale_grad, typename io<T>::P* bias_grad,
@@ -397,7 +445,8 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io
     const uint4* eu = ep ? reinterpret_cast<const uint4*>(ep + cv.base) : nullptr;
     uint4* dzu = dz ? reinterpret_cast<uint4*>(dz + cv.base) : nullptr;
     long long u0 = 0, u1 = 0;
-    split_range(N * cv.su, u0, u1);
+    [[maybe_unused]] const SpanView sv = span_view<V>(c, C, S);  // SPAN: the channel's units
+    split_range(N * (SPAN ? sv.su : cv.su), u0, u1);
     if (!ok) u1 = u0;
     const int nthreads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
     const int slots = cache_units * nthreads;  // dy's (g's) cache follows x's
@@ -409,10 +458,40 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io
         const double isd = frozen ? inv_std((double)st, eps) : (double)st;
         p = mk4((P)isd, mean[c], (P)(sc * isd), (EPI && bias) ? bias[c] : P(0));
     }
-    p = share<true>(p);
+    [[maybe_unused]] decltype(p) pn;  // SPAN: the next channel's
+    if constexpr (SPAN) p = span_share(p, pn); else p = share<true>(p);
     const P invstd = p.x, hi = p.y, a = p.z, bb = p.w;
     BwdSums<P> acc = bwd_empty<P>();
-    if (vec) {
+    [[maybe_unused]] P* sp = SPAN ? span_scratch<P>(32LL * cache_units * nthreads, tid, BN_SPAN_SLOT_BWD) : nullptr;
+    if constexpr (SPAN) {  // the next channel's spill sums and (hi, a, bias) in this thread's slot
+        span_acc<BwdSums<P>>(sp) = bwd_empty<P>();
+        sp[6] = pn.y; sp[7] = pn.z; sp[8] = pn.w;
+        span_walk<1>(sv, u0, u1, [&](int, long long off) {
+            if constexpr (EPI) return uint4x3{xu[off], du[off], unit_or_0(eu, off)};
+            else return make_uint4x2(xu[off], du[off]);
+        }, [&](int k, long long off, auto q, bool last) {
+            P vx[V], vd[V];
+            io<T>::unpack(q.x, vx);
+            io<T>::unpack(q.d, vd);
+            uint4 ud = q.d;
+            const bool spill = last && sv.own < V;
+            if constexpr (EPI) {
+                P ve[V];
+                io<T>::unpack(q.e, ve);
+                span_epi_grad_unit<EPI, V>(vd, vx, ve, use_y, hi, a, bb, spill, sv.own, sp + 6, sp + 7, sp + 8, act,
+                                           alpha);
+                ud = io<T>::pack(vd);
+                if (dzu) dzu[off] = ud;
+            }
+            if (k < cache_units) {
+                cache[k * nthreads + tid] = q.x;
+                cache[slots + k * nthreads + tid] = ud;
+            }
+            span_bwd_unit<V>(acc, sp, vx, vd, hi, a, spill, sv.own);
+            if (frozen) dxu[off] = io<T>::pack(vd);
+        });
+        acc = span_merge_prev(acc, sp, BN_SPAN_SLOT_BWD);
+    } else if (vec) {
         walk_channel<1>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) {
             if constexpr (EPI) return uint4x3{xu[off], du[off], unit_or_0(eu, off)};
             else return make_uint4x2(xu[off], du[off]);
@@ -497,16 +576,38 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io
     if (ok && threadIdx.x == 0) store_param_grads(c, flags & BN_FIX_GAMMA ? P(0) : r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
     if (frozen) return;
     const P dbm = r.y / Mf, k = r.w, lo = r.z;
-    if (vec) {
-        walk_channel<1>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int kk, long long off) {
-            const bool hit = kk < cache_units;
-            if constexpr (EPI)
-                return hit ? uint4x3{cache[kk * nthreads + tid], cache[slots + kk * nthreads + tid], make_uint4(0u, 0u, 0u, 0u)}
-                           : uint4x3{xu[off], du[off], unit_or_0(eu, off)};
-            else
-                return hit ? make_uint4x2(cache[kk * nthreads + tid], cache[slots + kk * nthreads + tid])
-                           : make_uint4x2(xu[off], du[off]);
-        }, [&](int kk, long long off, auto q) {
+    const auto replay = [&](int kk, long long off) {  // a 16-byte position's x and g from the cache, or x, dy (e)
+        const bool hit = kk < cache_units;
+        if constexpr (EPI)
+            return hit ? uint4x3{cache[kk * nthreads + tid], cache[slots + kk * nthreads + tid], make_uint4(0u, 0u, 0u, 0u)}
+                       : uint4x3{xu[off], du[off], unit_or_0(eu, off)};
+        else
+            return hit ? make_uint4x2(cache[kk * nthreads + tid], cache[slots + kk * nthreads + tid])
+                       : make_uint4x2(xu[off], du[off]);
+    };
+    if constexpr (SPAN) {
+        const P hn = sp[6], an = sp[7];
+        decltype(p) dn;  // the next channel's (dbias / M, k, lo): span_dx_unit's (a, dbias / M, k, lo, hi) in the slot
+        span_share(mk4(dbm, k, lo, P(0)), dn);
+        sp[0] = an; sp[1] = dn.x; sp[2] = dn.y; sp[3] = dn.z; sp[4] = hn;
+        span_walk<1>(sv, u0, u1, replay, [&](int kk, long long off, auto q, bool last) {
+            P vx[V], vd[V];
+            io<T>::unpack(q.x, vx);
+            io<T>::unpack(q.d, vd);
+            const bool spill = last && sv.own < V;
+            if constexpr (EPI) {
+                if (kk >= cache_units) {  // the cache holds g already
+                    P ve[V];
+                    io<T>::unpack(q.e, ve);
+                    span_epi_grad_unit<EPI, V>(vd, vx, ve, use_y, hi, a, bb, spill, sv.own, sp + 4, sp, sp + 8, act,
+                                               alpha);
+                }
+            }
+            span_dx_unit<V>(vd, vx, hi, lo, a, dbm, k, spill, sv.own, sp);
+            dxu[off] = io<T>::pack(vd);
+        });
+    } else if (vec) {
+        walk_channel<1>(cv.cw, cv.Cw, cv.su, u0, u1, replay, [&](int kk, long long off, auto q) {
             P vx[V], vd[V];
             io<T>::unpack(q.x, vx);
             io<T>::unpack(q.d, vd);
@@ -540,7 +641,7 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io
 
 // Second launch of the split backward: dx from the first launch's constants (workspace tail).
 // EPI 1: g recomputed from dy and y (or x, z) as the first launch did; dz is ignored (written there).
-template <typename T, int EPI = 0>
+template <typename T, int EPI = 0, bool SPAN = false>
 __global__ void bn_bwd_dx_spatial(const T* x, const T* dy, T* dx, const typename io<T>::P* mean,
                                   const typename io<T>::P* tail, long long N, long long C, long long S, int flags,
                                   const typename io<T>::P* bias, const T* y, const T* z, T* dz, int act,
@@ -557,7 +658,8 @@ __global__ void bn_bwd_dx_spatial(const T* x, const T* dy, T* dx, const typename
     const T* ep = use_y ? y : z;
     const uint4* eu = ep ? reinterpret_cast<const uint4*>(ep + cv.base) : nullptr;
     long long u0 = 0, u1 = 0;
-    split_range(N * cv.su, u0, u1);
+    [[maybe_unused]] const SpanView sv = span_view<V>(c, C, S);  // SPAN: the channel's units
+    split_range(N * (SPAN ? sv.su : cv.su), u0, u1);
     if (!ok) u1 = u0;
     auto p = mk4(P(0), P(0), P(0), P(0));
     P hi = P(0), bb = P(0);
@@ -566,12 +668,36 @@ __global__ void bn_bwd_dx_spatial(const T* x, const T* dy, T* dx, const typename
         hi = mean[c];
         if (EPI && bias) bb = bias[c];
     }
-    p = share<true>(p);
+    [[maybe_unused]] P* sp = SPAN ? span_scratch<P>(0, threadIdx.y + 1, BN_SPAN_SLOT_EW) : nullptr;  // the next group's
+    if constexpr (SPAN) {
+        if (leader<true>()) {
+            P* mine = sp - BN_SPAN_SLOT_EW;
+            mine[0] = p.x; mine[1] = p.y; mine[2] = p.z; mine[3] = p.w; mine[4] = hi; mine[5] = bb;
+        }
+    }
+    p = share<true>(p);  // its barrier publishes the SPAN slots too
     const P a = p.x, dbm = p.y, k = p.z, lo = p.w;
     const auto hb = share<true>(mk4(hi, bb, P(0), P(0)));
     hi = hb.x;
     bb = hb.y;
-    if (vec) {
+    if constexpr (SPAN) {
+        span_walk<LOADS_IN_FLIGHT>(sv, u0, u1, [&](int, long long off) {
+            if constexpr (EPI) return uint4x3{xu[off], du[off], unit_or_0(eu, off)};
+            else return make_uint4x2(xu[off], du[off]);
+        }, [&](int, long long off, auto q, bool last) {
+            P vx[V], vd[V];
+            io<T>::unpack(q.x, vx);
+            io<T>::unpack(q.d, vd);
+            const bool spill = last && sv.own < V;
+            if constexpr (EPI) {
+                P ve[V];
+                io<T>::unpack(q.e, ve);
+                span_epi_grad_unit<EPI, V>(vd, vx, ve, use_y, hi, a, bb, spill, sv.own, sp + 4, sp, sp + 5, act, alpha);
+            }
+            span_dx_unit<V>(vd, vx, hi, lo, a, dbm, k, spill, sv.own, sp);
+            dxu[off] = io<T>::pack(vd);
+        });
+    } else if (vec) {
         walk_channel<LOADS_IN_FLIGHT>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) {
             if constexpr (EPI) return uint4x3{xu[off], du[off], unit_or_0(eu, off)};
             else return make_uint4x2(xu[off], du[off]);

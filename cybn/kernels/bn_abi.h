@@ -67,5 +67,11 @@
 #define BN_FWD_TAIL 4           /* per statistic for the second launch: the mean (hi, lo), scale * invstd, pad */
 #define BN_BWD_PART 6           /* the backward's compensated sums (dy, dy * (x - hi), x - hi), 2 floats each */
 #define BN_BWD_TAIL 4           /* dx constants (a, dbias / M, k, lo) for the second launch */
+/* The SPAN kernels' scratch (bn_span.cuh) in dynamic shared memory after the replay cache, P values per thread
+   of the reductions (forward: the next channel's Welford spill + its shift, later 4 constants; backward: its
+   sums + hi, a, bias, later 5 constants) and per group of the element-wise kernels (6 constants). */
+#define BN_SPAN_SLOT_FWD 6
+#define BN_SPAN_SLOT_BWD 9
+#define BN_SPAN_SLOT_EW 6
 
 #endif

@@ -225,14 +225,17 @@ _SOURCES = {"nchw": ("batchnorm.cu", "kernel_expressions"), "nhwc": ("batchnorm_
 def kernel_report(arch, program=(None, 0), source="nchw"):
     """{(kernel base name, ctype, family): {"registers", "spill_stores", "spill_loads", "smem",
     "inflight": {"vec", "scalar"}}} for every BatchNorm kernel of one program (dtype code, EPI; default the
-    float32/float16 plain one) of one source on `arch` (e.g. "sm_90"), and the method used for the in-flight
+    float32/float16 plain one; ("span", EPI): a SPAN program) of one source on `arch` (e.g. "sm_90"), and the method used for the in-flight
     count ("SASS (nvdisasm)" or "PTX"). source "nchw": batchnorm.cu (family "spatial"); "nhwc":
     batchnorm_nhwc.cu (family "nhwc": channels last and every per-activation call), its kernels named by the
     base names of batchnorm.cu's (bn_nhwc_fwd_train -> bn_fwd_train)."""
     filename, exprs_of = _SOURCES[source]
     text, name, directory = cache.resolve_source(filename)
-    exprs = getattr(batchnorm, exprs_of)(*program)
-    options = batchnorm.compile_options(*program)
+    if program[0] == "span":  # ("span", EPI): a SPAN program of batchnorm.cu (its kernels keyed "<base>_span")
+        exprs, options = batchnorm.span_kernel_expressions(program[1]), batchnorm.span_compile_options(program[1])
+    else:
+        exprs = getattr(batchnorm, exprs_of)(*program)
+        options = batchnorm.compile_options(*program)
     # Through the kernel cache (its entries keep NVRTC's log, i.e. the ptxas report): compiled once per machine.
     img = cache.compile_cached(text, name, options + ("--ptxas-options=-v",), exprs, "cubin",
                                arch, source_dir=directory)
@@ -249,8 +252,8 @@ def kernel_report(arch, program=(None, 0), source="nchw"):
             m = re.match(r"bn_nhwc_(\w+?)<(\w+)(?:, \d+)?>", expr)
             key = ("bn_" + m.group(1), m.group(2), "nhwc")
         else:
-            m = re.match(r"(\w+?)_(spatial)<(\w+)(?:, \d+)?>", expr)
-            key = (m.group(1), m.group(3), m.group(2))
+            m = re.match(r"(\w+?)_(spatial)<(\w+)(?:, \d+)?(, true)?>", expr)
+            key = (m.group(1) + ("_span" if m.group(4) else ""), m.group(3), m.group(2))
         mangled = img.lowered[expr]
         report[key] = dict(facts[mangled], inflight=inflight.get(mangled, {}))
     return report, method
@@ -271,8 +274,11 @@ def kernel_facts(arch, dtype, mode, layout="NCHW"):
     program, ctype = programs[str(dtype)]
     fam = family(mode, layout)
     report, _ = kernel_report(arch, program, "nhwc" if fam == "nhwc" else "nchw")
+    names = [(k, report) for k in KERNELS]
+    if fam == "spatial":  # and the SPAN program's ("<base>_span": plans with vec 3)
+        names += [(k + "_span", kernel_report(arch, ("span", 0))[0]) for k in KERNELS]
     out = {}
-    for k in KERNELS:
+    for k, report in names:
         f = dict(report[(k, ctype, fam)])
         fl = dict(f["inflight"])
         fl["vec"] = fl.get("vec") or fl.get("scalar") or 4

@@ -101,6 +101,8 @@ def _units_and_threads(shape, dtype, mode, plan):
     N, S = shape[0], int(np.prod(shape[2:], dtype=np.int64)) if len(shape) > 2 else 1
     if mode == "spatial":
         V = 16 // np.dtype(dtype).itemsize
+        if plan["vec"] == 3:  # SPAN: a channel owns floor or ceil(S / V) units per row (the plan's count)
+            return _cdiv(N * S, V), plan["block"][0]
         return N * (S // V if plan["vec"] else S), plan["block"][0]
     return N, plan["block"][1]
 
@@ -200,6 +202,8 @@ def launches(shape, dtype, mode, op, plan, layout="NCHW"):
         edges = _rowvec_edges(shape, dtype)
         units = (E // K - round(edges)) // (16 // z)
     stream = K * (units * ub + edges * z)   # one read of one tensor
+    if mode == "spatial" and plan["vec"] == 3:
+        stream = E * z  # SPAN: every element once, in whole units
     ctas = plan["grid"][0] * P
     over = OVERHEAD_PER_STAT_CTA * K * P
     grid, block = (plan["grid"][0], P), plan["block"][:2]
@@ -234,7 +238,7 @@ def model_call(shape, dtype, mode, op, plan, kernels, dev, layout="NCHW"):
     thread)."""
     total_t, total_b, rows = 0.0, 0.0, []
     for ln in launches(shape, dtype, mode, op, plan, layout):
-        k = kernels[ln["kernel"]]
+        k = kernels[ln["kernel"] + ("_span" if plan["vec"] == 3 else "")]  # SPAN plans run the SPAN programs
         threads = ln["block"][0] * ln["block"][1]
         per_sm = occupancy(threads, k["registers"], k["smem"] + ln["shared"], dev)
         vec = bool(plan["vec"])  # 16-byte units (NCHW rows, row vectors, row-major feature vectors)

@@ -24,11 +24,15 @@ OPS = {"forward_train": ("bn_fwd_train", "bn_normalize"), "backward": ("bn_bwd",
        "forward_infer": ("bn_normalize", None)}
 
 
-def _function(name, dtype, mode):
-    """The kernel a launch runs: batchnorm.cu's NCHW spatial ones; per-activation calls ((N, F) rows) run
-    batchnorm_nhwc.cu's row-major kernels."""
+def _function(name, dtype, mode, span=False):
+    """The kernel a launch runs: batchnorm.cu's NCHW spatial ones (a SPAN plan, vec 3: the SPAN program's);
+    per-activation calls ((N, F) rows) run batchnorm_nhwc.cu's row-major kernels."""
     i = batchnorm._KERNEL_NAMES.index(name)
     ctype = "float" if dtype == np.float32 else "__half"
+    if span:
+        return kernels.get_function("batchnorm.cu", f"{name}_spatial<{ctype}, 0, true>", batchnorm._SIGNATURES[i],
+                                    options=batchnorm.span_compile_options(0),
+                                    name_expressions=batchnorm.span_kernel_expressions(0))
     if mode == "spatial":
         return kernels.get_function("batchnorm.cu", f"{name}_spatial<{ctype}>", batchnorm._SIGNATURES[i],
                                     options=batchnorm.compile_options(), name_expressions=batchnorm.kernel_expressions())
@@ -65,7 +69,7 @@ def _launches(shape, dtype, mode, op):
 @pytest.mark.parametrize("op", list(OPS))
 def test_plans_fill_the_device(shape, mode, dtype, op):
     for name, p in _launches(shape, dtype, mode, op):
-        f = _function(name, dtype, mode)
+        f = _function(name, dtype, mode, p["vec"] == 3)
         threads = p["block"][0] * p["block"][1]
         sms = p["sm_count"]
         per_sm = _calculator(f, threads, p["shared_bytes"])

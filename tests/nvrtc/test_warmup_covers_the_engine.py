@@ -1,7 +1,8 @@
 """`python -m cybn warmup` compiles every kernel program the BatchNorm engine can load: each (layout, dtype,
 mode, epilogue) the core accepts, run once in a fresh process, loads only programs that are registered
 (same file, options and name expressions, so warmup's cache entry is the one the launch finds), and every
-NCHW (dtype, EPI) and the NHWC programs are among them. Combinations the core refuses (channels-last
+NCHW (dtype, EPI), the SPAN programs (a spatial size that is not whole 16-byte units, S = 9) and the NHWC
+programs are among them. Combinations the core refuses (channels-last
 dtypes or epilogues it lacks) are skipped by what it raises, so new NHWC variants are covered once added."""
 from nvrtc_helpers import last_json, run_py
 
@@ -37,6 +38,10 @@ def test_every_program_the_engine_loads_is_registered_for_warmup():
                             ran.append([layout, str(np.dtype(dt)), mode, act])
                         except NotImplementedError:
                             refused.append([layout, str(np.dtype(dt)), mode, act])
+                        if layout == "NCHW" and mode == "spatial":  # S = 9: the SPAN programs (bn_span.cuh)
+                            x9, one8 = cybn.to_gpu(np.ones((2, 8, 9), dt)), cybn.to_gpu(np.ones(8, p))
+                            assert batchnorm.plan((2, 8, 9), dt, epilogue=act is not None)["vec"] == 3
+                            batchnorm.forward_infer(x9, one8, one8, one8, one8, 1e-5, activation=act)
         assert not variants.load_all()
         registered = {(s, tuple(o)): set(n) for s, o, n in variants.programs()}
         exprs = {(s, tuple(o)): sorted(n) for s, o, n in variants.programs()}
@@ -49,7 +54,9 @@ def test_every_program_the_engine_loads_is_registered_for_warmup():
     """))  # the session's kernel cache (tests/conftest.py): what other tests compiled is reused
     assert result["problems"] == []
     nchw = [p for p in result["programs"] if p[0] == "batchnorm.cu"]
-    assert len(nchw) == 7  # float32 + float16 plain in one program, then 2 more plain and 4 fused (dtype, EPI)
+    # float32 + float16 plain in one program, then 2 more plain and 4 fused (dtype, EPI), and 2 SPAN (EPI 0, 1)
+    assert len(nchw) == 9
+    assert sum("span" in " ".join(p[1]) for p in nchw) == 2
     assert any(p[0] == "batchnorm_nhwc.cu" for p in result["programs"])
     # every NCHW combination ran; NHWC ran at least float32 and float16 without an epilogue
     assert all(r[0] == "NHWC" for r in result["refused"])
