@@ -117,8 +117,8 @@ def test_estimate_error_is_bounded(measured):
     ratios = {(label, name): r["estimate"] / exact for label, name, exact, r in measured}
     engine = [v for (label, _), v in ratios.items() if label in ("batchnorm.cu", "elementwise.cu")]
     assert len(engine) >= 28
-    # The plain engine kernels: 0.66 at worst since welf13's per-unit Welford step. The SPAN kernels (template argument SPAN = true: "Lb1E" in the mangled name, bn_span.cuh): their rarely
-    # taken spill branches (a row's last unit) are live ranges the liveness estimate under-counts (0.67 at worst).
+    # The plain engine kernels: 0.66 at worst since the per-unit Welford step. The SPAN kernels (template
+    # argument SPAN = true: "Lb1E" in the mangled name, bn_span.cuh): their rarely taken spill branches (a row's last unit) are live ranges the liveness estimate under-counts (0.67 at worst).
     span = [v for (label, name), v in ratios.items() if label == "batchnorm.cu" and "Lb1E" in name]
     assert all(0.6 <= v <= 1.6 for v in span), sorted(span)
     assert all(0.65 <= v <= 1.6 for (label, name), v in ratios.items()
