@@ -41,7 +41,6 @@ cdef extern from "bn_abi.h":
         BN_PARTIALS
         BN_SUMS
         BN_FIX_GAMMA
-        BN_COOP
         BN_FWD_PART         # workspace entry sizes
         BN_FWD_TAIL
         BN_BWD_PART
@@ -94,7 +93,6 @@ ctypedef struct bn_desc:
     int force_group             # tests: threads per channel (spatial) / row lanes (per-activation); 0 auto
     int force_split             # tests: CTAs per channel; 0 auto
     int force_cache             # tests: cache slots per thread; -1 auto
-    int no_coop                 # 1: never the cooperative single launch; -1: also on a forced split (tests): coop.pxi
     int layout                  # BN_LAYOUT_NCHW: x is (N, C, S); BN_LAYOUT_NHWC (channels last, spatial mode):
                                 #   x is (N, S, C), the kernels of batchnorm_nhwc.cu
     int act                     # BN_ACT_*: the fused epilogue y = act(bn(x) [+ z]) (prepare picks EPI 1 kernels)

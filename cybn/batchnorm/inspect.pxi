@@ -37,8 +37,7 @@ def plan(shape, dtype=np.float32, mode="spatial", kernel="forward_train", aligne
     grid, block, shared_bytes, cache_units, vec (0 elements, 1 16-byte units, 2 16-byte units between
     a scalar head and tail), split, ctas_per_sm (the occupancy calculator's resident CTAs per SM for
     that launch), sm_count, and for a split forward_train/backward "second": the plan of its second,
-    element-wise launch, and for forward_train "cooperative": the single cooperative launch that replaces its split
-    where it is taken (else None). kernel: forward_train, backward, forward_infer, normalize (= forward_infer),
+    element-wise launch. kernel: forward_train, backward, forward_infer, normalize (= forward_infer),
     backward_dx. aligned: whether the data pointers are 16-byte aligned. layout: "NCHW" or "NHWC"
     (shape then channels last). span=False: the plan without the SPAN programs (vec 3), as before them."""
     cdef bn_desc d
@@ -63,10 +62,6 @@ def plan(shape, dtype=np.float32, mode="spatial", kernel="forward_train", aligne
     cdef cydriver.CUdeviceptr ptr = 0 if aligned else 4  # a misaligned pointer: 4 bytes past 16
     bn_make_plan(&d, k, _vec_ok(&d, ptr, ptr, ptr), &p)
     out = _plan_dict(&p, d.sm_count)
-    cdef bn_plan cp
-    d.no_coop = _no_coop
-    if k == BN_K_FWD_TRAIN:  # the one-launch plan that replaces the split, or None (coop.pxi)
-        out["cooperative"] = _plan_dict(&cp, d.sm_count) if bn_coop_plan(&d, &p, &cp) else None
     if p.split > 1 and (k == BN_K_FWD_TRAIN or k == BN_K_BWD):
         bn_make_plan(&d, BN_K_NORMALIZE if k == BN_K_FWD_TRAIN else BN_K_BWD_DX, p.vec, &p)
         out["second"] = _plan_dict(&p, d.sm_count)

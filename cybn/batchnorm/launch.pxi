@@ -116,9 +116,8 @@ cdef int bn_forward_train_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.
         st = _no_overlap(outs, 5, ins, 1, d, 1)
     if st != BN_OK:
         return st
-    cdef bn_plan p, q, cp
+    cdef bn_plan p, q
     bn_make_plan(d, BN_K_FWD_TRAIN, _vec_with(_vec_ok(d, x, y, x), x, z), &p)
-    cdef bint coop = bn_coop_plan(d, &p, &cp)  # one cooperative launch instead of the split's two (coop.pxi)
     st = _check_workspace(d, &p, BN_K_FWD_TRAIN)
     if st == BN_OK:
         st = _check_limits(&p)
@@ -143,16 +142,13 @@ cdef int bn_forward_train_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.
     cdef int flags = ((BN_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec)
                       | (BN_BIASED_RUNVAR if d.flags & BN_DESC_BIASED_RUNNING_VAR else 0)
                       | (BN_PARTIALS if d.flags & BN_DESC_PARTIALS else 0) | _fix_gamma(d))
-    cdef int cache = cp.cache_units if coop else p.cache_units, act = d.act
+    cdef int cache = p.cache_units, act = d.act
     cdef void* args[21]
     args[0] = &x; args[1] = &y; args[2] = &scale; args[3] = &bias; args[4] = &running_mean
     args[5] = &running_var; args[6] = &save_mean; args[7] = &save_invstd; args[8] = &partials
     args[9] = &counters; args[10] = &shifted; args[11] = &N; args[12] = &C; args[13] = &S
     args[14] = _scalar(&sc, 0); args[15] = _scalar(&sc, 1); args[16] = &flags; args[17] = &cache
     args[18] = &z; args[19] = &act; args[20] = _scalar(&sc, 2)
-    if coop:
-        flags = flags | BN_COOP
-        return _counters_done(d, _launch_coop(d, &cp, stream, args))
     st = _launch(d, BN_K_FWD_TRAIN, &p, stream, args)
     if p.split == 1:
         return st

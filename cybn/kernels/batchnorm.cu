@@ -284,25 +284,19 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const typename io<T>::P* 
 
     if (gridDim.y > 1) {
         if (ok && threadIdx.x == 0) store_welford(partials + ((long long)c * gridDim.y + blockIdx.y) * FWD_PART, t);
-        // COOP (one cooperative launch, coop.pxi): the grid meets and every CTA combines its channels' partials in
-        // the same order, then normalises its share below; else the column's last CTA alone, for a second launch.
-        const bool coop = flags & BN_COOP;
-        if (coop) grid_barrier_once(counters);
-        else if (!last_cta_of_column(counters)) return;
+        if (!last_cta_of_column(counters)) return;
         Welford<P> m = welford_empty<P>();
         if (ok)
             for (int q = threadIdx.x; q < gridDim.y; q += blockDim.x)
                 m = welford_merge(m, load_welford(partials + ((long long)c * gridDim.y + q) * FWD_PART));
         t = group_reduce(m);
-        if (!coop) {
-            if (ok && threadIdx.x == 0)
-                finish_statistics(c, t, shift, M, eps, factor, flags, p.y, running_mean, running_var, save_mean,
-                                  save_invstd, stat_tail);
-            return;  // the normalisation is the second launch (bn_normalize_spatial)
-        }
+        if (ok && threadIdx.x == 0)
+            finish_statistics(c, t, shift, M, eps, factor, flags, p.y, running_mean, running_var, save_mean, save_invstd,
+                              stat_tail);
+        return;  // the normalisation is the second launch (bn_normalize_spatial)
     }
 
-    if (ok && threadIdx.x == 0 && blockIdx.y == 0)
+    if (ok && threadIdx.x == 0)
         finish_statistics(c, t, shift, M, eps, factor, flags, p.y, running_mean, running_var, save_mean, save_invstd,
                           (P*)nullptr);
     if (flags & BN_PARTIALS) return;

@@ -20,8 +20,6 @@
                                    sum(dy * (x - mean)), batch_scale_grad = sum(x - mean); no dx */
 #define BN_FIX_GAMMA 256        /* scale is 1 (not read, may be null); the scale gradient is written as 0
                                    (with alpha/beta: beta * old + alpha * 0), as MXNet's fix_gamma */
-#define BN_COOP 4096            /* forward train, split grid launched cooperatively (every CTA resident): the grid
-                                   meets at a barrier, every CTA combines and normalises; no second launch */
 
 /* Statistic modes (bn_desc.mode; CYBN_SPATIAL, CYBN_PER_ACTIVATION). */
 #define BN_SPATIAL 0            /* (N, C, *spatial): one statistic per channel */

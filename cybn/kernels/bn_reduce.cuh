@@ -116,24 +116,6 @@ __device__ __forceinline__ bool last_cta_of_column(unsigned* counters) {
     return last;
 }
 
-// Every CTA of the grid arrives once; returns in all of them when all have (the partials written before it
-// visible after it). Only in a cooperative launch (every CTA resident), once per launch, on an armed (0)
-// counter: atomicInc with wrap = CTAs - 1 counts the arrivals and the last one returns it to 0, which the
-// others wait to see; so the launch leaves it armed, like last_cta_of_column. No cooperative_groups: its
-// headers need the CCCL wheel at run time.
-__device__ __forceinline__ void grid_barrier_once(unsigned* bar) {
-    __syncthreads();  // every partial of this CTA is written
-    if (threadIdx.x == 0 && threadIdx.y == 0) {
-        const unsigned n = gridDim.x * gridDim.y;
-        __threadfence();
-        if (atomicInc(bar, n - 1u) != n - 1u)
-            while (*reinterpret_cast<volatile unsigned*>(bar) != 0u) {
-            }
-        __threadfence();
-    }
-    __syncthreads();
-}
-
 enum : int { FWD_PART = BN_FWD_PART };  // P values of one Welford partial in the workspace
 template <typename P>
 __device__ __forceinline__ Welford<P> load_welford(const P* p) {
