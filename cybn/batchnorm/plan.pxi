@@ -51,7 +51,7 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
     BX threads of 16-byte feature vectors (coalesced) times BY row lanes per CTA, the rows split over P
     CTAs. The replay cache stays within the shared memory that
     keeps the kernel's occupancy."""
-    cdef long long units = 0, per_thread, cols, G, CPB, P, BX, R, slots, slot_bytes, arrays, budget, cap, q, w, span_bytes = 0
+    cdef long long units = 0, per_thread, cols, G, CPB, P, slots, slot_bytes, arrays, budget, cap, q, w, span_bytes = 0
     cdef bn_plan alt
     cdef long long stats = d.C
     memset(p, 0, sizeof(bn_plan))
