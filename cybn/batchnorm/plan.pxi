@@ -3,7 +3,7 @@
 # Included by batchnorm.pyx.
 
 cdef enum:
-    SMEM_LIMIT = 48 * 1024   # shared memory per CTA without opt-in
+    SMEM_LIMIT = 48 * 1024   # shared memory per CTA without opt-in (the budget where occupancy is unknown)
     MAX_SPLIT = 1024         # CTAs per channel at most (bounds the last CTA's combine)
     MIN_WALK = 128           # bytes per thread per array a split keeps: 2 rounds of 4 x 16-byte loads
     MAX_WALK = 4096          # bytes per thread per array a reduction walks before it is split
@@ -104,9 +104,9 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
     if P == 1 and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD):
         slot_bytes = 16 if vec else _param_bytes(d.dtype)  # scalar slots hold P
         budget = SMEM_LIMIT - <long long>(d.span_static_shared[kernel] if vec == 3 else d.static_shared[kernel])
-        if p.ctas_per_sm > 0:
+        if p.ctas_per_sm > 0:  # the room that keeps the occupancy, opt-in shared memory included (prepared.pxi)
             w = min(_cdiv(<long long>p.block[0] * p.block[1], 32), 32) - 1
-            budget = min(budget, <long long>(d.span_smem_budget[kernel][w] if vec == 3 else d.smem_budget[kernel][w]))
+            budget = <long long>(d.span_smem_budget[kernel][w] if vec == 3 else d.smem_budget[kernel][w])
         budget -= span_bytes
         cap = budget // (<long long>p.block[0] * p.block[1] * slot_bytes * arrays)
         if d.force_cache >= 0:

@@ -68,6 +68,7 @@ cdef class _Prepared:
     cdef unsigned int static_shared[4]
     cdef list functions
     cdef readonly int sm_count
+    cdef int smem_optin  # the device's opt-in shared memory per block (the replay cache may use it)
     cdef unsigned char occ[4][32]
     cdef unsigned int smem_budget[4][32]
     cdef cydriver.CUfunction span_kernels[4]  # the SPAN program's (NCHW spatial only; NULL until _prepare_span)
@@ -101,13 +102,16 @@ cdef int _occupancy(cydriver.CUfunction f, int threads, size_t smem) except -1:
 cdef int _query_occupancy(_Prepared pr, int k, int max_threads, bint span=False) except -1:
     """Once per (kernel, whole warps per block): CTAs per SM from the driver's occupancy calculator with no dynamic
     shared memory (registers, warps, slots), and the most dynamic shared memory (256-byte steps, within
-    the 48 KiB a CTA gets without opt-in) that keeps that many resident, found by bisection on the same
-    calculator: the replay cache may use that room and never lowers occupancy."""
+    the device's opt-in per-block maximum, which the kernel is opted in to here) that keeps that many
+    resident, found by bisection on the same calculator: the replay cache may use that room and never
+    lowers occupancy (a CTA of a 3-CTA/SM kernel gets about 75 KiB on an H100, not 48)."""
     cdef int i, threads, occ
     cdef cydriver.CUfunction f = pr.span_kernels[k] if span else pr.kernels[k]  # span: the SPAN program's facts
     cdef unsigned char* occs = &pr.span_occ[k][0] if span else &pr.occ[k][0]
     cdef unsigned int* budgets = &pr.span_smem_budget[k][0] if span else &pr.smem_budget[k][0]
-    cdef size_t lo, hi, mid, cap = SMEM_LIMIT - (pr.span_static_shared[k] if span else pr.static_shared[k])
+    cdef size_t lo, hi, mid, cap = max(pr.smem_optin, SMEM_LIMIT) - (pr.span_static_shared[k] if span else pr.static_shared[k])
+    check(cydriver.cuFuncSetAttribute(f, cydriver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, <int>cap),
+          "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")
     for i in range(32):
         threads = 32 * (i + 1)
         occ = _occupancy(f, threads, 0) if threads <= max_threads else 0
@@ -143,6 +147,8 @@ cdef _Prepared _prepare(int dt, int md, int epi, int layout=BN_LAYOUT_NCHW):
     pr = _Prepared.__new__(_Prepared)
     pr.functions = []
     memset(pr.span_kernels, 0, sizeof(pr.span_kernels))
+    pr.smem_optin = Device(current_ordinal()).attribute(
+        cydriver.CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
     cdef Function f
     if layout == BN_LAYOUT_NHWC or md == BN_PER_ACTIVATION:  # the spatial kernels' arguments (batchnorm_nhwc.cu)
         source, exprs, opts = "batchnorm_nhwc.cu", nhwc_kernel_expressions(dt, epi), compile_options(dt, epi)
