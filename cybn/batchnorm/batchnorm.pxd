@@ -84,7 +84,7 @@ ctypedef struct bn_desc:
     unsigned char occ[4][32]           # CTAs per SM of kernel k with i + 1 warps (the occupancy calculator)
     unsigned int smem_budget[4][32]    # dynamic shared bytes per CTA that keep occ (the replay cache's room)
     cydriver.CUfunction kernels[4]     # BN_K_*, filled by prepare() for (dtype, mode)
-    unsigned int static_shared[4]      # their static shared memory (the cache gets the rest of 48 KiB)
+    unsigned int static_shared[4]      # their static shared memory (smem_budget is what is left of the opt-in maximum)
     cydriver.CUdeviceptr workspace     # scratch: counters + partials; bn_workspace_size
     size_t workspace_bytes
     size_t* counters_armed      # NULL: the workspace's contents are unknown (each split call zeroes its counters);

@@ -53,7 +53,7 @@ __device__ __forceinline__ BwdSums<P> load_bwd(const P* p) {
                       CSum<P>{__ldcg(p + 4), __ldcg(p + 5)}};
 }
 
-// Shared scratch is kept small because the replay cache gets what is left of 48 KiB (and the software
+// Shared scratch is kept small because the replay cache gets what is left of the shared memory (and the software
 // GPU counts a module's static shared memory for each of its kernels).
 
 // Total of v over the G threads (whole warps) of each threadIdx.y group, returned to all of them.
