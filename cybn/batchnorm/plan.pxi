@@ -8,6 +8,10 @@ cdef enum:
     MIN_WALK = 128           # bytes per thread per array a split keeps: 2 rounds of 4 x 16-byte loads
     MAX_WALK = 4096          # bytes per thread per array a reduction walks before it is split
     TARGET_THREADS = 256
+    INFLIGHT_NEED = 32768    # bytes in flight per SM that keep HBM busy (Little's law: ~3.35 TB/s x ~1.3 us / 132 SMs)
+    LAUNCH_BYTES = 4194304   # a launch's fixed cost in bytes at full bandwidth (~1.3 us at ~3 TB/s)
+    REDUCE_IN_FLIGHT = 1     # loads per array a fused or split reduction's walk keeps in flight (batchnorm.cu)
+    STREAM_IN_FLIGHT = 4     # ... an element-wise launch's (LOADS_IN_FLIGHT)
 
 
 cdef inline long long _cdiv(long long a, long long b) noexcept nogil:
@@ -32,11 +36,16 @@ cdef long long _split(const bn_desc* d, int kernel, long long cols, long long wa
     """CTAs per column from the bytes each thread walks per array. Reductions (fwd_train, bwd): split
     while the columns fill less than one wave of resident CTAs and each thread keeps MIN_WALK bytes
     (2 rounds of its 4 x 16-byte loads in flight), as many as fit one wave; past MAX_WALK bytes a
-    thread's serial walk is bounded, rounded up to whole waves. Element-wise launches (normalize,
-    bwd_dx) only fill the device: at most one wave, each thread MIN_WALK bytes at least."""
+    thread's serial walk is bounded, rounded up to whole waves; where one wave leaves SMs without a CTA
+    (one CTA per SM, fewer columns than SMs), an NCHW reduction takes two whole waves.
+    Element-wise launches (normalize, bwd_dx) only fill the device: at most one wave, each thread
+    MIN_WALK bytes at least."""
     cdef long long P = 1, waves
     if cols < slots and walk >= 2 * MIN_WALK:
         P = min(slots // cols, walk // MIN_WALK)
+        if P * cols < d.sm_count and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD) and not _is_rows(d):
+            # one CTA per SM: fill the SMs in two waves (row-major plans rank their own candidates, plan_nhwc.pxi)
+            P = min(2 * slots // cols, walk // MIN_WALK)
     if (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD) and walk > MAX_WALK * P:
         waves = _cdiv(cols * _cdiv(walk, MAX_WALK), slots)
         P = max(_cdiv(walk, MAX_WALK), waves * slots // cols)
@@ -87,9 +96,6 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
     P = d.force_split if d.force_split > 0 else _split(d, kernel, cols, per_thread * slot_bytes, slots)
     if P > 65535:
         P = 65535
-    if vec == 3 and P > 1 and d.force_split <= 0 and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD):
-        bn_make_plan(d, kernel, 0, &alt)  # within the partials bn_workspace_size counts (the element plan's)
-        P = max(1, min(P, <long long>alt.split))
     p.grid[0] = <unsigned int>cols
     p.grid[1] = <unsigned int>P
     p.grid[2] = 1
@@ -116,11 +122,12 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
         if p.cache_units < 0:
             p.cache_units = 0
         p.shared_bytes = <unsigned int>(p.cache_units * p.block[0] * p.block[1] * slot_bytes * arrays + span_bytes)
-    # SPAN's CTAs hold several channels, so a fused reduction's cache may hold less of each: where the element
-    # path would read fewer bytes, it is taken instead (SPAN never moves more bytes than the element path).
+    # SPAN's CTAs hold several channels, so a fused reduction's cache holds less of each, and its grid has
+    # fewer columns; the element path keeps one channel per CTA but one scalar load in flight. The plan
+    # the latency-bandwidth estimate (_modelled_cost) says is faster is taken.
     if vec == 3 and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD) and d.force_cache < 0 and d.force_split <= 0:
         bn_make_plan(d, kernel, 0, &alt)
-        if _reread_bytes(d, &alt, d.N * d.S, _elem_bytes(d.dtype)) < _reread_bytes(d, p, units, 16):
+        if _modelled_cost(d, kernel, &alt, d.N * d.S) < _modelled_cost(d, kernel, p, units):
             p[0] = alt
     return BN_OK
 
@@ -131,6 +138,33 @@ cdef inline long long _reread_bytes(const bn_desc* d, const bn_plan* p, long lon
     if p.split > 1:
         return d.N * d.S * _elem_bytes(d.dtype)
     return max(0, _cdiv(units, <long long>p.block[0]) - p.cache_units) * <long long>p.block[0] * unit_bytes
+
+
+cdef double _streamed_fraction(const bn_desc* d, const bn_plan* p, long long per_thread) noexcept nogil:
+    """The fraction of HBM bandwidth a launch's loads in flight can keep busy (Little's law): its resident
+    threads per SM (occupancy, or fewer where the grid is smaller than a wave) times the bytes each has in
+    flight, over INFLIGHT_NEED."""
+    cdef double ctas = <double>p.grid[0] * p.grid[1], sms = <double>max(d.sm_count, 1)
+    cdef double resident = min(<double>max(p.ctas_per_sm, 1), ctas / sms)
+    return min(1.0, resident * p.block[0] * p.block[1] * per_thread / <double>INFLIGHT_NEED)
+
+
+cdef double _modelled_cost(const bn_desc* d, int kernel, const bn_plan* p, long long units) noexcept nogil:
+    """A reduction call's estimated time, in bytes at full bandwidth: each launch's bytes over the fraction
+    its loads in flight sustain (_streamed_fraction), plus LAUNCH_BYTES per launch. A fused plan reads x
+    (and dy) once plus what its cache does not hold and writes y (dx); a split plan's reduction reads them
+    once and its element-wise second launch (its own plan) reads them again and writes. units: a channel's
+    units of the walk (elements, or SPAN's 16-byte units)."""
+    cdef bn_plan q
+    cdef long long z = _elem_bytes(d.dtype), arrays = 2 if kernel == BN_K_BWD else 1
+    cdef long long unit = 16 if p.vec else z
+    cdef double one = <double>d.N * d.S * d.C * z  # one pass over one array
+    cdef double reduce = _streamed_fraction(d, p, arrays * unit * REDUCE_IN_FLIGHT)
+    if p.split > 1:
+        bn_make_plan(d, BN_K_NORMALIZE if kernel == BN_K_FWD_TRAIN else BN_K_BWD_DX, p.vec, &q)
+        return (arrays * one / reduce + (arrays + 1) * one /
+                _streamed_fraction(d, &q, arrays * (16 if q.vec else z) * STREAM_IN_FLIGHT) + 2 * LAUNCH_BYTES)
+    return (arrays * (one + <double>_reread_bytes(d, p, units, unit) * d.C) + one) / reduce + LAUNCH_BYTES
 
 
 cdef inline long long _span_quantum(long long S, long long V) noexcept nogil:

@@ -25,16 +25,19 @@ cdef size_t bn_workspace_size(const bn_desc* d) noexcept nogil:
     cdef bn_plan p
     cdef size_t need = 0, n
     cdef int i, k, v
-    for i in range(4):  # forward and backward reductions, each with and without 16-byte units
-        k = BN_K_FWD_TRAIN if i < 2 else BN_K_BWD
-        v = i % 2
-        if True:
-            bn_make_plan(d, k, v, &p)
-            n = _scratch_bytes(d, &p, k)
-            if n > 0:
-                n += _counter_bytes(d)
-            if n > need:
-                need = n
+    for i in range(6):  # forward and backward reductions: element, 16-byte units, SPAN (where it applies)
+        k = BN_K_FWD_TRAIN if i % 2 == 0 else BN_K_BWD
+        v = i // 2
+        if v == 2:
+            if d.span_kernels[0] == NULL or not _span_shape(d):
+                continue
+            v = 3
+        bn_make_plan(d, k, v, &p)
+        n = _scratch_bytes(d, &p, k)
+        if n > 0:
+            n += _counter_bytes(d)
+        if n > need:
+            need = n
     return need
 
 
