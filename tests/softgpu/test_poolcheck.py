@@ -64,9 +64,16 @@ def test_reuse_waits_for_the_other_stream(setup):
 def test_reuse_without_record_stream_is_caught(setup):
     old, b, r = use_on_other_stream(*setup, record=False)
     assert b.ptr == old  # the pool did not know about s2 and handed the block out at once
-    assert r == R.CUDA_ERROR_LAUNCH_FAILED
     report = softgpu.last_report()
     memset = "memset of %d bytes on stream" % (4 * N)
+    if softgpu.async_mode() and r == R.CUDA_ERROR_ILLEGAL_ADDRESS:
+        # The third order: the worker ran the kernel after the free and before the reuse; memcheck sees a
+        # load from a block its pool holds free.
+        assert report.startswith("memcheck: kernel consume"), report
+        assert "that its pool holds free" in report, report
+        cu.cuCtxSynchronize()
+        return
+    assert r == R.CUDA_ERROR_LAUNCH_FAILED, report
     if softgpu.async_mode():  # whichever ran later is named first
         assert report.startswith(("streamcheck: " + memset, "streamcheck: kernel consume on stream")), report
         assert memset in report and "kernel consume on stream" in report, report
