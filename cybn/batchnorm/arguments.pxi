@@ -209,6 +209,7 @@ cdef long long _fill_desc(bn_desc* d, GPUArray x, mode, str what, layout="NCHW")
     d.force_group = _force_group
     d.force_split = _force_split
     d.force_cache = _force_cache
+    d.force_coop = _force_coop
     return d.C if d.mode == BN_SPATIAL else d.C * d.S
 
 

@@ -41,6 +41,7 @@ cdef extern from "bn_abi.h":
         BN_PARTIALS
         BN_SUMS
         BN_FIX_GAMMA
+        BN_COOP
         BN_FWD_PART         # workspace entry sizes
         BN_FWD_TAIL
         BN_BWD_PART
@@ -66,6 +67,8 @@ ctypedef struct bn_plan:
                                 #   3: SPAN, each CTA's channels x S span, the kernels of d.span_kernels)
     int split                   # CTAs per channel (grid.y); > 1: partials + last-CTA combine + 2nd launch
     int ctas_per_sm             # resident CTAs per SM for this launch (the occupancy calculator; 0: cannot run)
+    int coop                    # 1: a split backward as one cooperative launch (BN_COOP: every CTA combines
+                                #   its column's partials after a barrier, then writes dx for its slice from the cache)
 
 ctypedef struct bn_desc:
     int mode                    # BN_SPATIAL / BN_PER_ACTIVATION
@@ -104,6 +107,8 @@ ctypedef struct bn_desc:
     unsigned int span_static_shared[4]
     unsigned char span_occ[4][32]
     unsigned int span_smem_budget[4][32]
+    int coop_ok                 # the device takes cooperative launches (CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH)
+    int force_coop              # tests: 0 the model decides, 1 cooperative wherever it can run, 2 never
 
 cdef const char* bn_last_error() noexcept nogil
 # Shape/value checks of a descriptor (not its kernels or workspace): BN_OK or BN_EINVAL with a message.

@@ -1,17 +1,33 @@
 # The nogil core: validate, plan, and launch the kernels of cybn/kernels/batchnorm.cu with
-# cuLaunchKernel (one or two launches per call; a split call's counters need a memset only where
+# cuLaunchKernel (one or two launches per call; a backward's one cooperative launch where the plan says so; a split call's counters need a memset only where
 # scratch.pxi's rule cannot trust them). No Python object is touched: the Python, Cython
 # and C faces all end here. Included by batchnorm.pyx.
 
 cdef int _launch(const bn_desc* d, int kernel, const bn_plan* p, cydriver.CUstream stream, void** args) noexcept nogil:
     cdef cydriver.CUfunction f = d.span_kernels[kernel] if p.vec == 3 else d.kernels[kernel]  # SPAN: its programs'
-    cdef cydriver.CUresult r = cydriver.cuLaunchKernel(
-        f, p.grid[0], p.grid[1], p.grid[2], p.block[0], p.block[1], p.block[2],
-        p.shared_bytes, stream, args, NULL)
+    cdef cydriver.CUresult r
+    if p.coop:  # every CTA co-resident (the plan keeps one wave): the column barrier's precondition
+        r = cydriver.cuLaunchCooperativeKernel(f, p.grid[0], p.grid[1], p.grid[2], p.block[0], p.block[1], p.block[2],
+                                               p.shared_bytes, stream, args)
+    else:
+        r = cydriver.cuLaunchKernel(f, p.grid[0], p.grid[1], p.grid[2], p.block[0], p.block[1], p.block[2],
+                                    p.shared_bytes, stream, args, NULL)
     if r != cydriver.CUDA_SUCCESS:
-        snprintf(cybn_bn_error, sizeof(cybn_bn_error), "cuLaunchKernel failed: %d", <int>r)
+        snprintf(cybn_bn_error, sizeof(cybn_bn_error), "%s failed: %d",
+                 <const char*>("cuLaunchCooperativeKernel" if p.coop else "cuLaunchKernel"), <int>r)
         return <int>r
     return BN_OK
+
+
+cdef inline int _coop_refused(int st, const bn_desc* d, bn_plan* p, int* flags, int* cache) noexcept nogil:
+    """After a cooperative launch the driver refused as too large (it sees fewer co-resident CTAs than the
+    plan: MPS, a shared device), nothing was enqueued: the same grid becomes a plain split (True)."""
+    if st != <int>cydriver.CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE or not p.coop:
+        return False
+    bn_plan_drop_coop(d, p)
+    flags[0] = flags[0] & ~BN_COOP
+    cache[0] = 0
+    return True
 
 
 # The kernels' floating scalars in their parameter type P (float, double for float64 data): 0 epsilon,
@@ -278,6 +294,10 @@ cdef int bn_backward_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdev
     _set_grad_scalars(&sc, ab)
     cdef int flags = ((BN_AFFINE if d.flags & BN_DESC_AFFINE else 0) | _vec_flags(p.vec)
                       | (BN_STAT_IS_VAR if frozen else 0) | (BN_SUMS if d.flags & BN_DESC_SUMS else 0) | _fix_gamma(d))
+    if p.coop and frozen:  # the frozen split writes dx in its one pass: nothing to meet for
+        bn_plan_drop_coop(d, &p)
+    if p.coop:
+        flags = flags | BN_COOP
     cdef int cache = p.cache_units, act = d.act
     if not (d.flags & BN_DESC_AFFINE):
         bias = 0
@@ -293,9 +313,11 @@ cdef int bn_backward_ex(const bn_desc* d, cydriver.CUdeviceptr x, cydriver.CUdev
     args[20] = _scalar(&sc, 6); args[21] = &flags; args[22] = &cache
     args[23] = &bias; args[24] = &y; args[25] = &z; args[26] = &dz; args[27] = &act; args[28] = _scalar(&sc, 2)
     st = _launch(d, BN_K_BWD, &p, stream, args)
+    if _coop_refused(st, d, &p, &flags, &cache):
+        st = _launch(d, BN_K_BWD, &p, stream, args)
     if p.split == 1:
         return st
-    if st != BN_OK or frozen or d.flags & BN_DESC_SUMS:  # sums: dx is sync.pxi's
+    if st != BN_OK or p.coop or frozen or d.flags & BN_DESC_SUMS:  # sums: dx is sync.pxi's
         return _counters_done(d, st)
     # Second launch of the split plan (q, planned above): dx from the constants the first launch's last CTAs wrote.
     cdef cydriver.CUdeviceptr none = 0

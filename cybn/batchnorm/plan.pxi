@@ -10,6 +10,7 @@ cdef enum:
     TARGET_THREADS = 256
     INFLIGHT_NEED = 32768    # bytes in flight per SM that keep HBM busy (Little's law: ~3.35 TB/s x ~1.3 us / 132 SMs)
     LAUNCH_BYTES = 4194304   # a launch's fixed cost in bytes at full bandwidth (~1.3 us at ~3 TB/s)
+    BARRIER_BYTES = 4194304  # a cooperative plan's column barrier, as much as a launch (assumed, unmeasured)
     REDUCE_IN_FLIGHT = 1     # loads per array a fused or split reduction's walk keeps in flight (batchnorm.cu)
     STREAM_IN_FLIGHT = 4     # ... an element-wise launch's (LOADS_IN_FLIGHT)
 
@@ -106,22 +107,13 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
             (BN_SPAN_SLOT_BWD * <long long>p.block[0] * p.block[1] if kernel == BN_K_BWD else
              BN_SPAN_SLOT_EW * (<long long>p.block[1] + 1)))
         p.shared_bytes = <unsigned int>span_bytes
-    # The replay cache: only the fused one-launch paths (P == 1) read x (and dy) twice.
+    # The replay cache: only the one-launch paths (fused P == 1, cooperative) read x (and dy) twice.
     if P == 1 and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD):
-        slot_bytes = 16 if vec else _param_bytes(d.dtype)  # scalar slots hold P
-        budget = SMEM_LIMIT - <long long>(d.span_static_shared[kernel] if vec == 3 else d.static_shared[kernel])
-        if p.ctas_per_sm > 0:  # the room that keeps the occupancy, opt-in shared memory included (prepared.pxi)
-            w = min(_cdiv(<long long>p.block[0] * p.block[1], 32), 32) - 1
-            budget = <long long>(d.span_smem_budget[kernel][w] if vec == 3 else d.smem_budget[kernel][w])
-        budget -= span_bytes
-        cap = budget // (<long long>p.block[0] * p.block[1] * slot_bytes * arrays)
-        if d.force_cache >= 0:
-            p.cache_units = <int>min(<long long>d.force_cache, cap)
-        else:
-            p.cache_units = <int>min(per_thread, cap)
-        if p.cache_units < 0:
-            p.cache_units = 0
-        p.shared_bytes = <unsigned int>(p.cache_units * p.block[0] * p.block[1] * slot_bytes * arrays + span_bytes)
+        _size_cache(d, kernel, p, per_thread, arrays, span_bytes)
+    elif P > 1 and _coop_candidate(d, kernel, p, cols, slots, &alt):
+        _size_cache(d, kernel, &alt, _cdiv(per_thread, alt.split), arrays, span_bytes)
+        if d.force_coop == 1 or _modelled_cost(d, kernel, &alt, units) < _modelled_cost(d, kernel, p, units):
+            p[0] = alt
     # SPAN's CTAs hold several channels, so a fused reduction's cache holds less of each, and its grid has
     # fewer columns; the element path keeps one channel per CTA but one scalar load in flight. The plan
     # the latency-bandwidth estimate (_modelled_cost) says is faster is taken.
@@ -132,12 +124,63 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
     return BN_OK
 
 
+cdef void _size_cache(const bn_desc* d, int kernel, bn_plan* p, long long per_thread, long long arrays,
+                      long long span_bytes) noexcept nogil:
+    """The replay cache of a one-launch plan: up to per_thread slots per thread (each thread's units) within
+    the shared memory that keeps the kernel's occupancy (opt-in shared memory included, prepared.pxi)."""
+    cdef long long slot_bytes = 16 if p.vec else _param_bytes(d.dtype)  # scalar slots hold P
+    cdef long long budget = SMEM_LIMIT - <long long>(d.span_static_shared[kernel] if p.vec == 3 else d.static_shared[kernel])
+    cdef long long w, cap
+    if p.ctas_per_sm > 0:
+        w = min(_cdiv(<long long>p.block[0] * p.block[1], 32), 32) - 1
+        budget = <long long>(d.span_smem_budget[kernel][w] if p.vec == 3 else d.smem_budget[kernel][w])
+    budget -= span_bytes
+    cap = budget // (<long long>p.block[0] * p.block[1] * slot_bytes * arrays)
+    p.cache_units = <int>min(<long long>d.force_cache if d.force_cache >= 0 else per_thread, cap)
+    if p.cache_units < 0:
+        p.cache_units = 0
+    p.shared_bytes = <unsigned int>(p.cache_units * p.block[0] * p.block[1] * slot_bytes * arrays + span_bytes)
+
+
+cdef bint _coop_candidate(const bn_desc* d, int kernel, const bn_plan* p, long long cols, long long slots,
+                          bn_plan* alt) noexcept nogil:
+    """The cooperative form of a split NCHW backward (alt; its cache still to size): the same blocks, at
+    most one wave of CTAs (all co-resident at the occupancy its cache keeps, so its column barrier cannot
+    wait for a CTA that is not running), at least 2 per column. Not for SyncBatchNorm's partial launches,
+    channels last or per-activation rows, a device without cooperative launches, or force_coop 2. The
+    forward-train keeps its two launches: the same path in bn_fwd_train_spatial cost its fused plans
+    registers (sm_90 fp32 66 -> 78; fp16 under the software GPU's build 3 -> 2 CTAs per SM).
+    A forced split (tests) is a candidate only with force_coop 1, and keeps its P (when it fits one wave)."""
+    cdef long long Q = p.split if d.force_split > 0 else min(<long long>p.split, slots // max(cols, 1))
+    if (kernel != BN_K_BWD or _is_rows(d) or not d.coop_ok or d.force_coop == 2
+            or (d.force_split > 0 and d.force_coop != 1) or d.flags & (BN_DESC_PARTIALS | BN_DESC_SUMS)
+            or p.ctas_per_sm <= 0 or Q < 2 or cols * Q > slots):
+        return False
+    alt[0] = p[0]
+    alt.grid[1] = <unsigned int>Q
+    alt.split = <int>Q
+    alt.coop = 1
+    return True
+
+
+cdef void bn_plan_drop_coop(const bn_desc* d, bn_plan* p) noexcept nogil:
+    """A cooperative backward plan as the plain split of the same grid (the frozen backward, which writes dx in its
+    one pass; or a cooperative launch the driver refused): no barrier, no cache."""
+    cdef long long span_bytes = 0
+    if p.vec == 3:
+        span_bytes = _param_bytes(d.dtype) * BN_SPAN_SLOT_BWD * <long long>p.block[0] * p.block[1]
+    p.coop = 0
+    p.cache_units = 0
+    p.shared_bytes = <unsigned int>span_bytes
+
+
 cdef inline long long _reread_bytes(const bn_desc* d, const bn_plan* p, long long units, long long unit_bytes) noexcept nogil:
     """Bytes per channel and array a reduction plan reads beyond one pass: a fused plan's units past its
     cache, a split plan's second launch."""
-    if p.split > 1:
+    cdef long long threads = <long long>p.block[0] * (p.split if p.coop else 1)
+    if p.split > 1 and not p.coop:
         return d.N * d.S * _elem_bytes(d.dtype)
-    return max(0, _cdiv(units, <long long>p.block[0]) - p.cache_units) * <long long>p.block[0] * unit_bytes
+    return max(0, _cdiv(units, threads) - p.cache_units) * threads * unit_bytes
 
 
 cdef double _streamed_fraction(const bn_desc* d, const bn_plan* p, long long per_thread) noexcept nogil:
@@ -160,6 +203,9 @@ cdef double _modelled_cost(const bn_desc* d, int kernel, const bn_plan* p, long 
     cdef long long unit = 16 if p.vec else z
     cdef double one = <double>d.N * d.S * d.C * z  # one pass over one array
     cdef double reduce = _streamed_fraction(d, p, arrays * unit * REDUCE_IN_FLIGHT)
+    if p.coop:  # one launch: the reduction's walk, its cache's replay, and the column barrier
+        return ((arrays * (one + <double>_reread_bytes(d, p, units, unit) * d.C) + one) / reduce + LAUNCH_BYTES
+                + BARRIER_BYTES)
     if p.split > 1:
         bn_make_plan(d, BN_K_NORMALIZE if kernel == BN_K_FWD_TRAIN else BN_K_BWD_DX, p.vec, &q)
         return (arrays * one / reduce + (arrays + 1) * one /

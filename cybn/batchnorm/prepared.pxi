@@ -68,6 +68,7 @@ cdef class _Prepared:
     cdef unsigned int static_shared[4]
     cdef list functions
     cdef readonly int sm_count
+    cdef int coop_ok  # CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH
     cdef int smem_optin  # the device's opt-in shared memory per block (the replay cache may use it)
     cdef unsigned char occ[4][32]
     cdef unsigned int smem_budget[4][32]
@@ -81,6 +82,7 @@ cdef class _Prepared:
         d.kernels = self.kernels
         d.static_shared = self.static_shared
         d.sm_count = self.sm_count
+        d.coop_ok = self.coop_ok
         d.occ = self.occ
         d.smem_budget = self.smem_budget
         d.span_kernels = self.span_kernels
@@ -165,6 +167,7 @@ cdef _Prepared _prepare(int dt, int md, int epi, int layout=BN_LAYOUT_NCHW):
         pr.static_shared[i] = <unsigned int>attrs["shared_size_bytes"]
         _query_occupancy(pr, i, attrs["max_threads_per_block"])
     pr.sm_count = Device(current_ordinal()).sm_count
+    pr.coop_ok = 1 if Device(current_ordinal()).attribute(cydriver.CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH) else 0
     _prepared[key] = pr
     return pr
 

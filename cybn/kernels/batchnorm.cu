@@ -549,14 +549,18 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io
     const P Mf = (P)(N * S);
     const auto ab = mk4(sg_alpha, sg_beta, bg_alpha, bg_beta);
 
+    const bool coop = flags & BN_COOP;  // never with BN_SUMS or frozen statistics (the plan's rule)
     if (gridDim.y > 1) {
         if (ok && threadIdx.x == 0) store_bwd(partials + ((long long)c * gridDim.y + blockIdx.y) * BWD_PART, t);
-        if (!last_cta_of_column(counters)) return;
+        if (coop) column_barrier(counters);  // every CTA combines (the same order: the same bits) and goes on
+        else if (!last_cta_of_column(counters)) return;
         BwdSums<P> m = bwd_empty<P>();
         if (ok)
             for (int q = threadIdx.x; q < gridDim.y; q += blockDim.x)
                 m = merge(m, load_bwd(partials + ((long long)c * gridDim.y + q) * BWD_PART));
         t = group_reduce(m);
+    }
+    if (gridDim.y > 1 && !coop) {
         if (flags & BN_SUMS) {
             if (ok && threadIdx.x == 0) store_sums(c, t, scale_grad, bias_grad, batch_scale_grad);
             return;
@@ -573,7 +577,7 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io
         return;
     }
     const auto r = bwd_finish(t, invstd, Mf, frozen);
-    if (ok && threadIdx.x == 0) store_param_grads(c, flags & BN_FIX_GAMMA ? P(0) : r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
+    if (ok && threadIdx.x == 0 && blockIdx.y == 0) store_param_grads(c, flags & BN_FIX_GAMMA ? P(0) : r.x, r.y, scale_grad, bias_grad, batch_scale_grad, batch_bias_grad, ab);
     if (frozen) return;
     const P dbm = r.y / Mf, k = r.w, lo = r.z;
     const auto replay = [&](int kk, long long off) {  // a 16-byte position's x and g from the cache, or x, dy (e)

@@ -20,6 +20,9 @@
                                    sum(dy * (x - mean)), batch_scale_grad = sum(x - mean); no dx */
 #define BN_FIX_GAMMA 256        /* scale is 1 (not read, may be null); the scale gradient is written as 0
                                    (with alpha/beta: beta * old + alpha * 0), as MXNet's fix_gamma */
+#define BN_COOP 512             /* backward, NCHW spatial, P > 1, launched cooperatively (all CTAs co-resident):
+                                   the CTAs of a column meet at a barrier on its counter, each combines the
+                                   partials itself and goes on to write dx for its own slice: one launch */
 
 /* Statistic modes (bn_desc.mode; CYBN_SPATIAL, CYBN_PER_ACTIVATION). */
 #define BN_SPATIAL 0            /* (N, C, *spatial): one statistic per channel */

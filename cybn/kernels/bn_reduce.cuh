@@ -125,3 +125,23 @@ template <typename P>
 __device__ __forceinline__ void store_welford(P* p, Welford<P> w) {
     p[0] = w.n; p[1] = w.mean; p[2] = w.var; p[3] = w.sum.s; p[4] = w.sum.c;
 }
+
+// The cooperative plan's meeting point for the CTAs of a grid column (BN_COOP; all CTAs co-resident,
+// so spinning is safe): every CTA's partials written before it are visible to every CTA after it.
+// Each CTA adds 1 on arrival and waits for gridDim.y arrivals, then adds 1 on leaving; atomicInc wraps
+// at 2 * gridDim.y - 1, so the last CTA to leave stores 0: the counter is re-armed as
+// last_cta_of_column leaves it. No CTA can still be waiting then, since each leaves only after it saw
+// all arrivals.
+__device__ __forceinline__ void column_barrier(unsigned* counters) {
+    __syncthreads();  // every partial of this CTA is written
+    if (threadIdx.x == 0 && threadIdx.y == 0) {
+        unsigned* ctr = &counters[blockIdx.x];
+        const unsigned wrap = 2u * gridDim.y - 1u;
+        __threadfence();
+        atomicInc(ctr, wrap);
+        while (*(volatile unsigned*)ctr < gridDim.y) __nanosleep(64);  // back off: fewer polls of L2
+        __threadfence();
+        atomicInc(ctr, wrap);
+    }
+    __syncthreads();
+}

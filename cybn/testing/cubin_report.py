@@ -7,7 +7,9 @@ wheel), the most global-load bytes outstanding at once over two passes of the lo
 registers), so loads the compiler hoists across the back edge count too. Branches inside the body are read
 as if every instruction ran. A kernel's figure for its 16-byte path ("vec") is the smallest over its
 loops that issue 128-bit loads, for its scalar path ("scalar") the smallest over loops that issue only
-narrower ones: the streaming passes dominate, and the slowest of them is what the model charges. Without
+narrower ones: the streaming passes dominate, and the slowest of them is what the model charges. A loop
+whose only loads are strong (volatile: LDG.E.STRONG.*, PTX ld.volatile) is a barrier's spin, not a stream,
+and is not counted. Without
 nvdisasm the same count runs on the PTX (before ptxas schedules it: it can only undercount hoisting), and
 the report says which."""
 import functools
@@ -156,7 +158,8 @@ def sass_inflight(cubin_bytes):
     for fn, items in _sass_instructions(text).items():
         res = {"vec": None, "scalar": None}
         for body in _innermost_loops(items):
-            if not any(it[0] == "op" and _sass_load(it[1]) for it in body):
+            loads = [it[1] for it in body if it[0] == "op" and _sass_load(it[1])]
+            if not loads or all(".STRONG." in op for op in loads):  # none, or a spin on a volatile flag (a barrier)
                 continue
             best, wide = _max_outstanding(body, lambda ins: _sass_load(ins[1]) if ins[0] == "op" else None,
                                           _sass_dest_sources)

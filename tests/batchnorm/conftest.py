@@ -18,3 +18,12 @@ def _software_gpu():
 @pytest.fixture
 def rng():
     return np.random.default_rng(20240611)
+
+
+@pytest.fixture
+def fresh():
+    """The test starts without kept workspaces (its first split call meets a fresh allocation) and leaves none."""
+    from cybn import batchnorm
+    batchnorm.free_workspaces()
+    yield
+    batchnorm.free_workspaces()

@@ -60,14 +60,6 @@ def data(shape, seed=0, dtype=np.float32):
     return (np.random.default_rng(seed).standard_normal(shape) * 2 + 0.5).astype(dtype)
 
 
-@pytest.fixture
-def fresh():
-    """Each test starts without kept workspaces: its first split call meets a fresh allocation."""
-    batchnorm.free_workspaces()
-    yield
-    batchnorm.free_workspaces()
-
-
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_repeated_split_calls_are_two_launches_and_no_memset(fresh, seed, dtype):

@@ -25,6 +25,8 @@ CASES = [
     ((1, 3, 37), "spatial", {}),                          # N == 1 row vectors between scalar edges
     ((4, 3, 16, 8), "spatial", {"split": 4}),             # split: partials, last-CTA combine, second launch
     ((4, 3, 5, 7), "spatial", {"split": 3, "group": 64}),
+    ((4, 5, 16, 16), "spatial", {"split": 4, "coop": True}),   # one cooperative launch, x replayed from the cache
+    ((3, 2, 5, 7), "spatial", {"split": 2, "coop": True, "cache": 1}),  # cooperative, element loads, part cached
     # per-activation (N, F) rows: the row-major kernels of batchnorm_nhwc.cu
     ((300, 5), "per_activation", {"split": 6}),           # scalar features, split rows
     ((37, 70), "per_activation", {"cache": 0}),           # fused, x read twice
