@@ -108,11 +108,16 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
              BN_SPAN_SLOT_EW * (<long long>p.block[1] + 1)))
         p.shared_bytes = <unsigned int>span_bytes
     # The replay cache: only the one-launch paths (fused P == 1, cooperative) read x (and dy) twice.
+    # A fused plan with fewer columns than SMs leaves SMs idle: its cooperative form spreads each column over
+    # enough CTAs to give every SM one (the same single launch, partials combined after the barrier).
     if P == 1 and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD):
         _size_cache(d, kernel, p, per_thread, arrays, span_bytes)
-    elif P > 1 and _coop_candidate(d, kernel, p, cols, slots, &alt):
+    if _coop_candidate(d, kernel, p, cols, slots, P if P > 1 else _cdiv(d.sm_count, cols), &alt):
         _size_cache(d, kernel, &alt, _cdiv(per_thread, alt.split), arrays, span_bytes)
-        if d.force_coop == 1 or _modelled_cost(d, kernel, &alt, units) < _modelled_cost(d, kernel, p, units):
+        # Taken only where it wins by more than the barrier's assumed cost once more: that cost is unmeasured,
+        # and on small calls (latency-bound) the estimate cannot tell a fused launch from a barrier.
+        if (d.force_coop == 1 or
+                _modelled_cost(d, kernel, &alt, units) + BARRIER_BYTES < _modelled_cost(d, kernel, p, units)):
             p[0] = alt
     # SPAN's CTAs hold several channels, so a fused reduction's cache holds less of each, and its grid has
     # fewer columns; the element path keeps one channel per CTA but one scalar load in flight. The plan
@@ -143,15 +148,16 @@ cdef void _size_cache(const bn_desc* d, int kernel, bn_plan* p, long long per_th
 
 
 cdef bint _coop_candidate(const bn_desc* d, int kernel, const bn_plan* p, long long cols, long long slots,
-                          bn_plan* alt) noexcept nogil:
-    """The cooperative form of a split NCHW backward (alt; its cache still to size): the same blocks, at
-    most one wave of CTAs (all co-resident at the occupancy its cache keeps, so its column barrier cannot
-    wait for a CTA that is not running), at least 2 per column. Not for SyncBatchNorm's partial launches,
-    channels last or per-activation rows, a device without cooperative launches, or force_coop 2. The
-    forward-train keeps its two launches: the same path in bn_fwd_train_spatial cost its fused plans
-    registers (sm_90 fp32 66 -> 78; fp16 under the software GPU's build 3 -> 2 CTAs per SM).
-    A forced split (tests) is a candidate only with force_coop 1, and keeps its P (when it fits one wave)."""
-    cdef long long Q = p.split if d.force_split > 0 else min(<long long>p.split, slots // max(cols, 1))
+                          long long want, bn_plan* alt) noexcept nogil:
+    """The cooperative form of an NCHW backward plan (alt; its cache still to size): the same blocks, `want`
+    CTAs per column (the split's, or for a fused plan enough to give every SM one) within one wave, so that all
+    are co-resident at the occupancy the cache keeps and the column barrier never waits for a CTA that is not
+    running; at least 2 per column. Not for SyncBatchNorm's sum launches, channels last or per-activation
+    rows, a device without cooperative launches, or force_coop 2; a forced split (tests) only with force_coop
+    1, and then with its own P. The forward-train keeps its two launches: the same path in
+    bn_fwd_train_spatial cost its plans registers (sm_90 fp32 66 -> 78; fp16 under the software GPU's h100
+    build 3 -> 2 CTAs per SM)."""
+    cdef long long Q = p.split if d.force_split > 0 else min(want, slots // max(cols, 1))
     if (kernel != BN_K_BWD or _is_rows(d) or not d.coop_ok or d.force_coop == 2
             or (d.force_split > 0 and d.force_coop != 1) or d.flags & (BN_DESC_PARTIALS | BN_DESC_SUMS)
             or p.ctas_per_sm <= 0 or Q < 2 or cols * Q > slots):

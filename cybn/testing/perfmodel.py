@@ -216,11 +216,10 @@ def launches(shape, dtype, mode, op, plan, layout="NCHW"):
         kname = main["bwd" if op == "backward" else "fwd"]
         return [dict(kernel=kname, bytes=arrays * (stream + reread) + E * z + over, ctas=ctas, block=block,
                      shared=plan["shared_bytes"])]
-    if plan.get("coop"):  # one cooperative launch: walk, column barrier, every CTA combines, replay from the cache
+    if plan.get("coop"):  # one cooperative backward: walk, partials, each CTA reads all of its column's, dx
         reread = K * (sum(max(0, k - plan["cache_units"]) for k in _walk_counts(units, threads, P)) * ub + edges * z)
-        part = (6 if op == "backward" else 5) * (8 if np.dtype(dtype).itemsize == 8 else 4)
-        kname = main["bwd" if op == "backward" else "fwd"]
-        return [dict(kernel=kname, bytes=arrays * (stream + reread) + E * z + over + K * P * (P + 1) * part,
+        part = 6 * (8 if np.dtype(dtype).itemsize == 8 else 4)  # BN_BWD_PART values
+        return [dict(kernel="bn_bwd", bytes=arrays * (stream + reread) + E * z + over + K * P * (P + 1) * part,
                      ctas=ctas, block=block, shared=plan["shared_bytes"])]
     # No counter memset: the last CTAs re-arm them, so the Python face's workspaces need none after their first
     # split call (cybn/batchnorm/scratch.pxi); caller-provided memory (C API) still gets one per call.

@@ -13,8 +13,13 @@ MAX_LAUNCHES = {"forward_train": 2, "backward": 2, "backward_acc": 2, "forward_i
 
 # Besides the element streams, each (statistic, CTA, launch) of the plan moves a few dozen bytes: its
 # scale, bias and statistics, the running-average update, and in split plans the Welford partials,
-# their combination and the second launch's constants. Allowed on top of the bar: 64 B each.
+# their combination and the second launch's constants. Allowed on top of the bar: 64 B each. A cooperative
+# backward counts as two launches here (it does at a barrier the combination a split does between its two,
+# and its wait polls the counter), and its CTAs each read all P partials of their column (P^2 per statistic:
+# L2-resident, read in parallel after the barrier, so one round trip instead of the last CTA's merge and a
+# second one to hand its total out), which are allowed on top as well.
 PER_STAT_CTA = 64
+COOP_PARTIAL = 24  # bytes of one backward partial (BN_BWD_PART float32 values)
 
 
 def _stats(shape, mode, layout):
@@ -27,9 +32,10 @@ def _stats(shape, mode, layout):
 def allowance(shape, mode="spatial", dtype=np.float32, op="forward_train", launches=1, layout="NCHW"):
     """Bytes per element allowed: the bar plus the per-(statistic, CTA, launch) allowance."""
     K = _stats(shape, mode, layout)
-    split = batchnorm.plan(shape, dtype, mode, op.replace("_acc", ""), layout=layout)["split"]
-    elements = int(np.prod(shape))
-    return BAR[op] * np.dtype(dtype).itemsize + PER_STAT_CTA * K * split * launches / elements
+    plan = batchnorm.plan(shape, dtype, mode, op.replace("_acc", ""), layout=layout)
+    P, coop = plan["split"], plan["coop"]
+    extra = PER_STAT_CTA * K * P * (launches + 1) + COOP_PARTIAL * K * P * P if coop else PER_STAT_CTA * K * P * launches
+    return BAR[op] * np.dtype(dtype).itemsize + extra / int(np.prod(shape))
 
 
 def measure_call(shape, dtype=np.float32, mode="spatial", op="forward_train", seed=0, layout="NCHW"):

@@ -142,3 +142,18 @@ def test_coop_false_and_forced_splits(fresh):
         assert batchnorm.plan((4, 5, 16, 16), np.float32, kernel="backward")["coop"]
     with pytest.raises(ValueError, match="coop must be None, True or False"):
         batchnorm.plan_override(coop=1)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("shape,dtype", [((256, 1, 49), np.float32), ((128, 3, 196), np.float16)])
+def test_the_model_takes_it_where_columns_leave_sms_idle(fresh, shape, dtype, seed):
+    """Without an override: a backward with fewer channels than the default profile's 4 SMs, which the fused
+    plan would run on 2-3 of them, is spread over every SM in one cooperative launch (the plan's estimate:
+    more bytes in flight for one barrier), and is right."""
+    p = batchnorm.plan(shape, dtype, kernel="backward")
+    assert p["coop"] and p["grid"][0] * p["split"] >= p["sm_count"] and p["cache_units"] > 0
+    x, dy = data(shape, dtype, seed)
+    with softgpu.seed(seed):
+        plan, counts, o = run(x, dy, 0, None)
+    assert plan == p and counts[1][0] == 1
+    check(x, dy, o)

@@ -7,7 +7,8 @@ the engine's own figures:
 - SMs used: all of them whenever the launch holds at least SMs CTAs' worth of work (a CTA's worth:
   every thread walking 2 x MIN_WALK = 256 bytes per array, the least a split leaves a thread);
 - whole waves: a split grid fills its last wave to within one column of CTAs, unless the threads'
-  walks are already as short as a split may make them.
+  walks are already as short as a split may make them; a cooperative backward's grid is within one wave
+  (its CTAs co-resident) and reaches every SM unless another CTA per column would not fit that wave.
 The profile decides the device: the default one here, a100 and h100 in tests/softgpu/test_profiles_plans.py."""
 import numpy as np
 import pytest
@@ -58,7 +59,7 @@ def _launches(shape, dtype, mode, op):
     p = batchnorm.plan(shape, dtype, mode, op)
     first, second = OPS[op]
     out = [(first, p)]
-    if p["split"] > 1 and second:
+    if p["split"] > 1 and second and not p["coop"]:  # a cooperative backward is one launch
         assert "second" in p
         out.append((second, p["second"]))
     return out
@@ -81,7 +82,9 @@ def test_plans_fill_the_device(shape, mode, dtype, op):
         cta_worth = threads * 2 * MIN_WALK
         if int(np.prod(shape)) * z >= sms * cta_worth:
             assert ctas >= sms, (name, p)
-        if p["split"] > 1:
+        if p["coop"]:  # one cooperative launch: co-resident (one wave at most), on every SM where that fits
+            assert "second" not in p and cols < ctas <= slots and (ctas >= sms or ctas + cols > slots), (name, p)
+        elif p["split"] > 1:
             waves = -(-ctas // slots)
             assert ctas > waves * slots - cols or _walk_bytes(shape, dtype, mode, p) < 2 * MIN_WALK, (name, p)
 
