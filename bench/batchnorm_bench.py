@@ -23,8 +23,8 @@ from cybn.testing.traffic import BAR, IDEAL, MAX_LAUNCHES, allowance, measure_ca
 SHAPES = [((32, 64, 28, 28), "spatial", "NCHW"), ((2, 4, 256, 256), "spatial", "NCHW"),
           ((4096, 512), "per_activation", "NCHW"),
           ((32, 28, 28, 64), "spatial", "NHWC"), ((2, 256, 256, 4), "spatial", "NHWC")]
-QUICK = [((8, 16, 14, 14), "spatial", "NCHW"), ((2, 4, 64, 64), "spatial", "NCHW"), ((1024, 128), "per_activation", "NCHW"),
-         ((8, 14, 14, 16), "spatial", "NHWC")]
+QUICK = [((8, 16, 14, 14), "spatial", "NCHW"), ((2, 4, 64, 64), "spatial", "NCHW"),
+         ((1024, 128), "per_activation", "NCHW"), ((8, 14, 14, 16), "spatial", "NHWC")]
 
 
 def main():

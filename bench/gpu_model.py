@@ -205,7 +205,8 @@ def main(argv=None):
     _, method = cubin_report.kernel_report(dev.arch)
     print(f"MODEL, not a measurement: {dev.name}, {dev.sms} SMs, HBM {dev.hbm_gbs:.0f} GB/s, L0 {dev.latency_ns:.0f} ns, "
           f"latency L(u) = L0/(1-u^{perfmodel.LATENCY_EXPONENT}), launch {perfmodel.LAUNCH_US} us, "
-          f"memset {perfmodel.MEMSET_US} us; registers from NVRTC {dev.arch} CUBIN (ptxas -v), "
+          f"memset {perfmodel.MEMSET_US} us, cooperative barrier {perfmodel.BARRIER_US} us; "
+          f"registers from NVRTC {dev.arch} CUBIN (ptxas -v), "
           f"bytes in flight per thread from {method}")
     print(where)
     print(f"MODEL: {perfmodel.needed_inflight_per_sm(dev) / 1024:.0f} KiB in flight per SM reach 90 % of peak on "

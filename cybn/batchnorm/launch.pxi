@@ -1,7 +1,7 @@
 # The nogil core: validate, plan, and launch the kernels of cybn/kernels/batchnorm.cu with
-# cuLaunchKernel (one or two launches per call; a backward's one cooperative launch where the plan says so; a split call's counters need a memset only where
-# scratch.pxi's rule cannot trust them). No Python object is touched: the Python, Cython
-# and C faces all end here. Included by batchnorm.pyx.
+# cuLaunchKernel (one or two launches per call; a backward's one cooperative launch where the plan
+# says so; a split call's counters need a memset only where scratch.pxi's rule cannot trust them).
+# No Python object is touched: the Python, Cython and C faces all end here. Included by batchnorm.pyx.
 
 cdef int _launch(const bn_desc* d, int kernel, const bn_plan* p, cydriver.CUstream stream, void** args) noexcept nogil:
     cdef cydriver.CUfunction f = d.span_kernels[kernel] if p.vec == 3 else d.kernels[kernel]  # SPAN: its programs'

@@ -134,7 +134,8 @@ cdef void _size_cache(const bn_desc* d, int kernel, bn_plan* p, long long per_th
     """The replay cache of a one-launch plan: up to per_thread slots per thread (each thread's units) within
     the shared memory that keeps the kernel's occupancy (opt-in shared memory included, prepared.pxi)."""
     cdef long long slot_bytes = 16 if p.vec else _param_bytes(d.dtype)  # scalar slots hold P
-    cdef long long budget = SMEM_LIMIT - <long long>(d.span_static_shared[kernel] if p.vec == 3 else d.static_shared[kernel])
+    cdef long long budget = SMEM_LIMIT - <long long>(
+        d.span_static_shared[kernel] if p.vec == 3 else d.static_shared[kernel])
     cdef long long w, cap
     if p.ctas_per_sm > 0:
         w = min(_cdiv(<long long>p.block[0] * p.block[1], 32), 32) - 1

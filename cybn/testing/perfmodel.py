@@ -11,7 +11,8 @@ Model, per kernel launch:
 - achieved bandwidth by Little's law with a loaded-latency curve: BW = u x peak where u solves
   u x peak x L(u) = bytes in flight, L(u) = L0 / (1 - u**4): the unloaded DRAM latency L0 at low load,
   rising steeply as HBM nears its peak (queueing), so no finite amount in flight reaches 100 %.
-- time = sum over waves of the wave's bytes / its BW, + launches x LAUNCH_US (+ MEMSET_US per memset).
+- time = sum over waves of the wave's bytes / its BW, + launches x LAUNCH_US (+ MEMSET_US per memset,
+  + BARRIER_US for a cooperative backward's column barrier).
 Assumptions (stated in the README too): all traffic goes to DRAM (no L2 reuse between a split plan's two
 launches or a fused kernel's re-read of x, which makes re-reads cost full price); bytes are spread evenly
 over a grid's CTAs; issue rate, instruction latency and divergence are free (a kernel is modelled as
@@ -44,6 +45,7 @@ DEVICES = {
 }
 LAUNCH_US = 2.0   # per kernel launch back to back on one stream (launch + dependent-kernel gap), assumed
 MEMSET_US = 1.0   # a small cuMemsetD32Async on the stream, assumed
+BARRIER_US = LAUNCH_US  # a cooperative backward's column barrier, as much as a launch (assumed, unmeasured)
 LATENCY_EXPONENT = 4
 
 # Bytes per element of the 1-read limit, in units of the element size: forward-train and inference read x
@@ -220,7 +222,7 @@ def launches(shape, dtype, mode, op, plan, layout="NCHW"):
         reread = K * (sum(max(0, k - plan["cache_units"]) for k in _walk_counts(units, threads, P)) * ub + edges * z)
         part = 6 * (8 if np.dtype(dtype).itemsize == 8 else 4)  # BN_BWD_PART values
         return [dict(kernel="bn_bwd", bytes=arrays * (stream + reread) + E * z + over + K * P * (P + 1) * part,
-                     ctas=ctas, block=block, shared=plan["shared_bytes"])]
+                     ctas=ctas, block=block, shared=plan["shared_bytes"], barrier=True)]
     # No counter memset: the last CTAs re-arm them, so the Python face's workspaces need none after their first
     # split call (cybn/batchnorm/scratch.pxi); caller-provided memory (C API) still gets one per call.
     first = dict(kernel=main["bwd" if op == "backward" else "fwd"], bytes=arrays * stream + over + 12 * K * P,
@@ -249,7 +251,7 @@ def model_call(shape, dtype, mode, op, plan, kernels, dev, layout="NCHW"):
         vec = bool(plan["vec"])  # 16-byte units (NCHW rows, row vectors, row-major feature vectors)
         bpt = k["inflight"]["vec" if vec else "scalar"]
         t = launch_seconds(ln["bytes"], ln["ctas"], threads, bpt, per_sm, dev)
-        t += LAUNCH_US * 1e-6 + (MEMSET_US * 1e-6 if ln.get("memset") else 0)
+        t += (LAUNCH_US + (MEMSET_US if ln.get("memset") else 0) + (BARRIER_US if ln.get("barrier") else 0)) * 1e-6
         rows.append(dict(ln, ctas_per_sm=per_sm, bytes_per_thread=bpt, seconds=t, registers=k["registers"],
                          spills=k["spill_stores"] + k["spill_loads"],
                          waves=ln["ctas"] / max(1, per_sm * dev.sms)))

@@ -34,7 +34,9 @@ def allowance(shape, mode="spatial", dtype=np.float32, op="forward_train", launc
     K = _stats(shape, mode, layout)
     plan = batchnorm.plan(shape, dtype, mode, op.replace("_acc", ""), layout=layout)
     P, coop = plan["split"], plan["coop"]
-    extra = PER_STAT_CTA * K * P * (launches + 1) + COOP_PARTIAL * K * P * P if coop else PER_STAT_CTA * K * P * launches
+    extra = PER_STAT_CTA * K * P * launches
+    if coop:
+        extra += PER_STAT_CTA * K * P + COOP_PARTIAL * K * P * P
     return BAR[op] * np.dtype(dtype).itemsize + extra / int(np.prod(shape))
 
 
