@@ -108,11 +108,12 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
              BN_SPAN_SLOT_EW * (<long long>p.block[1] + 1)))
         p.shared_bytes = <unsigned int>span_bytes
     # The replay cache: only the one-launch paths (fused P == 1, cooperative) read x (and dy) twice.
-    # A fused plan with fewer columns than SMs leaves SMs idle: its cooperative form spreads each column over
-    # enough CTAs to give every SM one (the same single launch, partials combined after the barrier).
+    # A fused plan whose columns leave at least half the SMs idle: its cooperative form spreads each column
+    # over enough CTAs to give every SM one (the same single launch, partials combined after the barrier).
     if P == 1 and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD):
         _size_cache(d, kernel, p, per_thread, arrays, span_bytes)
-    if _coop_candidate(d, kernel, p, cols, slots, P if P > 1 else _cdiv(d.sm_count, cols), &alt):
+    if _coop_candidate(d, kernel, p, cols, slots, P if P > 1 else (_cdiv(d.sm_count, cols) if 2 * cols <= d.sm_count
+                                                                   else 1), &alt):
         _size_cache(d, kernel, &alt, _cdiv(per_thread, alt.split), arrays, span_bytes)
         # Taken only where it wins by more than the barrier's assumed cost once more: that cost is unmeasured,
         # and on small calls (latency-bound) the estimate cannot tell a fused launch from a barrier.
@@ -151,9 +152,9 @@ cdef void _size_cache(const bn_desc* d, int kernel, bn_plan* p, long long per_th
 cdef bint _coop_candidate(const bn_desc* d, int kernel, const bn_plan* p, long long cols, long long slots,
                           long long want, bn_plan* alt) noexcept nogil:
     """The cooperative form of an NCHW backward plan (alt; its cache still to size): the same blocks, `want`
-    CTAs per column (the split's, or for a fused plan enough to give every SM one) within one wave, so that all
-    are co-resident at the occupancy the cache keeps and the column barrier never waits for a CTA that is not
-    running; at least 2 per column. Not for SyncBatchNorm's sum launches, channels last or per-activation
+    CTAs per column (the split's, or for a fused plan on at most half the SMs enough to give every SM one)
+    within one wave, so that all are co-resident at the occupancy the cache keeps and the column barrier never
+    waits for a CTA that is not running; at least 2 per column. Not for SyncBatchNorm's sum launches, channels last or per-activation
     rows, a device without cooperative launches, or force_coop 2; a forced split (tests) only with force_coop
     1, and then with its own P. The forward-train keeps its two launches: the same path in
     bn_fwd_train_spatial cost its plans registers (sm_90 fp32 66 -> 78; fp16 under the software GPU's h100

@@ -145,15 +145,36 @@ def test_coop_false_and_forced_splits(fresh):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("shape,dtype", [((256, 1, 49), np.float32), ((128, 3, 196), np.float16)])
+@pytest.mark.parametrize("shape,dtype", [((256, 1, 49), np.float32), ((128, 1, 196), np.float16)])
 def test_the_model_takes_it_where_columns_leave_sms_idle(fresh, shape, dtype, seed):
-    """Without an override: a backward with fewer channels than the default profile's 4 SMs, which the fused
-    plan would run on 2-3 of them, is spread over every SM in one cooperative launch (the plan's estimate:
-    more bytes in flight for one barrier), and is right."""
+    """Without an override: a backward of one channel, which the fused plan would run on 1 of the default
+    profile's 4 SMs (at most half of them: the rule), is spread over every SM in one cooperative launch (the
+    plan's estimate: more bytes in flight for one barrier), and is right."""
     p = batchnorm.plan(shape, dtype, kernel="backward")
     assert p["coop"] and p["grid"][0] * p["split"] >= p["sm_count"] and p["cache_units"] > 0
     x, dy = data(shape, dtype, seed)
     with softgpu.seed(seed):
         plan, counts, o = run(x, dy, 0, None)
     assert plan == p and counts[1][0] == 1
+    check(x, dy, o)
+
+
+def test_a_refused_cooperative_launch_runs_as_the_split(fresh):
+    """Where the driver sees fewer co-resident CTAs than the plan (here: the software GPU told that the kernel
+    takes 255 registers, after the plan's occupancy facts were read), cuLaunchCooperativeKernel refuses as too
+    large and enqueues nothing; the call goes on as the split of the same grid, right, with nothing lost."""
+    from cybn.jit import functions
+    x, dy = data((4, 5, 16, 16), np.float32, 6)
+    with batchnorm.plan_override(split=4, coop=True):
+        assert batchnorm.plan(x.shape, x.dtype, kernel="backward")["coop"]  # prepares: occupancy facts read
+    i = batchnorm._KERNEL_NAMES.index("bn_bwd")
+    f = functions.get_function("batchnorm.cu", "bn_bwd_spatial<float>", batchnorm._SIGNATURES[i],
+                               options=batchnorm.compile_options(), name_expressions=batchnorm.kernel_expressions())
+    regs = softgpu.function_registers(f.handle)["registers"]
+    softgpu.set_function_registers(f.handle, 255)
+    try:
+        plan, counts, o = run(x, dy, 4, True)
+    finally:
+        softgpu.set_function_registers(f.handle, regs)
+    assert plan["coop"] and counts[1][0] == 2  # the two launches of the split
     check(x, dy, o)
