@@ -41,9 +41,9 @@ def plan(shape, dtype=np.float32, mode="spatial", kernel="forward_train", aligne
     """The launch plan the heuristic picks for x of `shape` (for tests and the benchmark): a dict with
     grid, block, shared_bytes, cache_units, vec (0 elements, 1 16-byte units, 2 16-byte units between
     a scalar head and tail), split, ctas_per_sm (the occupancy calculator's resident CTAs per SM for
-    that launch), sm_count, and for a split forward_train/backward "second": the plan of its second,
-    element-wise launch (none for a cooperative plan, "coop" True: one launch). kernel: forward_train, backward, forward_infer, normalize (= forward_infer),
-    backward_dx. aligned: whether the data pointers are 16-byte aligned. layout: "NCHW" or "NHWC"
+    that launch), sm_count, coop (a cooperative backward: one launch), and for a split forward_train/backward
+    that is not cooperative "second": the plan of its second, element-wise launch. kernel: forward_train,
+    backward, forward_infer, normalize (= forward_infer), backward_dx. aligned: whether the data pointers are 16-byte aligned. layout: "NCHW" or "NHWC"
     (shape then channels last). span=False: the plan without the SPAN programs (vec 3), as before them."""
     cdef bn_desc d
     memset(&d, 0, sizeof(bn_desc))

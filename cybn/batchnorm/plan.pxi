@@ -61,7 +61,7 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
     BX threads of 16-byte feature vectors (coalesced) times BY row lanes per CTA, the rows split over P
     CTAs. The replay cache stays within the shared memory that
     keeps the kernel's occupancy."""
-    cdef long long units = 0, per_thread, cols, G, CPB, P, slots, slot_bytes, arrays, budget, cap, q, w, span_bytes = 0
+    cdef long long units = 0, per_thread, cols, G, CPB, P, slots, slot_bytes, arrays, q, fill, span_bytes = 0
     cdef bn_plan alt
     cdef long long stats = d.C
     memset(p, 0, sizeof(bn_plan))
@@ -112,8 +112,8 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
     # over enough CTAs to give every SM one (the same single launch, partials combined after the barrier).
     if P == 1 and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD):
         _size_cache(d, kernel, p, per_thread, arrays, span_bytes)
-    if _coop_candidate(d, kernel, p, cols, slots, P if P > 1 else (_cdiv(d.sm_count, cols) if 2 * cols <= d.sm_count
-                                                                   else 1), &alt):
+    fill = _cdiv(d.sm_count, cols) if 2 * cols <= d.sm_count else 1  # CTAs per column for every SM
+    if _coop_candidate(d, kernel, p, cols, slots, P if P > 1 else fill, &alt):
         _size_cache(d, kernel, &alt, _cdiv(per_thread, alt.split), arrays, span_bytes)
         # Taken only where it wins by more than the barrier's assumed cost once more: that cost is unmeasured,
         # and on small calls (latency-bound) the estimate cannot tell a fused launch from a barrier.
@@ -154,9 +154,9 @@ cdef bint _coop_candidate(const bn_desc* d, int kernel, const bn_plan* p, long l
     """The cooperative form of an NCHW backward plan (alt; its cache still to size): the same blocks, `want`
     CTAs per column (the split's, or for a fused plan on at most half the SMs enough to give every SM one)
     within one wave, so that all are co-resident at the occupancy the cache keeps and the column barrier never
-    waits for a CTA that is not running; at least 2 per column. Not for SyncBatchNorm's sum launches, channels last or per-activation
-    rows, a device without cooperative launches, or force_coop 2; a forced split (tests) only with force_coop
-    1, and then with its own P. The forward-train keeps its two launches: the same path in
+    waits for a CTA that is not running; at least 2 per column. Not for SyncBatchNorm's sum launches,
+    channels last or per-activation rows, a device without cooperative launches, or force_coop 2; a forced
+    split (tests) only with force_coop 1, and then with its own P. The forward-train keeps its two launches: the same path in
     bn_fwd_train_spatial cost its plans registers (sm_90 fp32 66 -> 78; fp16 under the software GPU's h100
     build 3 -> 2 CTAs per SM)."""
     cdef long long Q = p.split if d.force_split > 0 else min(want, slots // max(cols, 1))
@@ -172,8 +172,8 @@ cdef bint _coop_candidate(const bn_desc* d, int kernel, const bn_plan* p, long l
 
 
 cdef void bn_plan_drop_coop(const bn_desc* d, bn_plan* p) noexcept nogil:
-    """A cooperative backward plan as the plain split of the same grid (the frozen backward, which writes dx in its
-    one pass; or a cooperative launch the driver refused): no barrier, no cache."""
+    """A cooperative backward plan as the plain split of the same grid (the frozen backward, which writes dx
+    in its one pass; or a cooperative launch the driver refused): no barrier, no cache."""
     cdef long long span_bytes = 0
     if p.vec == 3:
         span_bytes = _param_bytes(d.dtype) * BN_SPAN_SLOT_BWD * <long long>p.block[0] * p.block[1]
@@ -211,14 +211,13 @@ cdef double _modelled_cost(const bn_desc* d, int kernel, const bn_plan* p, long 
     cdef long long unit = 16 if p.vec else z
     cdef double one = <double>d.N * d.S * d.C * z  # one pass over one array
     cdef double reduce = _streamed_fraction(d, p, arrays * unit * REDUCE_IN_FLIGHT)
-    if p.coop:  # one launch: the reduction's walk, its cache's replay, and the column barrier
-        return ((arrays * (one + <double>_reread_bytes(d, p, units, unit) * d.C) + one) / reduce + LAUNCH_BYTES
-                + BARRIER_BYTES)
-    if p.split > 1:
+    if p.split > 1 and not p.coop:
         bn_make_plan(d, BN_K_NORMALIZE if kernel == BN_K_FWD_TRAIN else BN_K_BWD_DX, p.vec, &q)
         return (arrays * one / reduce + (arrays + 1) * one /
                 _streamed_fraction(d, &q, arrays * (16 if q.vec else z) * STREAM_IN_FLIGHT) + 2 * LAUNCH_BYTES)
-    return (arrays * (one + <double>_reread_bytes(d, p, units, unit) * d.C) + one) / reduce + LAUNCH_BYTES
+    # One launch (fused, or cooperative with its column barrier): the walk, and the re-read past the cache.
+    return ((arrays * (one + <double>_reread_bytes(d, p, units, unit) * d.C) + one) / reduce + LAUNCH_BYTES
+            + (BARRIER_BYTES if p.coop else 0))
 
 
 cdef inline long long _span_quantum(long long S, long long V) noexcept nogil:

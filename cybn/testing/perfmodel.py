@@ -120,9 +120,10 @@ def _walk_counts(units, threads, P):
     return counts
 
 
-def _reread_units(units, threads, cache):
-    """Units a fused kernel reads twice: each thread's units past its cache_units slots."""
-    return sum(max(0, k - cache) for k in _walk_counts(units, threads, 1))
+def _reread_units(units, threads, cache, P=1):
+    """Units a one-launch kernel (fused, or cooperative over P CTAs) reads twice: each thread's units past its
+    cache_units slots."""
+    return sum(max(0, k - cache) for k in _walk_counts(units, threads, P))
 
 
 def _rowvec_edges(shape, dtype):
@@ -213,16 +214,13 @@ def launches(shape, dtype, mode, op, plan, layout="NCHW"):
     if op == "forward_infer":
         return [dict(kernel="bn_normalize", bytes=stream + E * z + over, ctas=ctas, block=block, shared=0)]
     arrays = 2 if op == "backward" else 1
-    if P == 1:
-        reread = K * (_reread_units(units, threads, plan["cache_units"]) * ub + edges * z)
+    coop = bool(plan.get("coop"))
+    if P == 1 or coop:  # one launch; a cooperative backward: its CTAs each also read all of its column's partials
+        reread = K * (_reread_units(units, threads, plan["cache_units"], P) * ub + edges * z)
+        partials = K * P * (P + 1) * 6 * (8 if z == 8 else 4) if coop else 0  # BN_BWD_PART values each
         kname = main["bwd" if op == "backward" else "fwd"]
-        return [dict(kernel=kname, bytes=arrays * (stream + reread) + E * z + over, ctas=ctas, block=block,
-                     shared=plan["shared_bytes"])]
-    if plan.get("coop"):  # one cooperative backward: walk, partials, each CTA reads all of its column's, dx
-        reread = K * (sum(max(0, k - plan["cache_units"]) for k in _walk_counts(units, threads, P)) * ub + edges * z)
-        part = 6 * (8 if np.dtype(dtype).itemsize == 8 else 4)  # BN_BWD_PART values
-        return [dict(kernel="bn_bwd", bytes=arrays * (stream + reread) + E * z + over + K * P * (P + 1) * part,
-                     ctas=ctas, block=block, shared=plan["shared_bytes"], barrier=True)]
+        return [dict(kernel=kname, bytes=arrays * (stream + reread) + E * z + over + partials, ctas=ctas, block=block,
+                     shared=plan["shared_bytes"], barrier=coop)]
     # No counter memset: the last CTAs re-arm them, so the Python face's workspaces need none after their first
     # split call (cybn/batchnorm/scratch.pxi); caller-provided memory (C API) still gets one per call.
     first = dict(kernel=main["bwd" if op == "backward" else "fwd"], bytes=arrays * stream + over + 12 * K * P,
