@@ -21,6 +21,7 @@ __all__ = [
     "checks", "set_checks", "checks_set", "seed", "set_seed", "get_seed", "fail_alloc_after",
     "alloc_budget", "fail_module_loads", "last_report", "live_allocations", "live_pinned_allocations",
     "PROFILES", "profile", "profile_info", "nvjitlink_path", "register_source", "function_registers",
+    "jit_cache_stats", "sha256_hex",
     "set_function_registers",
     "async_mode", "set_async", "async_seed", "sticky", "pool_block",
 ]
@@ -88,6 +89,7 @@ def load(path=None):
             "software GPU library not found at %s: build it (pip install . builds src/softgpu into "
             "cybn/_softgpu/libcuda.so.1) or set CYBN_SOFTGPU_LIBRARY" % path)
     _configure_nvjitlink()
+    _configure_jit_cache()
     lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
     try:
         ident = lib.softgpuIdentify
@@ -135,6 +137,8 @@ def _declare(lib):
         "softgpuProfileError": (ctypes.c_char_p, []),
         "softgpuProfileJSON": (ctypes.c_char_p, []),
         "softgpuRegisterSource": (ctypes.c_char_p, []),
+        "softgpuJitCacheStats": (None, [ctypes.POINTER(ctypes.c_int)]),
+        "softgpuSha256Hex": (None, [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]),
         "softgpuFunctionRegisters": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]),
         "softgpuSetFunctionRegisters": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
         "softgpuSetAsync": (ctypes.c_int, [ctypes.c_int]),
@@ -454,6 +458,36 @@ def _configure_nvjitlink():
         path = nvjitlink_path()
         if path:
             os.environ["CYBN_SOFTGPU_NVJITLINK"] = path
+
+
+def _configure_jit_cache():
+    """Keep nvJitLink's register counts between processes, as the CUDA driver keeps its JIT output: in
+    softgpu-jit/ of cybn's cache directory, unless the user chose (CYBN_SOFTGPU_JIT_CACHE=absolute path, or 0
+    for none); none when the kernel cache is off (CYBN_CACHE=0)."""
+    if "CYBN_SOFTGPU_JIT_CACHE" in os.environ:
+        return
+    from . import env, paths
+    try:
+        on = env.flag("CYBN_CACHE", True)
+    except ValueError:  # the kernel cache reports the bad value where it is used
+        on = False
+    if on:
+        os.environ["CYBN_SOFTGPU_JIT_CACHE"] = os.path.join(paths.cache_dir(), "softgpu-jit")
+
+
+def jit_cache_stats():
+    """This process's use of the register-count disk cache: {"compiles": nvJitLink runs, "hits": entries
+    loaded, "refused": entries not trusted (malformed, another key's, not a regular file of this user's)}."""
+    out = (ctypes.c_int * 3)()
+    _need().softgpuJitCacheStats(out)
+    return dict(compiles=out[0], hits=out[1], refused=out[2])
+
+
+def sha256_hex(data):
+    """The library's SHA-256 of `data` (bytes), hex: what names its cache entries."""
+    out = ctypes.create_string_buffer(65)
+    _need().softgpuSha256Hex(data, len(data), out)
+    return out.value.decode()
 
 
 def register_source():

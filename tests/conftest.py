@@ -41,3 +41,13 @@ def no_leaked_device_allocations():
     assert after == before, (
         "device allocations leaked over the test session: %d live (%d bytes) at the start, %d (%d bytes) "
         "at the end" % (before + after))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prewarmed_kernel_cache(request):
+    """A large run compiles its kernel programs up front, in parallel (tests/kernel_prewarm.py)."""
+    import kernel_prewarm
+    line = kernel_prewarm.prewarm(len(request.session.items))
+    if line:
+        request.config.get_terminal_writer().line(line)
+    yield

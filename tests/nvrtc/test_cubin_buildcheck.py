@@ -135,6 +135,14 @@ def programs():
     return registered + [(f, (), ()) for f in files if f not in used]
 
 
+@pytest.fixture
+def cache_dir():
+    """This module builds through the session's kernel cache (tests/conftest.py), not the private one the
+    other NVRTC tests get (tests/nvrtc/conftest.py): so its sm_80/sm_90 builds are the ones the model and
+    register tests made (tests/kernel_prewarm.py builds them up front in a full run)."""
+    yield None
+
+
 def test_every_kernel_compiles_to_cubin_without_spills():
     progs = programs()
     assert progs, "no kernel files found"

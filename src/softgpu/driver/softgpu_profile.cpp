@@ -1,7 +1,11 @@
 // driver/softgpu_profile.cpp: the softgpu* C API for the device profile and kernels' register counts
 // (cybn/softgpu.py: profile(), function_registers()).
 #include "driver/driver.hpp"
+#include <cstring>
+
+#include "runtime/jit_cache.hpp"
 #include "runtime/jitlink.hpp"
+#include "runtime/sha256.hpp"
 
 using namespace softgpu;
 
@@ -57,6 +61,21 @@ SG_EXPORT const char* softgpuRegisterSource(void) {
     static std::string s;
     s = jitlink_status();
     return s.c_str();
+}
+
+// The disk cache of register counts (runtime/jit_cache.cpp), this process: out[0] nvJitLink compiles,
+// [1] entries loaded, [2] entries refused.
+SG_EXPORT void softgpuJitCacheStats(int* out) {
+    SG_LOCK;
+    if (out) jit_cache_stats(out);
+}
+
+// The hex SHA-256 of data[0..len) into out (65 bytes), so tests can check the cache's hash.
+SG_EXPORT void softgpuSha256Hex(const void* data, size_t len, char* out) {
+    Sha256 h;
+    h.update(data, len);
+    std::string s = h.hex();
+    memcpy(out, s.c_str(), s.size() + 1);
 }
 
 // out[0] registers used for occupancy, [1] the liveness estimate, [2] 1 if [0] is ptxas' exact

@@ -1,7 +1,10 @@
 // runtime/jitlink.cpp: exact register counts. ptxas itself (inside libnvJitLink, from NVIDIA's
 // nvidia-nvjitlink wheel, never a system CUDA) compiles each distinct module once per architecture
 // with -verbose; its log names every entry function with "Used N registers" and its spill bytes.
+// The counts are kept per process and, in $CYBN_SOFTGPU_JIT_CACHE, between processes (runtime/jit_cache.cpp).
 #include "runtime/jitlink.hpp"
+
+#include "runtime/jit_cache.hpp"
 
 #include <dlfcn.h>
 
@@ -120,6 +123,12 @@ bool jitlink_registers(const char* ptx, size_t len, int arch, std::map<std::stri
     std::pair<size_t, size_t> key(std::hash<std::string_view>()(std::string_view(ptx, len)) ^ size_t(arch), len);
     auto hit = cache.find(key);
     if (hit != cache.end()) return *out = hit->second, true;
+    const std::string disk_key = jit_cache_key(ptx, len, arch, a.status);
+    if (jit_cache_load(disk_key, out)) {
+        cache[key] = *out;
+        return true;
+    }
+    jit_cache_count_compile();
     std::string arch_opt = "-arch=sm_" + std::to_string(arch);
     const char* opts[] = {arch_opt.c_str(), "-verbose"};
     Handle h = nullptr;
@@ -132,7 +141,10 @@ bool jitlink_registers(const char* ptx, size_t len, int arch, std::map<std::stri
         *why = "nvJitLink rejected the PTX for " + arch_opt + ": " + read_log(h, a.error_size, a.error_log);
     }
     a.destroy(&h);
-    if (ok) cache[key] = *out;
+    if (ok) {
+        cache[key] = *out;
+        jit_cache_store(disk_key, *out);
+    }
     return ok;
 }
 
