@@ -42,6 +42,7 @@ cdef extern from "bn_abi.h":
         BN_SUMS
         BN_FIX_GAMMA
         BN_COOP
+        BN_FWD_BATCH        # units in flight in the fused forward's 16-byte walks (16/32-bit types, no epilogue)
         BN_FWD_PART         # workspace entry sizes
         BN_FWD_TAIL
         BN_BWD_PART

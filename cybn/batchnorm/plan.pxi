@@ -11,7 +11,8 @@ cdef enum:
     INFLIGHT_NEED = 32768    # bytes in flight per SM that keep HBM busy (Little's law: ~3.35 TB/s x ~1.3 us / 132 SMs)
     LAUNCH_BYTES = 4194304   # a launch's fixed cost in bytes at full bandwidth (~1.3 us at ~3 TB/s)
     BARRIER_BYTES = 4194304  # a cooperative plan's column barrier, as much as a launch (assumed, unmeasured)
-    REDUCE_IN_FLIGHT = 1     # loads per array a fused or split reduction's walk keeps in flight (batchnorm.cu)
+    REDUCE_IN_FLIGHT = 1     # loads per array a fused or split reduction's walk keeps in flight (batchnorm.cu),
+                             # but BN_FWD_BATCH in the forward's 16-byte walks of 16/32-bit types (_reduce_batch)
     STREAM_IN_FLIGHT = 4     # ... an element-wise launch's (LOADS_IN_FLIGHT)
 
 
@@ -200,6 +201,14 @@ cdef double _streamed_fraction(const bn_desc* d, const bn_plan* p, long long per
     return min(1.0, resident * p.block[0] * p.block[1] * per_thread / <double>INFLIGHT_NEED)
 
 
+cdef inline long long _reduce_batch(const bn_desc* d, int kernel, const bn_plan* p) noexcept nogil:
+    """16-byte units (or elements) per array a reduction's walk keeps in flight: batchnorm.cu's fwd_batch, i.e.
+    BN_FWD_BATCH for the forward's 16-byte walks (not SPAN's) of 16- and 32-bit types without an epilogue."""
+    if kernel == BN_K_FWD_TRAIN and (p.vec == 1 or p.vec == 2) and d.dtype != BN_FLOAT64 and not _epi(d):
+        return BN_FWD_BATCH
+    return REDUCE_IN_FLIGHT
+
+
 cdef double _modelled_cost(const bn_desc* d, int kernel, const bn_plan* p, long long units) noexcept nogil:
     """A reduction call's estimated time, in bytes at full bandwidth: each launch's bytes over the fraction
     its loads in flight sustain (_streamed_fraction), plus LAUNCH_BYTES per launch. A fused plan reads x
@@ -210,7 +219,7 @@ cdef double _modelled_cost(const bn_desc* d, int kernel, const bn_plan* p, long 
     cdef long long z = _elem_bytes(d.dtype), arrays = 2 if kernel == BN_K_BWD else 1
     cdef long long unit = 16 if p.vec else z
     cdef double one = <double>d.N * d.S * d.C * z  # one pass over one array
-    cdef double reduce = _streamed_fraction(d, p, arrays * unit * REDUCE_IN_FLIGHT)
+    cdef double reduce = _streamed_fraction(d, p, arrays * unit * _reduce_batch(d, kernel, p))
     if p.split > 1 and not p.coop:
         bn_make_plan(d, BN_K_NORMALIZE if kernel == BN_K_FWD_TRAIN else BN_K_BWD_DX, p.vec, &q)
         return (arrays * one / reduce + (arrays + 1) * one /

@@ -77,8 +77,11 @@ __device__ __forceinline__ typename io<T>::P elem_or_0(const T* p, long long off
 // accumulation order is the unbatched walk's (deterministic) and a store in use() never has to wait on
 // aliasing analysis (y may be x: each unit is read before it is written, by its owner). The streaming
 // kernels (normalize, bwd_dx) take B = LOADS_IN_FLIGHT; the fused reductions B = 1, since four batched
-// units there cost 20-50 more registers (one CTA fewer per SM, fp16 backward 131 on sm_90).
+// units there cost 20-50 more registers (one CTA fewer per SM, fp16 backward 131 on sm_90), except the
+// forward's 16-byte walks without an epilogue in 16- and 32-bit types: B = BN_FWD_BATCH (fwd_batch) keeps
+// them at or under 80 registers on sm_80 and sm_90, the same 3 CTAs of 256 threads per SM as B = 1.
 enum : int { LOADS_IN_FLIGHT = 4 };
+template <typename T, int EPI> __host__ __device__ constexpr int fwd_batch() { return sizeof(T) <= 4 && EPI == 0 ? BN_FWD_BATCH : 1; }
 template <int B, typename I, typename L, typename U>
 __device__ __forceinline__ void walk_channel_as(I c, I C, I su, long long u0, long long u1, L load, U use) {
     const I G = blockDim.x;
@@ -264,7 +267,7 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const typename io<T>::P* 
         });
         w = span_merge_prev(w, sp, BN_SPAN_SLOT_FWD);
     } else if (vec) {
-        walk_channel<1>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) { return xu[off]; },
+        walk_channel<fwd_batch<T, EPI>()>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int, long long off) { return xu[off]; },
                              [&](int k, long long, uint4 u) {
             if (k < cache_units) cache[k * nthreads + tid] = u;
             P v[V];
@@ -318,7 +321,7 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const typename io<T>::P* 
             yu[off] = io<T>::pack(v);
         });
     } else if (vec) {
-        walk_channel<1>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int k, long long off) {
+        walk_channel<fwd_batch<T, EPI>()>(cv.cw, cv.Cw, cv.su, u0, u1, [&](int k, long long off) {
             const uint4 u = k < cache_units ? cache[k * nthreads + tid] : xu[off];
             if constexpr (EPI) return make_uint4x2(u, unit_or_0(zu, off)); else return u;
         }, [&](int, long long off, auto q) {

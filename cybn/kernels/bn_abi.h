@@ -65,6 +65,10 @@
 #define BN_ENOTPREPARED (-2)    /* prepare() was not called for this dtype/mode/context */
 #define BN_EWORKSPACE (-3)      /* the descriptor's workspace is smaller than bn_workspace_size() */
 
+/* Internal (plans and kernels): 16-byte units per thread the fused forward-train's walks keep in flight (its
+   16- and 32-bit types without an epilogue; 1 elsewhere in the reductions). */
+#define BN_FWD_BATCH 2
+
 /* The split plans' workspace: values of the statistics type P per entry (float; double for float64 data). */
 #define BN_FWD_PART 5           /* per (statistic, CTA) partial: Welford n, mean, variance, compensated sum (2) */
 #define BN_FWD_TAIL 4           /* per statistic for the second launch: the mean (hi, lo), scale * invstd, pad */

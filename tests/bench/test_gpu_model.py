@@ -180,6 +180,9 @@ def test_engine_kernel_report(arch):
         assert facts["inflight"]["scalar"] >= 2, key
         if key[2] == "spatial":
             assert facts["inflight"]["vec"] >= 16, key
+    if arch == "sm_90":  # the forward's batched walks (BN_FWD_BATCH): two 16-byte units of x in flight
+        for ctype in ("float", "__half"):
+            assert report[("bn_fwd_train", ctype, "spatial")]["inflight"]["vec"] >= 32, ctype
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])

@@ -1,14 +1,16 @@
 """The real-GPU build check: every kernel file, with every registered variant instantiated, compiles to
-CUBIN for sm_75, sm_80, sm_86, sm_89, sm_90 and one architecture of each newer family the installed NVRTC
-supports (the lowest of each major version: sm_100 for 100/103/107, sm_110, sm_120 for 120/121, as NVIDIA's
-family-specific targets sm_100f/sm_120f group them), without errors and without register spills (ptxas -v
-report); and the fused NCHW forward-train and backward kernels stay within their register ceilings on sm_80
-and sm_90 (FUSED_REGISTERS). The sm_80 and sm_90 builds go through the kernel cache (its entries keep NVRTC's
-log), so the programs other tests compiled for them in this session are not compiled twice.
+CUBIN for the lowest architecture of each major version the installed NVRTC supports (sm_75, sm_80, sm_90,
+sm_100, sm_110, sm_120 with NVRTC 13), without errors and without register spills (ptxas -v report); and the
+fused NCHW forward-train and backward kernels stay within their register ceilings on sm_80 and sm_90
+(FUSED_REGISTERS). The sm_80 and sm_90 builds go through the session's kernel cache (its entries keep NVRTC's
+log), so the programs the model and register tests compiled for them (tests/kernel_prewarm.py builds them
+up front in a full run) are not compiled twice.
 
 Until 2026-12-03 every newer architecture was built (11 in all with NVRTC 13.5): the check dominated CI's
-time (17 programs x 11 architectures, 6-9 s of ptxas each for batchnorm.cu on 2 cores), while the members of a
-family share its instruction set and ptxas' register allocation."""
+time (17 programs x 11 architectures, 6-9 s of ptxas each for batchnorm.cu on 2 cores). Then one per newer
+family (sm_100 for 100/103/107, sm_120 for 120/121, as NVIDIA's family targets sm_100f/sm_120f group them)
+besides sm_75/80/86/89/90; later that day one per major version, so sm_86 and sm_89 went too: they share
+sm_80's instruction set and register file, and were a quarter of the check's time."""
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -18,26 +20,29 @@ import pytest
 from cybn import cache, nvrtc, paths, variants
 from cybn.testing.cubin_report import ptxas_report
 
-BASE_ARCHS = (75, 80, 86, 89, 90)
+CEILING_ARCHS = (80, 90)  # FUSED_REGISTERS' architectures: always built
 SHARED_ARCHS = (80, 90)  # built through the kernel cache (cybn.testing.cubin_report's too), the rest directly
 
 # The fused NCHW kernels' registers per thread (ptxas -v), per (arch, kernel, data type, EPI), as of
 # 2026-12-02 (32-bit walks, Welford per 16-byte unit; 2026-12-01 before: sm_90 fp32 76 and 72, fp16 80
 # and 80, bf16 68 and 76): ceilings, so a change that costs registers fails
-# here. The aim is REGISTER_AIM (4 CTAs of 256 threads per SM); the float32 backward meets it, the
+# here. 2026-12-03: the forward's 16-byte walks batch two units in 16/32-bit types without an epilogue
+# (BN_FWD_BATCH: 32 B of x in flight per thread on sm_90 instead of 16); fwd_train EPI 0 went sm_80 fp32
+# 69 -> 74, fp16/bf16 72 -> 78, sm_90 fp32 66 -> 71, fp16/bf16 78 -> 72: all at or under 80 registers,
+# the same 3 CTAs of 256 threads per SM as before, so those ceilings were raised on sm_80 and sm_90 fp32. The aim is REGISTER_AIM (4 CTAs of 256 threads per SM); the float32 backward meets it, the
 # others do not yet. Lower an entry when a change gets below it; never raise one without saying why.
 REGISTER_AIM = 64
 FUSED_REGISTERS = {
-    (80, "bn_fwd_train", "float", 0): 69, (80, "bn_fwd_train", "__half", 0): 72,
-    (80, "bn_fwd_train", "__nv_bfloat16", 0): 72, (80, "bn_fwd_train", "double", 0): 92,
+    (80, "bn_fwd_train", "float", 0): 74, (80, "bn_fwd_train", "__half", 0): 78,
+    (80, "bn_fwd_train", "__nv_bfloat16", 0): 78, (80, "bn_fwd_train", "double", 0): 92,
     (80, "bn_fwd_train", "float", 1): 68, (80, "bn_fwd_train", "__half", 1): 78,
     (80, "bn_fwd_train", "__nv_bfloat16", 1): 78, (80, "bn_fwd_train", "double", 1): 88,
     (80, "bn_bwd", "float", 0): 64, (80, "bn_bwd", "__half", 0): 72,
     (80, "bn_bwd", "__nv_bfloat16", 0): 72, (80, "bn_bwd", "double", 0): 92,
     (80, "bn_bwd", "float", 1): 83, (80, "bn_bwd", "__half", 1): 117,
     (80, "bn_bwd", "__nv_bfloat16", 1): 96, (80, "bn_bwd", "double", 1): 109,
-    (90, "bn_fwd_train", "float", 0): 66, (90, "bn_fwd_train", "__half", 0): 78,
-    (90, "bn_fwd_train", "__nv_bfloat16", 0): 78, (90, "bn_fwd_train", "double", 0): 94,
+    (90, "bn_fwd_train", "float", 0): 71, (90, "bn_fwd_train", "__half", 0): 72,
+    (90, "bn_fwd_train", "__nv_bfloat16", 0): 72, (90, "bn_fwd_train", "double", 0): 94,
     (90, "bn_fwd_train", "float", 1): 71, (90, "bn_fwd_train", "__half", 1): 79,
     (90, "bn_fwd_train", "__nv_bfloat16", 1): 79, (90, "bn_fwd_train", "double", 1): 92,
     (90, "bn_bwd", "float", 0): 64, (90, "bn_bwd", "__half", 0): 80,
@@ -106,19 +111,18 @@ extern "C" __global__ void heavy(const float* in, float* out) {
 
 
 def architectures(supported=None):
-    """BASE_ARCHS and, past them, the lowest supported architecture of each major version."""
+    """The lowest supported architecture of each major version, and sm_80 and sm_90 in any case."""
     supported = nvrtc.supported_archs() if supported is None else supported
-    newer = {}
-    for a in sorted(a for a in supported if a > max(BASE_ARCHS)):
-        newer.setdefault(a // 10, a)
-    return sorted(set(BASE_ARCHS) | set(newer.values()))
+    lowest = {}
+    for a in sorted(supported):
+        lowest.setdefault(a // 10, a)
+    return sorted(set(lowest.values()) | set(CEILING_ARCHS))
 
 
-def test_one_architecture_per_newer_family():
-    assert architectures([75, 80, 86, 87, 88, 89, 90, 100, 103, 107, 110, 120, 121]) == [
-        75, 80, 86, 89, 90, 100, 110, 120]
-    assert architectures([75, 80, 86, 89, 90]) == list(BASE_ARCHS)
-    assert architectures([80, 90, 103, 121]) == [75, 80, 86, 89, 90, 103, 121]
+def test_one_architecture_per_major_version():
+    assert architectures([75, 80, 86, 87, 88, 89, 90, 100, 103, 107, 110, 120, 121]) == [75, 80, 90, 100, 110, 120]
+    assert architectures([75, 80, 86, 89, 90]) == [75, 80, 90]
+    assert architectures([86, 89, 90, 103, 121]) == [80, 86, 90, 103, 121]
 
 
 def programs():

@@ -12,6 +12,7 @@ import ctypes
 import glob
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from cuda.bindings import driver as cu
@@ -82,9 +83,10 @@ def loaded_counts(ptx):
 def measured(primary):
     ok(cu.cuCtxPushCurrent(primary))
     try:
-        rows = []
-        for label, ptx in corpus():
-            truth = ptxas_registers(ptx)
+        rows, items = [], corpus()
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # ctypes calls release the GIL
+            truths = list(pool.map(lambda item: ptxas_registers(item[1]), items))
+        for (label, ptx), truth in zip(items, truths):
             for name, r in loaded_counts(ptx).items():
                 rows.append((label, name, truth[name], r))
         return rows
