@@ -49,5 +49,7 @@ def prewarmed_kernel_cache(request):
     import kernel_prewarm
     line = kernel_prewarm.prewarm(len(request.session.items))
     if line:
-        request.config.get_terminal_writer().line(line)
+        capture = request.config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled():
+            request.config.get_terminal_writer().line("\n" + line)
     yield
