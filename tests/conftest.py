@@ -1,5 +1,6 @@
 """Shared by every test: run on the software GPU (CI has no GPU) with all its checks on, and fail the
 session if user device allocations leaked."""
+import contextlib
 import gc
 import os
 import sys
@@ -49,7 +50,7 @@ def prewarmed_kernel_cache(request):
     import kernel_prewarm
     line = kernel_prewarm.prewarm(len(request.session.items))
     if line:
-        capture = request.config.pluginmanager.getplugin("capturemanager")
-        with capture.global_and_fixture_disabled():
+        capture = request.config.pluginmanager.getplugin("capturemanager")  # None under -p no:capture
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
             request.config.get_terminal_writer().line("\n" + line)
     yield

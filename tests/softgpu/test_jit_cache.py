@@ -2,7 +2,8 @@
 as the CUDA driver keeps its JIT output: a second process loads the counts instead of running ptxas again, and
 gets the same counts as ptxas itself reports (NVRTC's CUBIN build with -v, an independent run). An entry is
 untrusted: a malformed one, another key's, one that is not a regular file (a link, a FIFO: never waited on),
-or one in a directory others can write is not used, and the counts are ptxas' again."""
+or one in a directory others can write or reached through a link is not used, and the counts are ptxas'
+again."""
 import hashlib
 import json
 import os
@@ -114,6 +115,12 @@ def _wrong_count(p):
     p.write_text("\n".join(lines) + "\n")
 
 
+def _other_spelling(p):
+    lines = p.read_text().splitlines()
+    lines[3] = "+" + lines[3]  # the same count, written as no writer writes it
+    p.write_text("\n".join(lines) + "\n")
+
+
 def _trailing(p):
     p.write_text(p.read_text() + "extra\n")
 
@@ -133,8 +140,8 @@ def _fifo(p):
     os.mkfifo(p)
 
 
-@pytest.mark.parametrize("corrupt", [_garbage, _other_key, _count_out_of_range, _trailing, _oversized, _symlink,
-                                     _fifo])
+@pytest.mark.parametrize("corrupt", [_garbage, _other_key, _count_out_of_range, _other_spelling, _trailing,
+                                     _oversized, _symlink, _fifo])
 def test_an_untrusted_entry_is_not_used(tmp_path, ptxas_count, corrupt):
     d = tmp_path / "jit"
     probe(d)
@@ -156,3 +163,12 @@ def test_a_directory_others_can_write_is_not_used(tmp_path, ptxas_count):
     got = probe(d)
     assert got["stats"] == dict(compiles=1, hits=0, refused=0) and got["regs"]["exact"] == ptxas_count
     os.chmod(d, 0o700)
+
+
+def test_a_linked_directory_is_not_used(tmp_path, ptxas_count):
+    real = tmp_path / "real"
+    probe(real)
+    os.symlink(real, tmp_path / "link")
+    for path in (tmp_path / "link", str(tmp_path / "link") + "/"):
+        got = probe(tmp_path, CYBN_SOFTGPU_JIT_CACHE=str(path))
+        assert got["stats"] == dict(compiles=1, hits=0, refused=0) and got["regs"]["exact"] == ptxas_count

@@ -16,7 +16,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <random>
 #include <sstream>
 
 #include "runtime/sha256.hpp"
@@ -24,24 +23,33 @@
 namespace softgpu {
 namespace {
 
+// The entry format and what the counts mean (jitlink.cpp's parse_log): bump it when either changes, so older
+// entries stop matching their keys.
 constexpr const char* kMagic = "cybn-softgpu-jit 1";
 constexpr off_t kMaxEntry = 1 << 20;
 std::atomic<int> g_compiles{0}, g_hits{0}, g_refused{0};
 
-// $CYBN_SOFTGPU_JIT_CACHE, or "" when unset, "0", or not a usable directory (created 0700 if missing).
-std::string usable_dir(bool create) {
+// $CYBN_SOFTGPU_JIT_CACHE opened (created 0700 if missing and `create`), or -1 when unset, "0", relative, or not
+// a usable directory. The checks are made on the opened directory, and entries are opened relative to it, so the
+// path cannot be swapped for another directory between the check and the use.
+int open_dir(bool create) {
     const char* env = getenv("CYBN_SOFTGPU_JIT_CACHE");
-    if (!env || !*env || strcmp(env, "0") == 0 || env[0] != '/') return "";
+    if (!env || !*env || strcmp(env, "0") == 0 || env[0] != '/') return -1;
     std::string dir(env);
-    struct stat st;
-    if (lstat(dir.c_str(), &st) != 0) {
-        if (!create || errno != ENOENT) return "";
+    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();  // "d/" would follow a link named d
+    int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && create && errno == ENOENT) {
         for (size_t i = 1; i <= dir.size(); ++i)  // mkdir -p, each new level private
             if (i == dir.size() || dir[i] == '/') mkdir(dir.substr(0, i).c_str(), 0700);
-        if (lstat(dir.c_str(), &st) != 0) return "";
+        fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     }
-    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022)) return "";
-    return dir;
+    if (fd < 0) return -1;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022)) {
+        close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 bool valid_key(const std::string& key) {
@@ -58,6 +66,19 @@ bool valid_name(const std::string& s) {
     return true;
 }
 
+bool valid_counts(const std::string& name, const JitCounts& c) {
+    return valid_name(name) && c.registers >= 0 && c.registers <= 255 && c.spill_bytes >= 0 &&
+           c.spill_bytes <= (1 << 20);
+}
+
+// The one spelling of an entry: load() accepts a file only if it is exactly this text for what it parsed.
+std::string render(const std::string& key, const std::map<std::string, JitCounts>& counts) {
+    std::string text = std::string(kMagic) + "\n" + key + "\n" + std::to_string(counts.size()) + "\n";
+    for (const auto& [name, c] : counts)
+        text += std::to_string(c.registers) + " " + std::to_string(c.spill_bytes) + " " + name + "\n";
+    return text + "end\n";
+}
+
 bool parse(const std::string& text, const std::string& key, std::map<std::string, JitCounts>* out) {
     std::istringstream in(text);
     std::string line;
@@ -72,11 +93,13 @@ bool parse(const std::string& text, const std::string& key, std::map<std::string
         long regs = -1, spill = -1;
         std::string name, extra;
         if (!(f >> regs >> spill >> name) || (f >> extra)) return false;
-        if (regs < 1 || regs > 255 || spill < 0 || spill > (1 << 20) || !valid_name(name)) return false;
-        got[name] = JitCounts{int(regs), int(spill)};
+        if (regs < 0 || regs > 255 || spill < 0 || spill > (1 << 20)) return false;
+        JitCounts c{int(regs), int(spill)};
+        if (!valid_counts(name, c)) return false;
+        got[name] = c;
     }
     if (!std::getline(in, line) || line != "end" || std::getline(in, line)) return false;
-    if (long(got.size()) != n) return false;  // a repeated name
+    if (long(got.size()) != n || render(key, got) != text) return false;  // a repeated name, another spelling
     *out = std::move(got);
     return true;
 }
@@ -97,10 +120,11 @@ std::string jit_cache_key(const char* ptx, size_t len, int arch, const std::stri
 }
 
 bool jit_cache_load(const std::string& key, std::map<std::string, JitCounts>* out) {
-    std::string dir = usable_dir(false);
-    if (dir.empty() || !valid_key(key)) return false;
-    std::string path = dir + "/" + key + ".regs";
-    int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (!valid_key(key)) return false;
+    int dir = open_dir(false);
+    if (dir < 0) return false;
+    int fd = openat(dir, (key + ".regs").c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    close(dir);
     if (fd < 0) {
         if (errno != ENOENT) ++g_refused;  // a link, a FIFO without a writer, unreadable
         return false;
@@ -126,21 +150,26 @@ bool jit_cache_load(const std::string& key, std::map<std::string, JitCounts>* ou
 }
 
 void jit_cache_store(const std::string& key, const std::map<std::string, JitCounts>& counts) {
-    std::string dir = usable_dir(true);
-    if (dir.empty() || !valid_key(key)) return;
-    std::string text = std::string(kMagic) + "\n" + key + "\n" + std::to_string(counts.size()) + "\n";
-    for (const auto& [name, c] : counts) {
-        if (!valid_name(name) || c.registers < 1 || c.registers > 255) return;  // would not load back
-        text += std::to_string(c.registers) + " " + std::to_string(c.spill_bytes) + " " + name + "\n";
+    if (!valid_key(key)) return;
+    for (const auto& [name, c] : counts)
+        if (!valid_counts(name, c)) return;  // would not load back
+    const std::string text = render(key, counts);
+    int dir = open_dir(true);
+    if (dir < 0) return;
+    static std::atomic<unsigned> serial{0};
+    std::string tmp;
+    int fd = -1;
+    for (int attempt = 0; fd < 0 && attempt < 8; ++attempt) {  // O_EXCL: a name no other writer holds
+        tmp = "." + key + "." + std::to_string(getpid()) + "." + std::to_string(serial++) + ".tmp";
+        fd = openat(dir, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd < 0 && errno != EEXIST) break;
     }
-    text += "end\n";
-    std::random_device rd;
-    std::string tmp = dir + "/." + key + "." + std::to_string(getpid()) + "." + std::to_string(rd()) + ".tmp";
-    int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0) return;
-    bool ok = write(fd, text.data(), text.size()) == ssize_t(text.size());
-    ok = close(fd) == 0 && ok;
-    if (!ok || rename(tmp.c_str(), (dir + "/" + key + ".regs").c_str()) != 0) unlink(tmp.c_str());
+    if (fd >= 0) {
+        bool ok = write(fd, text.data(), text.size()) == ssize_t(text.size());
+        ok = close(fd) == 0 && ok;
+        if (!ok || renameat(dir, tmp.c_str(), dir, (key + ".regs").c_str()) != 0) unlinkat(dir, tmp.c_str(), 0);
+    }
+    close(dir);
 }
 
 void jit_cache_stats(int* out) {
