@@ -43,16 +43,17 @@ def device_report(report):
     return f"{drv} {dev.arch}"
 
 
+# cache.last_outcome() -> how a report line says it
+_OUTCOMES = {"compiled": "compiled by NVRTC", "disk": "loaded from the disk cache", "memory": "already in memory"}
+
+
 def _origin(before, after):
     """How the programs requested between two cache.stats() snapshots were served."""
     if after["compiles"] > before["compiles"]:
-        return "compiled by NVRTC"
+        return _OUTCOMES["compiled"]
     if after["disk_hits"] > before["disk_hits"]:
-        return "loaded from the disk cache"
-    return "already in memory"
-
-
-_OUTCOMES = {"compiled": "compiled by NVRTC", "disk": "loaded from the disk cache", "memory": "already in memory"}
+        return _OUTCOMES["disk"]
+    return _OUTCOMES["memory"]
 
 
 @step("compile")
