@@ -20,7 +20,7 @@ __all__ = [
     "library_path", "load", "active", "counters", "reset_counters", "measure", "Measurement",
     "checks", "set_checks", "checks_set", "seed", "set_seed", "get_seed", "fail_alloc_after",
     "alloc_budget", "fail_module_loads", "last_report", "live_allocations", "live_pinned_allocations",
-    "PROFILES", "profile", "profile_info", "nvjitlink_path", "register_source", "function_registers",
+    "PROFILES", "profile", "profile_info", "nvjitlink_path", "ptxas_path", "register_source", "function_registers",
     "jit_cache_stats", "sha256_hex",
     "set_function_registers",
     "async_mode", "set_async", "async_seed", "sticky", "pool_block",
@@ -89,6 +89,7 @@ def load(path=None):
             "software GPU library not found at %s: build it (pip install . builds src/softgpu into "
             "cybn/_softgpu/libcuda.so.1) or set CYBN_SOFTGPU_LIBRARY" % path)
     _configure_nvjitlink()
+    _configure_ptxas()
     _configure_jit_cache()
     lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
     try:
@@ -460,8 +461,29 @@ def _configure_nvjitlink():
             os.environ["CYBN_SOFTGPU_NVJITLINK"] = path
 
 
+def ptxas_path():
+    """ptxas from NVIDIA's nvidia-cuda-nvcc wheel (nvidia/cu13/bin), or None when it is not installed."""
+    import importlib.util
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(root, "cu13", "bin", "ptxas")
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def _configure_ptxas():
+    """Point the library at the wheel's ptxas for whole-program register counts (what the driver's PTX JIT
+    and NVRTC's CUBIN give; nvJitLink's are those of relocatable code), unless the user chose
+    (CYBN_SOFTGPU_PTXAS=absolute path, or 0 for nvJitLink's counts)."""
+    if "CYBN_SOFTGPU_PTXAS" not in os.environ:
+        path = ptxas_path()
+        if path:
+            os.environ["CYBN_SOFTGPU_PTXAS"] = path
+
+
 def _configure_jit_cache():
-    """Keep nvJitLink's register counts between processes, as the CUDA driver keeps its JIT output: in
+    """Keep the exact register counts (ptxas' or nvJitLink's) between processes, as the CUDA driver keeps its JIT output: in
     softgpu-jit/ of cybn's cache directory, unless the user chose (CYBN_SOFTGPU_JIT_CACHE=absolute path, or 0
     for none); none when the kernel cache is off (CYBN_CACHE=0)."""
     if "CYBN_SOFTGPU_JIT_CACHE" in os.environ:
@@ -476,7 +498,7 @@ def _configure_jit_cache():
 
 
 def jit_cache_stats():
-    """This process's use of the register-count disk cache: {"compiles": nvJitLink runs, "hits": entries
+    """This process's use of the register-count disk cache: {"compiles": ptxas or nvJitLink runs, "hits": entries
     loaded, "refused": entries not trusted (malformed, another key's, not a regular file of this user's)}."""
     out = (ctypes.c_int * 3)()
     _need().softgpuJitCacheStats(out)
@@ -491,11 +513,14 @@ def sha256_hex(data):
 
 
 def register_source():
-    """Where register counts come from: ("nvjitlink", path) or ("estimate", why)."""
+    """Where register counts come from: ("ptxas", path) for whole-program ptxas (the driver's JIT),
+    ("nvjitlink", path) for nvJitLink's relocatable compile, or ("estimate", why)."""
     status = _need().softgpuRegisterSource().decode()
-    if status and os.path.exists(status):
-        return "nvjitlink", status
-    return "estimate", status or "CYBN_SOFTGPU_NVJITLINK is not set (the nvidia-nvjitlink wheel is not installed)"
+    kind, _, path = status.partition(":")
+    if kind in ("ptxas", "nvjitlink") and os.path.exists(path):
+        return kind, path
+    return "estimate", status or ("neither CYBN_SOFTGPU_PTXAS nor CYBN_SOFTGPU_NVJITLINK is set (the "
+                                  "nvidia-cuda-nvcc and nvidia-nvjitlink wheels are not installed)")
 
 
 def function_registers(func):

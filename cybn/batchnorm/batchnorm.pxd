@@ -110,6 +110,8 @@ ctypedef struct bn_desc:
     unsigned int span_smem_budget[4][32]
     int coop_ok                 # the device takes cooperative launches (CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH)
     int force_coop              # tests: 0 the model decides, 1 cooperative wherever it can run, 2 never
+    unsigned int smem_less[4][32]       # dynamic shared bytes per CTA that keep occ - 1 CTAs per SM (0: occ <= 1):
+    unsigned int span_smem_less[4][32]  #   a fused plan's larger replay cache at one CTA per SM less (plan.pxi)
 
 cdef const char* bn_last_error() noexcept nogil
 # Shape/value checks of a descriptor (not its kernels or workspace): BN_OK or BN_EINVAL with a message.

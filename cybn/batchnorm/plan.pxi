@@ -112,14 +112,25 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
     # A fused plan whose columns leave at least half the SMs idle: its cooperative form spreads each column
     # over enough CTAs to give every SM one (the same single launch, partials combined after the barrier).
     if P == 1 and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD):
-        _size_cache(d, kernel, p, per_thread, arrays, span_bytes)
+        _size_cache(d, kernel, p, per_thread, arrays, span_bytes, False)
     fill = _cdiv(d.sm_count, cols) if 2 * cols <= d.sm_count else 1  # CTAs per column for every SM
     if _coop_candidate(d, kernel, p, cols, slots, P if P > 1 else fill, &alt):
-        _size_cache(d, kernel, &alt, _cdiv(per_thread, alt.split), arrays, span_bytes)
+        _size_cache(d, kernel, &alt, _cdiv(per_thread, alt.split), arrays, span_bytes, False)
         # Taken only where it wins by more than the barrier's assumed cost once more: that cost is unmeasured,
         # and on small calls (latency-bound) the estimate cannot tell a fused launch from a barrier.
         if (d.force_coop == 1 or
                 _modelled_cost(d, kernel, &alt, units) + BARRIER_BYTES < _modelled_cost(d, kernel, p, units)):
+            p[0] = alt
+    # A fused (or cooperative) plan: one CTA per SM fewer for a larger cache (fewer bytes re-read) where the estimate says it is
+    # faster (a wave fewer, or the re-read saved outweighs the loads in flight lost).
+    # A cooperative plan only where its CTAs stay co-resident at that occupancy.
+    if ((P == 1 or p.coop) and (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD) and p.ctas_per_sm > 1
+            and d.force_cache < 0 and d.force_split <= 0 and d.force_coop != 1
+            and (not p.coop or <long long>p.grid[0] * p.grid[1] <= (p.ctas_per_sm - 1) * <long long>d.sm_count)):
+        alt = p[0]
+        _size_cache(d, kernel, &alt, _cdiv(per_thread, p.split if p.coop else 1), arrays, span_bytes, True)
+        if (alt.cache_units > p.cache_units and
+                _modelled_cost(d, kernel, &alt, units) < _modelled_cost(d, kernel, p, units)):
             p[0] = alt
     # SPAN's CTAs hold several channels, so a fused reduction's cache holds less of each, and its grid has
     # fewer columns; the element path keeps one channel per CTA but one scalar load in flight. The plan
@@ -132,9 +143,10 @@ cdef int bn_make_plan(const bn_desc* d, int kernel, int vec, bn_plan* p) noexcep
 
 
 cdef void _size_cache(const bn_desc* d, int kernel, bn_plan* p, long long per_thread, long long arrays,
-                      long long span_bytes) noexcept nogil:
+                      long long span_bytes, bint less) noexcept nogil:
     """The replay cache of a one-launch plan: up to per_thread slots per thread (each thread's units) within
-    the shared memory that keeps the kernel's occupancy (opt-in shared memory included, prepared.pxi)."""
+    the shared memory that keeps the kernel's occupancy (opt-in shared memory included, prepared.pxi), or
+    with `less` (where that occupancy is above 1) the room that keeps one CTA per SM fewer."""
     cdef long long slot_bytes = 16 if p.vec else _param_bytes(d.dtype)  # scalar slots hold P
     cdef long long budget = SMEM_LIMIT - <long long>(
         d.span_static_shared[kernel] if p.vec == 3 else d.static_shared[kernel])
@@ -142,6 +154,9 @@ cdef void _size_cache(const bn_desc* d, int kernel, bn_plan* p, long long per_th
     if p.ctas_per_sm > 0:
         w = min(_cdiv(<long long>p.block[0] * p.block[1], 32), 32) - 1
         budget = <long long>(d.span_smem_budget[kernel][w] if p.vec == 3 else d.smem_budget[kernel][w])
+        if less and p.ctas_per_sm > 1:
+            budget = <long long>(d.span_smem_less[kernel][w] if p.vec == 3 else d.smem_less[kernel][w])
+            p.ctas_per_sm -= 1
     budget -= span_bytes
     cap = budget // (<long long>p.block[0] * p.block[1] * slot_bytes * arrays)
     p.cache_units = <int>min(<long long>d.force_cache if d.force_cache >= 0 else per_thread, cap)
@@ -193,12 +208,19 @@ cdef inline long long _reread_bytes(const bn_desc* d, const bn_plan* p, long lon
 
 
 cdef double _streamed_fraction(const bn_desc* d, const bn_plan* p, long long per_thread) noexcept nogil:
-    """The fraction of HBM bandwidth a launch's loads in flight can keep busy (Little's law): its resident
-    threads per SM (occupancy, or fewer where the grid is smaller than a wave) times the bytes each has in
-    flight, over INFLIGHT_NEED."""
+    """The fraction of HBM bandwidth a launch's loads in flight keep busy over its run (Little's law): per wave,
+    its resident threads per SM (occupancy, or fewer in a partial last wave or a grid smaller than one) times
+    the bytes each has in flight, over INFLIGHT_NEED; the waves weighted by their share of the CTAs."""
     cdef double ctas = <double>p.grid[0] * p.grid[1], sms = <double>max(d.sm_count, 1)
-    cdef double resident = min(<double>max(p.ctas_per_sm, 1), ctas / sms)
-    return min(1.0, resident * p.block[0] * p.block[1] * per_thread / <double>INFLIGHT_NEED)
+    cdef double per_sm = <double>max(p.ctas_per_sm, 1), slots = per_sm * sms
+    cdef double full = <double>(<long long>(ctas // slots)) * slots, rest = ctas - full
+    cdef double per_cta = <double>p.block[0] * p.block[1] * per_thread / <double>INFLIGHT_NEED
+    cdef double inv = 0
+    if full > 0:
+        inv += full / ctas / min(1.0, per_sm * per_cta)
+    if rest > 0:
+        inv += rest / ctas / min(1.0, rest / sms * per_cta)
+    return 1.0 / inv if inv > 0 else 1.0
 
 
 cdef inline long long _reduce_batch(const bn_desc* d, int kernel, const bn_plan* p) noexcept nogil:

@@ -51,7 +51,8 @@ cdef void _nhwc_block(const bn_desc* d, int kernel, int vec, bn_plan* p, long lo
     unit_bytes = bytes it loads per row and array. Columns before row splits: while the columns do not
     cover the SMs, narrower CTAs are candidates too (BX halved while BX x unit stays >= NHWC_MIN_SPAN bytes,
     BY doubled: still 256 threads, no more row lanes than rows). Of the candidates, with their split
-    (_split) and the occupancy calculator's slots, the plan ranks first those covering every SM, then whole
+    (_split) and the occupancy calculator's slots, the plan ranks first those covering every SM (a fused one
+    at least 2/3 of them), then whole
     waves, then fused (one launch: x read once and replayed from the cache, no memset), then more SMs
     covered, then the fewest CTAs per column (a split reads each column's per-channel values once per
     CTA), then the widest: a tensor too small to cover the SMs stays one fused launch."""
@@ -77,7 +78,10 @@ cdef void _nhwc_block(const bn_desc* d, int kernel, int vec, bn_plan* p, long lo
             ctas = c * P
             cover = min(ctas, sms)
             whole = 1 if (P == 1 or ctas > _cdiv(ctas, slots) * slots - c) else 0
-            key[0] = 1 if cover == sms else 0
+            # A fused reduction on 2/3 of the SMs or more counts as covering them: the split that would cover the
+            # rest re-reads x (and dy), 3/2 of a forward's bytes and 5/3 of a backward's.
+            key[0] = 1 if cover == sms or (P == 1 and 3 * cover >= 2 * sms and
+                                          (kernel == BN_K_FWD_TRAIN or kernel == BN_K_BWD)) else 0
             key[1] = whole
             key[2] = 1 if P == 1 else 0
             key[3] = cover

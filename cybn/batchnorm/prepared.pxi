@@ -76,6 +76,8 @@ cdef class _Prepared:
     cdef unsigned int span_static_shared[4]
     cdef unsigned char span_occ[4][32]
     cdef unsigned int span_smem_budget[4][32]
+    cdef unsigned int smem_less[4][32]
+    cdef unsigned int span_smem_less[4][32]
 
     cdef void fill(self, bn_desc* d) noexcept:
         """Copy the kernels and the device facts the plans are made from into a descriptor."""
@@ -89,6 +91,8 @@ cdef class _Prepared:
         d.span_static_shared = self.span_static_shared
         d.span_occ = self.span_occ
         d.span_smem_budget = self.span_smem_budget
+        d.smem_less = self.smem_less
+        d.span_smem_less = self.span_smem_less
 
 
 cdef dict _prepared = {}
@@ -101,31 +105,39 @@ cdef int _occupancy(cydriver.CUfunction f, int threads, size_t smem) except -1:
     return n
 
 
+cdef unsigned int _budget_for(cydriver.CUfunction f, int threads, int occ, size_t cap) except? 0:
+    """The most dynamic shared memory (256-byte steps, at most cap) with which `occ` CTAs stay resident: a
+    bisection on the occupancy calculator."""
+    cdef size_t lo = 0, hi = cap // 256, mid
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _occupancy(f, threads, mid * 256) >= occ:
+            lo = mid
+        else:
+            hi = mid - 1
+    return <unsigned int>(lo * 256)
+
+
 cdef int _query_occupancy(_Prepared pr, int k, int max_threads, bint span=False) except -1:
     """Once per (kernel, whole warps per block): CTAs per SM from the driver's occupancy calculator with no dynamic
-    shared memory (registers, warps, slots), and the most dynamic shared memory (256-byte steps, within
-    the device's opt-in per-block maximum, which the kernel is opted in to here) that keeps that many
-    resident, found by bisection on the same calculator: the replay cache may use that room and never
-    lowers occupancy (a CTA of a 3-CTA/SM kernel gets about 75 KiB on an H100, not 48)."""
+    shared memory (registers, warps, slots), and the most dynamic shared memory (within the device's opt-in
+    per-block maximum, which the kernel is opted in to here) that keeps that many resident, and that keeps
+    one fewer: the replay cache may use the first and never lowers occupancy unless the plan's estimate
+    prefers the second's larger cache (a CTA of a 3-CTA/SM kernel gets about 75 KiB on an H100, not 48)."""
     cdef int i, threads, occ
     cdef cydriver.CUfunction f = pr.span_kernels[k] if span else pr.kernels[k]  # span: the SPAN program's facts
     cdef unsigned char* occs = &pr.span_occ[k][0] if span else &pr.occ[k][0]
     cdef unsigned int* budgets = &pr.span_smem_budget[k][0] if span else &pr.smem_budget[k][0]
-    cdef size_t lo, hi, mid, cap = max(pr.smem_optin, SMEM_LIMIT) - (pr.span_static_shared[k] if span else pr.static_shared[k])
+    cdef unsigned int* less = &pr.span_smem_less[k][0] if span else &pr.smem_less[k][0]
+    cdef size_t cap = max(pr.smem_optin, SMEM_LIMIT) - (pr.span_static_shared[k] if span else pr.static_shared[k])
     check(cydriver.cuFuncSetAttribute(f, cydriver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, <int>cap),
           "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")
     for i in range(32):
         threads = 32 * (i + 1)
         occ = _occupancy(f, threads, 0) if threads <= max_threads else 0
         occs[i] = <unsigned char>min(occ, 255)
-        lo, hi = 0, cap // 256
-        while occ > 0 and lo < hi:  # largest 256-byte multiple with the same occupancy
-            mid = (lo + hi + 1) // 2
-            if _occupancy(f, threads, mid * 256) >= occ:
-                lo = mid
-            else:
-                hi = mid - 1
-        budgets[i] = <unsigned int>(lo * 256)
+        budgets[i] = _budget_for(f, threads, occ, cap) if occ > 0 else 0
+        less[i] = _budget_for(f, threads, occ - 1, cap) if occ > 1 else 0
     return 0
 
 

@@ -260,6 +260,7 @@ cdef int _resolve(const cybn_desc* c, bn_desc* d, const char* op) noexcept nogil
             d.sm_count = _entries[i].kernels.sm_count
             d.occ = _entries[i].kernels.occ
             d.smem_budget = _entries[i].kernels.smem_budget
+            d.smem_less = _entries[i].kernels.smem_less
             d.coop_ok = _entries[i].kernels.coop_ok
             return CYBN_OK
     return _fail(CYBN_ENOTPREPARED, op, "kernels not prepared for this dtype, mode and epilogue in the current "

@@ -59,7 +59,7 @@ SG_EXPORT const char* softgpuProfileJSON(void) {
 SG_EXPORT const char* softgpuRegisterSource(void) {
     SG_LOCK;
     static std::string s;
-    s = jitlink_status();
+    s = register_source_status();
     return s.c_str();
 }
 

@@ -148,7 +148,7 @@ void assign_registers(Module* m, const char* ptx, size_t len) {
     const DeviceProfile& p = device_profile();
     std::map<std::string, JitCounts> exact;
     std::string why;
-    bool have_exact = jitlink_registers(ptx, len, p.cc_major * 10 + p.cc_minor, &exact, &why);
+    bool have_exact = exact_registers(ptx, len, p.cc_major * 10 + p.cc_minor, &exact, &why);
     for (Kernel* k : m->kernels) {
         KernelInfo& info = k->info;
         info.estimated_regs = estimate(*m, k->fn);

@@ -1,10 +1,13 @@
-// runtime/jitlink.cpp: exact register counts. ptxas itself (inside libnvJitLink, from NVIDIA's
-// nvidia-nvjitlink wheel, never a system CUDA) compiles each distinct module once per architecture
-// with -verbose; its log names every entry function with "Used N registers" and its spill bytes.
+// runtime/jitlink.cpp: exact register counts from ptxas' verbose log ("Used N registers", spill bytes), per
+// entry function, compiled once per distinct module and architecture. Whole-program ptxas
+// (runtime/ptxas.cpp, $CYBN_SOFTGPU_PTXAS) when configured: what the driver's PTX JIT and NVRTC's CUBIN give.
+// Else the ptxas inside libnvJitLink (nvidia-nvjitlink wheel, $CYBN_SOFTGPU_NVJITLINK), which compiles
+// relocatable code (as ptxas -c) and reports more registers for some kernels. Never a system CUDA.
 // The counts are kept per process and, in $CYBN_SOFTGPU_JIT_CACHE, between processes (runtime/jit_cache.cpp).
 #include "runtime/jitlink.hpp"
 
 #include "runtime/jit_cache.hpp"
+#include "runtime/ptxas.hpp"
 
 #include <dlfcn.h>
 
@@ -109,43 +112,63 @@ void parse_log(const std::string& log, std::map<std::string, JitCounts>* out) {
 
 }  // namespace
 
-std::string jitlink_status() { return api().status; }
+std::string register_source_status() {
+    if (ptxas_configured()) return "ptxas:" + ptxas_status();
+    if (api().ok) return "nvjitlink:" + api().status;
+    std::string why = ptxas_status();
+    return why.empty() ? api().status : why + (api().status.empty() ? "" : "; " + api().status);
+}
 
-bool jitlink_registers(const char* ptx, size_t len, int arch, std::map<std::string, JitCounts>* out,
-                       std::string* why) {
-    const Api& a = api();
-    if (!a.ok) {
-        *why = a.status.empty() ? "CYBN_SOFTGPU_NVJITLINK is not set" : a.status;
-        return false;
-    }
-    // One compile per distinct text and architecture for the life of the process.
-    static std::map<std::pair<size_t, size_t>, std::map<std::string, JitCounts>> cache;
-    std::pair<size_t, size_t> key(std::hash<std::string_view>()(std::string_view(ptx, len)) ^ size_t(arch), len);
-    auto hit = cache.find(key);
-    if (hit != cache.end()) return *out = hit->second, true;
-    const std::string disk_key = jit_cache_key(ptx, len, arch, a.status);
-    if (jit_cache_load(disk_key, out)) {
-        cache[key] = *out;
-        return true;
-    }
-    jit_cache_count_compile();
+namespace {
+
+// One compile by nvJitLink: its verbose log, or false with *why.
+bool nvjitlink_compile(const Api& a, const char* ptx, size_t len, int arch, std::string* log, std::string* why) {
     std::string arch_opt = "-arch=sm_" + std::to_string(arch);
     const char* opts[] = {arch_opt.c_str(), "-verbose"};
     Handle h = nullptr;
     if (a.create(&h, 2, opts) != 0) return *why = "nvJitLinkCreate failed for " + arch_opt, false;
     std::string text(ptx, len);  // NUL-terminated copy
     bool ok = a.add_data(h, kInputPtx, text.c_str(), text.size() + 1, "softgpu.ptx") == 0 && a.complete(h) == 0;
-    if (ok) {
-        parse_log(read_log(h, a.info_size, a.info_log), out);
-    } else {
+    if (ok)
+        *log = read_log(h, a.info_size, a.info_log);
+    else
         *why = "nvJitLink rejected the PTX for " + arch_opt + ": " + read_log(h, a.error_size, a.error_log);
-    }
     a.destroy(&h);
-    if (ok) {
-        cache[key] = *out;
-        jit_cache_store(disk_key, *out);
-    }
     return ok;
+}
+
+}  // namespace
+
+bool exact_registers(const char* ptx, size_t len, int arch, std::map<std::string, JitCounts>* out,
+                     std::string* why) {
+    const bool whole = ptxas_configured();
+    const Api& a = api();
+    if (!whole && !a.ok) {
+        *why = register_source_status();
+        if (why->empty()) *why = "neither CYBN_SOFTGPU_PTXAS nor CYBN_SOFTGPU_NVJITLINK is set";
+        return false;
+    }
+    const std::string tool = whole ? ptxas_status() : a.status;  // the cache keys name the compiler's file
+    // One compile per distinct text, architecture and compiler for the life of the process.
+    static std::map<std::pair<size_t, size_t>, std::map<std::string, JitCounts>> cache;
+    std::pair<size_t, size_t> key(std::hash<std::string_view>()(std::string_view(ptx, len)) ^ size_t(arch) ^
+                                      (whole ? size_t(0x9e3779b97f4a7c15ull) : 0),
+                                  len);
+    auto hit = cache.find(key);
+    if (hit != cache.end()) return *out = hit->second, true;
+    const std::string disk_key = jit_cache_key(ptx, len, arch, tool);
+    if (jit_cache_load(disk_key, out)) {
+        cache[key] = *out;
+        return true;
+    }
+    jit_cache_count_compile();
+    std::string log;
+    bool ok = whole ? ptxas_compile(ptx, len, arch, &log, why) : nvjitlink_compile(a, ptx, len, arch, &log, why);
+    if (!ok) return false;
+    parse_log(log, out);
+    cache[key] = *out;
+    jit_cache_store(disk_key, *out);
+    return true;
 }
 
 }  // namespace softgpu
