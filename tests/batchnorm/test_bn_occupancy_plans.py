@@ -75,7 +75,12 @@ def test_plans_fill_the_device(shape, mode, dtype, op):
         sms = p["sm_count"]
         per_sm = _calculator(f, threads, p["shared_bytes"])
         assert per_sm >= 1 and p["ctas_per_sm"] == per_sm, (name, p)
-        assert per_sm == _calculator(f, threads, 0), (name, p)  # the replay cache costs no occupancy
+        full = _calculator(f, threads, 0)
+        if per_sm < full:  # only a one-launch reduction trades one CTA per SM for a larger replay cache
+            assert per_sm == full - 1 and p["cache_units"] > 0 and (p["split"] == 1 or p["coop"]), (name, p)
+            assert op in ("forward_train", "backward") and name == OPS[op][0], (name, p)
+        else:
+            assert per_sm == full, (name, p)
         ctas, cols = p["grid"][0] * p["grid"][1], p["grid"][0]
         slots = per_sm * sms
         z = np.dtype(dtype).itemsize

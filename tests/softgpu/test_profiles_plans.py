@@ -40,3 +40,25 @@ def test_split_follows_the_sm_count(profile, sms):
     name, sm_count, per_sm, split = proc.stdout.split()
     assert (name, int(sm_count)) == (profile, sms) and int(per_sm) >= 1
     assert int(split) == min(int(per_sm) * sms // 2, (1 << 20) * 4 // 256 // 128)
+
+
+def test_h100_plans_at_the_hardware_occupancy():
+    """Under h100 the occupancy comes from whole-program register counts, as on the GPU: the fp32 backward's 64
+    registers give 4 CTAs of 256 threads per SM, so (256, 512, 28, 28)'s 512 channels run in one wave of 528
+    slots (3 per SM, nvJitLink's relocatable 72, left 1.29 waves). (32, 512, 28, 28)'s fp32 forward trades its
+    third CTA per SM for a cache that holds each thread's whole channel: x is read from memory once."""
+    proc = run_fresh("""
+        import numpy as np
+        from cybn import batchnorm
+        b = batchnorm.plan((256, 512, 28, 28), np.float32, kernel="backward")
+        f = batchnorm.plan((32, 512, 28, 28), np.float32, kernel="forward_train")
+        print(b["ctas_per_sm"], b["grid"][0] * b["grid"][1], b["sm_count"], b["split"], b["coop"])
+        print(f["ctas_per_sm"], f["split"], f["cache_units"], f["block"][0], f["block"][1])
+    """, CYBN_SOFTGPU_PROFILE="h100", CYBN_DEVICE="softgpu")
+    assert proc.returncode == 0, proc.stderr
+    back, fwd = [list(map(str.strip, line.split())) for line in proc.stdout.strip().splitlines()]
+    per_sm, ctas, sms = map(int, back[:3])
+    assert (per_sm, back[3], back[4]) == (4, "1", "False") and ctas == 512 <= per_sm * sms
+    per_sm, split, cache, bx, by = map(int, fwd)
+    units = 32 * 28 * 28 // 4  # 16-byte units of one channel
+    assert (per_sm, split, by) == (2, 1, 1) and cache * bx >= units

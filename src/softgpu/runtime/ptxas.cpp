@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -40,6 +41,7 @@ Tool find_tool() {
         t.status = path;
         t.ok = true;
     }
+    if (!t.ok) fprintf(stderr, "softgpu: %s; registers from nvJitLink's relocatable compile\n", t.status.c_str());
     return t;
 }
 
