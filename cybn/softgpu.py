@@ -440,13 +440,20 @@ def profile_info():
     return json.loads(_need().softgpuProfileJSON().decode())
 
 
-def nvjitlink_path():
-    """libnvJitLink from NVIDIA's nvidia-nvjitlink wheel (nvidia/cu13/lib), or None when it is not installed."""
+def _wheel_dirs(sub):
+    """The nvidia/cu13/<sub> directories of NVIDIA's wheels, in import order."""
     import importlib.util
     spec = importlib.util.find_spec("nvidia")
     for root in (spec.submodule_search_locations or []) if spec else []:
-        lib_dir = os.path.join(root, "cu13", "lib")
-        names = sorted(n for n in os.listdir(lib_dir) if n.startswith("libnvJitLink.so")) if os.path.isdir(lib_dir) else []
+        path = os.path.join(root, "cu13", sub)
+        if os.path.isdir(path):
+            yield path
+
+
+def nvjitlink_path():
+    """libnvJitLink from NVIDIA's nvidia-nvjitlink wheel (nvidia/cu13/lib), or None when it is not installed."""
+    for lib_dir in _wheel_dirs("lib"):
+        names = sorted(n for n in os.listdir(lib_dir) if n.startswith("libnvJitLink.so"))
         if names:
             return os.path.join(lib_dir, names[0])
     return None
@@ -463,10 +470,8 @@ def _configure_nvjitlink():
 
 def ptxas_path():
     """ptxas from NVIDIA's nvidia-cuda-nvcc wheel (nvidia/cu13/bin), or None when it is not installed."""
-    import importlib.util
-    spec = importlib.util.find_spec("nvidia")
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        path = os.path.join(root, "cu13", "bin", "ptxas")
+    for bin_dir in _wheel_dirs("bin"):
+        path = os.path.join(bin_dir, "ptxas")
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path
     return None

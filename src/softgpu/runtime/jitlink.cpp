@@ -149,11 +149,9 @@ bool exact_registers(const char* ptx, size_t len, int arch, std::map<std::string
         return false;
     }
     const std::string tool = whole ? ptxas_status() : a.status;  // the cache keys name the compiler's file
-    // One compile per distinct text, architecture and compiler for the life of the process.
+    // One compile per distinct text and architecture for the life of the process (whose compiler is fixed).
     static std::map<std::pair<size_t, size_t>, std::map<std::string, JitCounts>> cache;
-    std::pair<size_t, size_t> key(std::hash<std::string_view>()(std::string_view(ptx, len)) ^ size_t(arch) ^
-                                      (whole ? size_t(0x9e3779b97f4a7c15ull) : 0),
-                                  len);
+    std::pair<size_t, size_t> key(std::hash<std::string_view>()(std::string_view(ptx, len)) ^ size_t(arch), len);
     auto hit = cache.find(key);
     if (hit != cache.end()) return *out = hit->second, true;
     const std::string disk_key = jit_cache_key(ptx, len, arch, tool);
