@@ -80,8 +80,16 @@ __device__ __forceinline__ typename io<T>::P elem_or_0(const T* p, long long off
 // units there cost 20-50 more registers (one CTA fewer per SM, fp16 backward 131 on sm_90), except the
 // forward's 16-byte walks without an epilogue in 16- and 32-bit types: B = BN_FWD_BATCH (fwd_batch) keeps
 // them at or under 80 registers on sm_80 and sm_90, the same 3 CTAs of 256 threads per SM as B = 1.
+// The SPAN forward takes the same rule; the SPAN backward batches BN_FWD_BATCH units without an epilogue
+// in float and bfloat16 (span_bwd_batch), where it keeps the CTAs per SM of B = 1 (2026-12-03, sm_90:
+// float 86 -> 106 registers, 2 CTAs; bf16 134 -> 138, 1), not in fp16 (128 -> 161: 2 -> 1 CTA).
 enum : int { LOADS_IN_FLIGHT = 4 };
 template <typename T, int EPI> __host__ __device__ constexpr int fwd_batch() { return sizeof(T) <= 4 && EPI == 0 ? BN_FWD_BATCH : 1; }
+template <typename T> struct span_bwd_batched { static constexpr bool value = sizeof(T) <= 4; };
+template <> struct span_bwd_batched<__half> { static constexpr bool value = false; };
+template <typename T, int EPI> __host__ __device__ constexpr int span_bwd_batch() {
+    return span_bwd_batched<T>::value && EPI == 0 ? BN_FWD_BATCH : 1;
+}
 template <int B, typename I, typename L, typename U>
 __device__ __forceinline__ void walk_channel_as(I c, I C, I su, long long u0, long long u1, L load, U use) {
     const I G = blockDim.x;
@@ -258,7 +266,7 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const typename io<T>::P* 
     if constexpr (SPAN) {  // the next channel's spill accumulator and shift in this thread's slot
         span_acc<Welford<P>>(sp) = welford_empty<P>();
         sp[5] = pn.x;
-        span_walk<1>(sv, u0, u1, [&](int, long long off) { return xu[off]; },
+        span_walk<fwd_batch<T, EPI>()>(sv, u0, u1, [&](int, long long off) { return xu[off]; },
                      [&](int k, long long, uint4 u, bool last) {
             if (k < cache_units) cache[k * nthreads + tid] = u;
             P v[V];
@@ -310,7 +318,7 @@ __global__ void bn_fwd_train_spatial(const T* x, T* y, const typename io<T>::P* 
         decltype(p) kn;  // the next channel's (a, b, hi, lo) into this thread's slot
         span_share(mk4(a, b, m.x, m.y), kn);
         sp[0] = kn.x; sp[1] = kn.y; sp[2] = kn.z; sp[3] = kn.w;
-        span_walk<1>(sv, u0, u1, [&](int k, long long off) {
+        span_walk<fwd_batch<T, EPI>()>(sv, u0, u1, [&](int k, long long off) {
             const uint4 u = k < cache_units ? cache[k * nthreads + tid] : xu[off];
             if constexpr (EPI) return make_uint4x2(u, unit_or_0(zu, off)); else return u;
         }, [&](int, long long off, auto q, bool last) {
@@ -469,7 +477,7 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io
     if constexpr (SPAN) {  // the next channel's spill sums and (hi, a, bias) in this thread's slot
         span_acc<BwdSums<P>>(sp) = bwd_empty<P>();
         sp[6] = pn.y; sp[7] = pn.z; sp[8] = pn.w;
-        span_walk<1>(sv, u0, u1, [&](int, long long off) {
+        span_walk<span_bwd_batch<T, EPI>()>(sv, u0, u1, [&](int, long long off) {
             if constexpr (EPI) return uint4x3{xu[off], du[off], unit_or_0(eu, off)};
             else return make_uint4x2(xu[off], du[off]);
         }, [&](int k, long long off, auto q, bool last) {
@@ -597,7 +605,7 @@ __global__ void bn_bwd_spatial(const T* x, const T* dy, T* dx, const typename io
         decltype(p) dn;  // the next channel's (dbias / M, k, lo): span_dx_unit's (a, dbias / M, k, lo, hi) in the slot
         span_share(mk4(dbm, k, lo, P(0)), dn);
         sp[0] = an; sp[1] = dn.x; sp[2] = dn.y; sp[3] = dn.z; sp[4] = hn;
-        span_walk<1>(sv, u0, u1, replay, [&](int kk, long long off, auto q, bool last) {
+        span_walk<span_bwd_batch<T, EPI>()>(sv, u0, u1, replay, [&](int kk, long long off, auto q, bool last) {
             P vx[V], vd[V];
             io<T>::unpack(q.x, vx);
             io<T>::unpack(q.d, vd);

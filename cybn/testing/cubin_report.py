@@ -3,9 +3,10 @@ for a real architecture (sm_80, sm_90) with ptxas -v.
 
 Bytes in flight per thread: in each innermost loop of a kernel's SASS (nvdisasm from the nvidia-cuda-nvdisasm
 wheel), the most global-load bytes outstanding at once over two passes of the loop body in address order
-(a load is outstanding from its LDG until the first instruction that reads one of its destination
+(a load is outstanding from its LDG until the first instruction that reads or writes one of its destination
 registers), so loads the compiler hoists across the back edge count too. Branches inside the body are read
-as if every instruction ran. A kernel's figure for its 16-byte path ("vec") is the smallest over its
+as if every instruction ran, except that an instruction in the other arm of an if/else than the load's does
+not end it (that arm never runs with it: _exclusive_arms). A kernel's figure for its 16-byte path ("vec") is the smallest over its
 loops that issue 128-bit loads, for its scalar path ("scalar") the smallest over loops that issue only
 narrower ones: the streaming passes dominate, and the slowest of them is what the model charges. A loop
 whose only loads are strong (volatile: LDG.E.STRONG.*, PTX ld.volatile) is a barrier's spin, not a stream,
@@ -63,7 +64,8 @@ _LOAD_BYTES = {"128": 16, "64": 8, "U16": 2, "S16": 2, "U8": 1, "S8": 1}
 
 
 def _sass_instructions(text):
-    """Per function: a list of ("label", name) and ("op", opcode, operands) in address order."""
+    """Per function: a list of ("label", name) and ("op", opcode, operands, guard) in address order; guard is
+    the instruction's predicate as written ("P1", "!P1"), or "" where it has none."""
     funcs, cur = {}, None
     for line in text.splitlines():
         m = re.match(r"^\.text\.(\S+):", line)
@@ -76,9 +78,9 @@ def _sass_instructions(text):
         if m:
             cur.append(("label", m.group(1)))
             continue
-        m = re.match(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);", line)
+        m = re.match(r"^\s*/\*[0-9a-f]+\*/\s+(?:@(!?U?P\w+)\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);", line)
         if m:
-            cur.append(("op", m.group(1), m.group(2)))
+            cur.append(("op", m.group(2), m.group(3), m.group(1) or ""))
     return funcs
 
 
@@ -102,22 +104,95 @@ def _sass_load(opcode):
     return 4
 
 
+def _branch_target(ins):
+    m = re.search(r"\((\.L\w+)\)", ins[2]) if ins[0] == "op" and ins[1].startswith("BRA") else None
+    return m.group(1) if m else None
+
+
+def _exclusive_arms(body):
+    """Per item of a loop body, the set of (if/else, arm) it lies in. An if/else is a forward branch to a
+    label X whose preceding instruction is a branch to a label J after X: items between the branch and that
+    jump are arm 0, items from X to J arm 1. No run of the loop executes both arms of one if/else."""
+    where = {it[1]: i for i, it in enumerate(body) if it[0] == "label"}
+    tags = [set() for _ in body]
+    for i, ins in enumerate(body):
+        x = where.get(_branch_target(ins))
+        if x is None or x <= i + 1:
+            continue
+        j = where.get(_branch_target(body[x - 1]))
+        if j is None or j <= x:
+            continue
+        for k in range(i + 1, x):
+            tags[k].add((i, 0))
+        for k in range(x, j):
+            tags[k].add((i, 1))
+    return tags
+
+
+def _exclusive(a, b):
+    """Whether two items' arm sets put them in different arms of one if/else."""
+    return any((d, 1 - arm) in b for d, arm in a)
+
+
+def _guard(ins):
+    """(predicate, negated) of a guarded instruction, else None (PT: always true)."""
+    g = ins[3] if ins[0] == "op" and len(ins) > 3 else ""
+    return (g.lstrip("!"), g.startswith("!")) if g and g.lstrip("!") not in ("PT", "UPT") else None
+
+
+def _predicates_written(ins):
+    """The predicates an instruction sets: its leading predicate operands (ISETP P1, PT, ...)."""
+    out = set()
+    for o in ins[2].split(",") if ins[0] == "op" else ():
+        o = o.strip().lstrip("!")
+        if not re.fullmatch(r"U?P(\d+|T)", o):
+            break
+        out.add(o)
+    return out
+
+
+class _Load:
+    """One outstanding load (compared by identity): its bytes, if/else arms, guard, predicates set since."""
+    __slots__ = ("nbytes", "arms", "guard", "rewritten")
+
+    def __init__(self, nbytes, arms, guard):
+        self.nbytes, self.arms, self.guard, self.rewritten = nbytes, arms, guard, set()
+
+    def never_with(self, arms, guard):
+        """Whether an instruction in `arms` under `guard` never runs in the same pass as this load."""
+        g = self.guard
+        return (_exclusive(self.arms, arms) or
+                (g is not None and guard is not None and g[0] == guard[0] and g[1] != guard[1]
+                 and g[0] not in self.rewritten))
+
+
 def _max_outstanding(body, load_bytes, dest_and_sources):
-    """Most load bytes outstanding at once over two passes of a loop body, and whether it loads 16 bytes."""
+    """Most load bytes outstanding at once over two passes of a loop body, and whether it loads 16 bytes.
+    A load is outstanding until an instruction reads or writes one of its destination registers, except one
+    that never runs with it: in the other arm of an if/else the load is in (_exclusive_arms), or guarded by
+    the complement of the load's predicate while that predicate is unchanged (@P1 LDG R16 / @!P1 LDS R16).
+    Both are the cached-or-global replay, where that register holds the shared-memory load's address or
+    result instead."""
     pending, best, wide = {}, 0, False
+    arms = _exclusive_arms(body)
     for _ in range(2):
-        for ins in body:
+        for i, ins in enumerate(body):
             nbytes = load_bytes(ins)
             dests, sources = dest_and_sources(ins)
-            hit = {pending[s] for s in sources if s in pending}
+            guard = _guard(ins)
+            # a read waits for the load; so does a write of its register (the scoreboard's write-after-write)
+            hit = {pending[r] for r in sources | dests if r in pending and not pending[r].never_with(arms[i], guard)}
             if hit:
                 pending = {r: k for r, k in pending.items() if k not in hit}
+            written = _predicates_written(ins)
+            for load in set(pending.values()) if written else ():  # a rewritten guard tells nothing apart
+                load.rewritten |= written
             if nbytes:
                 wide = wide or nbytes == 16
-                key = (object(), nbytes)
+                load = _Load(nbytes, arms[i], guard)
                 for r in dests:
-                    pending[r] = key
-                best = max(best, sum(b for _, b in set(pending.values())))
+                    pending[r] = load
+                best = max(best, sum(k.nbytes for k in set(pending.values())))
     return best, wide
 
 
@@ -126,10 +201,9 @@ def _innermost_loops(items):
     where = {it[1]: i for i, it in enumerate(items) if it[0] == "label"}
     loops = []
     for i, it in enumerate(items):
-        if it[0] == "op" and it[1].startswith("BRA"):
-            m = re.search(r"\((\.L\w+)\)", it[2])
-            if m and m.group(1) in where and where[m.group(1)] < i:
-                loops.append((where[m.group(1)], i))
+        t = _branch_target(it)
+        if t in where and where[t] < i:
+            loops.append((where[t], i))
     inner = [(a, b) for a, b in loops if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in loops)]
     return [items[a:b + 1] for a, b in inner]
 

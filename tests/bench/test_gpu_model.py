@@ -168,6 +168,48 @@ def test_inflight_count_on_known_loops(independent, at_least, at_most):
     assert at_least <= cubin_report.ptx_inflight(ptx.image.rstrip(b"\0").decode())["loads"]["vec"] <= at_most
 
 
+def _count(sass):
+    """_max_outstanding of a hand-written loop body: one SASS instruction or label per line."""
+    items = []
+    for line in sass.strip().splitlines():
+        line = line.strip()
+        if line.endswith(":"):
+            items.append(("label", line[:-1]))
+        else:
+            guard, line = (line.split(" ", 1)[0][1:], line.split(" ", 1)[1]) if line[0] == "@" else ("", line)
+            op, _, args = line.partition(" ")
+            items.append(("op", op, args, guard))
+    return cubin_report._max_outstanding(items, lambda i: cubin_report._sass_load(i[1]) if i[0] == "op" else None,
+                                         cubin_report._sass_dest_sources)
+
+
+def test_inflight_count_of_if_else_and_overwrites():
+    """A cached-or-global replay (if/else: the global load in one arm, a shared-memory load whose address
+    register is the global load's destination in the other) keeps both global loads in flight; the same
+    read outside an if/else ends the load; so does an overwrite of its register (write after write). The same
+    with predicated instructions (@P1 LDG / @!P1 LDS), unless the predicate is set again between them."""
+    def if_else(k, reg):  # global load in one arm, the shared-memory load through the same register in the other
+        return (f"BRA `(.L_else{k})\nLDG.E.128 R{reg}, desc[UR4][R{reg}.64]\nBRA `(.L_join{k})\n"
+                f".L_else{k}:\nLDS.128 R{reg}, [R{reg}]\n.L_join{k}:\n")
+    arms = ".L_top:\n" + if_else(0, 20) + if_else(1, 24) + "FADD R30, R20, R24\nBRA `(.L_top)\n"
+    assert _count(arms) == (32, True)
+    for middle in ("LDS.128 R24, [R20]", "IMAD.MOV.U32 R22, RZ, RZ, R9"):  # a read of R20; a write of R22
+        body = f".L_top:\nLDG.E.128 R20, desc[UR4][R8.64]\n{middle}\nLDG.E.128 R28, desc[UR4][R10.64]\n"
+        assert _count(body + "FADD R30, R20, R28\nBRA `(.L_top)\n") == (16, True), middle
+    guarded = """
+        .L_top:
+        @P1 LDG.E.128 R16, desc[UR4][R28.64]
+        @!P1 LDS.128 R16, [R34]
+        @P1 LDG.E.128 R20, desc[UR4][R30.64]
+        @!P1 LDS.128 R20, [R34]
+        FADD R40, R16, R20
+        BRA `(.L_top)
+    """
+    assert _count(guarded) == (32, True)
+    reset = guarded.replace("@!P1 LDS.128 R16", "ISETP.GE.AND P1, PT, R2, R3, PT\n@!P1 LDS.128 R16")
+    assert _count(reset) == (16, True)
+
+
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_engine_kernel_report(arch):
     """Every BatchNorm kernel is in the report with its ptxas registers (no spills: the build check's bar)

@@ -39,6 +39,12 @@ def test_span_program_is_separate_and_spill_free(arch):
         assert key[0].endswith("_span") and key[2] == "spatial", key
         assert 0 < facts["registers"] <= 255 and facts["spill_stores"] == facts["spill_loads"] == 0, key
         assert facts["inflight"]["vec"] >= 16, key  # its walks load 16-byte units
+    # The batched SPAN reductions (fwd_batch, span_bwd_batch: two units per array in flight per thread): the
+    # forward in 16- and 32-bit types, the backward (x and dy) in float and bfloat16.
+    for ctype in ("float", "__half", "__nv_bfloat16"):
+        assert report[("bn_fwd_train_span", ctype, "spatial")]["inflight"]["vec"] >= 32, ctype
+    for ctype in ("float", "__nv_bfloat16"):
+        assert report[("bn_bwd_span", ctype, "spatial")]["inflight"]["vec"] >= 64, ctype
 
 
 def test_only_span_shapes_load_the_span_programs():
