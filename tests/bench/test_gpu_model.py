@@ -222,9 +222,10 @@ def test_engine_kernel_report(arch):
         assert facts["inflight"]["scalar"] >= 2, key
         if key[2] == "spatial":
             assert facts["inflight"]["vec"] >= 16, key
-    if arch == "sm_90":  # the forward's batched walks (BN_FWD_BATCH): two 16-byte units of x in flight
-        for ctype in ("float", "__half"):
-            assert report[("bn_fwd_train", ctype, "spatial")]["inflight"]["vec"] >= 32, ctype
+    # the forward's batched walks (BN_FWD_BATCH): two 16-byte units of x in flight, on sm_80 too (its replay's
+    # cached-or-global load is an if/else or a predicated pair: the count sees the two global loads together)
+    for ctype in ("float", "__half"):
+        assert report[("bn_fwd_train", ctype, "spatial")]["inflight"]["vec"] >= 32, ctype
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])

@@ -2,7 +2,7 @@
 CUBIN for the lowest architecture of each major version the installed NVRTC supports (sm_75, sm_80, sm_90,
 sm_100, sm_110, sm_120 with NVRTC 13), without errors and without register spills (ptxas -v report); and the
 fused NCHW forward-train and backward kernels stay within their register ceilings on sm_80 and sm_90
-(FUSED_REGISTERS). The sm_80 and sm_90 builds go through the session's kernel cache (its entries keep NVRTC's
+(FUSED_REGISTERS, from register_table.py). The sm_80 and sm_90 builds go through the session's kernel cache (its entries keep NVRTC's
 log), so the programs the model and register tests compiled for them (tests/kernel_prewarm.py builds them
 up front in a full run) are not compiled twice.
 
@@ -20,37 +20,16 @@ import pytest
 from cybn import cache, nvrtc, paths, variants
 from cybn.testing.cubin_report import ptxas_report
 
+import register_table
+
 # FUSED_REGISTERS' architectures: always built, and through the kernel cache (cybn.testing.cubin_report's
 # builds too); the rest directly
 SHARED_ARCHS = (80, 90)
 
-# The fused NCHW kernels' registers per thread (ptxas -v), per (arch, kernel, data type, EPI), as of
-# 2026-12-02 (32-bit walks, Welford per 16-byte unit; 2026-12-01 before: sm_90 fp32 76 and 72, fp16 80
-# and 80, bf16 68 and 76): ceilings, so a change that costs registers fails
-# here. 2026-12-03: the forward's 16-byte walks batch two units in 16/32-bit types without an epilogue
-# (BN_FWD_BATCH: 32 B of x in flight per thread on sm_90 instead of 16); fwd_train EPI 0 went sm_80 fp32
-# 69 -> 74, fp16/bf16 72 -> 78, sm_90 fp32 66 -> 71, fp16/bf16 78 -> 72: all at or under 80 registers,
-# the same 3 CTAs of 256 threads per SM as before, so those ceilings were raised on sm_80 and sm_90 fp32.
-# The aim is REGISTER_AIM (4 CTAs of 256 threads per SM); the float32 backward meets it, the others do not yet. Lower an entry when a change gets below it; never raise one without saying why.
-REGISTER_AIM = 64
-FUSED_REGISTERS = {
-    (80, "bn_fwd_train", "float", 0): 74, (80, "bn_fwd_train", "__half", 0): 78,
-    (80, "bn_fwd_train", "__nv_bfloat16", 0): 78, (80, "bn_fwd_train", "double", 0): 92,
-    (80, "bn_fwd_train", "float", 1): 68, (80, "bn_fwd_train", "__half", 1): 78,
-    (80, "bn_fwd_train", "__nv_bfloat16", 1): 78, (80, "bn_fwd_train", "double", 1): 88,
-    (80, "bn_bwd", "float", 0): 64, (80, "bn_bwd", "__half", 0): 72,
-    (80, "bn_bwd", "__nv_bfloat16", 0): 72, (80, "bn_bwd", "double", 0): 92,
-    (80, "bn_bwd", "float", 1): 83, (80, "bn_bwd", "__half", 1): 117,
-    (80, "bn_bwd", "__nv_bfloat16", 1): 96, (80, "bn_bwd", "double", 1): 109,
-    (90, "bn_fwd_train", "float", 0): 71, (90, "bn_fwd_train", "__half", 0): 72,
-    (90, "bn_fwd_train", "__nv_bfloat16", 0): 72, (90, "bn_fwd_train", "double", 0): 94,
-    (90, "bn_fwd_train", "float", 1): 71, (90, "bn_fwd_train", "__half", 1): 79,
-    (90, "bn_fwd_train", "__nv_bfloat16", 1): 79, (90, "bn_fwd_train", "double", 1): 92,
-    (90, "bn_bwd", "float", 0): 64, (90, "bn_bwd", "__half", 0): 80,
-    (90, "bn_bwd", "__nv_bfloat16", 0): 72, (90, "bn_bwd", "double", 0): 91,
-    (90, "bn_bwd", "float", 1): 79, (90, "bn_bwd", "__half", 1): 117,
-    (90, "bn_bwd", "__nv_bfloat16", 1): 96, (90, "bn_bwd", "double", 1): 120,
-}
+# The fused NCHW kernels' register ceilings per (arch, kernel, data type, EPI): register_table.py (shared with
+# test_span_registers, which holds the base program to them exactly).
+FUSED_REGISTERS = register_table.fused_ceilings()
+REGISTER_AIM = register_table.REGISTER_AIM
 
 
 def fused_kernel(expr):

@@ -1,32 +1,21 @@
 """The SPAN walk (bn_span.cuh) lives in programs of its own, so the plain NCHW spatial kernels keep exactly the
-registers they had before it (the non-SPAN build: main at 8f0927c, ptxas -v of the same NVRTC): SPAN code
-compiled into the plain kernels had raised every one of them (sm_90 fused forward fp16 74 -> 93). The SPAN
+registers of register_table.py: SPAN code compiled into the plain kernels had raised every one of them (sm_90 fused forward fp16 74 -> 93). The SPAN
 kernels are listed by the report and compile without spills (the build check covers every architecture)."""
 import pytest
 
 from cybn import batchnorm
 from cybn.testing import cubin_report
 
-# (kernel, ctype) -> registers of the plain program (float32 + float16, EPI 0) without SPAN code: main 8f0927c
-# plus the per-unit Welford step and 32-bit walks (welf13), the same with and without SPAN's programs. A change to
-# the plain kernels themselves (not SPAN's) updates this table, with the reason in the commit. 2026-12-03: the
-# forward's batched 16-byte walks (BN_FWD_BATCH) moved bn_fwd_train: sm_80 float 69 -> 74, __half 72 -> 78;
-# sm_90 float 66 -> 71, __half 78 -> 72 (all within 80 registers: 3 CTAs of 256 threads per SM, as before).
-PLAIN_REGISTERS = {
-    "sm_80": {("bn_fwd_train", "float"): 74, ("bn_normalize", "float"): 64, ("bn_bwd", "float"): 64,
-              ("bn_bwd_dx", "float"): 80, ("bn_fwd_train", "__half"): 78, ("bn_normalize", "__half"): 64,
-              ("bn_bwd", "__half"): 72, ("bn_bwd_dx", "__half"): 80},
-    "sm_90": {("bn_fwd_train", "float"): 71, ("bn_normalize", "float"): 64, ("bn_bwd", "float"): 64,
-              ("bn_bwd_dx", "float"): 80, ("bn_fwd_train", "__half"): 72, ("bn_normalize", "__half"): 64,
-              ("bn_bwd", "__half"): 80, ("bn_bwd_dx", "__half"): 80},
-}
+import register_table  # the plain kernels' registers (one table with the build check's ceilings)
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_plain_spatial_kernels_keep_their_registers(arch):
     report, _ = cubin_report.kernel_report(arch)  # the plain program, as the engine loads it
-    got = {(k, t): report[(k, t, "spatial")]["registers"] for k, t in PLAIN_REGISTERS[arch]}
-    assert got == PLAIN_REGISTERS[arch]
+    want = register_table.base_program(int(arch[3:]))
+    assert len(want) == 8  # the four spatial kernels x float, __half
+    got = {(k, t): report[(k, t, "spatial")]["registers"] for k, t in want}
+    assert got == want
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
